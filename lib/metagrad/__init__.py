@@ -1,0 +1,12 @@
+"""metagrad: derivative estimators for meta-RL as differentiated off-policy evaluation.
+
+Tang, Kozuno, Rowland, Munos, Valko. "Unifying Gradient Estimators for Meta-Reinforcement Learning via
+Off-Policy Evaluation", NeurIPS 2021 (arXiv:2106.13125).
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("metagrad")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.1.0"
