@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -42,6 +44,14 @@ def _cmd_info(args) -> int:
     return 0
 
 
+# Each module defines `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
+_SUBCOMMAND_MODULES = (
+    "metagrad.experiments.reproduce",
+    "metagrad.experiments.maml_experiments",
+    "metagrad.course.cli",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metagrad import __version__
 
@@ -53,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions, the JAX backend and devices")
     info.set_defaults(func=_cmd_info)
+    for name in _SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(name.rsplit(".", 1)[0]) and importlib.util.find_spec(name):
+            importlib.import_module(name).register(sub)
     return parser
 
 
