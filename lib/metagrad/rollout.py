@@ -65,9 +65,14 @@ class Trajectories(NamedTuple):
 
 
 def tabular_softmax_policy(logits: jax.Array, key: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Sample a ~ softmax(θ[x]) for one state; returns ``(action, log π(a|x))``. A :data:`PolicyFn`."""
+    """Sample a ~ softmax(θ[x]) for one state; returns ``(action, log π(a|x))``. A :data:`PolicyFn`.
+
+    Inverse-CDF sampling (one uniform number instead of A Gumbel numbers) keeps rollouts fast.
+    """
     log_pi = jax.nn.log_softmax(logits[state])
-    action = jax.random.categorical(key, log_pi)
+    cdf = jnp.cumsum(jnp.exp(log_pi))
+    u = jax.random.uniform(key, (), cdf.dtype) * cdf[-1]
+    action = jnp.minimum(jnp.sum(cdf <= u), cdf.shape[0] - 1)
     return action, log_pi[action]
 
 
@@ -134,7 +139,8 @@ def _sample(key, env, policy_fn, params, task, num_trajectories, horizon):
         return state, env.observation(state, k_obs, task)
 
     def step(state, obs, done, k):
-        k_act, k_next, k_rew, k_term, k_obs = jax.random.split(k, 5)
+        # One stream per use: streams an environment ignores are dead code that XLA removes.
+        k_act, k_next, k_rew, k_term, k_obs = (jax.random.fold_in(k, i) for i in range(5))
         action, log_prob = policy_fn(params, k_act, obs)
         next_state = env.transition(state, action, k_next, task)
         reward = env.reward(state, action, next_state, k_rew, task)

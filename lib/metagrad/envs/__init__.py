@@ -1,5 +1,116 @@
-"""Gymnasium environments whose task is a parameter pytree (``jax.vmap`` over tasks is a meta-batch)."""
+"""Gymnasium environments whose task is a parameter pytree (``jax.vmap`` over tasks is a meta-batch).
 
+Two functional environments (``gymnasium.experimental.functional.FuncEnv``; pure JAX methods, the fast
+path used by :func:`metagrad.rollout.sample`):
+
+* :class:`TabularMDPEnv` — a :class:`~metagrad.mdp.TabularMDP` task (Tang et al. 2021, Sec. 5, Fig. 1a–c);
+* :class:`Navigation2D` — the 2-D point robot, MAML's goals in a square (Finn et al. 2017) or ProMP's
+  four corners (Rothfuss et al. 2019; Tang et al. 2021, Fig. 1d).
+
+Importing this module registers classic Gymnasium environments (one fixed task each, via
+``gymnasium.envs.functional_jax_env.FunctionalJaxEnv``; they return NumPy observations in the dtype of
+their spaces and pass ``gymnasium.utils.env_checker.check_env``):
+
+* ``metagrad/Navigation2D-v0`` — MAML's goals in a square; ``gymnasium.make`` keyword ``goal`` ``[2]``
+  (default (0.5, 0.5)); ``max_episode_steps=100``;
+* ``metagrad/Navigation2DCorners-v0`` — ProMP's corners; keywords ``goal`` (default (2, 2)) and ``reward``
+  (``"sparse"`` or ``"dense"``); ``max_episode_steps=100``;
+* ``metagrad/TabularMDP-v0`` — keyword ``mdp`` (a :class:`~metagrad.mdp.TabularMDP`; default
+  ``random_mdp(PRNGKey(0))``, 20 states and 5 actions); ``max_episode_steps=20`` (the paper's T).
+
+``import metagrad`` stays cheap (no JAX import) and does *not* register them: ``import metagrad.envs``
+first, or name the module in the id, ``gymnasium.make("metagrad.envs:metagrad/Navigation2D-v0")``.
+These classic environments step one transition at a time (for interoperability and ``check_env``); for
+speed, sample with :func:`metagrad.rollout.sample`, which calls the ``FuncEnv`` methods inside ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnasium.envs.functional_jax_env import FunctionalJaxEnv
+from gymnasium.experimental.functional import FuncEnv
+
+from metagrad.envs.navigation import CORNERS, HORIZON, Navigation2D
 from metagrad.envs.tabular import TabularMDPEnv
 
-__all__ = ["TabularMDPEnv"]
+__all__ = ["CORNERS", "HORIZON", "Navigation2D", "TabularMDPEnv", "TaskEnv", "ENV_IDS"]
+
+
+class TaskEnv(FunctionalJaxEnv):
+    """A classic ``gymnasium.Env`` running one fixed task of a metagrad ``FuncEnv``.
+
+    ``FunctionalJaxEnv`` calls the ``FuncEnv`` methods without ``params`` (the default task); this
+    subclass binds ``task`` instead, jit-compiles the methods, and returns observations as NumPy arrays
+    in the dtype of ``observation_space`` (float32 for navigation, an integer scalar for tabular), so the
+    declared spaces hold whether or not ``jax_enable_x64`` is on. (Gymnasium's ``JaxToNumpy`` wrapper
+    would need the optional ``array_api_compat`` package; converting here avoids that dependency.)
+
+    Args:
+      func_env: a metagrad ``FuncEnv`` (:class:`Navigation2D` or :class:`TabularMDPEnv`).
+      task: its ``params`` pytree (a goal ``[2]`` or a ``TabularMDP``); ``None``: ``func_env.default_params``.
+      render_mode: ``None`` or ``"rgb_array"``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, func_env: FuncEnv, task: Any = None, render_mode: str | None = None, spec=None):
+        self.task = func_env.default_params if task is None else task
+        bound = {
+            name: jax.jit(getattr(func_env, name), static_argnames=())
+            for name in ("initial", "transition", "observation", "reward", "terminal")
+        }
+        task_ = self.task
+        func_env.initial = lambda rng, params=None: bound["initial"](rng, task_)
+        func_env.transition = lambda s, a, rng, params=None: bound["transition"](s, a, rng, task_)
+        func_env.observation = lambda s, rng, params=None: bound["observation"](s, rng, task_)
+        func_env.reward = lambda s, a, s2, rng, params=None: bound["reward"](s, a, s2, rng, task_)
+        func_env.terminal = lambda s, rng, params=None: bound["terminal"](s, rng, task_)
+        render_image = func_env.render_image
+        func_env.render_image = lambda state, render_state, params=None: render_image(state, render_state, task_)
+        super().__init__(func_env, metadata=dict(self.metadata), render_mode=render_mode, spec=spec)
+
+    def _cast(self, obs):
+        if isinstance(self.observation_space, gymnasium.spaces.Discrete):
+            return np.int64(obs)
+        return np.asarray(obs, dtype=self.observation_space.dtype)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        return self._cast(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return self._cast(obs), reward, terminated, truncated, info
+
+
+def make_navigation(goal=None, render_mode: str | None = None, **navigation_kwargs) -> TaskEnv:
+    """``gymnasium.make`` entry point of ``metagrad/Navigation2D-v0`` (keywords go to :class:`Navigation2D`)."""
+    return TaskEnv(Navigation2D(**navigation_kwargs), None if goal is None else jnp.asarray(goal), render_mode)
+
+
+def make_navigation_corners(goal=None, render_mode: str | None = None, reward: str | None = None) -> TaskEnv:
+    """``gymnasium.make`` entry point of ``metagrad/Navigation2DCorners-v0``."""
+    return make_navigation(goal, render_mode, goal_sampler="corners", reward=reward)
+
+
+def make_tabular(mdp=None, render_mode: str | None = None, num_states: int = 20, num_actions: int = 5) -> TaskEnv:
+    """``gymnasium.make`` entry point of ``metagrad/TabularMDP-v0`` (``mdp`` fixes S and A when given)."""
+    env = TabularMDPEnv.for_task(mdp) if mdp is not None else TabularMDPEnv(num_states, num_actions)
+    return TaskEnv(env, mdp, render_mode)
+
+
+#: Gymnasium ids registered on import, with their entry points and episode limits.
+ENV_IDS = {
+    "metagrad/Navigation2D-v0": ("metagrad.envs:make_navigation", HORIZON),
+    "metagrad/Navigation2DCorners-v0": ("metagrad.envs:make_navigation_corners", HORIZON),
+    "metagrad/TabularMDP-v0": ("metagrad.envs:make_tabular", 20),
+}
+
+for _id, (_entry_point, _steps) in ENV_IDS.items():
+    if _id not in gymnasium.registry:
+        gymnasium.register(id=_id, entry_point=_entry_point, max_episode_steps=_steps)

@@ -19,6 +19,10 @@ class TabularMDPEnv(FuncEnv):
     bootstrapped with a critic). Because the task is the ``params`` argument of every method,
     ``jax.vmap`` over a stacked batch of MDPs is a meta-batch.
 
+    An action outside ``[0, A)`` (a buggy policy) cannot raise under ``jit``, and JAX would clamp the
+    index silently; instead its reward is NaN and the state does not change, so the error shows in every
+    return computed from it.
+
     Args:
       num_states, num_actions: the sizes S and A (static: they fix the spaces).
       default_task: the MDP used when ``params`` is ``None``; by default ``random_mdp(PRNGKey(0), S, A)``.
@@ -64,13 +68,18 @@ class TabularMDPEnv(FuncEnv):
 
     def transition(self, state, action, rng, params=None):
         mdp = self._task(params)
-        return jax.random.categorical(rng, jnp.log(mdp.transitions[state, action]))
+        # Inverse-CDF sampling: one uniform per step instead of S Gumbels (the sampler's main cost).
+        cdf = jnp.cumsum(mdp.transitions[state, action])
+        u = jax.random.uniform(rng, (), cdf.dtype) * cdf[-1]
+        next_state = jnp.minimum(jnp.sum(cdf <= u), cdf.shape[0] - 1)  # first x' with cdf(x') > u
+        return jnp.where(_valid_action(action, mdp), next_state.astype(state.dtype), state)
 
     def observation(self, state, rng, params=None):
         return state
 
     def reward(self, state, action, next_state, rng, params=None):
-        return self._task(params).rewards[state, action]
+        mdp = self._task(params)
+        return jnp.where(_valid_action(action, mdp), mdp.rewards[state, action], jnp.nan)
 
     def terminal(self, state, rng, params=None):
         return jnp.zeros((), dtype=bool)
@@ -86,3 +95,7 @@ class TabularMDPEnv(FuncEnv):
 
     def render_close(self, render_state, params=None):
         return None
+
+
+def _valid_action(action, mdp: TabularMDP):
+    return (action >= 0) & (action < mdp.rewards.shape[-1])

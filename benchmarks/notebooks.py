@@ -1,0 +1,144 @@
+"""Benchmark the solution notebooks: wall time and peak memory of each, executed as CI executes them.
+
+Each notebook in solutions/ is executed by nbclient in a fresh kernel, inside its own subprocess. The
+peak memory is the largest total resident set size (RSS, from /proc) of that subprocess and all its
+descendants (the kernel included), polled every 50 ms. Results go to the section
+``## Notebooks (benchmarks/notebooks.py)`` of benchmarks/RESULTS.md (other sections are left intact).
+
+Usage:  python benchmarks/notebooks.py [--solutions solutions] [--results benchmarks/RESULTS.md]
+Budget: each notebook must run in well under 90 s on 2 CPU cores and stay below 1.5 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Notebooks (benchmarks/notebooks.py)"
+TIME_BUDGET_S, MEMORY_BUDGET_MB = 90.0, 1536.0
+
+_RUNNER = """
+import sys, nbformat
+from nbclient import NotebookClient
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
+               resources={"metadata": {"path": sys.argv[2]}}).execute()
+"""
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(root: int) -> float:
+    """Total RSS of ``root`` and all its descendants, in MiB."""
+    tree, total, stack = _children(), 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += _rss_kb(pid)
+        stack.extend(tree.get(pid, []))
+    return total / 1024
+
+
+def run_notebook(path: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB of the process tree, exit code)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(path), str(path.parent)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.stderr.write(proc.stderr.read().decode()[-2000:])
+    return wall, peak, proc.returncode
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    with open("/proc/meminfo") as handle:
+        mem_gb = int(handle.readline().split()[1]) / 1024**2
+    return f"{cpu}, {os.cpu_count()} CPU cores, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def write_section(results_file: Path, text: str) -> None:
+    """Replace (or append) our section of the results file, leaving every other section intact."""
+    old = results_file.read_text() if results_file.exists() else "# Benchmark results\n"
+    lines = old.splitlines()
+    if SECTION in lines:
+        start = lines.index(SECTION)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + text.rstrip("\n").splitlines() + ([""] if end < len(lines) else []) + lines[end:]
+    else:
+        lines = lines + [""] + text.rstrip("\n").splitlines()
+    results_file.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--solutions", default=str(ROOT / "solutions"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    notebooks = sorted(Path(args.solutions).glob("[0-9][0-9]_*.ipynb"))
+    load = os.getloadavg()[0]
+    rows, failed = [], False
+    for path in notebooks:
+        wall, peak, code = run_notebook(path)
+        ok = code == 0 and wall < TIME_BUDGET_S and peak < MEMORY_BUDGET_MB
+        failed |= not ok
+        rows.append(f"| `{path.name}` | {wall:.1f} | {peak:.0f} | {'ok' if ok else 'FAILED' if code else 'over budget'} |")
+        print(rows[-1], flush=True)
+    text = "\n".join([
+        SECTION,
+        "",
+        f"Machine: {_machine()}; load average {load:.1f} when started (shared machine: times include "
+        "contention). Python " + platform.python_version() + ".",
+        f"Command: `python benchmarks/notebooks.py` ({datetime.date.today().isoformat()}). Each notebook runs in a "
+        "fresh kernel via nbclient; time includes kernel start-up and JAX compilation; memory is the peak "
+        f"total RSS of the runner and kernel processes. Budget: < {TIME_BUDGET_S:.0f} s and < {MEMORY_BUDGET_MB / 1024:.1f} GB each.",
+        "",
+        "| notebook | wall time (s) | peak RSS (MiB) | status |",
+        "|---|---:|---:|---|",
+        *rows,
+    ])
+    write_section(Path(args.results), text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

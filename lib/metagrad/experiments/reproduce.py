@@ -1,0 +1,576 @@
+"""``metagrad reproduce``: the paper's tabular study (Tang et al. 2021, Fig. 1a–c) and what lies beyond it.
+
+Protocol (paper-notes §5, the authors' released-code settings by default). Each trial draws
+
+* a random MDP (20 states, 5 actions, Dirichlet(0.001) transitions, rewards U[0, 1), start state 0, γ = 0.8),
+* a random deterministic policy π_d, and the target π_ε = (1 − ε) μ + ε π_d for the uniform behaviour μ,
+  with logits θ = log π_ε (so ε is the "off-policyness"),
+* a noisy critic V = V^μ + σ · (‖V^μ‖₂ / |X|) · z, z ~ N(0, I) per state (σ = ``noise``),
+* N trajectories of T = 20 steps from μ, bootstrapped with V at the last state.
+
+For every estimator the batch-mean derivative estimates (off-policy: log μ is the behaviour's) are compared
+with the exact derivatives of J(θ) (:mod:`metagrad.exact`, float64) by the Pearson correlation of the
+flattened arrays and by the relative error ‖D̂ − D‖ / ‖D‖; the figure shows mean ± standard error over trials.
+
+Panels: (a) gradient accuracy vs ε at N = 1000; (b) Hessian accuracy vs ε at N = 1000; (c) Hessian accuracy vs
+N at ε = 0.5. Beyond the paper (``beyond.png``): (d) third-derivative accuracy vs ε; (e) on the same
+trajectories, the relative difference of the DR and TayPO-2 Hessian estimates vs ε (zero on-policy, by the
+identity of paper-notes §4.4, then separating); (f) Hessian relative error vs ε.
+
+Trajectories come from μ whatever ε is, so each trial samples them once and every ε and N reuses them
+(common random numbers: differences between ε are not sampling noise). The N-sweep uses prefixes of one
+batch of ``max(sweep)`` trajectories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Registry name → label naming the OPE estimate and the prior-work estimator it recovers (Table 1).
+ESTIMATOR_LABELS = {
+    "is": "Step-wise IS (DiCE)",
+    "dr": "Doubly robust (Loaded DiCE)",
+    "vtrace": "Truncated DR (V-trace)",
+    "taypo1": "TayPO-1 (LVC)",
+    "taypo2": "TayPO-2 (second-order)",
+    "taypo3": "TayPO-3",
+}
+DEFAULT_ESTIMATORS = tuple(ESTIMATOR_LABELS)
+DEFAULT_THIRD_ORDER_ESTIMATORS = ("is", "dr", "taypo1", "taypo2", "taypo3")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Settings of the study; the defaults reproduce the paper (released-code settings)."""
+
+    states: int = 20
+    actions: int = 5
+    dirichlet: float = 0.001
+    gamma: float = 0.8
+    horizon: int = 20
+    epsilons: tuple[float, ...] = (0.0, 0.2, 0.5, 0.8)
+    num_trajectories: int = 1000
+    sweep: tuple[int, ...] = (10, 30, 100, 300, 1000, 3000)
+    sweep_epsilon: float = 0.5
+    trials: int = 10
+    noise: float = 1.0
+    seed: int = 0
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    order: int = 3
+    third_order_estimators: tuple[str, ...] = DEFAULT_THIRD_ORDER_ESTIMATORS
+    third_order_trajectories: int = 1000
+    progress: bool = field(default=True, compare=False)
+
+    def validate(self) -> "ReproduceConfig":
+        """Raise ``ValueError`` naming the option and the expected form for any bad setting."""
+        from metagrad.estimators import valid_names
+
+        def positive_int(name, value):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}.")
+
+        for name in ("states", "actions", "horizon", "num_trajectories", "trials", "third_order_trajectories"):
+            positive_int(name, getattr(self, name))
+        if self.actions < 2:
+            raise ValueError(f"--actions must be at least 2 (a deterministic π_d needs a choice); got {self.actions}.")
+        for n in self.sweep:
+            positive_int("sweep", n)
+        for eps in (*self.epsilons, self.sweep_epsilon):
+            if not (isinstance(eps, (float, int)) and 0.0 <= eps < 1.0):
+                raise ValueError(
+                    f"off-policyness ε (--epsilons, --sweep-epsilon) must lie in [0, 1); got {eps!r} "
+                    "(ε = 1 makes π deterministic, so θ = log π is infinite)."
+                )
+        if not self.epsilons:
+            raise ValueError("--epsilons needs at least one value in [0, 1).")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"--gamma must be a discount in [0, 1); got {self.gamma}.")
+        if not self.dirichlet > 0:
+            raise ValueError(f"--dirichlet must be positive; got {self.dirichlet}.")
+        if not (self.noise >= 0 and math.isfinite(self.noise)):
+            raise ValueError(f"--noise must be a non-negative number; got {self.noise}.")
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"--order must be 1, 2 or 3 (the highest derivative to estimate); got {self.order}.")
+        valid = valid_names()
+        for name in (*self.estimators, *self.third_order_estimators):
+            if name not in valid:
+                raise ValueError(f"unknown estimator {name!r} in --estimators; valid names: {', '.join(valid)}.")
+        if not self.estimators:
+            raise ValueError("--estimators needs at least one estimator.")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------
+# The computation (JAX). Imports are local so that `metagrad --help` stays fast.
+
+
+def _trial_data(key, config: ReproduceConfig, num_trajectories: int):
+    """One trial: MDP, deterministic π_d, noisy critic and trajectories from the uniform behaviour."""
+    import jax
+    import jax.numpy as jnp
+
+    from metagrad.mdp import policy_evaluation, random_mdp
+    from metagrad.rollout import sample, tabular_softmax_policy
+
+    k_mdp, k_det, k_noise, k_traj = jax.random.split(key, 4)
+    s, a = config.states, config.actions
+    mdp = random_mdp(k_mdp, s, a, gamma=config.gamma, dirichlet=config.dirichlet)
+    deterministic = jax.random.randint(k_det, (s,), 0, a)
+    behaviour = jnp.full((s, a), 1.0 / a, mdp.rewards.dtype)
+    v_mu, _ = policy_evaluation(mdp, behaviour)
+    scale = config.noise * jnp.linalg.norm(v_mu) / s
+    critic = v_mu + scale * jax.random.normal(k_noise, (s,), v_mu.dtype)
+    batch = sample(k_traj, mdp, tabular_softmax_policy, jnp.zeros((s, a)), num_trajectories, config.horizon)
+    return mdp, deterministic, critic, batch
+
+
+def _target_logits(deterministic, epsilon, num_actions):
+    """θ = log π_ε with π_ε = (1 − ε) μ + ε π_d and μ uniform."""
+    import jax
+    import jax.numpy as jnp
+
+    pi = (1.0 - epsilon) / num_actions + epsilon * jax.nn.one_hot(deterministic, num_actions)
+    return jnp.log(pi)
+
+
+def _metrics(estimate, exact):
+    """(Pearson correlation, relative error) of flattened arrays, computed in float64."""
+    import jax.numpy as jnp
+
+    x = estimate.ravel().astype(exact.dtype)
+    y = exact.ravel()
+    xc, yc = x - x.mean(), y - y.mean()
+    corr = jnp.sum(xc * yc) / jnp.sqrt(jnp.sum(xc**2) * jnp.sum(yc**2))
+    rel = jnp.linalg.norm(x - y) / jnp.linalg.norm(y)
+    return corr, rel
+
+
+def _objective(names: tuple[str, ...], index, gamma: float):
+    """The per-trajectory objective of estimator ``names[index]``, selected by ``lax.switch``.
+
+    ``index`` may be traced (it is not batched), so one compiled program serves every estimator: far less
+    compilation than one program per estimator.
+    """
+    import jax
+
+    from metagrad.estimators import trajectory_objective
+
+    branches = [
+        (lambda log_pi, rewards, values, log_mu, name=name: trajectory_objective(name, log_pi, log_mu, rewards, values, gamma))
+        for name in names
+    ]
+
+    def fn(log_pi, rewards, values, log_mu):
+        return jax.lax.switch(index, branches, log_pi, rewards, values, log_mu)
+
+    return fn
+
+
+def _estimate(fn, config, logits, batch, critic, weights, order):
+    """Batch-weighted derivative estimates of orders 1..order, float32, by the chain-rule assembly."""
+    import jax.numpy as jnp
+
+    from metagrad.tabular import derivatives
+
+    f32 = jnp.float32
+    states, actions = batch.observations[:, :-1], batch.actions
+    log_mu = jnp.full(actions.shape, -jnp.log(config.actions), f32)  # the uniform behaviour
+    values = critic.astype(f32)[batch.observations]
+    args = (batch.rewards.astype(f32), values, log_mu)
+    return derivatives(fn, logits.astype(f32), states, actions, args, weights=weights.astype(f32), order=order)
+
+
+def run(config: ReproduceConfig) -> dict:
+    """Run the study and return every number (the content of ``figure1.json``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from metagrad import exact
+    from metagrad.progress import Progress
+
+    config.validate()
+    jax.config.update("jax_enable_x64", True)
+    t_start = time.perf_counter()
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.trials)
+    n_ab = config.num_trajectories
+    n_max = max(n_ab, max(config.sweep), config.third_order_trajectories if config.order >= 3 else 1)
+    eps = jnp.asarray(config.epsilons, jnp.float64)
+    order_ab = min(config.order, 2)
+    units = len(config.estimators) * (2 if order_ab == 2 else 1) + (
+        len(config.third_order_estimators) if config.order >= 3 else 0
+    )
+
+    # Trial data and exact derivatives (float64), vmapped over trials (and ε).
+    @jax.jit
+    def prepare(keys):
+        def one(key):
+            mdp, det, critic, batch = _trial_data(key, config, n_max)
+            logits = jax.vmap(lambda e: _target_logits(det, e, config.actions))(eps)
+            sweep_logits = _target_logits(det, config.sweep_epsilon, config.actions)
+            grads = jax.vmap(lambda th: exact.gradient(mdp, th))(logits)
+            hessians = jax.vmap(lambda th: exact.hessian(mdp, th))(logits)
+            sweep_hessian = exact.hessian(mdp, sweep_logits)
+            return dict(
+                mdp=mdp, critic=critic, batch=batch, logits=logits, sweep_logits=sweep_logits,
+                grads=grads, hessians=hessians, sweep_hessian=sweep_hessian,
+            )
+
+        return jax.vmap(one)(keys)
+
+    def prefix_weights(sizes, n):
+        w = np.zeros((len(sizes), n))
+        for row, size in enumerate(sizes):
+            w[row, :size] = 1.0 / size
+        return jnp.asarray(w)
+
+    def take(batch, n):
+        return jax.tree_util.tree_map(lambda x: x[:, :n] if x.ndim >= 2 else x, batch)
+
+    results: dict = {"panels": {}}
+    with Progress(units + 1, "reproduce", enabled=config.progress) as bar:
+        data = jax.block_until_ready(prepare(keys))
+        bar.update(1, "trial data + exact derivatives")
+
+        # Panels (a), (b), (e), (f): all ε at N = num_trajectories, vmapped over trials × ε.
+        names = config.estimators
+        w_ab = jnp.full((n_ab,), 1.0 / n_ab)
+        batch_ab = jax.tree_util.tree_map(lambda x: x[:, :n_ab], data["batch"])
+
+        @jax.jit
+        def panel_ab(index, logits, batch, critic, grads, hessians):
+            fn = _objective(names, index, config.gamma)
+
+            def per_eps(th, g, h, batch, critic):
+                est = _estimate(fn, config, th, batch, critic, w_ab, order_ab)
+                out = dict(zip(("grad_corr", "grad_rel"), _metrics(est[0], g)))
+                if order_ab == 2:
+                    out.update(zip(("hess_corr", "hess_rel"), _metrics(est[1], h)))
+                    out["hessian"] = est[1]
+                return out
+
+            per_trial = lambda th, g, h, b, c: jax.vmap(per_eps, (0, 0, 0, None, None))(th, g, h, b, c)  # noqa: E731
+            return jax.vmap(per_trial)(logits, grads, hessians, batch, critic)
+
+        ab = {}
+        for index, name in enumerate(names):
+            ab[name] = jax.block_until_ready(
+                panel_ab(index, data["logits"], batch_ab, data["critic"], data["grads"], data["hessians"])
+            )
+            bar.update(1, f"{name}: ε panels")
+
+        # Panel (c): Hessian accuracy vs N at the sweep ε; batch means over prefixes of one batch.
+        sweep_w = prefix_weights(config.sweep, max(config.sweep))
+        batch_c = jax.tree_util.tree_map(lambda x: x[:, : max(config.sweep)], data["batch"])
+
+        @jax.jit
+        def panel_c(index, logits, batch, critic, hessian):
+            fn = _objective(names, index, config.gamma)
+
+            def per_trial(th, b, c, h):
+                est = _estimate(fn, config, th, b, c, sweep_w, 2)[1]
+                return jax.vmap(lambda e: jnp.stack(_metrics(e, h)))(est)
+
+            return jax.vmap(per_trial)(logits, batch, critic, hessian)
+
+        sweep = {}
+        if order_ab == 2:
+            for index, name in enumerate(names):
+                sweep[name] = np.asarray(panel_c(index, data["sweep_logits"], batch_c, data["critic"], data["sweep_hessian"]))
+                bar.update(1, f"{name}: N sweep")
+
+        # Panel (d): third derivatives vs ε, one (trial, ε) at a time: the per-trajectory T³ tensors and the
+        # exact third derivative (10⁴ tangents through the solve) are too large to vmap in 1.5 GB.
+        third = {}
+        if config.order >= 3:
+            names3 = config.third_order_estimators
+            n3 = config.third_order_trajectories
+            w3 = jnp.full((n3,), 1.0 / n3)
+            batch_3 = jax.tree_util.tree_map(lambda x: x[:, :n3], data["batch"])
+            exact3 = jax.jit(
+                lambda mdps, logits: jax.lax.map(
+                    lambda a: jax.lax.map(lambda th: exact.derivative(a[0], th, 3), a[1]), (mdps, logits)
+                )
+            )(data["mdp"], data["logits"])
+
+            @jax.jit
+            def panel_d(index, logits, batch, critic, exact3):
+                fn = _objective(names3, index, config.gamma)
+
+                def per_trial(args):
+                    th, b, c, d3 = args
+                    per_eps = lambda t, d: jnp.stack(_metrics(_estimate(fn, config, t, b, c, w3, 3)[2], d))  # noqa: E731
+                    return jax.lax.map(lambda a: per_eps(*a), (th, d3))
+
+                return jax.lax.map(per_trial, (logits, batch, critic, exact3))
+
+            for index, name in enumerate(names3):
+                third[name] = np.asarray(panel_d(index, data["logits"], batch_3, data["critic"], exact3))
+                bar.update(1, f"{name}: third order")
+
+    elapsed = time.perf_counter() - t_start
+    results["panels"] = _summarise(config, ab, sweep, third)
+    results["settings"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}
+    results["settings"]["behaviour"] = "uniform"
+    results["settings"]["critic"] = "V^mu + noise * ||V^mu||_2/|X| * N(0, I)"
+    from metagrad.cli import environment_info
+
+    results["environment"] = environment_info()
+    results["elapsed_seconds"] = elapsed
+    results["labels"] = {name: ESTIMATOR_LABELS.get(name, name) for name in config.estimators}
+    return results
+
+
+def _mean_se(values: np.ndarray) -> tuple[list, list]:
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(axis=0)
+    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
+    return mean.tolist(), se.tolist()
+
+
+def _summarise(config, ab, sweep, third) -> dict:
+    """Mean ± s.e. over trials (and every trial's value) for each panel and estimator."""
+    panels: dict = {}
+
+    def add(panel, x_name, x, metric_name, name, values):
+        mean, se = _mean_se(values)
+        entry = panels.setdefault(panel, {"x_name": x_name, "x": list(x), "estimators": {}})
+        entry["estimators"].setdefault(name, {})[metric_name] = {
+            "mean": mean,
+            "se": se,
+            "trials": np.asarray(values).tolist(),
+        }
+
+    for name, out in ab.items():
+        add("a_gradient_vs_epsilon", "epsilon", config.epsilons, "correlation", name, out["grad_corr"])
+        add("a_gradient_vs_epsilon", "epsilon", config.epsilons, "relative_error", name, out["grad_rel"])
+        if "hess_corr" in out:
+            add("b_hessian_vs_epsilon", "epsilon", config.epsilons, "correlation", name, out["hess_corr"])
+            add("b_hessian_vs_epsilon", "epsilon", config.epsilons, "relative_error", name, out["hess_rel"])
+    for name, arr in sweep.items():
+        add("c_hessian_vs_trajectories", "num_trajectories", config.sweep, "correlation", name, arr[..., 0])
+        add("c_hessian_vs_trajectories", "num_trajectories", config.sweep, "relative_error", name, arr[..., 1])
+    for name, arr in third.items():
+        add("d_third_vs_epsilon", "epsilon", config.epsilons, "correlation", name, arr[..., 0])
+        add("d_third_vs_epsilon", "epsilon", config.epsilons, "relative_error", name, arr[..., 1])
+    if "dr" in ab and "taypo2" in ab and "hessian" in ab["dr"]:
+        h_dr = np.asarray(ab["dr"]["hessian"], np.float64)
+        h_t2 = np.asarray(ab["taypo2"]["hessian"], np.float64)
+        axes = tuple(range(2, h_dr.ndim))
+        diff = np.sqrt(((h_dr - h_t2) ** 2).sum(axes) / (h_dr**2).sum(axes))
+        add("e_dr_vs_taypo2", "epsilon", config.epsilons, "relative_difference", "dr_vs_taypo2", diff)
+    return panels
+
+
+# --------------------------------------------------------------------------------------------------------
+# Outputs: table, JSON, figures.
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table of mean ± s.e. correlations for every panel."""
+    lines = []
+    titles = {
+        "a_gradient_vs_epsilon": "(a) gradient: correlation with the exact ∇J",
+        "b_hessian_vs_epsilon": "(b) Hessian: correlation with the exact ∇²J",
+        "c_hessian_vs_trajectories": "(c) Hessian correlation vs number of trajectories",
+        "d_third_vs_epsilon": "(d) third derivative: correlation with the exact ∇³J",
+        "e_dr_vs_taypo2": "(e) ‖Ĥ_DR − Ĥ_TayPO-2‖ / ‖Ĥ_DR‖ on the same trajectories",
+    }
+    for key, panel in results["panels"].items():
+        lines.append(titles.get(key, key))
+        x_name = "ε" if panel["x_name"] == "epsilon" else "N"
+        header = f"  {'estimator':<30}" + "".join(f"{x_name + '=' + _fmt_x(x):>17}" for x in panel["x"])
+        lines.append(header)
+        for name, metrics in panel["estimators"].items():
+            metric = metrics.get("correlation") or metrics.get("relative_difference")
+            label = ESTIMATOR_LABELS.get(name, "DR vs TayPO-2" if name == "dr_vs_taypo2" else name)
+            if name == "dr_vs_taypo2":
+                cells = "".join(f"{m:>17.2e}" for m in metric["mean"])
+            else:
+                cells = "".join(f"{m:>9.3f} ± {s:<5.3f}" for m, s in zip(metric["mean"], metric["se"]))
+            lines.append(f"  {label:<30}{cells}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt_x(x) -> str:
+    return f"{x:g}"
+
+
+def plot(results: dict, out_dir: str) -> list[str]:
+    """Write ``figure1.png`` (panels a–c, as in the paper) and ``beyond.png`` (panels d–f)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = results["panels"]
+    colours = dict(zip(ESTIMATOR_LABELS, plt.get_cmap("tab10").colors))
+    settings = results["settings"]
+
+    def draw(ax, key, metric, title, ylabel, logx=False, logy=False):
+        panel = panels.get(key)
+        if panel is None:
+            ax.set_visible(False)
+            return
+        for name, metrics in panel["estimators"].items():
+            if metric not in metrics:
+                continue
+            mean, se = np.asarray(metrics[metric]["mean"]), np.asarray(metrics[metric]["se"])
+            label = ESTIMATOR_LABELS.get(name, name)
+            ax.errorbar(panel["x"], mean, yerr=se, marker="o", ms=4, capsize=3, label=label, color=colours.get(name))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("off-policyness ε" if panel["x_name"] == "epsilon" else "number of trajectories N")
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+
+    paths = []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    n = settings["num_trajectories"]
+    draw(axes[0], "a_gradient_vs_epsilon", "correlation", f"(a) gradient, N = {n}", "correlation with exact ∇J")
+    draw(axes[1], "b_hessian_vs_epsilon", "correlation", f"(b) Hessian, N = {n}", "correlation with exact ∇²J")
+    draw(
+        axes[2], "c_hessian_vs_trajectories", "correlation", f"(c) Hessian, ε = {settings['sweep_epsilon']:g}",
+        "correlation with exact ∇²J", logx=True,
+    )
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle(
+        f"Derivative estimates vs the exact derivatives: {settings['states']} states, {settings['actions']} actions, "
+        f"T = {settings['horizon']}, {settings['trials']} trials (mean ± s.e.)",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    paths.append(os.path.join(out_dir, "figure1.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    if any(k in panels for k in ("d_third_vs_epsilon", "e_dr_vs_taypo2")):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+        draw(
+            axes[0], "d_third_vs_epsilon", "correlation",
+            f"(d) third derivative, N = {settings['third_order_trajectories']}", "correlation with exact ∇³J",
+        )
+        panel = panels.get("e_dr_vs_taypo2")
+        if panel:
+            metric = panel["estimators"]["dr_vs_taypo2"]["relative_difference"]
+            axes[1].errorbar(panel["x"], metric["mean"], yerr=metric["se"], marker="o", capsize=3, color="k")
+            axes[1].set_yscale("log")
+            axes[1].set_title("(e) same trajectories: DR vs TayPO-2 Hessians", fontsize=10)
+            axes[1].set_xlabel("off-policyness ε")
+            axes[1].set_ylabel("‖Ĥ_DR − Ĥ_TayPO-2‖ / ‖Ĥ_DR‖")
+            axes[1].grid(alpha=0.3)
+        else:
+            axes[1].set_visible(False)
+        draw(axes[2], "b_hessian_vs_epsilon", "relative_error", f"(f) Hessian error, N = {n}", "‖Ĥ − H‖ / ‖H‖", logy=True)
+        handles, labels = axes[0].get_legend_handles_labels()
+        if not handles:
+            handles, labels = axes[2].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+        fig.suptitle("Beyond the paper: third order, the on-policy identity DR = TayPO-2, and errors", fontsize=11)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        paths.append(os.path.join(out_dir, "beyond.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0,0.2,0.5; got {text!r}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 10,100,1000; got {text!r}")
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def register(subparsers) -> None:
+    """Add the ``reproduce`` subcommand."""
+    d = ReproduceConfig()
+    p = subparsers.add_parser(
+        "reproduce",
+        help="run the paper's tabular study (Fig. 1a-c) and the beyond-the-paper panels",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--states", type=int, default=d.states, help="number of states |X| (the paper's text uses 10)")
+    p.add_argument("--actions", type=int, default=d.actions, help="number of actions")
+    p.add_argument("--horizon", type=int, default=d.horizon, help="trajectory length T")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="discount γ")
+    p.add_argument("--dirichlet", type=float, default=d.dirichlet, help="Dirichlet concentration of transitions")
+    p.add_argument("--epsilons", type=_float_list, default=d.epsilons, help="off-policyness values ε in [0, 1)")
+    p.add_argument("--num-trajectories", type=int, default=d.num_trajectories, help="N for the ε panels")
+    p.add_argument("--sweep", type=_int_list, default=d.sweep, help="values of N for panel (c)")
+    p.add_argument("--sweep-epsilon", type=float, default=d.sweep_epsilon, help="ε for panel (c)")
+    p.add_argument("--trials", type=int, default=d.trials, help="independent trials (new MDP, π_d, critic, data)")
+    p.add_argument("--noise", type=float, default=d.noise, help="critic noise, in units of ‖V^μ‖₂/|X|")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same numbers)")
+    p.add_argument("--estimators", type=_name_list, default=d.estimators, help="registry names, comma-separated")
+    p.add_argument("--order", type=int, default=d.order, help="highest derivative order (3 adds panel d)")
+    p.add_argument(
+        "--third-order-estimators", type=_name_list, default=d.third_order_estimators, help="estimators for panel (d)"
+    )
+    p.add_argument("--third-order-trajectories", type=int, default=d.third_order_trajectories, help="N for panel (d)")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto", help="JAX platform to run on")
+    p.add_argument("--out", default="results/reproduce", help="output folder for figures and JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    """Entry point of ``metagrad reproduce``."""
+    if args.device != "auto":
+        import jax
+
+        try:
+            jax.config.update("jax_platforms", args.device if args.device == "cpu" else "cuda")
+            jax.devices()
+        except RuntimeError as err:
+            print(f"metagrad reproduce: --device {args.device} is not available: {err}", file=sys.stderr)
+            return 2
+    config = ReproduceConfig(
+        states=args.states, actions=args.actions, horizon=args.horizon, gamma=args.gamma, dirichlet=args.dirichlet,
+        epsilons=args.epsilons, num_trajectories=args.num_trajectories, sweep=args.sweep,
+        sweep_epsilon=args.sweep_epsilon, trials=args.trials, noise=args.noise, seed=args.seed,
+        estimators=args.estimators, order=args.order, third_order_estimators=args.third_order_estimators,
+        third_order_trajectories=args.third_order_trajectories, progress=not args.quiet,
+    )
+    try:
+        config.validate()
+    except ValueError as err:
+        print(f"metagrad reproduce: error: {err}", file=sys.stderr)
+        return 2
+    results = run(config)
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "figure1.json")
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=1)
+    paths = plot(results, args.out)
+    print(format_table(results))
+    print(f"wrote {', '.join([*paths, json_path])} in {results['elapsed_seconds']:.1f} s")
+    return 0

@@ -1,0 +1,616 @@
+"""MAML meta-RL in JAX with the derivative estimator as a plug-in (Tang et al. 2021, Sec. 4 and Fig. 1d).
+
+One meta-iteration, for each task g of the meta-batch (``jax.vmap`` over the task parameter pytrees):
+
+1. sample the pre-update batch D_0 with π_θ, fit the critic (stop-gradient);
+2. take ``inner_steps`` differentiable ascent steps θ_{k+1} = θ_k + η ∇V̂_in(θ_k; D_k), where V̂_in is
+   the chosen inner estimator's surrogate (:func:`metagrad.estimators.surrogate`; on-policy, so
+   μ = stop_gradient(π_θk) and ρ_t = 1 in value but not in derivatives); D_k is sampled with π_θk;
+3. sample the post-update batch D' with π_θ', θ' = θ_K;
+4. differentiate the outer objective J_out(θ'(θ); D') through θ'(θ):
+   ∇_θ J_out = Π_k (I + η ∇²V̂_in(θ_k)) ∇J_out(θ') — reverse-mode autodiff of the composed function, so
+   only Hessian-vector products are ever formed, never a Hessian.
+
+Inner estimators: any name of :func:`metagrad.estimators.valid_names` (``"dr"``, ``"taypo2"``, ``"dice"``,
+``"lvc"``, ``"maml"`` = Finn et al.'s surrogate, …) plus
+
+* ``"fomaml"`` — first-order MAML: the inner gradient is ``stop_gradient``-ed, so ∇_θ J_out = ∇J_out(θ');
+* ``"emaml"`` — E-MAML (Stadie et al. 2018): the MAML inner step plus the score-function term of the
+  pre-update sampling distribution, mean_g [Σ_k Σ_{n,t} ∇ℓ^{(k)}_{n,t}] · (R̄'_g − mean_g R̄'_g), R̄'_g the
+  post-update mean discounted return of task g (centred over the meta-batch to reduce variance).
+
+Outer optimisers (``outer``; the three families of Fig. 1d):
+
+* ``"pg"`` — the meta-gradient of J_out (``outer_estimator``, default TayPO-1 whose gradient is the
+  policy gradient Σ_t Γ_t Â_t ∇ℓ_t) followed by an optax Adam step;
+* ``"promp"`` — ProMP (Rothfuss et al. 2019): ``promp_steps`` Adam steps on the same batches of
+  mean_g J^CLIP_g(θ'_g(θ)) − β Σ_k KL(π_θk^old ‖ π_θk) (a fixed penalty β = ``kl_coef`` on the pre-update
+  policies); after the first step the inner surrogates are off-policy, μ = π_θk^old (their OPE form);
+* ``"trpo"`` — TRPO-MAML (Finn et al. 2017): conjugate gradient on the Fisher-vector product of the mean
+  KL of the post-update policies, Gauss–Newton form Jᵀ F_θ' J with J = ∂θ'/∂θ (``jax.linearize`` and
+  ``jax.vjp``), step to the KL radius ``max_kl``, backtracking line search.
+
+:func:`train` is make_train-style: one jitted meta-iteration, ``lax.scan`` over iterations between
+checkpoints, a progress bar on stderr, atomic checkpoints and bit-identical ``resume``.
+
+**Devices.** The meta-batch axis is sharded over all visible devices with a ``jax.sharding.Mesh`` of axis
+``"tasks"`` and ``NamedSharding(mesh, P("tasks"))`` constraints on the task parameters and keys; the
+same code runs on one CPU, on fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``)
+and on several GPUs (``num_tasks`` must be divisible by the device count). On several hosts call
+``jax.distributed.initialize()`` on every host before building the config (each host runs the same
+program); ``jax.devices()`` then lists the devices of all hosts, the mesh spans them, every host computes
+the same replicated parameters, and only process 0 should write checkpoints
+(``jax.process_index() == 0``; pass ``checkpoint_dir=None`` elsewhere).
+
+References:
+  Finn, Abbeel, Levine. Model-agnostic meta-learning. ICML 2017.
+  Stadie et al. Some considerations on learning to explore via meta-reinforcement learning. NeurIPS 2018.
+  Rothfuss et al. ProMP: Proximal meta-policy search. ICLR 2019.
+  Tang et al. Unifying gradient estimators for meta-RL via off-policy evaluation. NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import os
+import tempfile
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from metagrad import critics as critics_lib
+from metagrad import outer as outer_lib
+from metagrad.policies import GaussianMLP, TabularSoftmax
+from metagrad.rollout import Trajectories, sample
+
+#: Environments of :class:`MAMLConfig`.
+ENVS = ("navigation", "navigation-corners", "tabular")
+#: Outer optimisers.
+OUTERS = ("pg", "promp", "trpo")
+#: Inner estimators handled by the loop itself, on top of the estimator registry.
+LOOP_ESTIMATORS = ("fomaml", "emaml", "maml")
+
+_CHECKPOINT = "checkpoint.npz"
+
+
+def valid_inner_estimators() -> list[str]:
+    """Every accepted ``inner_estimator``: the registry's names plus ``fomaml``, ``emaml``, ``maml``."""
+    from metagrad import estimators
+
+    return sorted(set(estimators.valid_names()) | set(LOOP_ESTIMATORS))
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLConfig:
+    """Everything that defines a MAML run (frozen and hashable; invalid values raise ``ValueError``).
+
+    Defaults follow ProMP where Tang et al. are silent: 40 tasks, 20 trajectories per task, horizon 100,
+    γ = 0.99, a Gaussian MLP 64×64, inner step η = 0.1, outer Adam 1e-3, 5 ProMP steps with ε = 0.3,
+    TRPO KL radius 0.01, the linear feature baseline.
+
+    Attributes:
+      env: ``"navigation"`` (MAML's goals in a square), ``"navigation-corners"`` (ProMP's four corners,
+        Fig. 1d) or ``"tabular"`` (random MDPs, ``num_states`` × ``num_actions``, tabular softmax policy).
+      inner_estimator: see :func:`valid_inner_estimators`; ``inner_options`` its keyword options as
+        ``((name, value), ...)``.
+      inner_step_size: η > 0; inner_steps: K ≥ 0.
+      outer: ``"pg"``, ``"promp"`` or ``"trpo"``; outer_estimator: the surrogate J_out (a registry name).
+      critic: ``"linear"``, ``"none"`` or ``"exact"`` (tabular only); ``None``: exact for tabular, else linear.
+      num_tasks, num_trajectories, horizon: M tasks × N trajectories × T steps per batch.
+      num_iterations: meta-iterations of :func:`train`; checkpoint_every: iterations per jitted
+        ``lax.scan`` chunk (and between checkpoints).
+      shard: shard the meta-batch over ``jax.devices()``.
+    """
+
+    env: str = "navigation"
+    num_states: int = 10
+    num_actions: int = 5
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    inner_estimator: str = "maml"
+    inner_options: tuple = ()
+    inner_step_size: float = 0.1
+    inner_steps: int = 1
+    outer: str = "pg"
+    outer_estimator: str = "taypo1"
+    outer_lr: float = 1e-3
+    promp_steps: int = 5
+    clip_eps: float = 0.3
+    kl_coef: float = 5e-4
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_steps: int = 15
+    backtrack_ratio: float = 0.8
+    critic: str | None = None
+    num_tasks: int = 40
+    num_trajectories: int = 20
+    horizon: int = 100
+    gamma: float = 0.99
+    num_iterations: int = 100
+    checkpoint_every: int = 10
+    shard: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        object.__setattr__(self, "inner_options", tuple(tuple(kv) for kv in dict(self.inner_options).items()))
+        if self.env not in ENVS:
+            raise ValueError(f"Unknown env {self.env!r}; valid envs are {list(ENVS)}.")
+        if self.outer not in OUTERS:
+            raise ValueError(f"Unknown outer optimiser {self.outer!r}; valid ones are {list(OUTERS)}.")
+        valid = valid_inner_estimators()
+        if self.inner_estimator not in valid:
+            raise ValueError(f"Unknown inner estimator {self.inner_estimator!r}; valid estimators are {valid}.")
+        from metagrad import estimators
+
+        if self.outer_estimator not in estimators.valid_names():
+            raise ValueError(
+                f"Unknown outer estimator {self.outer_estimator!r}; valid estimators are {estimators.valid_names()}."
+            )
+        critic = self.critic if self.critic is not None else ("exact" if self.env == "tabular" else "linear")
+        if critic not in critics_lib.CRITICS:
+            raise ValueError(f"Unknown critic {critic!r}; valid critics are {list(critics_lib.CRITICS)}.")
+        if critic == "exact" and self.env != "tabular":
+            raise ValueError("critic='exact' needs env='tabular' (exact values exist only for tabular tasks).")
+        object.__setattr__(self, "critic", critic)
+        for name in ("inner_step_size", "outer_lr", "max_kl", "clip_eps", "backtrack_ratio"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a positive step size / coefficient; got {value!r}.")
+        if not self.backtrack_ratio < 1:
+            raise ValueError(f"`backtrack_ratio` must lie in (0, 1); got {self.backtrack_ratio}.")
+        for name in ("num_tasks", "num_trajectories", "horizon", "num_iterations", "checkpoint_every",
+                     "promp_steps", "cg_iterations", "backtrack_steps", "num_states", "num_actions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer (batch / iteration size); got {value!r}.")
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, (int, np.integer)) or self.inner_steps < 0:
+            raise ValueError(f"`inner_steps` must be a non-negative integer; got {self.inner_steps!r}.")
+        if not 0 <= self.gamma < 1:
+            raise ValueError(f"`gamma` must be a discount in [0, 1); got {self.gamma}.")
+        if self.kl_coef < 0 or self.cg_damping < 0:
+            raise ValueError("`kl_coef` and `cg_damping` must be non-negative.")
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        out["inner_options"] = [list(kv) for kv in self.inner_options]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MAMLConfig":
+        data = dict(data)
+        data["hidden_sizes"] = tuple(data["hidden_sizes"])
+        data["inner_options"] = tuple(tuple(kv) for kv in data["inner_options"])
+        return cls(**data)
+
+
+def make_env(config: MAMLConfig):
+    """``(env, policy)`` for the config: the ``FuncEnv`` whose ``params`` are the tasks, and the policy."""
+    from metagrad.envs import Navigation2D, TabularMDPEnv
+
+    if config.env == "tabular":
+        return TabularMDPEnv(config.num_states, config.num_actions), TabularSoftmax(config.num_states, config.num_actions)
+    goal_sampler = "square" if config.env == "navigation" else "corners"
+    return Navigation2D(goal_sampler), GaussianMLP(2, 2, config.hidden_sizes)
+
+
+def sample_tasks(config: MAMLConfig, key: jax.Array, n: int):
+    """``n`` tasks of the config's family, stacked along a leading axis (goals ``[n, 2]`` or MDPs)."""
+    env, _ = make_env(config)
+    if config.env == "tabular":
+        return env.sample_tasks(key, n, gamma=config.gamma)
+    return env.sample_tasks(key, n)
+
+
+class TaskData(NamedTuple):
+    """One task's batches: ``pre[k]`` sampled with π_θk (k < K), ``post`` with π_θ'.
+
+    ``*_values [N, T+1]`` are the critic's values (stop-gradient) and ``*_log_probs [N, T]`` the
+    log-probabilities log π_old(a_t|x_t) of the sampling policy, recomputed by ``policy.log_prob`` (the
+    behaviour policy μ of the off-policy surrogates used by ProMP's later steps and TRPO's line search).
+    """
+
+    pre: tuple
+    pre_values: tuple
+    pre_log_probs: tuple
+    post: Trajectories
+    post_values: jax.Array
+    post_log_probs: jax.Array
+
+
+def _observations(batch: Trajectories):
+    return jax.tree_util.tree_map(lambda x: x[:, :-1], batch.observations)
+
+
+def _tree_axpy(a, x, y):
+    return jax.tree_util.tree_map(lambda xi, yi: yi + a * xi, x, y)
+
+
+def mean_return(batch: Trajectories, gamma: float | None = None) -> jax.Array:
+    """Mean over trajectories of Σ_t r_t (undiscounted when ``gamma`` is None, else Σ_t γ^t r_t)."""
+    if gamma is None:
+        return jnp.mean(jnp.sum(batch.rewards, axis=-1))
+    discount = gamma ** jnp.arange(batch.horizon, dtype=batch.rewards.dtype)
+    return jnp.mean(jnp.sum(batch.rewards * discount, axis=-1))
+
+
+class MAML:
+    """The pure functions of one config (all jittable; ``vmap`` the per-task ones over tasks).
+
+    Per task: :meth:`collect` (sampling, critic, inner steps), :meth:`adapt` (θ'(θ) recomputed from the
+    collected batches, differentiable), :meth:`task_objective` and :meth:`task_meta_gradient`.
+    Meta-batch: :meth:`meta_gradient`, :meth:`iteration` (one full meta-iteration).
+    """
+
+    def __init__(self, config: MAMLConfig):
+        from metagrad import estimators
+
+        self.config = config
+        self.env, self.policy = make_env(config)
+        self.critic = critics_lib.make_critic(config.critic)
+        self._surrogate = estimators.surrogate
+        name = config.inner_estimator
+        self.inner_name = "maml" if name == "emaml" else name
+        self.first_order = name == "fomaml"
+        self.inner_options = dict(config.inner_options)
+        self.optimizer = optax.adam(config.outer_lr)
+
+    # ---------------------------------------------------------------- per task
+    def inner_surrogate(self, params, batch, values, behaviour_log_probs=None):
+        """V̂_in(θ; D) of the inner estimator (on-policy when ``behaviour_log_probs`` is None)."""
+        return self._surrogate(
+            self.inner_name, self.policy.log_prob, params, batch, values, self.config.gamma,
+            behaviour_log_probs=behaviour_log_probs, **self.inner_options,
+        )
+
+    def inner_step(self, params, batch, values, behaviour_log_probs=None):
+        """θ + η ∇V̂_in(θ) (for ``fomaml`` the gradient is a constant: ``stop_gradient``)."""
+        gradient = jax.grad(self.inner_surrogate)(params, batch, values, behaviour_log_probs)
+        if self.first_order:
+            gradient = jax.lax.stop_gradient(gradient)
+        return _tree_axpy(self.config.inner_step_size, gradient, params)
+
+    def outer_surrogate(self, params, batch, values, behaviour_log_probs=None):
+        """J_out(θ'; D') of ``outer_estimator``."""
+        return self._surrogate(
+            self.config.outer_estimator, self.policy.log_prob, params, batch, values, self.config.gamma,
+            behaviour_log_probs=behaviour_log_probs,
+        )
+
+    def _sample(self, key, params, task):
+        config = self.config
+        params = jax.lax.stop_gradient(params)
+        batch = sample(key, self.env, self.policy.sample, params, config.num_trajectories, config.horizon, task=task)
+        values = self.critic(batch, config.gamma, task=task, policy=self.policy, params=params)
+        log_probs = jax.lax.stop_gradient(self.policy.log_prob(params, _observations(batch), batch.actions))
+        return batch, values, log_probs
+
+    def collect(self, params, task, key) -> TaskData:
+        """Sample D_0, …, D_{K−1} and D' for one task, taking the inner steps in between (no θ-graph kept)."""
+        params = jax.lax.stop_gradient(params)
+        keys = jax.random.split(key, self.config.inner_steps + 1)
+        pre, pre_values, pre_log_probs = [], [], []
+        for k in range(self.config.inner_steps):
+            batch, values, log_probs = self._sample(keys[k], params, task)
+            pre.append(batch), pre_values.append(values), pre_log_probs.append(log_probs)
+            params = jax.lax.stop_gradient(self.inner_step(params, batch, values))
+        post, post_values, post_log_probs = self._sample(keys[-1], params, task)
+        return TaskData(tuple(pre), tuple(pre_values), tuple(pre_log_probs), post, post_values, post_log_probs)
+
+    def adapt(self, params, data: TaskData, off_policy: bool = False):
+        """θ'(θ) = θ_K from the collected batches, differentiable in θ; returns ``(θ', [θ_0, …, θ_{K−1}])``.
+
+        ``off_policy``: use the recorded log π_old as μ (exactly the on-policy surrogate when θ = θ_old).
+        """
+        thetas = []
+        for k in range(len(data.pre)):
+            thetas.append(params)
+            behaviour = data.pre_log_probs[k] if off_policy else None
+            params = self.inner_step(params, data.pre[k], data.pre_values[k], behaviour)
+        return params, thetas
+
+    def task_objective(self, params, data: TaskData):
+        """J_out(θ'(θ); D') for one task (on-policy at θ'); differentiate it for the task's meta-gradient."""
+        adapted, _ = self.adapt(params, data)
+        return self.outer_surrogate(adapted, data.post, data.post_values)
+
+    def task_meta_gradient(self, params, data: TaskData):
+        """∇_θ J_out(θ'(θ)) = Π_k (I + η Ĥ_k) ĝ' for one task (E-MAML's cross-task term excluded)."""
+        return jax.grad(self.task_objective)(params, data)
+
+    def pre_update_score(self, params, data: TaskData):
+        """Σ_k Σ_{n,t} (ℓ^{(k)}_{n,t} − stop_gradient(ℓ^{(k)}_{n,t})): zero in value, the E-MAML score in gradient."""
+        _, thetas = self.adapt(params, data)
+        score = 0.0
+        for theta, batch, mask in zip(thetas, data.pre, (b.mask() for b in data.pre)):
+            log_pi = self.policy.log_prob(theta, _observations(batch), batch.actions)
+            score = score + jnp.sum((log_pi - jax.lax.stop_gradient(log_pi)) * mask)
+        return score
+
+    # ---------------------------------------------------------------- meta-batch
+    def meta_objective(self, params, data: TaskData):
+        """mean_g J_out(θ'_g(θ)) (+ the E-MAML score term); ``data`` has a leading task axis."""
+        per_task = jax.vmap(self.task_objective, in_axes=(None, 0))(params, data)
+        objective = jnp.mean(per_task)
+        if self.config.inner_estimator == "emaml":
+            returns = jax.vmap(lambda d: mean_return(d.post, self.config.gamma))(data)
+            weight = jax.lax.stop_gradient(returns - jnp.mean(returns))
+            scores = jax.vmap(self.pre_update_score, in_axes=(None, 0))(params, data)
+            objective = objective + jnp.mean(scores * weight)
+        return objective
+
+    def meta_gradient(self, params, data: TaskData):
+        """∇_θ of :meth:`meta_objective` (the PG meta-gradient)."""
+        return jax.grad(self.meta_objective)(params, data)
+
+    def _promp_objective(self, params, old_params, data: TaskData):
+        config = self.config
+
+        def per_task(d):
+            adapted, thetas = self.adapt(params, d, off_policy=True)
+            log_pi = self.policy.log_prob(adapted, _observations(d.post), d.post.actions)
+            adv = outer_lib.advantages(d.post, d.post_values, config.gamma)
+            weights = outer_lib.cumulative_discounts(d.post, config.gamma) * d.post.mask()
+            clip = outer_lib.ppo_clip_objective(log_pi, d.post_log_probs, adv, weights, config.clip_eps)
+            _, old_thetas = self.adapt(old_params, d)
+            kl = 0.0
+            for theta, old_theta, batch in zip(thetas, old_thetas, d.pre):
+                kl = kl + jnp.mean(self.policy.kl(jax.lax.stop_gradient(old_theta), theta, _observations(batch)))
+            return clip - config.kl_coef * kl
+
+        return jnp.mean(jax.vmap(per_task)(data))
+
+    def _trpo_update(self, params, data: TaskData):
+        config = self.config
+        flat, unravel = ravel_pytree(params)
+
+        def adapted_all(flat_params, off_policy):
+            p = unravel(flat_params)
+            return jax.vmap(lambda d: self.adapt(p, d, off_policy)[0])(data)
+
+        def objective(flat_params):
+            adapted = adapted_all(flat_params, True)
+            values = jax.vmap(lambda a, d: self.outer_surrogate(a, d.post, d.post_values, d.post_log_probs))(
+                adapted, data
+            )
+            return jnp.mean(values)
+
+        old_adapted = jax.lax.stop_gradient(adapted_all(flat, False))
+
+        def mean_kl_adapted(adapted):
+            kls = jax.vmap(lambda old, new, d: jnp.mean(self.policy.kl(old, new, _observations(d.post))))(
+                old_adapted, adapted, data
+            )
+            return jnp.mean(kls)
+
+        def kl(flat_params):
+            return mean_kl_adapted(adapted_all(flat_params, True))
+
+        gradient = jax.grad(lambda f: self.meta_objective(unravel(f), data))(flat)
+        # Gauss–Newton Fisher-vector product at θ = θ_old: Jᵀ ∇²_θ' KL J v, J = ∂θ'/∂θ.
+        _, jvp_fn = jax.linearize(lambda f: adapted_all(f, False), flat)
+        _, vjp_fn = jax.vjp(lambda f: adapted_all(f, False), flat)
+
+        def fisher_vector_product(v):
+            tangent = jvp_fn(v)
+            _, fv = jax.jvp(jax.grad(mean_kl_adapted), (old_adapted,), (tangent,))
+            return vjp_fn(fv)[0]
+
+        new_flat, index = outer_lib.trpo_step(
+            flat, gradient, fisher_vector_product, objective, kl,
+            max_kl=config.max_kl, cg_iterations=config.cg_iterations, damping=config.cg_damping,
+            backtrack_steps=config.backtrack_steps, backtrack_ratio=config.backtrack_ratio,
+        )
+        return unravel(new_flat), gradient, index
+
+    def init(self, key):
+        """``(params, opt_state)`` of the initial policy."""
+        params = self.policy.init(key)
+        return params, self.optimizer.init(params)
+
+    def sample_meta_batch(self, params, key, *, sharding: NamedSharding | None = None) -> TaskData:
+        """M new tasks and their :class:`TaskData` (leading task axis, sharded over devices with ``sharding``)."""
+        config = self.config
+        k_tasks, k_collect = jax.random.split(key)
+        tasks = sample_tasks(config, k_tasks, config.num_tasks)
+        keys = jax.random.split(k_collect, config.num_tasks)
+        if sharding is not None:
+            tasks = jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tasks)
+            keys = jax.lax.with_sharding_constraint(keys, sharding)
+        return jax.vmap(self.collect, in_axes=(None, 0, 0))(params, tasks, keys)
+
+    def iteration(self, params, opt_state, key, *, sharding: NamedSharding | None = None):
+        """One meta-iteration: new tasks, collect, outer update. Returns ``(params, opt_state, metrics)``."""
+        config = self.config
+        data = self.sample_meta_batch(params, key, sharding=sharding)
+        metrics = {
+            "pre_return": jnp.mean(jax.vmap(lambda d: mean_return(d.pre[0] if d.pre else d.post))(data)),
+            "post_return": jnp.mean(jax.vmap(lambda d: mean_return(d.post))(data)),
+        }
+        if config.outer == "pg":
+            gradient = self.meta_gradient(params, data)
+            updates, opt_state = self.optimizer.update(jax.tree_util.tree_map(jnp.negative, gradient), opt_state, params)
+            params = optax.apply_updates(params, updates)
+        elif config.outer == "promp":
+            old_params = params
+
+            def step(carry, _):
+                p, s = carry
+                g = jax.grad(self._promp_objective)(p, old_params, data)
+                updates, s = self.optimizer.update(jax.tree_util.tree_map(jnp.negative, g), s, p)
+                return (optax.apply_updates(p, updates), s), optax.tree.norm(g)
+
+            (params, opt_state), norms = jax.lax.scan(step, (params, opt_state), None, length=config.promp_steps)
+            # The first ProMP step is taken at θ_old, where the clipped objective's gradient is the meta-gradient.
+            metrics["meta_grad_norm"] = norms[0]
+        else:
+            params, gradient, index = self._trpo_update(params, data)
+            metrics["backtracks"] = index
+        if config.outer != "promp":
+            metrics["meta_grad_norm"] = optax.tree.norm(gradient)
+        return params, opt_state, metrics
+
+
+# ---------------------------------------------------------------------------------------------- training
+def task_sharding(config: MAMLConfig) -> NamedSharding | None:
+    """``NamedSharding(Mesh(jax.devices(), ("tasks",)), P("tasks"))`` or ``None`` on one device.
+
+    Raises ``ValueError`` when ``num_tasks`` is not divisible by the device count.
+    """
+    devices = jax.devices()
+    if not config.shard or len(devices) == 1:
+        return None
+    if config.num_tasks % len(devices):
+        raise ValueError(
+            f"`num_tasks` = {config.num_tasks} must be divisible by the number of devices ({len(devices)}) "
+            "to shard the meta-batch; change num_tasks or pass shard=False."
+        )
+    return NamedSharding(Mesh(np.array(devices), ("tasks",)), PartitionSpec("tasks"))
+
+
+def make_train(config: MAMLConfig):
+    """``train_chunk(state, iterations) -> (state, metrics)`` (jitted ``lax.scan``) and ``init(key) -> state``.
+
+    ``state = {"params", "opt_state", "key"}``; iteration i uses ``fold_in(key, i)``, so results do not
+    depend on how iterations are grouped into chunks. Cached per config (``num_iterations`` aside) and
+    device set, so repeated and resumed runs reuse the compiled iteration.
+    """
+    return _make_train(dataclasses.replace(config, num_iterations=1), tuple(jax.devices()))
+
+
+@functools.lru_cache(maxsize=16)
+def _make_train(config: MAMLConfig, devices: tuple):
+    maml = MAML(config)
+    sharding = task_sharding(config)
+
+    def init(key):
+        k_init, k_run = jax.random.split(key)
+        params, opt_state = maml.init(k_init)
+        return {"params": params, "opt_state": opt_state, "key": k_run}
+
+    @jax.jit
+    def train_chunk(state, iterations):
+        def body(carry, i):
+            params, opt_state = carry
+            params, opt_state, metrics = maml.iteration(
+                params, opt_state, jax.random.fold_in(state["key"], i), sharding=sharding
+            )
+            return (params, opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(body, (state["params"], state["opt_state"]), iterations)
+        return {"params": params, "opt_state": opt_state, "key": state["key"]}, metrics
+
+    return init, train_chunk
+
+
+def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, iteration: int) -> None:
+    """state + history as one ``.npz`` (metadata JSON inside), written to a temp file then ``os.replace``-d."""
+    os.makedirs(directory, exist_ok=True)
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
+    metadata = {"config": config.to_json(), "iteration": iteration, "num_leaves": len(leaves)}
+    arrays["metadata"] = np.asarray(json.dumps(metadata))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(directory, _CHECKPOINT))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(metadata, f, indent=1)
+    os.replace(tmp, os.path.join(directory, "checkpoint.json"))
+
+
+def load_checkpoint(directory: str, template_state) -> tuple[Any, dict, int, dict]:
+    """``(state, history, iteration, metadata)`` of ``directory/checkpoint.npz`` (leaves into ``template_state``)."""
+    with np.load(os.path.join(directory, _CHECKPOINT)) as data:
+        metadata = json.loads(str(data["metadata"]))
+        treedef = jax.tree_util.tree_structure(template_state)
+        template = jax.tree_util.tree_leaves(template_state)
+        if metadata["num_leaves"] != len(template):
+            raise ValueError(f"The checkpoint in {directory} does not match this config's parameter structure.")
+        leaves = [jnp.asarray(data[f"state_{i}"], dtype=t.dtype) for i, t in enumerate(template)]
+        history = {k[len("history_"):]: np.asarray(data[k]) for k in data.files if k.startswith("history_")}
+    return jax.tree_util.tree_unflatten(treedef, leaves), history, int(metadata["iteration"]), metadata
+
+
+def _key_data(key) -> np.ndarray:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key)
+
+
+def train(
+    config: MAMLConfig,
+    key: jax.Array,
+    *,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    label: str = "maml",
+) -> tuple[Any, dict]:
+    """Meta-train for ``config.num_iterations`` iterations; returns ``(params, history)``.
+
+    ``history`` holds NumPy arrays over iterations: ``pre_return`` and ``post_return`` (mean undiscounted
+    return of the pre-update batch D_0 and of the post-update batch D'), ``meta_grad_norm``, ``wall_time``
+    (cumulative seconds, compilation included in the first chunk) and, for TRPO, ``backtracks``.
+
+    Iterations run in jitted chunks of ``config.checkpoint_every`` (a ``lax.scan``); after each chunk the
+    progress bar advances and, with ``checkpoint_dir``, a checkpoint is written atomically. ``resume=True``
+    continues from ``checkpoint_dir`` (same config and key required) and yields bit-identical parameters
+    and returns to an uninterrupted run (``wall_time`` aside).
+    """
+    from metagrad.progress import Progress
+
+    init, train_chunk = make_train(config)
+    state = init(key)
+    history: dict[str, np.ndarray] = {}
+    start = 0
+    if resume:
+        if checkpoint_dir is None or not os.path.exists(os.path.join(checkpoint_dir, _CHECKPOINT)):
+            raise ValueError(f"resume=True needs an existing checkpoint in `checkpoint_dir`; got {checkpoint_dir!r}.")
+        saved, history, start, metadata = load_checkpoint(checkpoint_dir, state)
+        saved_config = MAMLConfig.from_json(metadata["config"])
+        if dataclasses.replace(saved_config, num_iterations=config.num_iterations) != config:
+            raise ValueError(
+                "The checkpoint was written with a different config; resume needs the same config "
+                "(only num_iterations may change)."
+            )
+        if start > config.num_iterations:
+            raise ValueError(f"The checkpoint is at iteration {start}, beyond num_iterations = {config.num_iterations}.")
+        if not np.array_equal(_key_data(saved["key"]), _key_data(state["key"])):
+            raise ValueError("The checkpoint was written with a different key; resume needs the same key.")
+        state = saved
+    elapsed = float(history["wall_time"][-1]) if "wall_time" in history and len(history["wall_time"]) else 0.0
+    with Progress(config.num_iterations, label, enabled=progress) as bar:
+        bar.update(start)
+        i = start
+        while i < config.num_iterations:
+            n = min(config.checkpoint_every, config.num_iterations - i)
+            tic = time.perf_counter()
+            state, metrics = train_chunk(state, jnp.arange(i, i + n))
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - tic
+            metrics["wall_time"] = elapsed + seconds * np.arange(1, n + 1) / n
+            elapsed += seconds
+            for name, values in metrics.items():
+                values = np.asarray(values)
+                history[name] = np.concatenate([history[name], values]) if name in history else values
+            i += n
+            bar.update(n, note=f"post-adaptation return {float(history['post_return'][-1]):.3f}")
+            if checkpoint_dir is not None:
+                _write_checkpoint(checkpoint_dir, config, state, history, i)
+    return state["params"], history

@@ -1,0 +1,151 @@
+"""Tests of metagrad.envs: Gymnasium registration and check_env, pure FuncEnv methods, hand-checked rewards."""
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import metagrad.envs
+from metagrad.envs import CORNERS, Navigation2D
+
+
+@pytest.mark.parametrize("env_id", sorted(metagrad.envs.ENV_IDS))
+def test_registered_env_passes_check_env(env_id):
+    env = gymnasium.make(env_id, render_mode="rgb_array")
+    assert env.spec.max_episode_steps == metagrad.envs.ENV_IDS[env_id][1]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*infinity.*")  # MAML's position space is unbounded
+        check_env(env.unwrapped)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert env.render().ndim == 3
+    env.close()
+
+
+def test_registration_works_without_x64():
+    """The registered envs declare float32 / int spaces; they must hold with jax_enable_x64 off too."""
+    code = (
+        "import jax, gymnasium, metagrad.envs\n"
+        "from gymnasium.utils.env_checker import check_env\n"
+        "assert not jax.config.jax_enable_x64\n"
+        "env = gymnasium.make('metagrad/Navigation2D-v0').unwrapped\n"
+        "check_env(env)\n"
+        "print(env.reset(seed=0)[0].dtype)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "float32"
+
+
+def test_gymnasium_episode_and_task_keyword():
+    env = gymnasium.make("metagrad/Navigation2D-v0", goal=[0.05, 0.0])
+    obs, _ = env.reset(seed=1)
+    np.testing.assert_array_equal(obs, [0.0, 0.0])
+    obs, reward, terminated, truncated, _ = env.step(np.array([0.05, 0.0], np.float32))
+    np.testing.assert_allclose(obs, [0.05, 0.0], atol=1e-7)
+    assert reward == pytest.approx(0.0, abs=1e-7) and terminated and not truncated
+    # The time limit truncates at 100 steps.
+    env = gymnasium.make("metagrad/Navigation2DCorners-v0")
+    env.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated:
+        *_, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
+        assert not terminated
+        steps += 1
+    assert steps == 100
+
+
+def test_func_env_methods_jit_and_vmap_over_tasks():
+    for env in (Navigation2D("square"), Navigation2D("corners")):
+        goals = env.sample_tasks(jax.random.PRNGKey(0), 5)
+        keys = jax.random.split(jax.random.PRNGKey(1), 5)
+        actions = jnp.tile(jnp.array([0.05, -0.3]), (5, 1))
+
+        def one_step(key, goal, action):
+            state = env.initial(key, goal)
+            next_state = env.transition(state, action, key, goal)
+            return (
+                env.observation(next_state, key, goal),
+                env.reward(state, action, next_state, key, goal),
+                env.terminal(next_state, key, goal),
+            )
+
+        batched = jax.jit(jax.vmap(one_step))(keys, goals, actions)
+        assert batched[0].shape == (5, 2) and batched[1].shape == (5,) and batched[2].shape == (5,)
+        for i in range(5):
+            single = one_step(keys[i], goals[i], actions[i])
+            for b, s in zip(batched, single):
+                np.testing.assert_allclose(b[i], s, rtol=1e-12)
+        # The clip: the y step of −0.3 is clipped to −c, the x step of 0.05 passes.
+        start = jax.vmap(env.initial)(keys, goals)
+        np.testing.assert_allclose(batched[0] - start, np.tile([0.05, -env.max_action], (5, 1)), atol=1e-12)
+
+
+def test_square_rewards_and_termination_by_hand():
+    env = Navigation2D("square")
+    goal = jnp.array([0.3, -0.4])
+    s0 = env.initial(jax.random.PRNGKey(0), goal)
+    np.testing.assert_array_equal(s0, [0.0, 0.0])
+    s1 = env.transition(s0, jnp.array([0.5, 0.0]), None, goal)  # clipped to 0.1
+    np.testing.assert_allclose(s1, [0.1, 0.0])
+    # Distance after the move: ‖(0.1, 0) − (0.3, −0.4)‖ = √(0.04 + 0.16).
+    np.testing.assert_allclose(env.reward(s0, jnp.array([0.5, 0.0]), s1, None, goal), -np.sqrt(0.2), rtol=1e-12)
+    assert not env.terminal(s1, None, goal)
+    assert env.terminal(jnp.array([0.305, -0.395]), None, goal)
+    assert not env.terminal(jnp.array([0.32, -0.4]), None, goal)
+    np.testing.assert_allclose(env.default_params, [0.5, 0.5])
+    assert env.observation_space.dtype == np.float32 and env.action_space.high[0] == np.float32(0.1)
+
+
+def test_corner_rewards_by_hand():
+    env = Navigation2D("corners")  # ProMP's sparse reward, radius 0.5
+    goal = jnp.array([2.0, 2.0])
+    reward = lambda s, s2: float(env.reward(jnp.array(s), None, jnp.array(s2), None, goal))  # noqa: E731
+    assert reward([0.0, 0.0], [0.2, 0.2]) == 0.0  # ‖s'‖₁ = 0.4 < 0.5: inside the start region
+    # Outside the start region and nearest to the goal: progress ‖s − g‖ − ‖s' − g‖.
+    expected = np.hypot(1.8, 1.8) - np.hypot(1.6, 1.6)
+    assert reward([0.2, 0.2], [0.4, 0.4]) == pytest.approx(expected, rel=1e-12)
+    assert reward([0.4, 0.4], [0.2, 0.2]) == 0.0  # s' back inside the start region
+    assert reward([-0.3, 0.5], [-0.5, 0.6]) == 0.0  # nearest corner is (−2, 2), not the goal
+    assert reward([0.6, 0.6], [0.4, 0.4]) == pytest.approx(np.hypot(1.4, 1.4) - np.hypot(1.6, 1.6))  # moving away
+    dense = Navigation2D("corners", reward="dense")
+    np.testing.assert_allclose(dense.reward(None, None, jnp.array([1.0, 2.0]), None, goal), -1.0)
+    assert env.action_space.high[0] == np.float32(0.2)
+    assert not env.terminal(goal, None, goal)
+    start = jax.vmap(env.initial, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 500), goal)
+    assert np.all(np.abs(start) <= 0.2) and np.std(start) > 0.05
+
+
+def test_sample_tasks_shapes_ranges_determinism():
+    square, corners = Navigation2D("square"), Navigation2D("corners")
+    key = jax.random.PRNGKey(3)
+    goals = square.sample_tasks(key, 2000)
+    assert goals.shape == (2000, 2)
+    assert np.all(np.abs(goals) <= 0.5) and np.min(goals) < -0.45 and np.max(goals) > 0.45
+    np.testing.assert_array_equal(goals, square.sample_tasks(key, 2000))
+    assert not np.array_equal(goals, square.sample_tasks(jax.random.PRNGKey(4), 2000))
+    goals = np.asarray(corners.sample_tasks(key, 2000))
+    assert goals.shape == (2000, 2)
+    counts = [np.sum(np.all(goals == c, axis=1)) for c in CORNERS]
+    assert sum(counts) == 2000
+    # Each corner has probability 1/4: s.e. of a count is √(2000·¼·¾) ≈ 19.4.
+    assert all(abs(c - 500) < 5 * 19.4 for c in counts), counts
+    with pytest.raises(ValueError, match="`n`"):
+        square.sample_tasks(key, 0)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="`goal_sampler`"):
+        Navigation2D("circle")
+    with pytest.raises(ValueError, match="`reward`"):
+        Navigation2D("corners", reward="shaped")
+    with pytest.raises(ValueError, match="`reward='sparse'`"):
+        Navigation2D("square", reward="sparse")
+    assert Navigation2D("corners") == Navigation2D("corners") != Navigation2D("square")
+    assert hash(Navigation2D()) == hash(Navigation2D("square"))
