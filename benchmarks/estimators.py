@@ -177,10 +177,10 @@ Batched autodiff is {low:,.0f}–{high:,.0f}× faster than the per-trajectory lo
     return 0
 
 
-def write_section(section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next ``## `` heading), keeping the others."""
+def write_section(section: str, heading: str = SECTION) -> None:
+    """Replace the section ``heading`` of RESULTS.md (up to the next ``## `` heading), keeping the others."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
     else:

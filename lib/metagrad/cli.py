@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -64,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print versions, the JAX backend and devices")
     info.set_defaults(func=_cmd_info)
     for name in _SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(name.rsplit(".", 1)[0]) and importlib.util.find_spec(name):
-            importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded in the experiments' JSON (the command that made a figure)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

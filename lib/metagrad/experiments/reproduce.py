@@ -65,7 +65,7 @@ class ReproduceConfig:
     noise: float = 1.0
     seed: int = 0
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
-    order: int = 3
+    order: int = 2
     third_order_estimators: tuple[str, ...] = DEFAULT_THIRD_ORDER_ESTIMATORS
     third_order_trajectories: int = 1000
     progress: bool = field(default=True, compare=False)
@@ -189,6 +189,85 @@ def _estimate(fn, config, logits, batch, critic, weights, order):
     return derivatives(fn, logits.astype(f32), states, actions, args, weights=weights.astype(f32), order=order)
 
 
+@dataclass(frozen=True)
+class _Programs:
+    """The jitted programs of panels (a)–(c) and the layout of their outputs (see :func:`_programs`)."""
+
+    keys: object  # [trials] PRNG keys, one per trial
+    prepare: object  # keys → trial data and exact derivatives, vmapped over trials and ε
+    panels: object  # (estimator index, data…) → ([trials, ε, sizes, order, (corr, rel)], top-order estimates)
+    sizes: list  # the prefix sizes N evaluated by `panels`
+    order: int  # highest derivative order of panels (a)–(c): min(config.order, 2)
+
+
+def _programs(config: ReproduceConfig) -> _Programs:
+    """Build (not run) the two jitted programs of panels (a)–(c).
+
+    One batch per trial serves every panel: the ε panels use its first ``num_trajectories`` trajectories,
+    panel (c) its prefixes of each size in the sweep (batch means with prefix weights, one program), and
+    ``lax.switch`` over the estimator index lets one compiled program serve every estimator.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from metagrad import exact
+
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.trials)
+    sizes = sorted(set(config.sweep) | {config.num_trajectories})
+    n_max = max(sizes[-1], config.third_order_trajectories if config.order >= 3 else 1)
+    eps = jnp.asarray(_all_epsilons(config), jnp.float64)
+    row_ab = sizes.index(config.num_trajectories)
+    weights = np.zeros((len(sizes), n_max))
+    for row, size in enumerate(sizes):
+        weights[row, :size] = 1.0 / size
+    weights = jnp.asarray(weights)
+    order = min(config.order, 2)
+
+    def prepare(keys):
+        """Trial data and exact derivatives (float64), vmapped over trials and ε."""
+
+        def one(key):
+            mdp, det, critic, batch = _trial_data(key, config, n_max)
+            logits = jax.vmap(lambda e: _target_logits(det, e, config.actions))(eps)
+            exact_derivs = [jax.vmap(lambda th: exact.derivative(mdp, th, k))(logits) for k in range(1, order + 1)]
+            return dict(mdp=mdp, critic=critic, batch=batch, logits=logits, exact=exact_derivs)
+
+        return jax.vmap(one)(keys)
+
+    def panels(index, logits, batch, critic, exact_derivs):
+        """Metrics of estimator ``config.estimators[index]`` for every trial, ε and prefix size."""
+        fn = _objective(config.estimators, index, config.gamma)
+
+        def per_trial(args):
+            th, b, c, ex = args
+
+            def per_eps(t, ex_e):
+                est = _estimate(fn, config, t, b, c, weights, order)  # each [sizes, ...]
+                metrics = [jax.vmap(lambda e, d=d: jnp.stack(_metrics(e, d)))(est_k) for est_k, d in zip(est, ex_e)]
+                return jnp.stack(metrics, axis=1), est[-1][row_ab]  # [sizes, order, 2], top-order estimate at N
+
+            return jax.lax.map(lambda a: per_eps(*a), (th, ex))
+
+        return jax.lax.map(per_trial, (logits, batch, critic, exact_derivs))
+
+    # Trials are independent: shard them over the visible devices (several CPU devices, see `main`, or GPUs).
+    devices = jax.devices()
+    count = max(k for k in range(1, len(devices) + 1) if config.trials % k == 0)
+    if count > 1:
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.array(devices[:count]), ("trials",))
+        trial_axis = PartitionSpec("trials")
+        panels = jax.shard_map(panels, mesh=mesh, in_specs=(PartitionSpec(), *[trial_axis] * 4), out_specs=trial_axis,
+                                 check_vma=False)
+    return _Programs(keys, jax.jit(prepare), jax.jit(panels), sizes, order)
+
+
+def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
+    """The ε values evaluated: ``config.epsilons`` then the sweep's ε if it is not among them."""
+    return tuple(dict.fromkeys((*config.epsilons, config.sweep_epsilon)))
+
+
 def run(config: ReproduceConfig) -> dict:
     """Run the study and return every number (the content of ``figure1.json``)."""
     import jax
@@ -200,92 +279,30 @@ def run(config: ReproduceConfig) -> dict:
     config.validate()
     jax.config.update("jax_enable_x64", True)
     t_start = time.perf_counter()
-    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.trials)
-    n_ab = config.num_trajectories
-    n_max = max(n_ab, max(config.sweep), config.third_order_trajectories if config.order >= 3 else 1)
-    eps = jnp.asarray(config.epsilons, jnp.float64)
-    order_ab = min(config.order, 2)
-    units = len(config.estimators) * (2 if order_ab == 2 else 1) + (
-        len(config.third_order_estimators) if config.order >= 3 else 0
-    )
-
-    # Trial data and exact derivatives (float64), vmapped over trials (and ε).
-    @jax.jit
-    def prepare(keys):
-        def one(key):
-            mdp, det, critic, batch = _trial_data(key, config, n_max)
-            logits = jax.vmap(lambda e: _target_logits(det, e, config.actions))(eps)
-            sweep_logits = _target_logits(det, config.sweep_epsilon, config.actions)
-            grads = jax.vmap(lambda th: exact.gradient(mdp, th))(logits)
-            hessians = jax.vmap(lambda th: exact.hessian(mdp, th))(logits)
-            sweep_hessian = exact.hessian(mdp, sweep_logits)
-            return dict(
-                mdp=mdp, critic=critic, batch=batch, logits=logits, sweep_logits=sweep_logits,
-                grads=grads, hessians=hessians, sweep_hessian=sweep_hessian,
-            )
-
-        return jax.vmap(one)(keys)
-
-    def prefix_weights(sizes, n):
-        w = np.zeros((len(sizes), n))
-        for row, size in enumerate(sizes):
-            w[row, :size] = 1.0 / size
-        return jnp.asarray(w)
-
-    def take(batch, n):
-        return jax.tree_util.tree_map(lambda x: x[:, :n] if x.ndim >= 2 else x, batch)
+    programs = _programs(config)
+    sizes, order_ab, names = programs.sizes, programs.order, config.estimators
+    row_ab, e_sweep = sizes.index(config.num_trajectories), _all_epsilons(config).index(config.sweep_epsilon)
+    units = 1 + len(names) + (len(config.third_order_estimators) if config.order >= 3 else 0)
 
     results: dict = {"panels": {}}
-    with Progress(units + 1, "reproduce", enabled=config.progress) as bar:
-        data = jax.block_until_ready(prepare(keys))
+    with Progress(units, "reproduce", enabled=config.progress) as bar:
+        data = jax.block_until_ready(programs.prepare(programs.keys))
         bar.update(1, "trial data + exact derivatives")
 
-        # Panels (a), (b), (e), (f): all ε at N = num_trajectories, vmapped over trials × ε.
-        names = config.estimators
-        w_ab = jnp.full((n_ab,), 1.0 / n_ab)
-        batch_ab = jax.tree_util.tree_map(lambda x: x[:, :n_ab], data["batch"])
-
-        @jax.jit
-        def panel_ab(index, logits, batch, critic, grads, hessians):
-            fn = _objective(names, index, config.gamma)
-
-            def per_eps(th, g, h, batch, critic):
-                est = _estimate(fn, config, th, batch, critic, w_ab, order_ab)
-                out = dict(zip(("grad_corr", "grad_rel"), _metrics(est[0], g)))
-                if order_ab == 2:
-                    out.update(zip(("hess_corr", "hess_rel"), _metrics(est[1], h)))
-                    out["hessian"] = est[1]
-                return out
-
-            per_trial = lambda th, g, h, b, c: jax.vmap(per_eps, (0, 0, 0, None, None))(th, g, h, b, c)  # noqa: E731
-            return jax.vmap(per_trial)(logits, grads, hessians, batch, critic)
-
-        ab = {}
+        ab, sweep = {}, {}
         for index, name in enumerate(names):
-            ab[name] = jax.block_until_ready(
-                panel_ab(index, data["logits"], batch_ab, data["critic"], data["grads"], data["hessians"])
-            )
-            bar.update(1, f"{name}: ε panels")
-
-        # Panel (c): Hessian accuracy vs N at the sweep ε; batch means over prefixes of one batch.
-        sweep_w = prefix_weights(config.sweep, max(config.sweep))
-        batch_c = jax.tree_util.tree_map(lambda x: x[:, : max(config.sweep)], data["batch"])
-
-        @jax.jit
-        def panel_c(index, logits, batch, critic, hessian):
-            fn = _objective(names, index, config.gamma)
-
-            def per_trial(th, b, c, h):
-                est = _estimate(fn, config, th, b, c, sweep_w, 2)[1]
-                return jax.vmap(lambda e: jnp.stack(_metrics(e, h)))(est)
-
-            return jax.vmap(per_trial)(logits, batch, critic, hessian)
-
-        sweep = {}
-        if order_ab == 2:
-            for index, name in enumerate(names):
-                sweep[name] = np.asarray(panel_c(index, data["sweep_logits"], batch_c, data["critic"], data["sweep_hessian"]))
-                bar.update(1, f"{name}: N sweep")
+            metrics, top = programs.panels(index, data["logits"], data["batch"], data["critic"], data["exact"])
+            metrics = np.asarray(metrics)  # [trials, ε, sizes, order, (corr, rel)]
+            ab[name] = {
+                "grad_corr": metrics[:, : len(config.epsilons), row_ab, 0, 0],
+                "grad_rel": metrics[:, : len(config.epsilons), row_ab, 0, 1],
+            }
+            if order_ab == 2:
+                ab[name]["hess_corr"] = metrics[:, : len(config.epsilons), row_ab, 1, 0]
+                ab[name]["hess_rel"] = metrics[:, : len(config.epsilons), row_ab, 1, 1]
+                ab[name]["hessian"] = np.asarray(top)[:, : len(config.epsilons)]
+                sweep[name] = metrics[:, e_sweep, [sizes.index(n) for n in config.sweep], 1, :]
+            bar.update(1, name)
 
         # Panel (d): third derivatives vs ε, one (trial, ε) at a time: the per-trajectory T³ tensors and the
         # exact third derivative (10⁴ tangents through the solve) are too large to vmap in 1.5 GB.
@@ -295,11 +312,12 @@ def run(config: ReproduceConfig) -> dict:
             n3 = config.third_order_trajectories
             w3 = jnp.full((n3,), 1.0 / n3)
             batch_3 = jax.tree_util.tree_map(lambda x: x[:, :n3], data["batch"])
+            logits_3 = data["logits"][:, : len(config.epsilons)]
             exact3 = jax.jit(
                 lambda mdps, logits: jax.lax.map(
                     lambda a: jax.lax.map(lambda th: exact.derivative(a[0], th, 3), a[1]), (mdps, logits)
                 )
-            )(data["mdp"], data["logits"])
+            )(data["mdp"], logits_3)
 
             @jax.jit
             def panel_d(index, logits, batch, critic, exact3):
@@ -313,7 +331,7 @@ def run(config: ReproduceConfig) -> dict:
                 return jax.lax.map(per_trial, (logits, batch, critic, exact3))
 
             for index, name in enumerate(names3):
-                third[name] = np.asarray(panel_d(index, data["logits"], batch_3, data["critic"], exact3))
+                third[name] = np.asarray(panel_d(index, logits_3, batch_3, data["critic"], exact3))
                 bar.update(1, f"{name}: third order")
 
     elapsed = time.perf_counter() - t_start
@@ -475,10 +493,11 @@ def plot(results: dict, out_dir: str) -> list[str]:
         else:
             axes[1].set_visible(False)
         draw(axes[2], "b_hessian_vs_epsilon", "relative_error", f"(f) Hessian error, N = {n}", "‖Ĥ − H‖ / ‖H‖", logy=True)
-        handles, labels = axes[0].get_legend_handles_labels()
-        if not handles:
-            handles, labels = axes[2].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+        legend = {}  # every estimator of panels (d) and (f), once
+        for ax in (axes[0], axes[2]):
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
         fig.suptitle("Beyond the paper: third order, the on-policy identity DR = TayPO-2, and errors", fontsize=11)
         fig.tight_layout(rect=(0, 0.08, 1, 0.95))
         paths.append(os.path.join(out_dir, "beyond.png"))
@@ -544,9 +563,16 @@ def register(subparsers) -> None:
 
 def main(args) -> int:
     """Entry point of ``metagrad reproduce``."""
-    if args.device != "auto":
-        import jax
+    import jax
 
+    # Trials are sharded over devices (see `_programs`): on a CPU, expose one XLA device per core. This
+    # must precede JAX's backend start-up; if something already started it, one device is used.
+    try:
+        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1)
+    except RuntimeError:
+        pass
+    if args.device != "auto":
         try:
             jax.config.update("jax_platforms", args.device if args.device == "cpu" else "cuda")
             jax.devices()
@@ -566,6 +592,7 @@ def main(args) -> int:
         print(f"metagrad reproduce: error: {err}", file=sys.stderr)
         return 2
     results = run(config)
+    results["command"] = " ".join(["metagrad", *getattr(args, "argv", ["reproduce"])])
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "figure1.json")
     with open(json_path, "w") as f:
