@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table without updating RESULTS.md")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="numbers of trajectories N")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
 
     mdp = mdp_lib.random_mdp(jax.random.PRNGKey(0), 20, 5)
     logits = jax.random.normal(jax.random.PRNGKey(1), (20, 5))
@@ -194,7 +195,7 @@ Speed-up at N = 10⁴ (headline, target ≥ 100×): {summary}.
 - Machine: {machine()}; {platform.platform()}; Python {platform.python_version()}; {versions};
   JAX backend `{jax.default_backend()}`. No GPU was available for this run (CPU only).
 - Command: `python benchmarks/rollout.py` (from the repository root).
-- The 2 CPU cores were shared with other jobs while measuring (load average ≈ 5): both the loop and the
+- The 2 CPU cores were shared with other jobs while measuring (load average {load:.1f} when started): both the loop and the
   sampler slow down, and ratios vary by about ±30 % between runs.
 """
     print(section)
