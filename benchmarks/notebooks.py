@@ -15,6 +15,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -69,8 +70,9 @@ def tree_rss_mb(root: int) -> float:
     return total / 1024
 
 
-def run_notebook(path: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB of the process tree, exit code)."""
+def run_notebook(path: Path) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB of the process tree, exit code)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(path), str(path.parent)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -79,9 +81,11 @@ def run_notebook(path: Path) -> tuple[float, float, int]:
         peak = max(peak, tree_rss_mb(proc.pid))
         time.sleep(0.05)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # includes the kernel: the runner waits for it
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode:
         sys.stderr.write(proc.stderr.read().decode()[-2000:])
-    return wall, peak, proc.returncode
+    return wall, cpu, peak, proc.returncode
 
 
 def _machine() -> str:
@@ -118,22 +122,24 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     rows, failed = [], False
     for path in notebooks:
-        wall, peak, code = run_notebook(path)
+        wall, cpu, peak, code = run_notebook(path)
         ok = code == 0 and wall < TIME_BUDGET_S and peak < MEMORY_BUDGET_MB
         failed |= not ok
-        rows.append(f"| `{path.name}` | {wall:.1f} | {peak:.0f} | {'ok' if ok else 'FAILED' if code else 'over budget'} |")
+        status = "ok" if ok else "FAILED" if code else "over budget"
+        rows.append(f"| `{path.name}` | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {status} |")
         print(rows[-1], flush=True)
     text = "\n".join([
         SECTION,
         "",
         f"Machine: {_machine()}; load average {load:.1f} when started (shared machine: times include "
-        "contention). Python " + platform.python_version() + ".",
+        "contention; CPU time, user + system of runner and kernel, is the load-independent figure). "
+        "Python " + platform.python_version() + ".",
         f"Command: `python benchmarks/notebooks.py` ({datetime.date.today().isoformat()}). Each notebook runs in a "
         "fresh kernel via nbclient; time includes kernel start-up and JAX compilation; memory is the peak "
         f"total RSS of the runner and kernel processes. Budget: < {TIME_BUDGET_S:.0f} s and < {MEMORY_BUDGET_MB / 1024:.1f} GB each.",
         "",
-        "| notebook | wall time (s) | peak RSS (MiB) | status |",
-        "|---|---:|---:|---|",
+        "| notebook | wall time (s) | CPU time (s) | peak RSS (MiB) | status |",
+        "|---|---:|---:|---:|---|",
         *rows,
     ])
     write_section(Path(args.results), text)

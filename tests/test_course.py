@@ -19,6 +19,8 @@ from metagrad.course import build, checks, grade
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS, COURSE = ROOT / "solutions", ROOT / "course"
 NOTEBOOKS = sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+# Part I (this file's structure rules); later parts have their own checks module and tests.
+PART_ONE = [p for p in NOTEBOOKS if p.name[:2] <= "04"]
 
 
 def _code(source):
@@ -119,7 +121,7 @@ def test_course_check_names_stale_and_extra_files(tmp_path, capsys):
     assert not (course / "99_extra.ipynb").exists()
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", PART_ONE, ids=[p.stem for p in PART_ONE])
 def test_notebook_structure(path):
     nb = nbformat.read(path, as_version=4)
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -166,7 +168,9 @@ def test_course_notebook_is_valid_python_without_solutions(path):
 
 def test_every_registered_check_is_used_in_exactly_one_notebook():
     used = [name for path in NOTEBOOKS for name in grade.expected_checks(nbformat.read(path, as_version=4))]
-    assert sorted(used) == sorted(checks.EXERCISES)
+    assert len(used) == len(set(used))
+    present = {path.name[:2] for path in NOTEBOOKS}  # checks may be registered before their notebook exists
+    assert sorted(used) == sorted(n for n in grade.course_exercises() if checks.CHECKS[n] in present)
 
 
 def test_grade_reports_passed_failed_and_absent_checks(tmp_path):
@@ -191,7 +195,7 @@ def test_grade_reports_passed_failed_and_absent_checks(tmp_path):
     row = rows[0]
     assert row["hvp"] == "1" and row["magic_box"] == "0" and row["policy_evaluation"] == ""
     assert row["total"] == "1" and row["possible"] == "2" and row["status"] == "ok"
-    assert list(row) == ["file", "status", *checks.EXERCISES, "total", "possible"]
+    assert list(row) == ["file", "status", *grade.course_exercises(), "total", "possible"]
 
 
 def test_course_readme_explains_grading():

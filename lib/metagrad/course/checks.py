@@ -15,6 +15,7 @@ Every outcome is recorded in :func:`results` (exercise name -> passed), which
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -202,6 +203,7 @@ def check_hvp(hvp: Callable) -> str:
     ]
     cases = [(label, (f, _float(x), _float(v))) for label, (f, x, v) in cases]
 
+    @functools.partial(jax.jit, static_argnums=0)
     def reference(f, x, v):
         return jax.hessian(f)(x) @ v
 
@@ -230,6 +232,7 @@ def _bandit_cases():
 def check_score_function_gradient(score_function_gradient: Callable) -> str:
     """``score_function_gradient(logits [A], actions [N], rewards [N])`` -> (1/N) Σ_i r_i ∇ log π(a_i) [A]."""
 
+    @jax.jit
     def reference(logits, actions, rewards):
         return jax.grad(lambda th: jnp.mean(rewards * jax.nn.log_softmax(th)[actions]))(logits)
 
@@ -523,12 +526,12 @@ def check_inner_step(inner_step: Callable) -> str:
 
     rng = np.random.default_rng(5)
     mdp_a = _random_mdp(rng, 4, 3, 0.8)
-    mdp_b = _random_mdp(rng, 3, 2, 0.5, 0.01)
+    mdp_b = _random_mdp(rng, 4, 3, 0.5, 0.01)
     theta_a = _float(rng.normal(size=(4, 3)))
-    theta_b = _float(rng.normal(size=(3, 2)))
+    theta_b = _float(rng.normal(size=(4, 3)))
     cases = [
         ("a random 4-state MDP with η = 0.5", (mdp_a, theta_a, 0.5)),
-        ("a near-deterministic 3-state MDP with η = 2.0", (mdp_b, theta_b, 2.0)),
+        ("a near-deterministic MDP with γ = 0.5 and η = 2.0", (mdp_b, theta_b, 2.0)),
         ("η = 0 (θ' = θ)", (mdp_a, theta_a, 0.0)),
     ]
     mistakes = [
@@ -719,12 +722,13 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
     return _check_ope("doubly_robust", doubly_robust, ope.doubly_robust, mistakes, "metagrad.ope.doubly_robust")
 
 
-def _exercises_in_order() -> list[str]:
+def all_exercises() -> list[str]:
+    """Every exercise registered so far (this module and any later part, e.g. ``checks_part2``), in course order."""
     return sorted(CHECKS, key=lambda name: (CHECKS[name], list(CHECKS).index(name)))
 
 
-#: Names of every exercise, in course order.
-EXERCISES: list[str] = _exercises_in_order()
+#: Names of the exercises of part I (notebooks 00–04), in course order.
+EXERCISES: list[str] = all_exercises()
 
 
 def describe() -> dict[str, Any]:

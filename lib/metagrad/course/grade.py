@@ -14,14 +14,17 @@ exercise), the number passed and the number possible.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import pkgutil
 import re
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-from metagrad.course.checks import EXERCISES
+import metagrad.course
+from metagrad.course import checks
 
 _MARKER = "__METAGRAD_CHECK_RESULTS__"
 _CHECK_CALL = re.compile(r"checks\.check_([A-Za-z0-9_]+)\s*\(")
@@ -32,13 +35,22 @@ _REPORT_CELL = (
 )
 
 
+def course_exercises() -> list[str]:
+    """Every exercise of the course, in order: imports every ``metagrad.course.checks*`` module."""
+    for module in pkgutil.iter_modules(metagrad.course.__path__):
+        if module.name.startswith("checks"):
+            importlib.import_module(f"metagrad.course.{module.name}")
+    return checks.all_exercises()
+
+
 def expected_checks(nb: nbformat.NotebookNode) -> list[str]:
     """The exercise checks a notebook calls (from its code cells), in order."""
+    known = course_exercises()
     names = []
     for cell in nb.cells:
         if cell.cell_type == "code":
             for name in _CHECK_CALL.findall(cell.source):
-                if name in EXERCISES and name not in names:
+                if name in known and name not in names:
                     names.append(name)
     return names
 
@@ -83,7 +95,8 @@ def grade_notebook(path: Path, *, cell_timeout: int = 120, kernel_name: str = "p
 def grade(paths, out: Path, *, cell_timeout: int = 120, kernel_name: str = "python3") -> list[dict]:
     """Grade every submission in ``paths`` and write the CSV ``out``; returns the rows."""
     rows = [grade_notebook(p, cell_timeout=cell_timeout, kernel_name=kernel_name) for p in paths]
-    columns = ["file", "status", *EXERCISES, "total", "possible"]
+    exercises = course_exercises()
+    columns = ["file", "status", *exercises, "total", "possible"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
@@ -91,7 +104,7 @@ def grade(paths, out: Path, *, cell_timeout: int = 120, kernel_name: str = "pyth
         writer.writeheader()
         for row in rows:
             record = {"file": row["file"], "status": row["status"]}
-            for name in EXERCISES:
+            for name in exercises:
                 record[name] = int(row["passed"][name]) if name in row["passed"] else ""
             record["total"] = sum(row["passed"].values())
             record["possible"] = len(row["expected"])
