@@ -24,23 +24,20 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import re
 import sys
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from _common import machine, write_section
 from metagrad import estimators
 from metagrad import mdp as mdp_lib
 from metagrad.rollout import sample, tabular_softmax_policy
 
 SECTION = "## Estimators (benchmarks/estimators.py)"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 NAMES = ("is", "dr", "vtrace", "taypo1", "taypo2", "maml", "dice", "loaded_dice", "lvc")
 S, A, N, T, GAMMA = 20, 5, 1000, 20, 0.8
 
@@ -103,18 +100,6 @@ def chain_rule(name):
     return jax.jit(run)
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores available"
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -172,19 +157,9 @@ Batched autodiff is {low:,.0f}–{high:,.0f}× faster than the per-trajectory lo
 """
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, SECTION)
     return 0
 
-
-def write_section(section: str, heading: str = SECTION) -> None:
-    """Replace the section ``heading`` of RESULTS.md (up to the next ``## `` heading), keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    RESULTS.write_text(text.rstrip() + "\n")
 
 
 if __name__ == "__main__":

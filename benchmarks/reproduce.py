@@ -36,13 +36,11 @@ from importlib.metadata import version
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from _common import machine, write_section
 from metagrad.estimators import trajectory_objective
 from metagrad.experiments import reproduce
 
-sys.path.insert(0, os.path.dirname(__file__))
-from estimators import machine, write_section  # noqa: E402  (shared helpers of the benchmarks)
 
 SECTION = "## reproduce (benchmarks/reproduce.py)"
 PAPER_ESTIMATORS = ("is", "dr", "vtrace", "taypo1", "taypo2")

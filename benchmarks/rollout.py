@@ -25,22 +25,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import machine, write_section
 from metagrad import mdp as mdp_lib
 from metagrad.envs import Navigation2D
 from metagrad.rollout import sample, tabular_softmax_policy
 
 SECTION = "## Rollouts (benchmarks/rollout.py)"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SIZES = (100, 10_000, 100_000)
 
 
@@ -130,18 +128,6 @@ def bench_loop(fn, num_trajectories, horizon):
     return num_trajectories * horizon / seconds, seconds
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or model
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores available"
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -200,19 +186,9 @@ Speed-up at N = 10⁴ (headline, target ≥ 100×): {summary}.
 """
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, SECTION)
     return 0
 
-
-def write_section(section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next ``## `` heading), keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    RESULTS.write_text(text.rstrip() + "\n")
 
 
 if __name__ == "__main__":
