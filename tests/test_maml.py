@@ -1,4 +1,5 @@
-"""The MAML loop: meta-gradients against explicit formulas and the exact oracle, checkpoints, devices, errors."""
+"""The MAML loop: meta-gradients against explicit formulas and the exact oracle, E-MAML, critics, checkpoints,
+devices, config errors."""
 
 import dataclasses
 import json
@@ -13,28 +14,43 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from metagrad import exact, maml
+from metagrad import critics as critics_lib
+from metagrad import exact, maml, mdp
 from metagrad import outer as outer_lib
+from metagrad.rollout import Trajectories
 
 TABULAR = maml.MAMLConfig(
     env="tabular", num_states=3, num_actions=2, num_tasks=2, num_trajectories=8, horizon=5, gamma=0.8,
-    inner_step_size=0.7, inner_estimator="taypo2",
+    inner_step_size=0.7, inner_estimator="taypo2", inner_steps=2,
 )
 
 
-def _collect(config, key=0, theta_key=1):
-    m = maml.MAML(config)
-    theta = 0.5 * jax.random.normal(jax.random.PRNGKey(theta_key), (config.num_states, config.num_actions))
-    task = jax.tree_util.tree_map(lambda x: x[0], maml.sample_tasks(config, jax.random.PRNGKey(key), 1))
-    return m, theta, task, jax.jit(m.collect)(theta, task, jax.random.PRNGKey(key + 100))
+@pytest.fixture(scope="module")
+def tabular():
+    """``(theta, data)``: one task's batches D_0, D_1 (two inner steps) and D', shared by the identity tests.
+
+    The identities below hold for any batches, so the one-step tests reuse D_0 and D' of this collection.
+    """
+    # On-policy the inner gradients of TayPO-2 and of the MAML surrogate coincide, so collecting with the
+    # cheaper-to-compile MAML surrogate gives the batches TayPO-2 would have sampled.
+    m = maml.MAML(dataclasses.replace(TABULAR, inner_estimator="maml"))
+    theta = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (TABULAR.num_states, TABULAR.num_actions))
+    task = jax.tree_util.tree_map(lambda x: x[0], maml.sample_tasks(TABULAR, jax.random.PRNGKey(0), 1))
+    return theta, jax.jit(m.collect)(theta, task, jax.random.PRNGKey(100))
 
 
-def test_task_meta_gradient_is_one_plus_eta_hessian_times_post_gradient():
+def _with_inner_steps(data, k):
+    """The same batches with only the first ``k`` pre-update batches (D' unchanged)."""
+    return data._replace(pre=data.pre[:k], pre_values=data.pre_values[:k], pre_log_probs=data.pre_log_probs[:k])
+
+
+def test_task_meta_gradient_is_one_plus_eta_hessian_times_post_gradient(tabular):
     """∇_θ J_out(θ + η∇V̂_in(θ)) = (I + η Ĥ) ĝ' with Ĥ the inner estimator's own Hessian, formed explicitly."""
-    _, theta, task, data = _collect(TABULAR)
+    theta, data = tabular
+    data = _with_inner_steps(data, 1)
     size, eta = theta.size, TABULAR.inner_step_size
     for estimator in ("taypo2", "maml"):
-        m = maml.MAML(dataclasses.replace(TABULAR, inner_estimator=estimator))
+        m = maml.MAML(dataclasses.replace(TABULAR, inner_estimator=estimator, inner_steps=1))
 
         @jax.jit
         def explicit(theta, data):
@@ -48,26 +64,124 @@ def test_task_meta_gradient_is_one_plus_eta_hessian_times_post_gradient():
         np.testing.assert_allclose(loop.reshape(size), expected, rtol=1e-9, atol=1e-12, err_msg=estimator)
 
 
-def test_two_inner_steps_chain_the_jacobians():
-    config = dataclasses.replace(TABULAR, inner_steps=2)
-    m, theta, task, data = _collect(config)
-    size, eta = theta.size, config.inner_step_size
-    thetas, jacobian = [theta], jnp.eye(size)
-    for k in range(2):
-        h = jax.hessian(m.inner_surrogate)(thetas[-1], data.pre[k], data.pre_values[k]).reshape(size, size)
-        jacobian = (jnp.eye(size) + eta * h) @ jacobian
-        thetas.append(thetas[-1] + eta * jax.grad(m.inner_surrogate)(thetas[-1], data.pre[k], data.pre_values[k]))
-    post_gradient = jax.grad(m.outer_surrogate)(thetas[-1], data.post, data.post_values).reshape(size)
-    expected = jacobian.T @ post_gradient
-    np.testing.assert_allclose(m.task_meta_gradient(theta, data).reshape(size), expected, rtol=1e-9, atol=1e-12)
+def test_two_inner_steps_chain_the_jacobians(tabular):
+    theta, data = tabular
+    m = maml.MAML(TABULAR)
+    size, eta = theta.size, TABULAR.inner_step_size
+
+    @jax.jit
+    def explicit(theta, data):
+        thetas, jacobian = [theta], jnp.eye(size)
+        for k in range(2):
+            h = jax.hessian(m.inner_surrogate)(thetas[-1], data.pre[k], data.pre_values[k]).reshape(size, size)
+            jacobian = (jnp.eye(size) + eta * h) @ jacobian
+            thetas.append(thetas[-1] + eta * jax.grad(m.inner_surrogate)(thetas[-1], data.pre[k], data.pre_values[k]))
+        post_gradient = jax.grad(m.outer_surrogate)(thetas[-1], data.post, data.post_values).reshape(size)
+        return jacobian.T @ post_gradient, m.task_meta_gradient(theta, data)
+
+    expected, loop = explicit(theta, data)
+    np.testing.assert_allclose(loop.reshape(size), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_fomaml_meta_gradient_is_the_post_update_gradient():
-    config = dataclasses.replace(TABULAR, inner_estimator="fomaml", inner_steps=2)
-    m, theta, task, data = _collect(config)
-    adapted, _ = m.adapt(theta, data)
-    expected = jax.grad(m.outer_surrogate)(adapted, data.post, data.post_values)
-    np.testing.assert_allclose(m.task_meta_gradient(theta, data), expected, rtol=1e-12, atol=1e-14)
+def test_fomaml_meta_gradient_is_the_post_update_gradient(tabular):
+    theta, data = tabular
+    m = maml.MAML(dataclasses.replace(TABULAR, inner_estimator="fomaml"))
+
+    @jax.jit
+    def both(theta, data):
+        adapted, _ = m.adapt(theta, data)
+        return jax.grad(m.outer_surrogate)(adapted, data.post, data.post_values), m.task_meta_gradient(theta, data)
+
+    expected, loop = both(theta, data)
+    np.testing.assert_allclose(loop, expected, rtol=1e-12, atol=1e-14)
+    # … and it differs from the second-order meta-gradient on the same batches (the test can fail).
+    second_order = jax.jit(maml.MAML(TABULAR).task_meta_gradient)(theta, data)
+    assert np.linalg.norm(second_order - loop) > 1e-3 * np.linalg.norm(loop)
+
+
+def test_emaml_adds_the_pre_update_score_term(tabular):
+    """E-MAML = the MAML meta-gradient + mean_g [Σ_{n,t} ∇ log π_θ(a|x) over D_0,g] (R̄'_g − mean_g R̄'_g)."""
+    theta, data = tabular
+    # Two tasks: D_0 of the fixture, and its D_1 used as a second D_0 with the post-update rewards doubled.
+    first = _with_inner_steps(data, 1)
+    second = data._replace(
+        pre=data.pre[1:], pre_values=data.pre_values[1:], pre_log_probs=data.pre_log_probs[1:],
+        post=data.post._replace(rewards=2.0 * data.post.rewards),
+    )
+    batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), first, second)
+    config = dataclasses.replace(TABULAR, inner_steps=1)
+    emaml = maml.MAML(dataclasses.replace(config, inner_estimator="emaml"))
+    plain = maml.MAML(dataclasses.replace(config, inner_estimator="maml"))
+
+    def score(theta, d0):  # Σ_{n,t} ∇ log π_θ(a_t|x_t) over the valid steps of D_0
+        log_likelihood = lambda t: jnp.sum(plain.policy.log_prob(t, d0.observations[:, :-1], d0.actions) * d0.mask())  # noqa: E731
+        return jax.grad(log_likelihood)(theta)
+
+    @jax.jit
+    def both(theta, batch):
+        returns = jnp.stack([maml.mean_return(d.post, config.gamma) for d in (first, second)])
+        weights = returns - returns.mean()
+        term = (score(theta, first.pre[0]) * weights[0] + score(theta, second.pre[0]) * weights[1]) / 2
+        maml_gradient = plain.meta_gradient(theta, batch)
+        return maml_gradient, maml_gradient + term, emaml.meta_gradient(theta, batch)
+
+    maml_gradient, expected, loop = both(theta, batch)
+    np.testing.assert_allclose(loop, expected, rtol=1e-9, atol=1e-12)
+    assert np.linalg.norm(loop - maml_gradient) > 1e-3 * np.linalg.norm(loop)  # the score term is not negligible
+
+
+def test_critics_linear_baseline_exact_values_and_no_gradient():
+    """Linear: ridge least squares of the returns-to-go on φ(x, t) over the valid steps (padding ignored),
+    V(x_T) = 0. Exact: V^π of the sampling policy. None: 0. No critic passes a gradient."""
+    rng = np.random.default_rng(0)
+    n, t, gamma = 4, 6, 0.9
+    obs = jnp.asarray(rng.normal(size=(n, t + 1, 2)))
+    rewards = jnp.asarray(rng.normal(size=(n, t)))
+    terminated = jnp.zeros((n, t), bool).at[0, 2].set(True)  # trajectory 0 ends at step 2: steps 3.. are padding
+    batch = Trajectories(obs, jnp.zeros((n, t, 2)), rewards, jnp.zeros((n, t)), terminated)
+    linear = jax.jit(critics_lib.make_critic("linear"), static_argnums=1)
+    values = np.asarray(linear(batch, gamma))
+
+    # Reference: NumPy least squares on the stacked ridge system.
+    r, o, valid = np.asarray(rewards), np.clip(np.asarray(obs), -10, 10), np.asarray(batch.mask()).astype(bool)
+    disc = gamma * (1 - np.asarray(batch.done()))
+    returns = np.zeros((n, t))
+    for i in range(n):
+        g = 0.0
+        for s in reversed(range(t)):
+            g = r[i, s] + disc[i, s] * g
+            returns[i, s] = g
+    steps = np.broadcast_to((np.arange(t + 1) / 100.0)[None, :, None], (n, t + 1, 1))
+    phi = np.concatenate([o, o**2, steps, steps**2, steps**3, np.ones_like(steps)], axis=-1)
+    x, y = phi[:, :-1][valid], returns[valid]
+    ridge = 1e-5 * (np.trace(x.T @ x) / x.shape[1] + 1.0)
+    w = np.linalg.lstsq(np.vstack([x, np.sqrt(ridge) * np.eye(x.shape[1])]),
+                        np.concatenate([y, np.zeros(x.shape[1])]), rcond=None)[0]
+    expected = phi @ w
+    expected[:, -1] = 0.0
+    np.testing.assert_allclose(values, expected, rtol=1e-7, atol=1e-9)
+    # Padding does not enter the fit: changing rewards after termination leaves every value unchanged.
+    padded = batch._replace(rewards=rewards.at[0, 3:].set(100.0))
+    np.testing.assert_allclose(linear(padded, gamma), values, rtol=1e-12, atol=1e-12)
+    # Stop-gradient: no path from the batch's rewards into the values.
+    grad = jax.grad(lambda scale: jnp.sum(linear(batch._replace(rewards=scale * rewards), gamma)))(1.0)
+    assert float(grad) == 0.0
+    np.testing.assert_array_equal(critics_lib.make_critic("none")(batch, gamma), np.zeros((n, t + 1)))
+
+    # Exact critic: V^π(x_t) of π = softmax(θ), indexed by state, and no gradient into θ.
+    config = maml.MAMLConfig(env="tabular", num_states=3, num_actions=2, horizon=t, gamma=0.8)
+    task = jax.tree_util.tree_map(lambda a: a[0], maml.sample_tasks(config, jax.random.PRNGKey(0), 1))
+    states = jnp.asarray(rng.integers(0, 3, size=(n, t + 1)))
+    tab = Trajectories(states, jnp.zeros((n, t), jnp.int32), jnp.zeros((n, t)), jnp.zeros((n, t)))
+    theta = jnp.asarray(rng.normal(size=(3, 2)))
+    exact_critic = critics_lib.make_critic("exact")
+    v, _ = mdp.policy_evaluation(task, jax.nn.softmax(theta, axis=-1))
+    np.testing.assert_allclose(exact_critic(tab, 0.8, task=task, params=theta), np.asarray(v)[np.asarray(states)],
+                               rtol=1e-12)
+    grad = jax.grad(lambda th: jnp.sum(exact_critic(tab, 0.8, task=task, params=th)))(theta)
+    np.testing.assert_array_equal(grad, np.zeros_like(theta))
+    with pytest.raises(ValueError, match="Unknown critic"):
+        critics_lib.make_critic("learned")
 
 
 def test_meta_gradients_approach_the_exact_one_with_the_exact_critic():
@@ -110,14 +224,15 @@ def test_meta_gradients_approach_the_exact_one_with_the_exact_critic():
 
 
 def _nav_config(**kw):
-    base = dict(env="navigation", hidden_sizes=(8,), num_tasks=2, num_trajectories=4, horizon=10, num_iterations=4,
-                checkpoint_every=2, inner_estimator="taypo2", outer="pg")
+    base = dict(env="navigation", hidden_sizes=(4,), num_tasks=2, num_trajectories=2, horizon=5, num_iterations=4,
+                checkpoint_every=2, inner_estimator="maml", outer="pg", promp_steps=2, cg_iterations=3,
+                backtrack_steps=3)
     base.update(kw)
     return maml.MAMLConfig(**base)
 
 
-def test_checkpoint_resume_is_bit_identical(tmp_path):
-    outer = "pg"
+@pytest.mark.parametrize("outer", maml.OUTERS)
+def test_checkpoint_resume_is_bit_identical(tmp_path, outer):
     config = _nav_config(outer=outer)
     key = jax.random.PRNGKey(3)
     full_params, full_history = maml.train(config, key, progress=False)
@@ -128,9 +243,12 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
     params, history = maml.train(config, key, checkpoint_dir=directory, resume=True, progress=False)
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(full_params)):
         np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(ravel_pytree(full_params)[0], ravel_pytree(maml.MAML(config).init(key)[0])[0])
     for name in ("pre_return", "post_return", "meta_grad_norm"):
         np.testing.assert_array_equal(history[name], full_history[name])
     assert len(history["wall_time"]) == 4
+    if outer != "pg":
+        return
     with pytest.raises(ValueError, match="different key"):
         maml.train(config, jax.random.PRNGKey(4), checkpoint_dir=directory, resume=True, progress=False)
     with pytest.raises(ValueError, match="different config"):
@@ -138,19 +256,19 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
                    progress=False)
 
 
-def test_promp_first_step_gradient_is_the_meta_gradient():
+def test_promp_first_step_gradient_is_the_meta_gradient(tabular):
     """At θ = θ_old the clipped ratio is 1 and the KL penalty is flat: ProMP's gradient is the PG meta-gradient."""
-    config = dataclasses.replace(TABULAR, outer="promp", outer_estimator="taypo1")
-    m = maml.MAML(config)
-    theta = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (3, 2))
+    theta, data = tabular
+    data = jax.tree_util.tree_map(lambda x: x[None], data)  # a meta-batch of one task
+    m = maml.MAML(dataclasses.replace(TABULAR, outer="promp", outer_estimator="taypo1"))
 
     @jax.jit
-    def both(theta, key):
-        data = m.sample_meta_batch(theta, key)
+    def both(theta, data):
         return jax.grad(m._promp_objective)(theta, theta, data), m.meta_gradient(theta, data)
 
-    promp, meta = both(theta, jax.random.PRNGKey(2))
+    promp, meta = both(theta, data)
     np.testing.assert_allclose(promp, meta, rtol=1e-8, atol=1e-12)
+    assert np.linalg.norm(meta) > 1e-6
 
 
 def test_conjugate_gradient_and_trpo_step_on_a_quadratic():
@@ -174,7 +292,7 @@ def test_conjugate_gradient_and_trpo_step_on_a_quadratic():
 
 SHARDED = textwrap.dedent(
     """
-    import json, sys
+    import dataclasses, json, sys
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
@@ -185,33 +303,48 @@ SHARDED = textwrap.dedent(
     sharding = maml.task_sharding(config)
     m = maml.MAML(config)
     params = m.policy.init(jax.random.PRNGKey(0))
-    fn = jax.jit(lambda p, k: m.meta_gradient(p, m.sample_meta_batch(p, k, sharding=sharding)))
-    grad = fn(params, jax.random.PRNGKey(1))
+
+    def fn(p, k):
+        data = m.sample_meta_batch(p, k, sharding=sharding)
+        return m.meta_gradient(p, data), data.post.rewards
+
+    grad, rewards = jax.jit(fn)(params, jax.random.PRNGKey(1))
+    # One meta-iteration of train() (its jitted chunk shards the meta-batch the same way).
+    trained, history = maml.train(dataclasses.replace(config, num_iterations=1), jax.random.PRNGKey(2), progress=False)
     try:
         maml.task_sharding(maml.MAMLConfig(**{**json.loads(sys.argv[1]), "num_tasks": 12}))
         error = ""
     except ValueError as e:
         error = str(e)
-    print(json.dumps({"grad": ravel_pytree(grad)[0].tolist(), "sharded": sharding is not None, "error": error}))
+    print(json.dumps({"grad": ravel_pytree(grad)[0].tolist(), "sharded": sharding is not None, "error": error,
+                      "devices_of_batch": len(rewards.sharding.device_set), "trained": ravel_pytree(trained)[0].tolist(),
+                      "post_return": history["post_return"].tolist()}))
     """
 )
 
 
 def test_sharded_meta_gradient_matches_single_device():
+    """8 fake CPU devices (subprocess): the meta-batch is split over all 8, and the meta-gradient and one
+    iteration of train() agree with one device; a task count not divisible by 8 is a ValueError."""
     config = _nav_config(num_tasks=8)
     fields = {k: v for k, v in config.to_json().items()}
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"  # keeps conftest's flags
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-c", SHARDED, json.dumps(fields)], capture_output=True, text=True, env=env, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["sharded"]
+    assert result["sharded"] and result["devices_of_batch"] == 8
     assert "divisible by the number of devices (8)" in result["error"]
+    assert len(jax.devices()) == 1 and maml.task_sharding(config) is None
     m = maml.MAML(config)
     params = m.policy.init(jax.random.PRNGKey(0))
     single = jax.jit(lambda p, k: m.meta_gradient(p, m.sample_meta_batch(p, k)))(params, jax.random.PRNGKey(1))
     np.testing.assert_allclose(result["grad"], ravel_pytree(single)[0], rtol=1e-8, atol=1e-10)
+    trained, history = maml.train(dataclasses.replace(config, num_iterations=1), jax.random.PRNGKey(2), progress=False)
+    np.testing.assert_allclose(result["trained"], ravel_pytree(trained)[0], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(result["post_return"], history["post_return"], rtol=1e-8)
 
 
 @pytest.mark.parametrize(
@@ -237,10 +370,17 @@ def test_config_errors(change, message):
         _nav_config(**change)
 
 
-def test_inner_steps_zero_is_plain_policy_gradient():
+def test_inner_steps_zero_is_plain_policy_gradient(tabular):
+    theta, data = tabular
     config = dataclasses.replace(TABULAR, inner_steps=0)
-    m, theta, task, data = _collect(config)
+    m = maml.MAML(config)
+    data = _with_inner_steps(data, 0)
     assert data.pre == ()
-    expected = jax.grad(m.outer_surrogate)(theta, data.post, data.post_values)
-    np.testing.assert_allclose(m.task_meta_gradient(theta, data), expected, rtol=1e-12)
+    expected, loop = jax.jit(lambda t, d: (jax.grad(m.outer_surrogate)(t, d.post, d.post_values), m.task_meta_gradient(t, d)))(
+        theta, data
+    )
+    np.testing.assert_allclose(loop, expected, rtol=1e-12)
     assert ravel_pytree(expected)[0].shape == (6,)
+    # collect() with K = 0 samples only D'.
+    task = jax.tree_util.tree_map(lambda x: x[0], maml.sample_tasks(config, jax.random.PRNGKey(0), 1))
+    assert jax.jit(m.collect)(theta, task, jax.random.PRNGKey(100)).pre == ()

@@ -8,7 +8,8 @@ weight in every estimator, never a path for θ (paper-notes §3). Three kinds (:
 * ``"linear"`` — the LinearFeatureBaseline of rllab / MAML / ProMP, fitted per task by ridge regression
   of the discounted returns-to-go G_t on the features
   φ(x, t) = [clip(x, −10, 10), clip(x, −10, 10)², t/100, (t/100)², (t/100)³, 1],
-  w = argmin Σ_{n,t valid} (φ_{n,t}·w − G_{n,t})² + c ‖w‖², c = ``reg`` · mean diag(ΦᵀΦ) (scale-free ridge).
+  w = argmin Σ_{n,t valid} (φ_{n,t}·w − G_{n,t})² + c ‖w‖², c = ``reg`` · (mean diag(ΦᵀΦ) + 1)
+  (scale-free ridge; the + 1 keeps it positive for an all-zero batch).
   The horizon is part of the task (episodic), so V(x_T) = 0: no bootstrap.
 * ``"exact"`` — for tabular tasks, the true values V^π(x) of the policy that sampled the batch
   (:func:`metagrad.mdp.policy_evaluation`), indexed by state; V(x_T) bootstraps the truncated tail.
