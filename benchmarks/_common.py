@@ -11,7 +11,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
-    """CPU model and the number of cores this process may use, e.g. "AMD EPYC, 2 cores available"."""
+    """CPU model and the number of cores this process may use, e.g. "AMD EPYC, 2 cores available, 24 GiB RAM"."""
     model = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -21,7 +21,12 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores available"
+    try:
+        with open("/proc/meminfo") as handle:
+            memory = f", {int(handle.readline().split()[1]) / 1024**2:.0f} GiB RAM"
+    except OSError:
+        memory = ""
+    return f"{model}, {cores} cores available{memory}"
 
 
 def write_section(section: str, heading: str) -> None:

@@ -5,7 +5,7 @@ peak memory is the largest total resident set size (RSS, from /proc) of that sub
 descendants (the kernel included), polled every 50 ms. Results go to the section
 ``## Notebooks (benchmarks/notebooks.py)`` of benchmarks/RESULTS.md (other sections are left intact).
 
-Usage:  python benchmarks/notebooks.py [--solutions solutions] [--results benchmarks/RESULTS.md]
+Usage:  python benchmarks/notebooks.py [--solutions solutions]
 Budget: each notebook must run in well under 90 s on 2 CPU cores and stay below 1.5 GB.
 """
 
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Notebooks (benchmarks/notebooks.py)"
@@ -88,35 +90,11 @@ def run_notebook(path: Path) -> tuple[float, float, float, int]:
     return wall, cpu, peak, proc.returncode
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    with open("/proc/meminfo") as handle:
-        mem_gb = int(handle.readline().split()[1]) / 1024**2
-    return f"{cpu}, {os.cpu_count()} CPU cores, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def write_section(results_file: Path, text: str) -> None:
-    """Replace (or append) our section of the results file, leaving every other section intact."""
-    old = results_file.read_text() if results_file.exists() else "# Benchmark results\n"
-    lines = old.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines = lines[:start] + text.rstrip("\n").splitlines() + ([""] if end < len(lines) else []) + lines[end:]
-    else:
-        lines = lines + [""] + text.rstrip("\n").splitlines()
-    results_file.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solutions", default=str(ROOT / "solutions"))
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
     notebooks = sorted(Path(args.solutions).glob("[0-9][0-9]_*.ipynb"))
     load = os.getloadavg()[0]
@@ -131,7 +109,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         SECTION,
         "",
-        f"Machine: {_machine()}; load average {load:.1f} when started (shared machine: times include "
+        f"Machine: {machine()}; {platform.system()} {platform.release()}; load average {load:.1f} when started (shared machine: times include "
         "contention; CPU time, user + system of runner and kernel, is the load-independent figure). "
         "Python " + platform.python_version() + ".",
         f"Command: `python benchmarks/notebooks.py` ({datetime.date.today().isoformat()}). Each notebook runs in a "
@@ -142,7 +120,7 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|---|",
         *rows,
     ])
-    write_section(Path(args.results), text)
+    write_section(text, SECTION)
     return 1 if failed else 0
 
 
