@@ -6,6 +6,7 @@ gradient and Hessian estimates. The authors' released code computes them one tra
 about 190 s on a 2-core machine.
 
 * **ours** — the jitted programs of :mod:`metagrad.experiments.reproduce` (trial data + exact derivatives,
+  trials sharded over one XLA device per CPU core as the command does,
   then one ``lax.switch`` program per estimator: batch-mean gradient and Hessian by the chain-rule
   assembly of :mod:`metagrad.tabular`, plus the correlation metrics). Timed once compiled (second call).
 * **per-trajectory loop** — the released code's approach in JAX: a jitted per-trajectory ``jax.grad`` and
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the section without updating RESULTS.md")
     parser.add_argument("--loop-subset", type=int, default=100, help="trajectories timed per estimator in the loop")
     args = parser.parse_args(argv)
+    # As `metagrad reproduce` does: one XLA CPU device per core, trials sharded over them.
+    jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
     jax.config.update("jax_enable_x64", True)
 
     config = protocol_config()

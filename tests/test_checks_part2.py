@@ -1,0 +1,236 @@
+"""Every part II exercise check passes the notebook's solution, fails its stub and fails plausible wrong answers.
+
+As in ``tests/test_checks.py``: the solutions and stubs come from the notebooks themselves (the exercise cells of
+``solutions/NN_*.ipynb`` run after the notebook's import cell; ``strip_solutions`` gives the stubs). The wrong
+answers are the mistakes students make: a missing ``stop_gradient``, a time-indexed critic, LVC (TayPO-1)
+where TayPO-2 was asked, an off-by-one prefix sum, a decision rule that ignores the bias or the budget.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import nbformat
+import pytest
+
+from metagrad import estimators, exact, ope, prior, tabular
+from metagrad.course import checks, checks_part2
+from metagrad.course.build import BEGIN, exercise_names, strip_solutions
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
+
+
+@functools.lru_cache(maxsize=None)
+def _exercise_functions(notebook: str, stubs: bool) -> dict:
+    """Execute a notebook's import cell and its exercise cells; return the namespace."""
+    nb = nbformat.read(SOLUTIONS / notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    namespace: dict = {}
+    exec(compile(code[0].source, f"{notebook}:imports", "exec"), namespace)  # noqa: S102
+    for cell in code:
+        if BEGIN in cell.source:
+            source = strip_solutions(cell.source)[0] if stubs else cell.source
+            exec(compile(source, f"{notebook}:exercise", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def _part_two_exercises():
+    """(notebook, exercise) for the notebooks checked by `metagrad.course.checks_part2`."""
+    out = []
+    for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        imports = next(c for c in nb.cells if c.cell_type == "code").source
+        if "checks_part2" in imports:
+            out.extend((path.name, name) for name in exercise_names(nb))
+    return out
+
+
+EXERCISES = _part_two_exercises()
+
+
+def test_every_exercise_has_a_check_and_every_check_an_exercise():
+    assert sorted(name for _, name in EXERCISES) == sorted(checks_part2.EXERCISES)
+    assert not set(checks_part2.EXERCISES) & set(checks.EXERCISES), "part II names must not reuse part I names"
+
+
+@pytest.mark.parametrize("notebook,name", EXERCISES, ids=[n for _, n in EXERCISES])
+def test_check_passes_the_solution(notebook, name, capsys):
+    fn = _exercise_functions(notebook, stubs=False)[name]
+    getattr(checks_part2, f"check_{name}")(fn)
+    assert capsys.readouterr().out.startswith(f"✓ Exercise `{name}` passed")
+    assert checks.results()[name] is True
+
+
+@pytest.mark.parametrize("notebook,name", EXERCISES, ids=[n for _, n in EXERCISES])
+def test_check_fails_the_stub_with_a_friendly_message(notebook, name):
+    fn = _exercise_functions(notebook, stubs=True)[name]
+    with pytest.raises(checks.ExerciseCheckFailed, match="not implemented yet") as info:
+        getattr(checks_part2, f"check_{name}")(fn)
+    assert checks.results()[name] is False
+    rendered = info.value._render_traceback_()
+    assert len(rendered) == 1 and rendered[0].startswith("✗ Exercise") and "Traceback" not in rendered[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plausible wrong answers, each with the words the check must use to explain it.
+
+
+def dice_without_stop_gradient(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * jnp.exp(w) * rewards) + gamma ** rewards.shape[0] * jnp.exp(w[-1]) * values[-1]
+
+
+def dice_boxing_one_step(log_pi, rewards, values, gamma):
+    box = prior.magic_box
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * box(log_pi) * rewards) + gamma ** rewards.shape[0] * box(jnp.sum(log_pi)) * values[-1]
+
+
+def loaded_dice_time_indexed_critic(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[jnp.arange(states.shape[0])]  # the mistake: V(t) instead of V(x_t)
+    return prior.loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
+
+
+def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states]
+    discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (ope.returns(rewards, values, discounts) - values[:-1])
+    w = jax.lax.scan(lambda c, x: (lam * c + x, lam * c + x), jnp.zeros((), log_pi.dtype), log_pi)[1]
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w - log_pi)))
+
+
+def taypo2_is_lvc(log_ratios, rewards, values, gamma):
+    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=1)
+
+
+def taypo2_inclusive_prefix(log_ratios, rewards, values, gamma):
+    d = jnp.expm1(log_ratios)
+    discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+    g = ope.returns(rewards, values, discounts)
+    t = jnp.arange(rewards.shape[0])
+    return g[0] + jnp.sum(gamma**t * d * (g - values[:-1]) * (1.0 + jnp.cumsum(d)))  # Σ_{s≤t}: off by one
+
+
+def taypo_k_updates_before_use(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+    g = ope.returns(rewards, values, discounts)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1])
+
+    def step(e, d_t):
+        e = e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]])
+        return e, jnp.sum(e)  # the mistake: the prefix already contains d_t
+
+    _, factors = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), d)
+    return g[0] + jnp.sum(weights * d * factors)
+
+
+def choose_lowest_variance(bias, variance, num_trajectories):
+    return min(variance, key=variance.get)
+
+
+def choose_ignoring_budget(bias, variance, num_trajectories):
+    return min(bias, key=lambda name: bias[name] ** 2 + variance[name])
+
+
+def _inner_gradient(logits, batch, values, gamma, estimator, behaviour_log_probs=None):
+    def surrogate(theta):
+        return estimators.surrogate(estimator, tabular.log_policy, theta, batch, values, gamma,
+                                    behaviour_log_probs=behaviour_log_probs)
+
+    return jax.grad(surrogate)(logits)
+
+
+def inner_step_downhill(logits, batch, critic, gamma, step_size, estimator):
+    return logits - step_size * _inner_gradient(logits, batch, critic[batch.observations], gamma, estimator)
+
+
+def inner_step_time_indexed_critic(logits, batch, critic, gamma, step_size, estimator):
+    steps = jnp.minimum(jnp.arange(batch.observations.shape[1]), critic.shape[0] - 1)  # the mistake: V(t)
+    values = jnp.broadcast_to(critic[steps], batch.observations.shape)
+    return logits + step_size * _inner_gradient(logits, batch, values, gamma, estimator)
+
+
+def inner_step_stopped(logits, batch, critic, gamma, step_size, estimator):
+    gradient = _inner_gradient(logits, batch, critic[batch.observations], gamma, estimator)
+    return logits + step_size * jax.lax.stop_gradient(gradient)  # the mistake: θ' no longer carries the Hessian
+
+
+def meta_gradient_first_order(theta, mdp, batch, critic, gamma, step_size, estimator):
+    return jax.grad(lambda th: exact.value(mdp, inner_step_stopped(th, batch, critic, gamma, step_size, estimator)))(theta)
+
+
+def meta_gradient_before_adaptation(theta, mdp, batch, critic, gamma, step_size, estimator):
+    return jax.grad(lambda th: exact.value(mdp, th))(theta)
+
+
+def taypo_terms_cumulative(log_ratios, rewards, values, gamma, order):
+    estimates = jnp.stack([ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
+    return estimates  # the mistake: V̂_1 … V̂_K instead of Û_1 … Û_K
+
+
+def taypo_terms_updates_before_use(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+    g = ope.returns(rewards, values, discounts)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1]) * d
+
+    def step(e, inputs):
+        d_t, w_t = inputs
+        e = e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]])
+        return e, w_t * e  # the mistake: the prefix already contains d_t
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
+    return jnp.sum(contributions, axis=0)
+
+
+def off_policy_step_on_policy(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    return logits + step_size * _inner_gradient(logits, batch, critic[batch.observations], gamma, estimator)
+
+
+def off_policy_step_trainable_behaviour(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    def surrogate(theta):
+        log_mu = tabular.log_policy(theta, batch.observations[:, :-1], batch.actions)  # the mistake: μ from θ, no stop_gradient
+        return estimators.surrogate(estimator, tabular.log_policy, theta, batch, critic[batch.observations], gamma,
+                                    behaviour_log_probs=log_mu)
+
+    return logits + step_size * jax.grad(surrogate)(logits)
+
+
+WRONG_ANSWERS = [
+    ("dice_objective", dice_without_stop_gradient, "stop_gradient"),
+    ("dice_objective", dice_boxing_one_step, "Σ_{s≤t} ℓ_s"),
+    ("loaded_dice", loaded_dice_time_indexed_critic, "indexed by time"),
+    ("loaded_dice", loaded_dice_without_stop_gradient, "stop_gradient"),
+    ("taypo2", taypo2_is_lvc, "TayPO-1"),
+    ("taypo2", taypo2_inclusive_prefix, "off by one"),
+    ("taypo_k", taypo_k_updates_before_use, "off by one"),
+    ("choose_estimator", choose_lowest_variance, "ignores the bias"),
+    ("choose_estimator", choose_ignoring_budget, "ignores N"),
+    ("sampled_inner_step", inner_step_downhill, "downhill"),
+    ("sampled_inner_step", inner_step_time_indexed_critic, "indexed by time"),
+    ("sampled_inner_step", inner_step_stopped, "derivative in θ is not"),
+    ("task_meta_gradient", meta_gradient_first_order, "first-order MAML"),
+    ("task_meta_gradient", meta_gradient_before_adaptation, "before adaptation"),
+    ("taypo_terms", taypo_terms_cumulative, "cumulative"),
+    ("taypo_terms", taypo_terms_updates_before_use, "off by one"),
+    ("off_policy_inner_step", off_policy_step_on_policy, "on-policy"),
+    ("off_policy_inner_step", off_policy_step_trainable_behaviour, "unchanged"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", WRONG_ANSWERS, ids=[w.__name__ for _, w, _ in WRONG_ANSWERS])
+def test_check_explains_a_wrong_answer(name, wrong, explanation):
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks_part2, f"check_{name}")(wrong)
+    assert explanation in str(info.value)
+    assert checks.results()[name] is False
+
+
+def test_check_rejects_a_non_function():
+    with pytest.raises(checks.ExerciseCheckFailed, match="pass the function itself"):
+        checks_part2.check_taypo2(None)
