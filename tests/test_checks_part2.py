@@ -8,47 +8,15 @@ where TayPO-2 was asked, an off-by-one prefix sum, a decision rule that ignores 
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
-import nbformat
 import pytest
+from _exercises import exercise_functions, exercises
 
 from metagrad import estimators, exact, ope, prior, tabular
 from metagrad.course import checks, checks_part2
-from metagrad.course.build import BEGIN, exercise_names, strip_solutions
 
-SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
-
-
-@functools.lru_cache(maxsize=None)
-def _exercise_functions(notebook: str, stubs: bool) -> dict:
-    """Execute a notebook's import cell and its exercise cells; return the namespace."""
-    nb = nbformat.read(SOLUTIONS / notebook, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    namespace: dict = {}
-    exec(compile(code[0].source, f"{notebook}:imports", "exec"), namespace)  # noqa: S102
-    for cell in code:
-        if BEGIN in cell.source:
-            source = strip_solutions(cell.source)[0] if stubs else cell.source
-            exec(compile(source, f"{notebook}:exercise", "exec"), namespace)  # noqa: S102
-    return namespace
-
-
-def _part_two_exercises():
-    """(notebook, exercise) for the notebooks checked by `metagrad.course.checks_part2`."""
-    out = []
-    for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        imports = next(c for c in nb.cells if c.cell_type == "code").source
-        if "checks_part2" in imports:
-            out.extend((path.name, name) for name in exercise_names(nb))
-    return out
-
-
-EXERCISES = _part_two_exercises()
+EXERCISES = exercises("checks_part2")
 
 
 def test_every_exercise_has_a_check_and_every_check_an_exercise():
@@ -58,7 +26,7 @@ def test_every_exercise_has_a_check_and_every_check_an_exercise():
 
 @pytest.mark.parametrize("notebook,name", EXERCISES, ids=[n for _, n in EXERCISES])
 def test_check_passes_the_solution(notebook, name, capsys):
-    fn = _exercise_functions(notebook, stubs=False)[name]
+    fn = exercise_functions(notebook, stubs=False)[name]
     getattr(checks_part2, f"check_{name}")(fn)
     assert capsys.readouterr().out.startswith(f"✓ Exercise `{name}` passed")
     assert checks.results()[name] is True
@@ -66,7 +34,7 @@ def test_check_passes_the_solution(notebook, name, capsys):
 
 @pytest.mark.parametrize("notebook,name", EXERCISES, ids=[n for _, n in EXERCISES])
 def test_check_fails_the_stub_with_a_friendly_message(notebook, name):
-    fn = _exercise_functions(notebook, stubs=True)[name]
+    fn = exercise_functions(notebook, stubs=True)[name]
     with pytest.raises(checks.ExerciseCheckFailed, match="not implemented yet") as info:
         getattr(checks_part2, f"check_{name}")(fn)
     assert checks.results()[name] is False

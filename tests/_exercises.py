@@ -1,0 +1,40 @@
+"""The exercises of the solution notebooks, as functions: solutions and the stubs `metagrad course build` makes.
+
+Shared by ``test_checks.py`` (part I) and ``test_checks_part2.py`` (part II).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import nbformat
+
+from metagrad.course.build import BEGIN, exercise_names, strip_solutions
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
+
+
+@functools.lru_cache(maxsize=None)
+def exercise_functions(notebook: str, stubs: bool) -> dict:
+    """Execute a notebook's import cell and its exercise cells (solutions, or stubs); return the namespace."""
+    nb = nbformat.read(SOLUTIONS / notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    namespace: dict = {}
+    exec(compile(code[0].source, f"{notebook}:imports", "exec"), namespace)  # noqa: S102
+    for cell in code:
+        if BEGIN in cell.source:
+            source = strip_solutions(cell.source)[0] if stubs else cell.source
+            exec(compile(source, f"{notebook}:exercise", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def exercises(imports_marker: str) -> list[tuple[str, str]]:
+    """(notebook, exercise) for every solution notebook whose import cell contains ``imports_marker``."""
+    out = []
+    for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        imports = next(c for c in nb.cells if c.cell_type == "code").source + "\n"
+        if imports_marker in imports:
+            out.extend((path.name, name) for name in exercise_names(nb))
+    return out
