@@ -1,4 +1,4 @@
-"""Every exercise check passes the notebook's solution, fails its stub and fails plausible wrong answers.
+"""Every exercise check (parts I and II) passes the notebook's solution, fails its stub and fails plausible wrong answers.
 
 The solutions and stubs are taken from the notebooks themselves: the exercise cells of
 ``solutions/NN_*.ipynb`` are executed (after the notebook's import cell) to get the solution functions,
@@ -13,28 +13,32 @@ import numpy as np
 import pytest
 from _exercises import exercise_functions, exercises
 
-from metagrad.course import checks
+from metagrad.course import checks, checks_part2
 
-EXERCISES = exercises("from metagrad.course import checks\n")
+EXERCISES = exercises("from metagrad.course import checks\n")  # part I (00–04)
+PART_TWO = exercises("checks_part2")  # part II (05–09), wrong answers in test_checks_part2.py
+ALL = [(nb, name, checks) for nb, name in EXERCISES] + [(nb, name, checks_part2) for nb, name in PART_TWO]
 
 
 def test_every_exercise_has_a_check_and_every_check_an_exercise():
     assert sorted(name for _, name in EXERCISES) == sorted(checks.EXERCISES)
+    assert sorted(name for _, name in PART_TWO) == sorted(checks_part2.EXERCISES)
+    assert not set(checks_part2.EXERCISES) & set(checks.EXERCISES), "part II names must not reuse part I names"
 
 
-@pytest.mark.parametrize("notebook,name", EXERCISES, ids=[n for _, n in EXERCISES])
-def test_check_passes_the_solution(notebook, name, capsys):
+@pytest.mark.parametrize("notebook,name,module", ALL, ids=[n for _, n, _ in ALL])
+def test_check_passes_the_solution(notebook, name, module, capsys):
     fn = exercise_functions(notebook, stubs=False)[name]
-    getattr(checks, f"check_{name}")(fn)
+    getattr(module, f"check_{name}")(fn)
     assert capsys.readouterr().out.startswith(f"✓ Exercise `{name}` passed")
     assert checks.results()[name] is True
 
 
-@pytest.mark.parametrize("notebook,name", EXERCISES, ids=[n for _, n in EXERCISES])
-def test_check_fails_the_stub_with_a_friendly_message(notebook, name):
+@pytest.mark.parametrize("notebook,name,module", ALL, ids=[n for _, n, _ in ALL])
+def test_check_fails_the_stub_with_a_friendly_message(notebook, name, module):
     fn = exercise_functions(notebook, stubs=True)[name]
     with pytest.raises(checks.ExerciseCheckFailed, match="not implemented yet") as info:
-        getattr(checks, f"check_{name}")(fn)
+        getattr(module, f"check_{name}")(fn)
     assert checks.results()[name] is False
     rendered = info.value._render_traceback_()
     assert len(rendered) == 1 and rendered[0].startswith("✗ Exercise") and "Traceback" not in rendered[0]
