@@ -76,8 +76,30 @@ def mlp_apply(layers: list[dict], x: jax.Array) -> jax.Array:
     return x @ layers[-1]["w"] + layers[-1]["b"]
 
 
+class _Categorical:
+    """log π, sampling, entropy and KL of a softmax policy, from its ``log_probs_all(params, obs) -> [..., A]``."""
+
+    def log_prob(self, params, obs, action) -> jax.Array:
+        """log π_θ(a|x) for integer ``action`` (shape of ``obs`` without its feature axis)."""
+        return jnp.take_along_axis(self.log_probs_all(params, obs), action[..., None], axis=-1)[..., 0]
+
+    def sample(self, params, key, obs):
+        log_pi = self.log_probs_all(params, obs)
+        action = jax.random.categorical(key, log_pi)
+        return action, log_pi[action]
+
+    def entropy(self, params, obs) -> jax.Array:
+        log_pi = self.log_probs_all(params, obs)
+        return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+
+    def kl(self, params_a, params_b, obs) -> jax.Array:
+        """Σ_a π_a(a|x) (log π_a(a|x) − log π_b(a|x))."""
+        log_a, log_b = self.log_probs_all(params_a, obs), self.log_probs_all(params_b, obs)
+        return jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
-class TabularSoftmax:
+class TabularSoftmax(_Categorical):
     """π_θ(a|x) = softmax(θ[x, :])[a] with ``params = logits [S, A]``; observations are state indices."""
 
     num_states: int
@@ -94,25 +116,8 @@ class TabularSoftmax:
         return self.init_scale * jax.random.normal(key, shape, jnp.result_type(float))
 
     def log_probs_all(self, params, obs) -> jax.Array:
+        """log softmax(θ[x]) over actions, ``[..., A]`` for integer ``obs``."""
         return jax.nn.log_softmax(params[obs], axis=-1)
-
-    def log_prob(self, params, obs, action) -> jax.Array:
-        """log softmax(θ[x])[a] for integer ``obs`` and ``action`` of equal shape."""
-        return jnp.take_along_axis(self.log_probs_all(params, obs), action[..., None], axis=-1)[..., 0]
-
-    def sample(self, params, key, obs):
-        log_pi = self.log_probs_all(params, obs)
-        action = jax.random.categorical(key, log_pi)
-        return action, log_pi[action]
-
-    def entropy(self, params, obs) -> jax.Array:
-        log_pi = self.log_probs_all(params, obs)
-        return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
-
-    def kl(self, params_a, params_b, obs) -> jax.Array:
-        """Σ_a π_a(a|x) (log π_a(a|x) − log π_b(a|x))."""
-        log_a, log_b = self.log_probs_all(params_a, obs), self.log_probs_all(params_b, obs)
-        return jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +172,7 @@ class GaussianMLP:
 
 
 @dataclasses.dataclass(frozen=True)
-class CategoricalMLP:
+class CategoricalMLP(_Categorical):
     """π_θ(·|x) = softmax(MLP_θ(x)) over ``num_actions`` actions (tanh hidden layers); ``params = [layers]``."""
 
     obs_dim: int
@@ -183,23 +188,8 @@ class CategoricalMLP:
         return mlp_init(key, (self.obs_dim, *self.hidden_sizes, self.num_actions))
 
     def log_probs_all(self, params, obs) -> jax.Array:
+        """log softmax(MLP_θ(x)) over actions, ``[..., A]``."""
         return jax.nn.log_softmax(mlp_apply(params, obs), axis=-1)
-
-    def log_prob(self, params, obs, action) -> jax.Array:
-        return jnp.take_along_axis(self.log_probs_all(params, obs), action[..., None], axis=-1)[..., 0]
-
-    def sample(self, params, key, obs):
-        log_pi = self.log_probs_all(params, obs)
-        action = jax.random.categorical(key, log_pi)
-        return action, log_pi[action]
-
-    def entropy(self, params, obs) -> jax.Array:
-        log_pi = self.log_probs_all(params, obs)
-        return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
-
-    def kl(self, params_a, params_b, obs) -> jax.Array:
-        log_a, log_b = self.log_probs_all(params_a, obs), self.log_probs_all(params_b, obs)
-        return jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
 
 
 def as_policy_fn(policy):
