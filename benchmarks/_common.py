@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from importlib.metadata import version
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -27,6 +28,16 @@ def machine() -> str:
     except OSError:
         memory = ""
     return f"{model}, {cores} cores available{memory}"
+
+
+def environment(*packages: str) -> str:
+    """The machine, OS, Python, jax/jaxlib and ``packages`` versions, and JAX's backend with its devices."""
+    import jax
+
+    versions = ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", *packages))
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (f"{machine()}; {platform.platform()}; Python {platform.python_version()}; {versions}; "
+            f"JAX backend `{jax.default_backend()}` ({devices})")
 
 
 def write_section(section: str, heading: str) -> None:

@@ -24,15 +24,13 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
-from importlib.metadata import version
 
 import jax
 import jax.numpy as jnp
 
-from _common import machine, write_section
+from _common import environment, write_section
 from metagrad import estimators
 from metagrad import mdp as mdp_lib
 from metagrad.rollout import sample, tabular_softmax_policy
@@ -132,7 +130,6 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|---:|---:|",
         *rows,
     ])
-    versions = ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "numpy"))
     low, high = min(speedups), max(speedups)
     section = f"""{SECTION}
 
@@ -150,8 +147,7 @@ Batched autodiff is {low:,.0f}–{high:,.0f}× faster than the per-trajectory lo
 
 {table}
 
-- Machine: {machine()}; {platform.platform()}; Python {platform.python_version()}; {versions};
-  JAX backend `{jax.default_backend()}`. CPU only (no GPU for this benchmark).
+- Machine: {environment("numpy")}. CPU only (no GPU for this benchmark).
 - Command: `python benchmarks/estimators.py` (from the repository root).
 - The 2 CPU cores were shared with other jobs while measuring: absolute times vary by about ±30 % between runs.
 """

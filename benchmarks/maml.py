@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,17 +29,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from _common import machine, write_section
+from _common import environment, write_section
 
 from metagrad import maml
 
 SECTION = "## MAML (benchmarks/maml.py)"
 
-
-def _machine() -> str:
-    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return (f"{machine()}, {platform.system()} {platform.release()}; Python {platform.python_version()}, "
-            f"jax {jax.__version__}, backend `{jax.default_backend()}` ({devices})")
 
 
 class Timer:
@@ -135,7 +129,7 @@ def main(argv=None) -> int:
                      "not measured (no GPU lent to this task); `python benchmarks/maml.py --scaling` measures "
                      "the scaling on the machine it runs on.")
     lines += [
-        f"- Machine: {_machine()}; load average {load:.1f} when started (the 2 cores are shared with other "
+        f"- Machine: {environment()}; load average {load:.1f} when started (the 2 cores are shared with other "
         "jobs: absolute times vary between runs, the round-robin ratio much less)."
         + (" No GPU." if jax.default_backend() == "cpu" else ""),
         f"- Command: `{command}` (from the repository root, {datetime.date.today().isoformat()}).",

@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 
 import jax
 import jax.numpy as jnp
 
-from _common import machine, write_section
+from _common import environment, write_section
 from metagrad.estimators import trajectory_objective
 from metagrad.experiments import reproduce
 
@@ -135,7 +133,6 @@ def main(argv=None) -> int:
     wall, peak = time_command()
     print(f"metagrad reproduce: {wall:.1f} s, peak {peak:.2f} GB", file=sys.stderr)
 
-    versions = ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "numpy"))
     section = f"""{SECTION}
 
 The paper's protocol for Fig. 1a–b: 4 ε × 10 trials × N = 1,000 off-policy trajectories (T = 20, random
@@ -152,8 +149,7 @@ The whole default command `metagrad reproduce` (panels a–c: six estimators, 10
 the beyond-the-paper panels e–f; fresh process, so including Python and JAX start-up and compilation):
 **{wall:.1f} s wall, peak resident memory {peak:.2f} GB** (targets: < 30 s, < 1.5 GB).
 
-- Machine: {machine()}; {platform.platform()}; Python {platform.python_version()}; {versions};
-  JAX backend `{jax.default_backend()}`. CPU only: no GPU was lent to this task, so GPU times are not measured.
+- Machine: {environment("numpy")}. CPU only: no GPU was lent to this task, so GPU times are not measured.
 - Load average when started: {load:.1f} (a shared machine: times vary by about ±30 % between runs).
 - Command: `python benchmarks/reproduce.py` (from the repository root).
 """

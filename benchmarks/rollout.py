@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
-from importlib.metadata import version
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import machine, write_section
+from _common import environment, write_section
 from metagrad import mdp as mdp_lib
 from metagrad.envs import Navigation2D
 from metagrad.rollout import sample, tabular_softmax_policy
@@ -166,7 +164,6 @@ def main(argv=None) -> int:
         ["| setting | sampler | N | T | best time (ms) | env steps/s | speed-up |",
          "|---|---|---:|---:|---:|---:|---:|", *rows]
     )
-    versions = ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "numpy", "gymnasium"))
     summary = "; ".join(f"{k}: **{v:,.0f}×**" for k, v in headline.items())
     section = f"""{SECTION}
 
@@ -178,8 +175,7 @@ Speed-up at N = 10⁴ (headline, target ≥ 100×): {summary}.
 
 {table}
 
-- Machine: {machine()}; {platform.platform()}; Python {platform.python_version()}; {versions};
-  JAX backend `{jax.default_backend()}`. No GPU was available for this run (CPU only).
+- Machine: {environment("numpy", "gymnasium")}. No GPU was available for this run (CPU only).
 - Command: `python benchmarks/rollout.py` (from the repository root).
 - The 2 CPU cores were shared with other jobs while measuring (load average {load:.1f} when started): both the loop and the
   sampler slow down, and ratios vary by about ±30 % between runs.
