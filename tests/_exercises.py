@@ -1,6 +1,7 @@
 """The exercises of the solution notebooks, as functions: solutions and the stubs `metagrad course build` makes.
 
-Shared by ``test_checks.py`` (part I) and ``test_checks_part2.py`` (part II).
+Shared by ``test_checks.py`` (part I) and ``test_checks_part2.py`` (part II), with the assertion both make
+about a wrong answer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import functools
 from pathlib import Path
 
 import nbformat
+import pytest
 
+from metagrad.course import checks
 from metagrad.course.build import BEGIN, exercise_names, strip_solutions
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
@@ -38,3 +41,13 @@ def exercises(imports_marker: str) -> list[tuple[str, str]]:
         if imports_marker in imports:
             out.extend((path.name, name) for name in exercise_names(nb))
     return out
+
+
+def assert_check_explains(check_module, name: str, wrong, explanation: str) -> None:
+    """``check_<name>`` fails ``wrong``, records the failure, and says ``explanation`` in one or two sentences."""
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(check_module, f"check_{name}")(wrong)
+    message = str(info.value)
+    assert explanation in message, message
+    assert len(message) < 400, "a check message should be one or two sentences"
+    assert checks.results()[name] is False

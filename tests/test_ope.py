@@ -99,22 +99,15 @@ def maybe_jit(fn, jit, **static):
 # ------------------------------------------------------------------------------------------ values
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("discounts", DISCOUNTS, ids=["gamma", "terminated"])
-def test_importance_sampling_matches_loop(jit, discounts):
-    fn = maybe_jit(ope.step_importance_sampling, jit)
+@pytest.mark.parametrize(
+    "estimate, naive", [(ope.step_importance_sampling, naive_is), (ope.doubly_robust, naive_dr)], ids=["is", "dr"]
+)
+def test_importance_sampling_and_doubly_robust_match_loops(estimate, naive, jit, discounts):
+    fn = maybe_jit(estimate, jit)
     for seed in range(3):
         lr, r, v = random_inputs(seed)
         got = fn(lr, r, v, jnp.asarray(discounts))
-        np.testing.assert_allclose(got, naive_is(lr, r, v, discounts), rtol=1e-12)
-
-
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("discounts", DISCOUNTS, ids=["gamma", "terminated"])
-def test_doubly_robust_matches_loop(jit, discounts):
-    fn = maybe_jit(ope.doubly_robust, jit)
-    for seed in range(3):
-        lr, r, v = random_inputs(seed)
-        got = fn(lr, r, v, jnp.asarray(discounts))
-        np.testing.assert_allclose(got, naive_dr(lr, r, v, discounts), rtol=1e-12)
+        np.testing.assert_allclose(got, naive(lr, r, v, discounts), rtol=1e-12)
 
 
 @pytest.mark.parametrize("jit", [False, True])
