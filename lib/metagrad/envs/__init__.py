@@ -7,7 +7,7 @@ path used by :func:`metagrad.rollout.sample`):
 * :class:`Navigation2D` — the 2-D point robot, MAML's goals in a square (Finn et al. 2017) or ProMP's
   four corners (Rothfuss et al. 2019; Tang et al. 2021, Fig. 1d).
 
-Importing this module registers classic Gymnasium environments (one fixed task each, via
+``import metagrad`` registers classic Gymnasium environments (one fixed task each, via
 ``gymnasium.envs.functional_jax_env.FunctionalJaxEnv``; they return NumPy observations in the dtype of
 their spaces and pass ``gymnasium.utils.env_checker.check_env``):
 
@@ -18,10 +18,19 @@ their spaces and pass ``gymnasium.utils.env_checker.check_env``):
 * ``metagrad/TabularMDP-v0`` — keyword ``mdp`` (a :class:`~metagrad.mdp.TabularMDP`; default
   ``random_mdp(PRNGKey(0))``, 20 states and 5 actions); ``max_episode_steps=20`` (the paper's T).
 
-``import metagrad`` stays cheap (no JAX import) and does *not* register them: ``import metagrad.envs``
-first, or name the module in the id, ``gymnasium.make("metagrad.envs:metagrad/Navigation2D-v0")``.
-These classic environments step one transition at a time (for interoperability and ``check_env``); for
-speed, sample with :func:`metagrad.rollout.sample`, which calls the ``FuncEnv`` methods inside ``lax.scan``.
+``import metagrad`` imports Gymnasium but not JAX (``metagrad._registration``); this module is imported
+by Gymnasium the first time one of them is made. These classic environments step one transition at a time
+(for interoperability and ``check_env``); for speed, sample with :func:`metagrad.rollout.sample`, which calls
+the ``FuncEnv`` methods inside ``lax.scan``.
+
+Vector environments: ``gymnasium.make_vec(id, num_envs)`` uses each id's ``vector_entry_point``, a
+:class:`~metagrad.envs.vector.TaskVectorEnv` (all copies in one jitted ``vmap``, one process; ``goal`` /
+``mdp`` may stack one task per copy). ``vectorization_mode="async"`` runs one process per copy: making
+one of these environments switches Python's default start method from ``fork`` to ``forkserver`` (the
+default of Python 3.14), unless the program chose one, because a process forked after JAX started can
+deadlock. As with any non-fork start method, a script that makes async environments at top level needs
+``if __name__ == "__main__":``; to keep ``fork``, call ``multiprocessing.set_start_method("fork")`` first
+(at your own risk).
 """
 
 from __future__ import annotations
@@ -35,10 +44,12 @@ import numpy as np
 from gymnasium.envs.functional_jax_env import FunctionalJaxEnv
 from gymnasium.experimental.functional import FuncEnv
 
+from metagrad._registration import ENVIRONMENTS, avoid_fork_start_method
 from metagrad.envs.navigation import CORNERS, HORIZON, Navigation2D
 from metagrad.envs.tabular import TabularMDPEnv
+from metagrad.envs.vector import TaskVectorEnv
 
-__all__ = ["CORNERS", "HORIZON", "Navigation2D", "TabularMDPEnv", "TaskEnv", "ENV_IDS"]
+__all__ = ["CORNERS", "HORIZON", "Navigation2D", "TabularMDPEnv", "TaskEnv", "TaskVectorEnv", "ENV_IDS"]
 
 
 class TaskEnv(FunctionalJaxEnv):
@@ -90,6 +101,7 @@ class TaskEnv(FunctionalJaxEnv):
 
 def make_navigation(goal=None, render_mode: str | None = None, **navigation_kwargs) -> TaskEnv:
     """``gymnasium.make`` entry point of ``metagrad/Navigation2D-v0`` (keywords go to :class:`Navigation2D`)."""
+    avoid_fork_start_method()
     return TaskEnv(Navigation2D(**navigation_kwargs), None if goal is None else jnp.asarray(goal), render_mode)
 
 
@@ -100,17 +112,30 @@ def make_navigation_corners(goal=None, render_mode: str | None = None, reward: s
 
 def make_tabular(mdp=None, render_mode: str | None = None, num_states: int = 20, num_actions: int = 5) -> TaskEnv:
     """``gymnasium.make`` entry point of ``metagrad/TabularMDP-v0`` (``mdp`` fixes S and A when given)."""
+    avoid_fork_start_method()
     env = TabularMDPEnv.for_task(mdp) if mdp is not None else TabularMDPEnv(num_states, num_actions)
     return TaskEnv(env, mdp, render_mode)
 
 
-#: Gymnasium ids registered on import, with their entry points and episode limits.
-ENV_IDS = {
-    "metagrad/Navigation2D-v0": ("metagrad.envs:make_navigation", HORIZON),
-    "metagrad/Navigation2DCorners-v0": ("metagrad.envs:make_navigation_corners", HORIZON),
-    "metagrad/TabularMDP-v0": ("metagrad.envs:make_tabular", 20),
-}
+def make_navigation_vector(num_envs: int = 1, goal=None, max_episode_steps: int = HORIZON,
+                           render_mode: str | None = None, **navigation_kwargs) -> TaskVectorEnv:
+    """``gymnasium.make_vec`` entry point of ``metagrad/Navigation2D-v0``: ``goal`` ``[2]`` or ``[num_envs, 2]``."""
+    goal = None if goal is None else jnp.asarray(goal)
+    return TaskVectorEnv(Navigation2D(**navigation_kwargs), num_envs, goal, max_episode_steps, render_mode)
 
-for _id, (_entry_point, _steps) in ENV_IDS.items():
-    if _id not in gymnasium.registry:
-        gymnasium.register(id=_id, entry_point=_entry_point, max_episode_steps=_steps)
+
+def make_navigation_corners_vector(num_envs: int = 1, goal=None, reward: str | None = None,
+                                   max_episode_steps: int = HORIZON, render_mode: str | None = None) -> TaskVectorEnv:
+    """``gymnasium.make_vec`` entry point of ``metagrad/Navigation2DCorners-v0``."""
+    return make_navigation_vector(num_envs, goal, max_episode_steps, render_mode, goal_sampler="corners", reward=reward)
+
+
+def make_tabular_vector(num_envs: int = 1, mdp=None, max_episode_steps: int = 20, render_mode: str | None = None,
+                        num_states: int = 20, num_actions: int = 5) -> TaskVectorEnv:
+    """``gymnasium.make_vec`` entry point of ``metagrad/TabularMDP-v0``: ``mdp`` one MDP or ``num_envs`` stacked."""
+    env = TabularMDPEnv(*jnp.shape(mdp.rewards)[-2:]) if mdp is not None else TabularMDPEnv(num_states, num_actions)
+    return TaskVectorEnv(env, num_envs, mdp, max_episode_steps, render_mode)
+
+
+#: Gymnasium ids registered by ``import metagrad`` (``metagrad._registration``): entry point, episode limit.
+ENV_IDS = {env_id: (entry_point, steps) for env_id, (entry_point, _, steps) in ENVIRONMENTS.items()}
