@@ -199,7 +199,7 @@ def trajectory_objective(name: str, log_pi, log_mu, rewards, values, discounts, 
     Example:
       >>> lp = jnp.log(jnp.array([0.5, 0.5]))
       >>> jax.grad(trajectory_objective, argnums=1)("dr", lp, jax.lax.stop_gradient(lp), jnp.ones(2), jnp.zeros(3), 0.9)
-      Array([1.9, 1. ], dtype=float32)
+      Array([1.9, 0.9], dtype=float32)
     """
     estimator = get(name)
     options = estimator.resolve(options)

@@ -21,10 +21,15 @@ Policies:
 * :class:`CategoricalMLP` — π_θ(·|x) = softmax(MLP_θ(x)) over a finite action set.
 
 Example:
+  >>> import metagrad.envs, metagrad.rollout
   >>> policy = GaussianMLP(obs_dim=2, action_dim=2)
   >>> params = policy.init(jax.random.PRNGKey(0))
   >>> action, log_prob = policy.sample(params, jax.random.PRNGKey(1), jnp.zeros(2))
-  >>> batch = metagrad.rollout.sample(key, env, policy.sample, params, 20, 100, task=goal)
+  >>> env = metagrad.envs.Navigation2D()
+  >>> goal = env.sample_tasks(jax.random.PRNGKey(2), 1)[0]
+  >>> batch = metagrad.rollout.sample(jax.random.PRNGKey(3), env, policy.sample, params, 20, 100, task=goal)
+  >>> batch.rewards.shape
+  (20, 100)
 """
 
 from __future__ import annotations

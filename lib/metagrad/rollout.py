@@ -108,6 +108,7 @@ def sample(
       :class:`Trajectories` with ``log_probs`` = log π(a_t|x_t) of the sampling policy.
 
     Example:
+      >>> import metagrad.mdp
       >>> mdp = metagrad.mdp.random_mdp(jax.random.PRNGKey(0))
       >>> batch = sample(jax.random.PRNGKey(1), mdp, tabular_softmax_policy, jnp.zeros((20, 5)), 100, 20)
       >>> batch.observations.shape, batch.rewards.shape
