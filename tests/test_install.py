@@ -71,7 +71,7 @@ def test_requires_python_is_the_floor_of_the_pinned_dependencies():
     floors = {}
     for name in _runtime_closure():
         assert metadata.version(name) == CONSTRAINTS[name], f"{name} is not installed at its pinned version"
-        floors[name] = _lowest(metadata.metadata(name)["Requires-Python"])
+        floors[name] = _lowest(metadata.metadata(name).get("Requires-Python"))
     needed = max(floors.values(), key=Version)
     assert _lowest(PYPROJECT["requires-python"]) == needed, (
         f"requires-python is {PYPROJECT['requires-python']!r}, but the pins need >= {needed}: "
