@@ -137,7 +137,7 @@ def test_notebook_structure(path):
             name = build.exercise_names(nbformat.v4.new_notebook(cells=[cell]))[0]
             after = code[i + 1]
             assert f"checks.check_{name}({name})" in after.source
-            assert "NBVAL_CHECK_OUTPUT" in after.source
+            assert "nbval-check-output" in after.metadata.get("tags", [])
             assert cell.metadata["nbgrader"]["solution"] and after.metadata["nbgrader"]["grade"]
     assert grade.expected_checks(nb) == exercises
     # Every figure has a title and axis labels; numbers that matter are compared by nbval.
@@ -145,7 +145,7 @@ def test_notebook_structure(path):
         if "plt.subplots" in cell.source:
             assert "set_title" in cell.source and "set_xlabel" in cell.source and "set_ylabel" in cell.source
         if "print(" in cell.source and "assert" in cell.source:
-            assert "NBVAL_CHECK_OUTPUT" in cell.source
+            assert "nbval-check-output" in cell.metadata.get("tags", [])
     # Solutions are stored with outputs, no errors.
     for cell in code:
         assert cell.execution_count is not None, f"{path.name} is stored unexecuted"
