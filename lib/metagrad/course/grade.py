@@ -86,7 +86,10 @@ class Course:
         self.notebooks: dict[str, nbformat.NotebookNode] = {}
         self.checks: dict[str, list[str]] = {}
         for path in paths:
-            nb = nbformat.read(path, as_version=4)
+            try:
+                nb = nbformat.read(path, as_version=4)
+            except Exception as err:  # noqa: BLE001
+                raise GradeError(f"--course {folder}: {path.name} is not a readable notebook ({_first_line(err)}).") from None
             notebook_id = nb.metadata.get("metagrad", {}).get("notebook")
             if notebook_id is None:
                 raise GradeError(
