@@ -189,6 +189,32 @@ def badge_cell(repository: str, name: str) -> nbformat.NotebookNode:
     return cell
 
 
+README_START = "<!-- badges:start: written by `metagrad course build` from [project.urls] Repository in pyproject.toml -->"
+README_END = "<!-- badges:end -->"
+
+
+def readme_badges(repository: str, first_notebook: str) -> str:
+    """The README's badge block: Colab opens ``first_notebook``, Binder opens the course folder in JupyterLab."""
+    owner, repo = _github(repository)
+    colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{COURSE_DIR}/{first_notebook}"
+    binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?urlpath=lab/tree/{COURSE_DIR}"
+    return (
+        f"{README_START}\n"
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) "
+        f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder})\n"
+        f"{README_END}"
+    )
+
+
+def updated_readme(text: str, repository: str, first_notebook: str) -> str | None:
+    """``text`` with its badge block (between :data:`README_START` and :data:`README_END`) rewritten;
+    ``None`` when the README has no such block."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return text[:start] + readme_badges(repository, first_notebook) + text[end + len(README_END):]
+
+
 def install_source(repository: str) -> str:
     """Source of the install cell: ``pip install`` from ``repository`` only when metagrad is not importable.
 

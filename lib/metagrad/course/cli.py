@@ -7,6 +7,18 @@ import sys
 from pathlib import Path
 
 
+def _readme(solutions: Path):
+    """``(README path, the text it should have)`` for the repository of ``solutions``, or ``None``."""
+    from metagrad.course.build import repository_url, solution_notebooks, updated_readme
+
+    readme = Path(solutions).resolve().parent / "README.md"
+    notebooks = solution_notebooks(Path(solutions))
+    if not readme.is_file() or not notebooks:
+        return None
+    text = updated_readme(readme.read_text(encoding="utf-8"), repository_url(solutions), notebooks[0].name)
+    return None if text is None else (readme, text)
+
+
 def _cmd_build(args) -> int:
     from metagrad.course.build import BuildError, build, execute_solutions
 
@@ -15,6 +27,10 @@ def _cmd_build(args) -> int:
             for path in execute_solutions(Path(args.solutions)):
                 print(f"executed {path} (outputs changed)")
         touched = build(Path(args.solutions), Path(args.course))
+        readme = _readme(Path(args.solutions))
+        if readme is not None and readme[0].read_text(encoding="utf-8") != readme[1]:
+            readme[0].write_text(readme[1], encoding="utf-8")
+            touched.append(readme[0])
     except BuildError as err:
         print(f"metagrad course build: {err}", file=sys.stderr)
         return 1
@@ -30,6 +46,9 @@ def _cmd_check(args) -> int:
 
     try:
         problems = stale(Path(args.solutions), Path(args.course))
+        readme = _readme(Path(args.solutions))
+        if readme is not None and readme[0].read_text(encoding="utf-8") != readme[1]:
+            problems.append(f"{readme[0]}: the badge block differs from [project.urls] Repository in pyproject.toml")
     except BuildError as err:
         print(f"metagrad course check: {err}", file=sys.stderr)
         return 1

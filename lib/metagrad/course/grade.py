@@ -310,12 +310,9 @@ def execute(nb, *, cwd: Path, kernel_name: str, cell_timeout: float, notebook_ti
     client._mg_sizes = {}
     status = "ok"
     start = time.monotonic()
-    kernel_pid = None
-    try:
-        with client.setup_kernel():
-            provisioner = getattr(client.km, "provisioner", None)
-            process = getattr(provisioner, "process", None)
-            kernel_pid = getattr(process, "pid", None)
+    with client.setup_kernel():
+        process = getattr(getattr(client.km, "provisioner", None), "process", None)
+        try:
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue
@@ -332,13 +329,16 @@ def execute(nb, *, cwd: Path, kernel_name: str, cell_timeout: float, notebook_ti
                               else f"timeout (cell {index} over {cell_timeout:g} s)")
                     break
                 except DeadKernelError:
-                    code = getattr(process, "returncode", None) if process is not None else None
+                    code = getattr(process, "returncode", None)
                     how = f", signal {-code}" if isinstance(code, int) and code < 0 else (
                         f", exit code {code}" if code is not None else "")
                     status = f"kernel died (cell {index}{how})"
                     break
-    finally:
-        _kill_group(kernel_pid)  # the kernel and anything it started (it leads its own session)
+        finally:
+            # SIGKILL the kernel and whatever it started (it leads its own session and process group) while
+            # it is still an unreaped child of this process, so the group id cannot belong to anyone else.
+            if process is not None and process.poll() is None:
+                _kill_group(process.pid)
     return {"status": status, "replies": replies}
 
 
@@ -469,11 +469,9 @@ def _spawn_worker(request: dict, *, limit: float) -> dict:
     try:
         stdout, stderr = process.communicate(json.dumps(request), timeout=limit)
     except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
+        _kill_group(process.pid)  # not yet reaped: the group is the worker's (and the kernel dies with it)
         process.communicate()
         return {"status": f"timeout (grader killed the run after {limit:g} s)"}
-    finally:
-        _kill_group(process.pid)
     for line in stdout.splitlines():
         if line.startswith(request["result_secret"]):
             return json.loads(line[len(request["result_secret"]):])
