@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -233,6 +236,36 @@ def test_out_is_validated_before_grading(course, tmp_path, capsys):
     out = tmp_path / "g.csv"
     assert cli.main(["course", "grade", str(submission), "--course", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "--course" in capsys.readouterr().err and not out.exists()
+
+
+def test_kernel_launcher_sets_the_memory_limit_and_dies_with_its_parent(tmp_path):
+    # The launcher is what makes the limits hold from outside the kernel: RLIMIT_AS, and SIGKILL when the
+    # grading worker dies (so a killed worker never leaves a looping kernel behind).
+    marker = tmp_path / "limit"
+    child = (f"import resource, time; open({str(marker)!r}, 'w').write(str(resource.getrlimit(resource.RLIMIT_AS)[0]));"
+             " time.sleep(120)")
+    parent = (
+        "import os, subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, {str(grade.LAUNCHER)!r}, str(2**31), str(os.getpid()), '--',"
+        f" sys.executable, '-c', {child!r}])\n"
+        "print(p.pid, flush=True)\n"
+        f"while not os.path.exists({str(marker)!r}):\n    time.sleep(0.05)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, check=True)
+    pid = int(result.stdout)
+    time.sleep(0.2)
+    assert int(marker.read_text()) == 2**31
+
+    def dead():
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, IndexError):
+            return True
+
+    deadline = time.monotonic() + 10
+    while not dead() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dead(), "the kernel outlived its worker"
 
 
 def test_review_flags():
