@@ -420,7 +420,10 @@ def grade_submission(
         return _row(path, None, "unknown notebook", course,
                     notes=["no metadata.metagrad.notebook and no NN_ in the file name matching a course notebook"])
     course_nb = course.notebooks[notebook_id]
-    nb, notes = assemble(course_nb, submission)
+    try:
+        nb, notes = assemble(course_nb, submission)
+    except Exception as err:  # noqa: BLE001 — cells that are not cells
+        return _row(path, notebook_id, "not a notebook", course, notes=[f"{type(err).__name__}: {_first_line(err)[:200]}"])
     secret = secrets.token_hex(16)
     markers = instrument(nb, secret, _checks_module(course_nb))
     result_secret = secrets.token_hex(16)
