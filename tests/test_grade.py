@@ -278,6 +278,16 @@ def test_review_flags():
     assert "IPython magic or shell command" in grade.review_flags("%load_ext autoreload\nx = 1")
 
 
+@pytest.mark.parametrize("source,module", [
+    ("from metagrad.course import checks", "metagrad.course.checks"),
+    ("import jax\nfrom metagrad.course import checks_part2 as checks", "metagrad.course.checks_part2"),
+    ("import metagrad.course.checks.nb05 as checks", "metagrad.course.checks.nb05"),
+    ("import jax", "metagrad.course.checks"),
+])
+def test_the_fresh_check_module_is_the_one_the_course_binds_to_checks(source, module):
+    assert grade._checks_module(nbformat.v4.new_notebook(cells=[C(source)])) == module
+
+
 def test_match_by_metadata_then_file_name(course):
     loaded = grade.Course(course)
     nb = nbformat.read(course / "00_tiny.ipynb", as_version=4)

@@ -225,15 +225,19 @@ def _checks_prefix() -> str:
 
 
 def _checks_module(course_nb: nbformat.NotebookNode) -> str:
-    """The module the course notebook binds to ``checks`` (``metagrad.course.checks`` unless it says otherwise)."""
-    pattern = re.compile(r"^from\s+metagrad\.course\s+import\s+([A-Za-z_][A-Za-z0-9_]*)(?:\s+as\s+checks)?\s*$", re.M)
+    """The module the course notebook binds to ``checks``: ``from metagrad.course import X [as checks]`` or
+    ``import metagrad.course.X as checks``; ``metagrad.course.checks`` when it says neither."""
+    patterns = (
+        re.compile(r"^from\s+metagrad\.course\s+import\s+(checks)\s*$", re.M),
+        re.compile(r"^from\s+metagrad\.course\s+import\s+([A-Za-z_][A-Za-z0-9_]*)\s+as\s+checks\s*$", re.M),
+        re.compile(r"^import\s+metagrad\.course\.([A-Za-z_][A-Za-z0-9_.]*)\s+as\s+checks\s*$", re.M),
+    )
     for cell in course_nb.cells:
-        if cell.cell_type != "code":
-            continue
-        for match in pattern.finditer(cell.source):
-            line = match.group(0)
-            if line.rstrip().endswith(" checks") or match.group(1) == "checks":
-                return f"metagrad.course.{match.group(1)}"
+        if cell.cell_type == "code":
+            for pattern in patterns:
+                match = pattern.search(cell.source)
+                if match:
+                    return f"metagrad.course.{match.group(1)}"
     return "metagrad.course.checks"
 
 
