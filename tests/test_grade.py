@@ -238,6 +238,13 @@ def test_out_is_validated_before_grading(course, tmp_path, capsys):
     assert "--course" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_kernel_that_cannot_start_is_a_row(course, tmp_path):
+    submission = _submission(course, tmp_path / "s", "00_tiny.ipynb")
+    row = grade.grade([submission], tmp_path / "g.csv", course=course, memory_mb=100)[0]
+    assert row["status"].startswith("kernel died (at start, memory limit 100 MB"), row
+    assert row["passed"] == {"magic_box": False, "hvp": False}
+
+
 def test_kernel_launcher_sets_the_memory_limit_and_dies_with_its_parent(tmp_path):
     # The launcher is what makes the limits hold from outside the kernel: RLIMIT_AS, and SIGKILL when the
     # grading worker dies (so a killed worker never leaves a looping kernel behind).

@@ -314,6 +314,18 @@ def execute(nb, *, cwd: Path, kernel_name: str, cell_timeout: float, notebook_ti
     client._mg_sizes = {}
     status = "ok"
     start = time.monotonic()
+    try:
+        client.km = client.create_kernel_manager()
+        client.start_new_kernel()
+        client.start_new_kernel_client()
+    except Exception as err:  # noqa: BLE001 — e.g. a memory limit too small for Python and the kernel
+        if client.km is not None:
+            try:
+                client._cleanup_kernel()
+            except Exception:  # noqa: BLE001, S110 — already gone
+                pass
+        return {"status": f"kernel died (at start, memory limit {memory_mb} MB: {_first_line(err)[:120]})",
+                "replies": replies}
     with client.setup_kernel():
         process = getattr(getattr(client.km, "provisioner", None), "process", None)
         try:
