@@ -13,17 +13,15 @@ import numpy as np
 import pytest
 from _exercises import assert_check_explains, exercise_functions, exercises
 
-from metagrad.course import checks, checks_part2
+from metagrad.course import checks
 
-EXERCISES = exercises("from metagrad.course import checks\n")  # part I (00–04)
-PART_TWO = exercises("checks_part2")  # part II (05–09), wrong answers in test_checks_part2.py
-ALL = [(nb, name, checks) for nb, name in EXERCISES] + [(nb, name, checks_part2) for nb, name in PART_TWO]
+EXERCISES = exercises("from metagrad.course import checks\n")
+ALL = [(nb, name, checks) for nb, name in EXERCISES]
 
 
 def test_every_exercise_has_a_check_and_every_check_an_exercise():
     assert sorted(name for _, name in EXERCISES) == sorted(checks.EXERCISES)
-    assert sorted(name for _, name in PART_TWO) == sorted(checks_part2.EXERCISES)
-    assert not set(checks_part2.EXERCISES) & set(checks.EXERCISES), "part II names must not reuse part I names"
+    assert len(set(checks.EXERCISES)) == len(checks.EXERCISES), "exercise names must be unique"
 
 
 @pytest.mark.parametrize("notebook,name,module", ALL, ids=[n for _, n, _ in ALL])

@@ -11,7 +11,7 @@ import pytest
 from _exercises import assert_check_explains
 
 from metagrad import estimators, exact, ope, prior, tabular
-from metagrad.course import checks, checks_part2
+from metagrad.course import checks
 
 # ---------------------------------------------------------------------------------------------------
 # Plausible wrong answers, each with the words the check must use to explain it.
@@ -164,9 +164,9 @@ WRONG_ANSWERS = [
 
 @pytest.mark.parametrize("name,wrong,explanation", WRONG_ANSWERS, ids=[w.__name__ for _, w, _ in WRONG_ANSWERS])
 def test_check_explains_a_wrong_answer(name, wrong, explanation):
-    assert_check_explains(checks_part2, name, wrong, explanation)
+    assert_check_explains(checks, name, wrong, explanation)
 
 
 def test_check_rejects_a_non_function():
     with pytest.raises(checks.ExerciseCheckFailed, match="pass the function itself"):
-        checks_part2.check_taypo2(None)
+        checks.check_taypo2(None)

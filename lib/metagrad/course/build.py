@@ -15,6 +15,19 @@ outputs. The student version ``course/NN_name.ipynb`` is derived from it by thre
    after an exercise may depend on the student's code, while the outputs before it (set-up, first
    demonstrations) stay as a guide. Cells tagged ``clear-output`` are cleared wherever they are.
 3. **Execution state.** Execution counts and the per-cell ``execution`` timing metadata are removed.
+4. **Access.** A first markdown cell with "Open in Colab" and Binder badges, and, right before the first
+   code cell, a cell that installs the library when it is not importable (on Colab) and does nothing
+   otherwise. Both are made from one setting, ``Repository`` in ``[project.urls]`` of ``pyproject.toml``
+   (:func:`repository_url`), so a fork changes one line.
+5. **Grading metadata.** ``metadata.metagrad`` records the notebook id (``"00"``), and on each exercise
+   cell (``{"exercise": [names]}``) and each check cell (``{"check": name}``): the grader
+   (:mod:`metagrad.course.grade`) takes the exercises and checks from the course notebook, not from a
+   submission.
+
+The build is strict about solution markers: a line that mentions ``BEGIN SOLUTION`` / ``END SOLUTION``
+but is not exactly one of the two markers (``### BEGIN SOLUTION:``, ``# BEGIN SOLUTION``, a marker after
+code), and any marker in a markdown or raw cell, is a :class:`BuildError`, because the build could not
+know what to remove. It refuses to write into its own source folder.
 
 The build is deterministic: the same solutions give byte-identical course notebooks (nbformat's
 sorted-key JSON with one-space indentation, UTF-8, a final newline). :func:`stale` lists what differs
@@ -25,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib import metadata as _metadata
 from pathlib import Path
 
 import nbformat
@@ -35,6 +49,12 @@ CLEAR_TAG = "clear-output"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
 _DEF = re.compile(r"^\s*def\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+# Anything that looks like a marker: "BEGIN SOLUTION" with any case, spacing, punctuation around it.
+_NEAR_MARKER = re.compile(r"(BEGIN|END)[\s_-]*SOLUTION", re.IGNORECASE)
+_CHECK_CALL = re.compile(r"\bchecks\.check_([A-Za-z0-9_]+)\s*\(")
+_GITHUB = re.compile(r"^https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
+BRANCH = "main"
+COURSE_DIR = "course"  # where the student notebooks live in the repository (badge links point there)
 
 
 class BuildError(ValueError):
@@ -54,6 +74,11 @@ def strip_solutions(source: str, *, where: str = "cell") -> tuple[str, int]:
     last_def = None
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
+        if _NEAR_MARKER.search(line) and stripped not in (BEGIN, END):
+            raise BuildError(
+                f"{where}, line {number}: {stripped!r} is not a solution marker the build understands; "
+                f"write exactly `{BEGIN}` or `{END}` on a line of its own."
+            )
         if stripped == BEGIN:
             if inside:
                 raise BuildError(f"{where}, line {number}: nested `{BEGIN}`.")
@@ -80,22 +105,181 @@ def strip_solutions(source: str, *, where: str = "cell") -> tuple[str, int]:
     return "\n".join(out), regions
 
 
-def student_notebook(nb: nbformat.NotebookNode, *, name: str = "notebook") -> nbformat.NotebookNode:
-    """The student version of a solution notebook (see the module docstring for the rules)."""
+def _reject_markers_outside_code(cell, where: str) -> None:
+    for number, line in enumerate(cell.source.split("\n"), start=1):
+        if _NEAR_MARKER.search(line):
+            raise BuildError(
+                f"{where}, line {number}: solution marker in a {cell.cell_type} cell; only code cells can "
+                f"hold `{BEGIN}` ... `{END}` regions."
+            )
+
+
+def student_notebook(
+    nb: nbformat.NotebookNode, *, name: str = "notebook", repository: str | None = None
+) -> nbformat.NotebookNode:
+    """The student version of a solution notebook (see the module docstring for the rules).
+
+    ``repository`` is the GitHub address for the badges and the install cell; ``None`` leaves both out.
+    """
     nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)  # saved widget state can hold values computed by the solutions
     seen_exercise = False
     for index, cell in enumerate(nb.cells):
         cell.metadata.pop("execution", None)
+        cell.metadata.pop("metagrad", None)
+        where = f"{name}, cell {index}"
         if cell.cell_type != "code":
+            _reject_markers_outside_code(cell, where)
             continue
-        source, regions = strip_solutions(cell.source, where=f"{name}, cell {index}")
+        names = _region_names(cell.source)
+        source, regions = strip_solutions(cell.source, where=where)
         if regions:
             seen_exercise = True
             cell.source = source
+            cell.metadata["metagrad"] = {"exercise": names}
+        else:
+            checked = _CHECK_CALL.findall(cell.source)
+            if checked:
+                cell.metadata["metagrad"] = {"check": checked[0]}
         if seen_exercise or CLEAR_TAG in cell.metadata.get("tags", []):
             cell.outputs = []
         cell.execution_count = None
+    notebook_id = name[:2] if name[:2].isdigit() else name
+    nb.metadata["metagrad"] = {"notebook": notebook_id}
+    if repository is not None:
+        first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+        nb.cells.insert(first_code, install_cell(repository))
+        nb.cells.insert(0, badge_cell(repository, name))
     return nb
+
+
+def _region_names(source: str) -> list[str]:
+    """Names of the functions holding the solution regions of one cell (``cell`` for a region outside a def)."""
+    names, last_def = [], None
+    for line in source.split("\n"):
+        match = _DEF.match(line)
+        if match:
+            last_def = match.group(1)
+        if line.strip() == BEGIN:
+            names.append(last_def or "cell")
+    return names
+
+
+def _github(repository: str) -> tuple[str, str]:
+    match = _GITHUB.match(repository.strip())
+    if not match:
+        raise BuildError(
+            f"repository address {repository!r} ([project.urls] Repository in pyproject.toml) must look like "
+            "https://github.com/OWNER/REPO: the Colab and Binder links are made from it."
+        )
+    return match.group(1), match.group(2)
+
+
+def badge_cell(repository: str, name: str) -> nbformat.NotebookNode:
+    """Markdown cell with "Open in Colab" and Binder badges for ``course/<name>`` of ``repository``."""
+    owner, repo = _github(repository)
+    colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{COURSE_DIR}/{name}"
+    binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?urlpath=lab/tree/{COURSE_DIR}/{name}"
+    cell = nbformat.v4.new_markdown_cell(
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) "
+        f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder})"
+    )
+    cell.metadata["metagrad"] = {"access": "badges"}
+    cell.id = "metagrad-badges"  # fixed ids: the same solutions give the same bytes
+    return cell
+
+
+README_START = "<!-- badges:start: written by `metagrad course build` from [project.urls] Repository in pyproject.toml -->"
+README_END = "<!-- badges:end -->"
+
+
+def readme_badges(repository: str, first_notebook: str) -> str:
+    """The README's badge block: Colab opens ``first_notebook``, Binder opens the course folder in JupyterLab."""
+    owner, repo = _github(repository)
+    colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{COURSE_DIR}/{first_notebook}"
+    binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?urlpath=lab/tree/{COURSE_DIR}"
+    return (
+        f"{README_START}\n"
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) "
+        f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder})\n"
+        f"{README_END}"
+    )
+
+
+def updated_readme(text: str, repository: str, first_notebook: str) -> str | None:
+    """``text`` with its badge block (between :data:`README_START` and :data:`README_END`) rewritten;
+    ``None`` when the README has no such block."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return text[:start] + readme_badges(repository, first_notebook) + text[end + len(README_END):]
+
+
+def install_source(repository: str) -> str:
+    """Source of the install cell: ``pip install`` from ``repository`` only when metagrad is not importable.
+
+    ``importlib.util.find_spec`` does not import the package (so the next cell can still switch JAX to
+    float64 before any array exists); ``%pip`` installs into the running kernel's environment.
+    """
+    _github(repository)
+    return (
+        "# On Colab (or anywhere metagrad is not installed) this installs it from the repository;\n"
+        "# where metagrad is importable (a local install, Binder) it does nothing.\n"
+        "import importlib.util\n"
+        "\n"
+        'if importlib.util.find_spec("metagrad") is None:\n'
+        f'    get_ipython().run_line_magic("pip", "install --quiet metagrad@git+{repository.strip()}")'
+    )
+
+
+def install_cell(repository: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(install_source(repository))
+    cell.metadata["metagrad"] = {"access": "install"}
+    cell.id = "metagrad-install"
+    return cell
+
+
+def repository_url(solutions: Path | None = None) -> str:
+    """The repository address: ``Repository`` in ``[project.urls]`` of the ``pyproject.toml`` next to
+    ``solutions/`` (or of this source tree), else the installed package's metadata."""
+    candidates = []
+    if solutions is not None:
+        candidates.append(Path(solutions).resolve().parent / "pyproject.toml")
+    candidates.append(Path(__file__).resolve().parents[3] / "pyproject.toml")
+    for path in candidates:
+        if path.is_file():
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                break
+            urls = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {}).get("urls", {})
+            if "Repository" in urls:
+                return urls["Repository"]
+            raise BuildError(f"{path} has no `Repository` in [project.urls].")
+    try:
+        for entry in _metadata.metadata("metagrad").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().lower() == "repository":
+                return url.strip()
+    except _metadata.PackageNotFoundError:
+        pass
+    raise BuildError("no repository address: set `Repository` in [project.urls] of pyproject.toml.")
+
+
+def solution_lines(nb: nbformat.NotebookNode) -> list[str]:
+    """The stripped, non-empty lines inside the solution regions of a notebook (for leak tests)."""
+    lines = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        inside = False
+        for line in cell.source.split("\n"):
+            stripped = line.strip()
+            if stripped in (BEGIN, END):
+                inside = stripped == BEGIN
+            elif inside and stripped:
+                lines.append(stripped)
+    return lines
 
 
 def exercise_names(nb: nbformat.NotebookNode) -> list[str]:
@@ -123,13 +307,26 @@ def solution_notebooks(solutions: Path) -> list[Path]:
     return sorted(Path(solutions).glob(NOTEBOOK_GLOB))
 
 
-def expected_outputs(solutions: Path) -> dict[str, bytes]:
-    """File name -> bytes that :func:`build` writes for every notebook in ``solutions``."""
+def expected_outputs(solutions: Path, *, repository: str | None = None) -> dict[str, bytes]:
+    """File name -> bytes that :func:`build` writes for every notebook in ``solutions``.
+
+    ``repository`` defaults to :func:`repository_url`.
+    """
+    repository = repository_url(solutions) if repository is None else repository
     out = {}
     for path in solution_notebooks(solutions):
         nb = nbformat.read(path, as_version=4)
-        out[path.name] = render(student_notebook(nb, name=path.name))
+        out[path.name] = render(student_notebook(nb, name=path.name, repository=repository))
     return out
+
+
+def _refuse_own_source(solutions: Path, course: Path) -> None:
+    src, dst = Path(solutions).resolve(), Path(course).resolve()
+    if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise BuildError(
+            f"--course {course} and --solutions {solutions} overlap: the build would overwrite or delete the "
+            "solution notebooks it reads. Write the student notebooks to a separate folder."
+        )
 
 
 def execute_solutions(solutions: Path, *, cell_timeout: int = 600, kernel_name: str = "python3") -> list[Path]:
@@ -159,13 +356,15 @@ def execute_solutions(solutions: Path, *, cell_timeout: int = 600, kernel_name: 
     return written
 
 
-def build(solutions: Path, course: Path) -> list[Path]:
+def build(solutions: Path, course: Path, *, repository: str | None = None) -> list[Path]:
     """Write ``course/NN_name.ipynb`` for every ``solutions/NN_name.ipynb``; remove stale course notebooks.
 
-    Only files changed on disk are rewritten. Returns the paths written or removed.
+    Only files changed on disk are rewritten. Returns the paths written or removed. Every notebook is
+    converted before anything is written, so a malformed one leaves ``course/`` as it was.
     """
     solutions, course = Path(solutions), Path(course)
-    expected = expected_outputs(solutions)
+    _refuse_own_source(solutions, course)
+    expected = expected_outputs(solutions, repository=repository)
     if not expected:
         raise BuildError(f"no notebooks matching {NOTEBOOK_GLOB} in {solutions}.")
     course.mkdir(parents=True, exist_ok=True)
@@ -182,10 +381,11 @@ def build(solutions: Path, course: Path) -> list[Path]:
     return touched
 
 
-def stale(solutions: Path, course: Path) -> list[str]:
+def stale(solutions: Path, course: Path, *, repository: str | None = None) -> list[str]:
     """Human-readable problems: course notebooks missing, out of date, or without a solution notebook."""
     solutions, course = Path(solutions), Path(course)
-    expected = expected_outputs(solutions)
+    _refuse_own_source(solutions, course)
+    expected = expected_outputs(solutions, repository=repository)
     problems = []
     for name, data in expected.items():
         target = course / name

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+
+def _readme(solutions: Path):
+    """``(README path, the text it should have)`` for the repository of ``solutions``, or ``None``."""
+    from metagrad.course.build import repository_url, solution_notebooks, updated_readme
+
+    readme = Path(solutions).resolve().parent / "README.md"
+    notebooks = solution_notebooks(Path(solutions))
+    if not readme.is_file() or not notebooks:
+        return None
+    text = updated_readme(readme.read_text(encoding="utf-8"), repository_url(solutions), notebooks[0].name)
+    return None if text is None else (readme, text)
 
 
 def _cmd_build(args) -> int:
@@ -14,6 +27,10 @@ def _cmd_build(args) -> int:
             for path in execute_solutions(Path(args.solutions)):
                 print(f"executed {path} (outputs changed)")
         touched = build(Path(args.solutions), Path(args.course))
+        readme = _readme(Path(args.solutions))
+        if readme is not None and readme[0].read_text(encoding="utf-8") != readme[1]:
+            readme[0].write_text(readme[1], encoding="utf-8")
+            touched.append(readme[0])
     except BuildError as err:
         print(f"metagrad course build: {err}", file=sys.stderr)
         return 1
@@ -29,6 +46,9 @@ def _cmd_check(args) -> int:
 
     try:
         problems = stale(Path(args.solutions), Path(args.course))
+        readme = _readme(Path(args.solutions))
+        if readme is not None and readme[0].read_text(encoding="utf-8") != readme[1]:
+            problems.append(f"{readme[0]}: the badge block differs from [project.urls] Repository in pyproject.toml")
     except BuildError as err:
         print(f"metagrad course check: {err}", file=sys.stderr)
         return 1
@@ -43,15 +63,46 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_grade(args) -> int:
-    from metagrad.course.grade import grade
+    from metagrad.course.grade import GradeError, grade
 
-    rows = grade([Path(p) for p in args.submissions], Path(args.out), cell_timeout=args.cell_timeout,
-                 kernel_name=args.kernel)
-    for row in rows:
+    def report(row):
         passed = sum(row["passed"].values())
-        print(f"{row['file']}: {passed}/{len(row['expected'])} checks passed ({row['status']})")
+        possible = len(row["expected"]) if row["notebook"] else "?"
+        print(f"{row['file']}: {passed}/{possible} checks passed ({row['status']})", flush=True)
+
+    try:
+        grade(
+            [Path(p) for p in args.submissions],
+            Path(args.out),
+            course=Path(args.course),
+            jobs=args.jobs,
+            cell_timeout=args.cell_timeout,
+            notebook_timeout=args.notebook_timeout,
+            memory_mb=args.memory_mb,
+            kernel_name=args.kernel,
+            on_row=report,
+        )
+    except GradeError as err:
+        print(f"metagrad course grade: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     return 0
+
+
+def _positive(kind):
+    """argparse type: a positive ``kind`` (int or float); argparse names the option in its error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def register(subparsers) -> None:
@@ -73,11 +124,23 @@ def register(subparsers) -> None:
         p.set_defaults(func=func)
     p = sub.add_parser(
         "grade",
-        help="run student notebooks and tabulate which exercise checks pass",
-        description="Run each submission in a fresh kernel and write one CSV row per submission.",
+        help="run student notebooks against the course's checks and tabulate the results",
+        description=(
+            "Grade each submission against the course notebook it belongs to: the course's check cells and "
+            "every cell other than the exercises are re-inserted, the notebook runs in a fresh kernel under "
+            "time and memory limits, and the grader decides each check. One CSV row per submission, "
+            "rewritten after each."
+        ),
     )
     p.add_argument("submissions", nargs="+", help="student notebooks (.ipynb)")
     p.add_argument("--out", default="grades.csv", help="CSV file to write (default: grades.csv)")
-    p.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell before interrupting (default: 120)")
+    p.add_argument("--course", default="course", help="the released course notebooks (default: course)")
+    p.add_argument("--jobs", type=_positive(int), default=1, help="submissions graded in parallel (default: 1)")
+    p.add_argument("--cell-timeout", type=_positive(float), default=120,
+                   help="seconds per cell before the kernel is killed (default: 120)")
+    p.add_argument("--notebook-timeout", type=_positive(float), default=900,
+                   help="seconds per notebook before the kernel is killed (default: 900)")
+    p.add_argument("--memory-mb", type=_positive(int), default=8192,
+                   help="address-space limit of each kernel in MiB (RLIMIT_AS; default: 8192)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     p.set_defaults(func=_cmd_grade)

@@ -1,0 +1,59 @@
+"""Automatic checks for the course exercises: one ``check_<exercise>(student_function)`` per exercise.
+
+One module per notebook (``nb00`` … ``nb09``), all sharing the diagnosis helpers of ``_diagnose``. In a
+notebook: ``from metagrad.course import checks`` then ``checks.check_<exercise>(<exercise>)``. Each check
+compares the student's function with a reference on random and edge-case inputs; on success it prints one
+line starting with ``✓``; otherwise it raises :class:`ExerciseCheckFailed` with one or two sentences saying
+what is wrong and, when the wrong answer matches a known mistake, which mistake.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metagrad.course.checks._diagnose import CHECKS, ExerciseCheckFailed, all_exercises, reset_results, results
+from metagrad.course.checks.nb00 import check_hvp, check_score_function_gradient, check_magic_box
+from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounted_occupancy
+from metagrad.course.checks.nb02 import reference_reward_to_go, check_reward_to_go, check_reinforce_gradient
+from metagrad.course.checks.nb03 import check_inner_step, reference_missing_hessian_terms, check_missing_hessian_terms
+from metagrad.course.checks.nb04 import check_step_importance_sampling, check_doubly_robust
+from metagrad.course.checks.nb05 import check_dice_objective, check_loaded_dice
+from metagrad.course.checks.nb06 import check_taypo2, check_taypo_k
+from metagrad.course.checks.nb07 import reference_choose_estimator, check_choose_estimator
+from metagrad.course.checks.nb08 import check_sampled_inner_step, check_task_meta_gradient
+from metagrad.course.checks.nb09 import check_taypo_terms, check_off_policy_inner_step
+
+#: Every exercise of the course, in course order.
+EXERCISES: list[str] = all_exercises()
+
+
+def describe() -> dict[str, Any]:
+    """Exercise name -> notebook number (for tools)."""
+    return {name: CHECKS[name] for name in EXERCISES}
+
+
+__all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "describe", "reset_results", "results",
+           'check_hvp',
+           'check_score_function_gradient',
+           'check_magic_box',
+           'check_policy_evaluation',
+           'check_discounted_occupancy',
+           'reference_reward_to_go',
+           'check_reward_to_go',
+           'check_reinforce_gradient',
+           'check_inner_step',
+           'reference_missing_hessian_terms',
+           'check_missing_hessian_terms',
+           'check_step_importance_sampling',
+           'check_doubly_robust',
+           'check_dice_objective',
+           'check_loaded_dice',
+           'check_taypo2',
+           'check_taypo_k',
+           'reference_choose_estimator',
+           'check_choose_estimator',
+           'check_sampled_inner_step',
+           'check_task_meta_gradient',
+           'check_taypo_terms',
+           'check_off_policy_inner_step',
+           ]

@@ -1,0 +1,133 @@
+"""Checks for notebook 00 — JAX for derivatives of expectations."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metagrad.course.checks._diagnose import (
+    _call,
+    _close,
+    _compare,
+    _fail,
+    _float,
+    _register,
+)
+
+__all__ = ['check_hvp', 'check_score_function_gradient', 'check_magic_box']
+
+
+def _hvp_functions():
+    def cubic_sine(x):
+        return jnp.sum(jnp.sin(x) * x**3)
+
+    def log_partition(x):
+        return jax.nn.logsumexp(x) + 0.5 * jnp.sum(x**2) * jnp.sum(x)
+
+    return cubic_sine, log_partition
+
+
+@_register("00", "hvp")
+def check_hvp(hvp: Callable) -> str:
+    """``hvp(f, x, v)`` must return ∇²f(x) v (same shape as x) for a scalar function f."""
+    cubic_sine, log_partition = _hvp_functions()
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
+    cases = [
+        ("f(x) = Σ sin(x)·x³ at a random x of size 4", (cubic_sine, jax.random.normal(k1, (4,)), jax.random.normal(k2, (4,)))),
+        ("a non-quadratic f at a random x of size 6", (log_partition, jax.random.normal(k3, (6,)), jax.random.normal(k4, (6,)))),
+        ("v = 0 (the product must be zero)", (cubic_sine, jnp.ones(3), jnp.zeros(3))),
+    ]
+    cases = [(label, (f, _float(x), _float(v))) for label, (f, x, v) in cases]
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def reference(f, x, v):
+        return jax.hessian(f)(x) @ v
+
+    mistakes = [
+        (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise: differentiate the gradient, not f."),
+        (lambda f, x, v: jax.grad(f)(x), "It equals the gradient ∇f(x): the direction v is missing."),
+    ]
+    _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes)
+    return "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions and points, v = 0)."
+
+
+def _bandit_cases():
+    keys = jax.random.split(jax.random.PRNGKey(1), 6)
+    logits = _float(jax.random.normal(keys[0], (4,)))
+    actions = jax.random.randint(keys[1], (50,), 0, 4)
+    rewards = _float(jax.random.normal(keys[2], (50,)) + 1.0)
+    return [
+        ("50 random actions and rewards with 4 actions", (logits, actions, rewards)),
+        ("a single sample", (_float(jax.random.normal(keys[3], (3,))), jnp.array([2]), _float([1.5]))),
+        ("all rewards zero (the estimate must be zero)", (logits, actions, jnp.zeros_like(rewards))),
+        ("very unequal logits", (_float([5.0, -3.0, 0.0]), jnp.array([0, 1, 2, 1]), _float([1.0, -2.0, 0.5, 3.0]))),
+    ]
+
+
+@_register("00", "score_function_gradient")
+def check_score_function_gradient(score_function_gradient: Callable) -> str:
+    """``score_function_gradient(logits [A], actions [N], rewards [N])`` -> (1/N) Σ_i r_i ∇ log π(a_i) [A]."""
+
+    @jax.jit
+    def reference(logits, actions, rewards):
+        return jax.grad(lambda th: jnp.mean(rewards * jax.nn.log_softmax(th)[actions]))(logits)
+
+    mistakes = [
+        (
+            lambda th, a, r: jax.grad(lambda t: jnp.mean(r * jax.nn.softmax(t)[a]))(th),
+            "It equals the gradient of π(a) instead of log π(a): the score is ∇ log π = ∇π / π.",
+        ),
+        (
+            lambda th, a, r: jax.grad(lambda t: jnp.sum(r * jax.nn.log_softmax(t)[a]))(th),
+            "It is N times too large: average over the samples instead of summing.",
+        ),
+    ]
+    _compare(
+        "score_function_gradient",
+        score_function_gradient,
+        reference,
+        _bandit_cases(),
+        expected_form="(one entry per action)",
+        mistakes=mistakes,
+    )
+    return "matches (1/N) Σ r_i ∇ log π(a_i) on 4 inputs (random batches, one sample, zero rewards, peaked logits)."
+
+
+@_register("00", "magic_box")
+def check_magic_box(magic_box: Callable) -> str:
+    """``magic_box(x)`` = exp(x − stop_gradient(x)): value 1, derivatives those of exp at 0 times x's."""
+    exercise = "magic_box"
+    x = _float([0.3, -1.2, 2.0])
+    value = np.asarray(_call(exercise, magic_box, (x,), "x = [0.3, -1.2, 2.0]"), dtype=np.float64)
+    if value.shape != x.shape:
+        _fail(exercise, f"on x of shape {x.shape} it returned shape {value.shape}; it must act elementwise.")
+    if not _close(value, np.ones(3)):
+        hint = " It equals exp(x): subtract stop_gradient(x) inside the exponential." if _close(value, np.exp(x)) else ""
+        _fail(exercise, f"its value must be exactly 1 for every x; got {np.round(value, 4).tolist()}.{hint}")
+
+    def w(theta):  # a log-probability-like function of θ
+        return jnp.sin(theta) + theta**2
+
+    theta = _float(0.7)
+    first = _call(exercise, jax.grad(lambda t: magic_box(w(t))), (theta,), "θ = 0.7 (first derivative)")
+    expected_first = jax.grad(w)(theta)
+    if _close(first, 0.0):
+        _fail(
+            exercise,
+            "the derivative of magic_box(w(θ)) is 0, but it must be w'(θ): without stop_gradient, "
+            "x − x is the constant 0 for autodiff too.",
+        )
+    if not _close(first, expected_first):
+        _fail(exercise, f"d/dθ magic_box(w(θ)) should be w'(θ) = {float(expected_first):.4f}; got {float(first):.4f}.")
+    second = _call(exercise, jax.grad(jax.grad(lambda t: magic_box(w(t)))), (theta,), "θ = 0.7 (second derivative)")
+    expected_second = jax.grad(jax.grad(w))(theta) + jax.grad(w)(theta) ** 2
+    if not _close(second, expected_second):
+        _fail(
+            exercise,
+            f"d²/dθ² magic_box(w(θ)) should be w'' + w'² = {float(expected_second):.4f}; got {float(second):.4f}.",
+        )
+    return "value 1 everywhere, first derivative w'(θ), second derivative w''(θ) + w'(θ)²."

@@ -1,0 +1,102 @@
+"""Checks for notebook 01 — MDPs and exact values."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metagrad.course.checks._diagnose import (
+    _compare,
+    _float,
+    _register,
+    _random_mdp,
+    _random_policy,
+)
+
+__all__ = ['check_policy_evaluation', 'check_discounted_occupancy']
+
+
+def _mdp_cases():
+    from metagrad.mdp import TabularMDP
+
+    rng = np.random.default_rng(2)
+    cases = [
+        ("a random 5-state, 3-action MDP with γ = 0.9", (_random_mdp(rng, 5, 3, 0.9), _random_policy(rng, 5, 3))),
+        ("near-deterministic transitions (Dirichlet 0.01)", (_random_mdp(rng, 6, 2, 0.8, 0.01), _random_policy(rng, 6, 2))),
+        ("γ = 0 (values equal immediate rewards)", (_random_mdp(rng, 4, 3, 0.0), _random_policy(rng, 4, 3))),
+    ]
+    one = TabularMDP(jnp.ones((1, 2, 1)), _float([[1.0, 3.0]]), _float([1.0]), 0.5)
+    cases.append(("a single-state MDP", (one, _float([[0.25, 0.75]]))))
+    deterministic = _float(np.eye(4)[rng.integers(0, 4, size=5)])
+    cases.append(("a deterministic policy", (_random_mdp(rng, 5, 4, 0.95), deterministic)))
+    return cases
+
+
+def _p_pi(mdp, policy):
+    return jnp.einsum("sa,sat->st", policy, mdp.transitions), jnp.sum(policy * mdp.rewards, axis=-1)
+
+
+@_register("01", "policy_evaluation")
+def check_policy_evaluation(policy_evaluation: Callable) -> str:
+    """``policy_evaluation(mdp, policy [S, A])`` -> V^π [S] = (I − γ P^π)⁻¹ r^π."""
+    from metagrad import mdp as mdp_lib
+
+    @jax.jit
+    def reference(mdp, policy):
+        return mdp_lib.policy_evaluation(mdp, policy)[0]
+
+    def transposed(mdp, policy):
+        p, r = _p_pi(mdp, policy)
+        return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p.T, r)
+
+    def one_step(mdp, policy):
+        return _p_pi(mdp, policy)[1]
+
+    def rewards_of_next(mdp, policy):
+        p, r = _p_pi(mdp, policy)
+        return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p, p @ r)
+
+    mistakes = [
+        (transposed, "It matches solving with (I − γ (P^π)ᵀ): P^π[x, x'] is the probability of x → x', no transpose here."),
+        (one_step, "It equals r^π, the one-step reward: the future γ P^π V^π term is missing."),
+        (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
+    ]
+    _compare(
+        "policy_evaluation",
+        policy_evaluation,
+        reference,
+        _mdp_cases(),
+        expected_form="(one value per state)",
+        mistakes=mistakes,
+    )
+    return "matches metagrad.mdp.policy_evaluation on 5 MDPs (random, near-deterministic, γ = 0, one state, deterministic policy)."
+
+
+@_register("01", "discounted_occupancy")
+def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
+    """``discounted_occupancy(mdp, policy)`` -> d^π [S] = Σ_t γ^t Pr(x_t = x), solving d = p₀ + γ (P^π)ᵀ d."""
+    from metagrad import mdp as mdp_lib
+
+    def not_transposed(mdp, policy):
+        p, _ = _p_pi(mdp, policy)
+        return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p, mdp.initial)
+
+    def normalised(mdp, policy):
+        return (1 - mdp.gamma) * mdp_lib.discounted_occupancy(mdp, policy)
+
+    mistakes = [
+        (not_transposed, "It matches solving with P^π instead of (P^π)ᵀ: probability flows from x to x', so transpose."),
+        (normalised, "It is the normalised occupancy (1 − γ) d^π; here we want the unnormalised one, summing to 1/(1 − γ)."),
+    ]
+    _compare(
+        "discounted_occupancy",
+        discounted_occupancy,
+        jax.jit(mdp_lib.discounted_occupancy),
+        _mdp_cases(),
+        expected_form="(one entry per state)",
+        mistakes=mistakes,
+    )
+    return "matches metagrad.mdp.discounted_occupancy on 5 MDPs (random, near-deterministic, γ = 0, one state, deterministic policy)."

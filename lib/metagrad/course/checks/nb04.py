@@ -1,0 +1,109 @@
+"""Checks for notebook 04 — Off-policy evaluation."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from metagrad.course.checks._diagnose import (
+    _compare,
+    _float,
+    _register,
+)
+
+__all__ = ['check_step_importance_sampling', 'check_doubly_robust']
+
+
+def _ope_cases():
+    keys = jax.random.split(jax.random.PRNGKey(7), 6)
+    horizon = 6
+    log_ratios = _float(0.5 * jax.random.normal(keys[0], (horizon,)))
+    rewards = _float(jax.random.uniform(keys[1], (horizon,)))
+    values = _float(jax.random.uniform(keys[2], (horizon + 1,)) * 2.0)
+    return [
+        ("a random trajectory of length 6 (γ = 0.9)", (log_ratios, rewards, values, 0.9)),
+        ("on-policy (all log-ratios 0)", (jnp.zeros(horizon, rewards.dtype), rewards, values, 0.9)),
+        ("a zero critic", (log_ratios, rewards, jnp.zeros(horizon + 1, rewards.dtype), 0.8)),
+        (
+            "a single step (T = 1)",
+            (_float([0.4]), _float([1.0]), _float([0.5, 3.0]), 0.9),
+        ),
+        (
+            "large ratios and γ = 0.5",
+            (_float(jax.random.normal(keys[3], (4,)) + 1.0), _float(jax.random.normal(keys[4], (4,))), _float(jax.random.normal(keys[5], (5,))), 0.5),
+        ),
+    ]
+
+
+def _with_gradient(fn: Callable) -> Callable:
+    """(value, d value / d log-ratios): an OPE estimate must be differentiable in the log-ratios."""
+
+    def both(log_ratios, rewards, values, gamma):
+        value, grad = jax.value_and_grad(lambda lr: fn(lr, rewards, values, gamma))(log_ratios)
+        return jnp.concatenate([jnp.reshape(value, (1,)), grad])
+
+    return both
+
+
+def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistakes, name: str) -> str:
+    # Values first (clearer messages), then values and gradients together (catches NumPy inside).
+    _compare(exercise, student_fn, reference, _ope_cases(), expected_form="(a scalar)", mistakes=mistakes)
+    cases = _ope_cases()[:2]
+    _compare(
+        exercise,
+        _with_gradient(student_fn),
+        _with_gradient(reference),
+        [(f"{label}, differentiated in the log-ratios", args) for label, args in cases],
+        expected_form="(the value followed by its gradient in the log-ratios)",
+    )
+    return f"matches {name} in value on 5 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1)."
+
+
+@_register("04", "step_importance_sampling")
+def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
+    """``step_importance_sampling(log_ratios [T], rewards [T], values [T+1], gamma)`` -> scalar."""
+    from metagrad import ope
+
+    def trajectory_is(lr, r, v, gamma):
+        t = jnp.arange(r.shape[0])
+        w = jnp.exp(jnp.sum(lr))
+        return w * (jnp.sum(gamma**t * r) + gamma ** r.shape[0] * v[-1])
+
+    def shifted(lr, r, v, gamma):
+        t = jnp.arange(r.shape[0])
+        cum = jnp.exp(jnp.cumsum(lr) - lr)  # Π_{s<t} ρ_s
+        return jnp.sum(gamma**t * cum * r) + gamma ** r.shape[0] * jnp.exp(jnp.sum(lr)) * v[-1]
+
+    def no_bootstrap(lr, r, v, gamma):
+        return ope.step_importance_sampling(lr, r, jnp.zeros_like(v), gamma)
+
+    mistakes = [
+        (trajectory_is, "It matches trajectory-wise IS (one product over all T steps): step-wise IS weights r_t by Π_{s≤t} ρ_s only."),
+        (shifted, "It weights r_t by Π_{s<t} ρ_s (off by one): the action a_t that earned r_t needs its ratio too."),
+        (no_bootstrap, "It ignores the bootstrap term γ^T (Π_{s<T} ρ_s) V(x_T)."),
+    ]
+    return _check_ope("step_importance_sampling", step_importance_sampling, ope.step_importance_sampling, mistakes, "metagrad.ope.step_importance_sampling")
+
+
+@_register("04", "doubly_robust")
+def check_doubly_robust(doubly_robust: Callable) -> str:
+    """``doubly_robust(log_ratios [T], rewards [T], values [T+1], gamma)`` -> scalar."""
+    from metagrad import ope
+
+    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False):
+        g = 1.0 if undiscounted else gamma
+        est = v[-1]
+        for t in reversed(range(r.shape[0])):
+            rho = jnp.exp(lr[t])
+            base = v[t + 1] if shift else v[t]
+            est = rho * (r[t] + g * est) if rho_on_value else base + rho * (r[t] + g * est - base)
+        return est
+
+    mistakes = [
+        (lambda *a: loop(*a, shift=True), "It uses V(x_{t+1}) as the control variate at step t (off by one): use V(x_t)."),
+        (lambda *a: loop(*a, rho_on_value=True), "It matches step-wise IS: the critic terms V(x_t) − ρ_t V(x_t) are missing."),
+        (lambda *a: loop(*a, undiscounted=True), "It ignores γ in the recursion V̂_t = V(x_t) + ρ_t (r_t + γ V̂_{t+1} − V(x_t))."),
+    ]
+    return _check_ope("doubly_robust", doubly_robust, ope.doubly_robust, mistakes, "metagrad.ope.doubly_robust")

@@ -1,0 +1,138 @@
+"""Checks for notebook 05 — Differentiating OPE: DiCE and Loaded DiCE."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from metagrad.course.checks._diagnose import (
+    _compare,
+    _float,
+    _register,
+    _with_derivatives,
+    _trajectory,
+    _returns,
+)
+
+__all__ = ['check_dice_objective', 'check_loaded_dice']
+
+
+def _dice_cases():
+    keys = jax.random.split(jax.random.PRNGKey(50), 3)
+    log_pi, rewards, values = _trajectory(keys[0], 6)
+    log_pi = jnp.log(jax.nn.sigmoid(log_pi))  # log-probabilities are negative
+    return [
+        ("a random trajectory of length 6 (γ = 0.9)", (log_pi, rewards, values, 0.9)),
+        ("a zero critic", (log_pi, rewards, jnp.zeros_like(values), 0.8)),
+        ("a single step (T = 1)", (_float([-0.7]), _float([1.0]), _float([0.5, 3.0]), 0.9)),
+        ("γ = 0.5 and T = 4", (log_pi[:4], _float([1.0, -2.0, 0.5, 3.0]), values[:5], 0.5)),
+    ]
+
+
+@_register("05", "dice_objective")
+def check_dice_objective(dice_objective: Callable) -> str:
+    """``dice_objective(log_pi [T], rewards [T], values [T+1], gamma)``: value, gradient and Hessian in ℓ."""
+    from metagrad import prior
+
+    def box(w):
+        return jnp.exp(w - jax.lax.stop_gradient(w))
+
+    def no_stop_gradient(lp, r, v, g):
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        return jnp.sum(g**t * jnp.exp(w) * r) + g ** r.shape[0] * jnp.exp(w[-1]) * v[-1]
+
+    def constant_box(lp, r, v, g):
+        return prior.dice_objective(jax.lax.stop_gradient(lp), r, v, g)
+
+    def per_step_box(lp, r, v, g):
+        t = jnp.arange(r.shape[0])
+        return jnp.sum(g**t * box(lp) * r) + g ** r.shape[0] * box(jnp.sum(lp)) * v[-1]
+
+    def exclusive_box(lp, r, v, g):
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp) - lp
+        return jnp.sum(g**t * box(w) * r) + g ** r.shape[0] * box(jnp.sum(lp)) * v[-1]
+
+    def no_bootstrap(lp, r, v, g):
+        return prior.dice_objective(lp, r, jnp.zeros_like(v), g)
+
+    mistakes = [
+        (no_stop_gradient, "It matches exp(Σ ℓ_s) without stop_gradient: the magic box is exp(w − stop_gradient(w)), 1 in value."),
+        (constant_box, "Its derivatives are all zero: without stop_gradient, w − w is the constant 0 for autodiff too."),
+        (per_step_box, "It boxes ℓ_t alone: r_t depends on every action up to t, so the box holds Σ_{s≤t} ℓ_s."),
+        (exclusive_box, "Its box holds Σ_{s<t} ℓ_s (off by one): the action a_t that earned r_t belongs in the box."),
+        (no_bootstrap, "It ignores the bootstrap term γ^T □(Σ_{s<T} ℓ_s) V(x_T)."),
+    ]
+    _compare(
+        "dice_objective",
+        _with_derivatives(dice_objective),
+        _with_derivatives(prior.dice_objective),
+        _dice_cases(),
+        expected_form="(value, gradient and Hessian in log_pi, flattened)",
+        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
+    )
+    return "matches metagrad.prior.dice_objective in value, gradient and Hessian on 4 trajectories (incl. T = 1, zero critic)."
+
+
+def _loaded_dice_cases():
+    keys = jax.random.split(jax.random.PRNGKey(51), 4)
+    horizon, num_states = 6, 8
+    log_pi = jnp.log(jax.nn.sigmoid(_float(jax.random.normal(keys[0], (horizon,)))))
+    states = jax.random.randint(keys[1], (horizon + 1,), 0, num_states)
+    rewards = _float(jax.random.uniform(keys[2], (horizon,)))
+    # A critic whose entries differ per state, so indexing it by time instead of by state is caught.
+    critic = _float(jnp.linspace(0.5, 2.5, num_states))
+    return [
+        ("a random trajectory of length 6, λ = 1 (γ = 0.9)", (log_pi, states, rewards, critic, 0.9, 1.0)),
+        ("λ = 0", (log_pi, states, rewards, critic, 0.9, 0.0)),
+        ("λ = 0.5 and γ = 0.5", (log_pi, states, rewards, critic, 0.5, 0.5)),
+        ("a single step (T = 1), λ = 1", (_float([-0.4]), jnp.array([2, 5]), _float([1.0]), critic, 0.9, 1.0)),
+    ]
+
+
+@_register("05", "loaded_dice")
+def check_loaded_dice(loaded_dice: Callable) -> str:
+    """``loaded_dice(log_pi [T], states [T+1], rewards [T], critic [S], gamma, lam)``: derivatives in ℓ."""
+    from metagrad import prior
+
+    def reference(lp, states, r, critic, g, lam):
+        return prior.loaded_dice_objective(lp, r, critic[states], g, lam=lam)
+
+    def time_indexed(lp, states, r, critic, g, lam):
+        return prior.loaded_dice_objective(lp, r, critic[jnp.arange(states.shape[0])], g, lam=lam)
+
+    def no_stop_gradient(lp, states, r, critic, g, lam):
+        adv = jnp.arange(r.shape[0])
+        adv = g**adv * (_returns(r, critic[states], g) - critic[states][:-1])
+        w = jax.lax.scan(lambda c, x: (lam * c + x, lam * c + x), jnp.zeros((), lp.dtype), lp)[1]
+        return jnp.sum(adv * (jnp.exp(w) - jnp.exp(w - lp)))
+
+    def ignores_lambda(lp, states, r, critic, g, lam):
+        return reference(lp, states, r, critic, g, 1.0)
+
+    mistakes = [
+        (time_indexed, "It matches a critic indexed by time, critic[t]: the critic must be indexed by the visited state, critic[states]."),
+        (no_stop_gradient, "Its value is not 0: the box is exp(w − stop_gradient(w)); without stop_gradient it is a plain exp."),
+        (_undiscounted, "It weights Â_t without γ^t: Loaded DiCE's A_t = γ^t Â_t, like the policy-gradient theorem."),
+        (ignores_lambda, "It ignores λ: the exponent is w_t = λ w_{t−1} + ℓ_t."),
+    ]
+    _compare(
+        "loaded_dice",
+        _with_derivatives(loaded_dice),
+        _with_derivatives(reference),
+        _loaded_dice_cases(),
+        expected_form="(value, gradient and Hessian in log_pi, flattened)",
+        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
+    )
+    return "matches metagrad.prior.loaded_dice_objective in value, gradient and Hessian for λ = 1, 0.5, 0 (incl. T = 1)."
+
+
+def _undiscounted(lp, states, r, critic, g, lam):
+    values = critic[states]
+    adv = jax.lax.stop_gradient(_returns(r, values, g) - values[:-1])
+    exponents = lp - jax.lax.stop_gradient(lp)
+    w = jax.lax.scan(lambda c, x: (lam * c + x, lam * c + x), jnp.zeros((), lp.dtype), exponents)[1]
+    return jnp.sum(adv * (jnp.exp(w) - jnp.exp(w - exponents)))

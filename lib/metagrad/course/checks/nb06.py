@@ -1,0 +1,130 @@
+"""Checks for notebook 06 — Taylor expansions: LVC and the second-order estimator."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from metagrad.course.checks._diagnose import (
+    _compare,
+    _float,
+    _register,
+    _with_derivatives,
+    _trajectory,
+    _returns,
+)
+
+__all__ = ['check_taypo2', 'check_taypo_k']
+
+
+def _taylor_cases():
+    keys = jax.random.split(jax.random.PRNGKey(60), 3)
+    log_ratios, rewards, values = _trajectory(keys[0], 6)
+    big = _trajectory(keys[1], 4, scale=1.0)
+    return [
+        ("a random trajectory of length 6 (γ = 0.9)", (log_ratios, rewards, values, 0.9)),
+        ("on-policy (all log-ratios 0)", (jnp.zeros_like(log_ratios), rewards, values, 0.9)),
+        ("a single step (T = 1)", (_float([0.4]), _float([1.0]), _float([0.5, 3.0]), 0.9)),
+        ("large log-ratios and γ = 0.5", (*big, 0.5)),
+    ]
+
+
+def _taylor_reference(order):
+    from metagrad import ope
+
+    return lambda lr, r, v, g: ope.taylor_expansion(lr, r, v, g, order=order)
+
+
+def _inclusive_taypo2(lr, r, v, g):
+    d = jnp.expm1(lr)
+    adv = _returns(r, v, g) - v[:-1]
+    g0 = _returns(r, v, g)[0]
+    return g0 + jnp.sum(g ** jnp.arange(r.shape[0]) * d * adv * (1.0 + jnp.cumsum(d)))
+
+
+@_register("06", "taypo2")
+def check_taypo2(taypo2: Callable) -> str:
+    """``taypo2(log_ratios [T], rewards [T], values [T+1], gamma)``: value, gradient, Hessian in the log-ratios."""
+
+    def no_g0(lr, r, v, g):
+        return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0]
+
+    def ratio_prefix(lr, r, v, g):
+        d = jnp.expm1(lr)
+        adv = _returns(r, v, g) - v[:-1]
+        prefix = jnp.cumsum(jnp.exp(lr)) - jnp.exp(lr)
+        return _returns(r, v, g)[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * d * adv * (1.0 + prefix))
+
+    mistakes = [
+        (_taylor_reference(1), "It equals TayPO-1 (the estimate behind LVC): the second-order factor (1 + Σ_{s<t} d_s) is missing."),
+        (_inclusive_taypo2, "Its prefix sum includes d_t itself (off by one): the second-order term pairs d_t with d_s for s < t only."),
+        (ratio_prefix, "Its prefix sums the ratios ρ_s; the expansion is in d_s = ρ_s − 1."),
+        (no_g0, "It misses the zeroth-order term Û_0 = G_0 (harmless for derivatives, but the estimate of V is off)."),
+    ]
+    _compare(
+        "taypo2",
+        _with_derivatives(taypo2),
+        _with_derivatives(_taylor_reference(2)),
+        _taylor_cases(),
+        expected_form="(value, gradient and Hessian in log_ratios, flattened)",
+        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
+    )
+    return "matches metagrad.ope.taylor_expansion(order=2) in value, gradient and Hessian on 4 trajectories (incl. on-policy, T = 1)."
+
+
+@_register("06", "taypo_k")
+def check_taypo_k(taypo_k: Callable) -> str:
+    """``taypo_k(log_ratios [T], rewards [T], values [T+1], gamma, order)``: TayPO-K by the e_j recursion."""
+    from metagrad import ope
+
+    base = _taylor_cases()
+    lr, r, v, g = base[0][1]
+    cases = [
+        ("K = 1 on a random trajectory of length 6", (lr, r, v, g, 1)),
+        ("K = 3", (lr, r, v, g, 3)),
+        ("K = T = 6 (must equal doubly robust)", (lr, r, v, g, 6)),
+        ("K = 9 > T", (lr, r, v, g, 9)),
+        ("K = 3 with large log-ratios and γ = 0.5", (*base[3][1], 3)),
+        ("K = 3, a single step (T = 1)", (*base[2][1], 3)),
+    ]
+
+    def reference(lr, r, v, g, k):
+        return ope.taylor_expansion(lr, r, v, g, order=k)
+
+    def inclusive(lr, r, v, g, k):
+        d = jnp.expm1(lr)
+        adv = _returns(r, v, g) - v[:-1]
+        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
+        total = _returns(r, v, g)[0]
+        for t in range(r.shape[0]):
+            e = e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]])
+            total = total + g**t * d[t] * adv[t] * jnp.sum(e)
+        return total
+
+    def top_only(lr, r, v, g, k):
+        if k == 1:
+            return reference(lr, r, v, g, 1)
+        return reference(lr, r, v, g, k) - reference(lr, r, v, g, k - 1) + _returns(r, v, g)[0]
+
+    def one_lower(lr, r, v, g, k):
+        return _returns(r, v, g)[0] if k == 1 else reference(lr, r, v, g, k - 1)
+
+    def with_d(fn):  # value and gradient (the Hessian is checked in `taypo2`; fewer compilations)
+        return _with_derivatives(fn, static=(4,), hessian=False)
+
+    mistakes = [
+        (inclusive, "It updates e_j with d_t before using it (off by one): step t needs e_{k−1}(d_0 … d_{t−1}), the prefix before t."),
+        (top_only, "It keeps only the top term Û_K: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
+        (one_lower, "It equals TayPO-(K−1): with e_0 … e_{K−1} the factor Σ_{k=1}^{K} e_{k−1} has K terms."),
+    ]
+    _compare(
+        "taypo_k",
+        with_d(taypo_k),
+        with_d(reference),
+        cases,
+        expected_form="(value and gradient in log_ratios)",
+        mistakes=[(with_d(m), hint) for m, hint in mistakes],
+    )
+    return "matches metagrad.ope.taylor_expansion for K = 1, 3, T and K > T (= doubly robust) in value and gradient (incl. T = 1)."

@@ -1,0 +1,157 @@
+"""Checks for notebook 08 — MAML end to end."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metagrad.course.checks._diagnose import (
+    _call,
+    _close,
+    _compare,
+    _fail,
+    _float,
+    _register,
+    _random_mdp,
+)
+
+__all__ = ['check_sampled_inner_step', 'check_task_meta_gradient']
+
+
+def _inner_step_data(with_mdp: bool = False):
+    from metagrad.rollout import sample, tabular_softmax_policy
+
+    rng = np.random.default_rng(80)
+    mdp = _random_mdp(rng, 5, 3, 0.8)
+    logits = _float(rng.normal(size=(5, 3)))
+    batch = sample(jax.random.PRNGKey(80), mdp, tabular_softmax_policy, logits, 12, 6)
+    # A critic whose entries differ per state, so indexing it by time instead of by state is caught.
+    critic = _float(np.linspace(0.5, 2.0, 5))
+    return (logits, batch, critic, mdp) if with_mdp else (logits, batch, critic)
+
+
+def _jit_estimator(fn: Callable, estimator_argnum: int) -> Callable:
+    """``jax.jit(fn)`` with the estimator name static: one compilation per estimator is several times faster than
+    op-by-op autodiff of the surrogates, which keeps the notebooks within their time budget. Tracing errors (NumPy or
+    Python ``if`` on arrays) still reach :func:`_call`, which explains them."""
+    return jax.jit(fn, static_argnums=(estimator_argnum,))
+
+
+def _reference_inner_step(logits, batch, critic, gamma, step_size, estimator):
+    from metagrad import estimators
+    from metagrad.tabular import log_policy
+
+    def inner(theta):
+        return estimators.surrogate(estimator, log_policy, theta, batch, critic[batch.observations], gamma)
+
+    return logits + step_size * jax.grad(inner)(logits)
+
+
+@_register("08", "sampled_inner_step")
+def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
+    """``sampled_inner_step(logits, batch, critic, gamma, step_size, estimator)`` -> θ' (differentiable in θ)."""
+    from metagrad.tabular import log_policy
+
+    logits, batch, critic = _inner_step_data()
+    cases = [
+        ("12 trajectories, η = 0.5, estimator 'dr'", (logits, batch, critic, 0.8, 0.5, "dr")),
+        ("estimator 'taypo2', η = 1.0", (logits, batch, critic, 0.8, 1.0, "taypo2")),
+        ("η = 0 (θ' = θ)", (logits, batch, critic, 0.8, 0.0, "dr")),
+    ]
+
+    def descent(logits, batch, critic, gamma, step_size, estimator):
+        return 2 * logits - _reference_inner_step(logits, batch, critic, gamma, step_size, estimator)
+
+    def time_indexed(logits, batch, critic, gamma, step_size, estimator):
+        from metagrad import estimators
+
+        steps = jnp.minimum(jnp.arange(batch.observations.shape[1]), critic.shape[0] - 1)
+        values = jnp.broadcast_to(critic[steps], batch.observations.shape)
+
+        def inner(theta):
+            return estimators.surrogate(estimator, log_policy, theta, batch, values, gamma)
+
+        return logits + step_size * jax.grad(inner)(logits)
+
+    mistakes = [
+        (descent, "It steps downhill: the inner step is gradient *ascent* on the estimated value, θ + η ∇V̂."),
+        (time_indexed, "It matches a critic indexed by time, critic[t]: index it by the visited state, critic[observations]."),
+    ]
+    _compare(
+        "sampled_inner_step",
+        _jit_estimator(sampled_inner_step, 5),
+        _jit_estimator(_reference_inner_step, 5),
+        cases,
+        expected_form="(same as logits, [S, A])",
+        mistakes=mistakes,
+    )
+
+    # θ' must stay differentiable in θ: the meta-gradient direction through it carries the Hessian.
+    def meta(fn):
+        def outer(theta):
+            adapted = fn(theta, batch, critic, 0.8, 0.5, "dr")
+            return jnp.sum(jax.nn.log_softmax(adapted)[:, 0])
+
+        return jax.grad(outer)(logits)
+
+    expected = meta(_reference_inner_step)
+    got = _call("sampled_inner_step", meta, (sampled_inner_step,), "the derivative of θ' in θ")
+    if not _close(got, expected):
+        _fail(
+            "sampled_inner_step",
+            "θ' is right, but its derivative in θ is not: keep the inner gradient differentiable (no stop_gradient, "
+            "no NumPy conversion), since the meta-gradient needs (I + η ∇²V̂) from it.",
+        )
+    return "matches θ + η ∇(batch surrogate) for 'dr' and 'taypo2' (incl. η = 0), and is differentiable in θ."
+
+
+def _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, estimator):
+    from metagrad import exact
+
+    def objective(th):
+        return exact.value(mdp, _reference_inner_step(th, batch, critic, gamma, step_size, estimator))
+
+    return jax.grad(objective)(theta)
+
+
+@_register("08", "task_meta_gradient")
+def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
+    """``task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, estimator)`` -> ∇_θ V^{π_θ'} [S, A]."""
+    from metagrad import exact
+
+    logits, batch, critic, mdp = _inner_step_data(with_mdp=True)
+    cases = [
+        ("one task, 12 trajectories, η = 0.5, estimator 'dr'", (logits, batch, critic, 0.8, 0.5, "dr")),
+        ("estimator 'maml' (Finn et al.'s surrogate), η = 1.0", (logits, batch, critic, 0.8, 1.0, "maml")),
+        ("η = 0 (no adaptation: the plain gradient ∇V(θ))", (logits, batch, critic, 0.8, 0.0, "taypo2")),
+    ]
+    cases = [(label, (theta, mdp, *rest)) for label, (theta, *rest) in cases]
+
+    def first_order(theta, mdp, batch, critic, gamma, step_size, estimator):
+        adapted = _reference_inner_step(theta, batch, critic, gamma, step_size, estimator)
+        return exact.gradient(mdp, adapted)
+
+    def unadapted(theta, mdp, batch, critic, gamma, step_size, estimator):
+        return exact.gradient(mdp, theta)
+
+    def descent(theta, mdp, batch, critic, gamma, step_size, estimator):
+        return _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, -step_size, estimator)
+
+    mistakes = [
+        (first_order, "It equals ∇V(θ') alone (first-order MAML): differentiate V(θ'(θ)) through the inner step, "
+                      "which multiplies ∇V(θ') by (I + η ∇²V̂_in); do not stop_gradient the inner gradient."),
+        (unadapted, "It equals ∇V(θ), the gradient before adaptation: evaluate V at θ' = θ + η ∇V̂_in(θ)."),
+        (descent, "It matches an inner step downhill, θ − η ∇V̂: the inner step is ascent, θ + η ∇V̂."),
+    ]
+    _compare(
+        "task_meta_gradient",
+        task_meta_gradient,  # op by op: here compiling per estimator costs more than it saves
+        _reference_task_meta_gradient,
+        cases,
+        expected_form="(same as theta, [S, A])",
+        mistakes=mistakes,
+    )
+    return "matches ∇_θ V(θ + η ∇V̂_in(θ)) (exact V, sampled inner step) for 'dr', 'maml' and 'taypo2' (incl. η = 0)."

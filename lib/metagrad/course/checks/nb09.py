@@ -1,0 +1,137 @@
+"""Checks for notebook 09 — Beyond."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metagrad.course.checks._diagnose import (
+    _compare,
+    _float,
+    _register,
+    _returns,
+)
+from metagrad.course.checks.nb06 import _taylor_cases
+from metagrad.course.checks.nb08 import _inner_step_data, _jit_estimator, _reference_inner_step
+
+__all__ = ['check_taypo_terms', 'check_off_policy_inner_step']
+
+
+def _reference_taypo_terms(log_ratios, rewards, values, gamma, order):
+    """[Û_1, …, Û_K] = differences of consecutive TayPO-k estimates (Û_0 = G_0)."""
+    from metagrad import ope
+
+    estimates = [_returns(rewards, values, gamma)[0]]
+    estimates += [ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
+    estimates = jnp.stack(estimates)
+    return estimates[1:] - estimates[:-1]
+
+
+@_register("09", "taypo_terms")
+def check_taypo_terms(taypo_terms: Callable) -> str:
+    """``taypo_terms(log_ratios [T], rewards [T], values [T+1], gamma, order)`` -> [Û_1 … Û_K] and their Jacobian."""
+    base = _taylor_cases()
+    lr, r, v, g = base[0][1]
+    cases = [
+        ("K = 1 on a random trajectory of length 6", (lr, r, v, g, 1)),
+        ("K = 4", (lr, r, v, g, 4)),
+        ("K = 8 > T = 6 (the terms above T are 0)", (lr, r, v, g, 8)),
+        ("K = 3 with large log-ratios and γ = 0.5", (*base[3][1], 3)),
+        ("K = 2, a single step (T = 1)", (*base[2][1], 2)),
+    ]
+
+    def with_jacobian(fn):
+        @functools.partial(jax.jit, static_argnums=(4,))
+        def both(lr, r, v, g, k):
+            out = fn(lr, r, v, g, k)
+            return jnp.concatenate([jnp.ravel(out), jax.jacobian(lambda x: fn(x, r, v, g, k))(lr).ravel()])
+
+        return both
+
+    def cumulative(lr, r, v, g, k):
+        return jnp.cumsum(_reference_taypo_terms(lr, r, v, g, k)) + _returns(r, v, g)[0]
+
+    def from_zero(lr, r, v, g, k):
+        terms = _reference_taypo_terms(lr, r, v, g, k)
+        return jnp.concatenate([_returns(r, v, g)[:1], terms[:-1]])
+
+    def inclusive(lr, r, v, g, k):
+        d = jnp.expm1(lr)
+        weights = g ** jnp.arange(r.shape[0]) * (_returns(r, v, g) - v[:-1])
+        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
+        terms = jnp.zeros(k, lr.dtype)
+        for t in range(r.shape[0]):
+            e = e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]])
+            terms = terms + weights[t] * d[t] * e
+        return terms
+
+    mistakes = [
+        (cumulative, "It returns the cumulative estimates V̂_k = G_0 + Û_1 + … + Û_k; return each order's term Û_k alone."),
+        (from_zero, "It is shifted by one order: [Û_0, …, Û_{K−1}] with Û_0 = G_0; return Û_1 … Û_K."),
+        (inclusive, "It updates e_j with d_t before using it (off by one): Û_k at step t needs e_{k−1}(d_0 … d_{t−1})."),
+    ]
+    _compare(
+        "taypo_terms",
+        with_jacobian(taypo_terms),
+        with_jacobian(_reference_taypo_terms),
+        cases,
+        expected_form="([K] terms, then their Jacobian in log_ratios)",
+        mistakes=[(with_jacobian(m), hint) for m, hint in mistakes],
+    )
+    return "matches the differences of metagrad.ope.taylor_expansion for K = 1, 2, 3, 4 and K > T, in value and Jacobian."
+
+
+def _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    from metagrad import estimators
+    from metagrad.tabular import log_policy
+
+    log_mu = log_policy(behaviour_logits, batch.observations[:, :-1], batch.actions)
+
+    def inner(theta):
+        return estimators.surrogate(estimator, log_policy, theta, batch, critic[batch.observations], gamma,
+                                    behaviour_log_probs=log_mu)
+
+    return logits + step_size * jax.grad(inner)(logits)
+
+
+@_register("09", "off_policy_inner_step")
+def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
+    """``off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator)`` -> θ'."""
+    behaviour, batch, critic = _inner_step_data()  # the batch was sampled with these logits: they are μ
+    theta = behaviour + _float(0.4 * np.random.default_rng(90).normal(size=behaviour.shape))
+    cases = [
+        ("θ ≠ μ, estimator 'taypo2', η = 0.5", (theta, batch, critic, behaviour, 0.8, 0.5, "taypo2")),
+        ("θ ≠ μ, estimator 'dr', η = 1.0", (theta, batch, critic, behaviour, 0.8, 1.0, "dr")),
+        ("θ = μ (on-policy: the ordinary inner step)", (behaviour, batch, critic, behaviour, 0.8, 0.5, "taypo2")),
+    ]
+
+    def on_policy(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        return _reference_inner_step(logits, batch, critic, gamma, step_size, estimator)
+
+    def trainable_behaviour(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        return logits  # log μ = log π_θ without stop_gradient: every ratio is the constant 1
+
+    def swapped(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        moved = _reference_off_policy_inner_step(behaviour_logits, batch, critic, logits, gamma, step_size, estimator)
+        return moved - behaviour_logits + logits
+
+    mistakes = [
+        (on_policy, "It treats the data as on-policy (μ = stop_gradient(π_θ)): the data came from the behaviour policy, "
+                    "so log μ must be log_policy(behaviour_logits, …)."),
+        (trainable_behaviour, "It returns θ unchanged: if log μ is computed from θ itself every ratio π_θ/μ is the "
+                              "constant 1 and all derivatives vanish; μ comes from behaviour_logits."),
+        (swapped, "It swaps the roles of π and μ: the ratios are π_θ(a|x)/μ(a|x) with θ the argument being adapted."),
+    ]
+    _compare(
+        "off_policy_inner_step",
+        _jit_estimator(off_policy_inner_step, 6),
+        _jit_estimator(_reference_off_policy_inner_step, 6),
+        cases,
+        expected_form="(same as logits, [S, A])",
+        mistakes=mistakes,
+    )
+    return "matches θ + η ∇V̂(θ; μ) with the behaviour log-probabilities for 'taypo2' and 'dr', and the on-policy step at θ = μ."
