@@ -1,5 +1,6 @@
 """Gymnasium registration by ``import metagrad``, vector entry points, and async vector envs that do not hang."""
 
+import multiprocessing
 import subprocess
 import sys
 
@@ -12,6 +13,11 @@ import metagrad
 import metagrad.envs
 from metagrad import _registration
 from metagrad.envs import HORIZON, TaskVectorEnv, TabularMDPEnv
+
+
+def multiprocessing_default() -> str:
+    """The platform's default start method (``fork`` on Linux before Python 3.14)."""
+    return multiprocessing.get_all_start_methods()[0]
 
 
 def _run(code: str, timeout: float) -> str:
@@ -67,12 +73,6 @@ def test_async_vector_env_completes_and_keeps_a_chosen_start_method():
     out = _run("import multiprocessing, gymnasium, metagrad\nmultiprocessing.set_start_method('spawn')\n"
                "gymnasium.make('metagrad/TabularMDP-v0')\nprint(multiprocessing.get_start_method())\n", timeout=120)
     assert out.strip() == "spawn"
-
-
-def multiprocessing_default() -> str:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()[0]
 
 
 def test_vector_env_one_goal_per_copy_rewards_and_autoreset_by_hand():
