@@ -175,6 +175,21 @@ def _objective(names: tuple[str, ...], index, gamma: float):
     return fn
 
 
+def _first_order_zeroed(estimates, names: tuple[str, ...], index):
+    """Set the derivatives above the first to zero for first-order estimators (``fomaml``).
+
+    The chain-rule assembly differentiates the per-trajectory surrogate, and first-order MAML's surrogate is
+    MAML's: its higher derivatives are zero by definition (:func:`metagrad.prior.first_order`), not
+    MAML's. ``index`` may be traced (the ``lax.switch`` index of :func:`_objective`).
+    """
+    import jax.numpy as jnp
+
+    from metagrad.estimators import get
+
+    keep = jnp.asarray([not get(name).first_order_only for name in names])[index]
+    return (estimates[0], *(jnp.where(keep, d, jnp.zeros_like(d)) for d in estimates[1:]))
+
+
 def _estimate(fn, config, logits, batch, critic, weights, order):
     """Batch-weighted derivative estimates of orders 1..order, float32, by the chain-rule assembly."""
     import jax.numpy as jnp
@@ -242,7 +257,7 @@ def _programs(config: ReproduceConfig) -> _Programs:
             th, b, c, ex = args
 
             def per_eps(t, ex_e):
-                est = _estimate(fn, config, t, b, c, weights, order)  # each [sizes, ...]
+                est = _first_order_zeroed(_estimate(fn, config, t, b, c, weights, order), config.estimators, index)
                 metrics = [jax.vmap(lambda e, d=d: jnp.stack(_metrics(e, d)))(est_k) for est_k, d in zip(est, ex_e)]
                 return jnp.stack(metrics, axis=1), est[-1][row_ab]  # [sizes, order, 2], top-order estimate at N
 
@@ -325,7 +340,8 @@ def run(config: ReproduceConfig) -> dict:
 
                 def per_trial(args):
                     th, b, c, d3 = args
-                    per_eps = lambda t, d: jnp.stack(_metrics(_estimate(fn, config, t, b, c, w3, 3)[2], d))  # noqa: E731
+                    per_eps = lambda t, d: jnp.stack(  # noqa: E731
+                        _metrics(_first_order_zeroed(_estimate(fn, config, t, b, c, w3, 3), names3, index)[2], d))
                     return jax.lax.map(lambda a: per_eps(*a), (th, d3))
 
                 return jax.lax.map(per_trial, (logits, batch, critic, exact3))
@@ -348,10 +364,21 @@ def run(config: ReproduceConfig) -> dict:
 
 
 def _mean_se(values: np.ndarray) -> tuple[list, list]:
+    """Mean and standard error over trials (axis 0); ``None`` where a trial's value is undefined (NaN).
+
+    A correlation is undefined when the estimate is constant (first-order MAML's zero Hessian); it is
+    reported as ``None`` (JSON ``null``, "n/a" in the table), never as a number. ``--trials`` ≥ 2 is
+    enforced, so the standard error always exists.
+    """
     values = np.asarray(values, dtype=np.float64)
     mean = values.mean(axis=0)
-    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
-    return mean.tolist(), se.tolist()
+    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
+    return _nan_to_none(mean), _nan_to_none(se)
+
+
+def _nan_to_none(array) -> list:
+    return [None if np.isnan(x) else x for x in np.asarray(array, np.float64).ravel().tolist()] if np.ndim(array) \
+        else (None if np.isnan(array) else float(array))
 
 
 def _summarise(config, ab, sweep, third) -> dict:
@@ -361,10 +388,13 @@ def _summarise(config, ab, sweep, third) -> dict:
     def add(panel, x_name, x, metric_name, name, values):
         mean, se = _mean_se(values)
         entry = panels.setdefault(panel, {"x_name": x_name, "x": list(x), "estimators": {}})
+        if metric_name != "correlation" and not np.all(np.isfinite(values)):
+            raise FloatingPointError(f"{panel}: the {metric_name} of {name} is not finite (NaN or inf).")
+        trials = np.asarray(values, np.float64)
         entry["estimators"].setdefault(name, {})[metric_name] = {
             "mean": mean,
             "se": se,
-            "trials": np.asarray(values).tolist(),
+            "trials": [_nan_to_none(row) for row in trials],
         }
 
     for name, out in ab.items():
@@ -413,7 +443,8 @@ def format_table(results: dict) -> str:
             if name == "dr_vs_taypo2":
                 cells = "".join(f"{m:>17.2e}" for m in metric["mean"])
             else:
-                cells = "".join(f"{m:>9.3f} ± {s:<5.3f}" for m, s in zip(metric["mean"], metric["se"]))
+                cells = "".join(f"{'n/a':>17}" if m is None else f"{m:>9.3f} ± {s:<5.3f}"
+                                for m, s in zip(metric["mean"], metric["se"]))
             lines.append(f"  {label:<30}{cells}")
         lines.append("")
     return "\n".join(lines)
@@ -442,7 +473,8 @@ def plot(results: dict, out_dir: str) -> list[str]:
         for name, metrics in panel["estimators"].items():
             if metric not in metrics:
                 continue
-            mean, se = np.asarray(metrics[metric]["mean"]), np.asarray(metrics[metric]["se"])
+            mean = np.asarray(metrics[metric]["mean"], dtype=float)  # None (undefined) → NaN: not drawn
+            se = np.asarray(metrics[metric]["se"], dtype=float)
             label = ESTIMATOR_LABELS.get(name, name)
             ax.errorbar(panel["x"], mean, yerr=se, marker="o", ms=4, capsize=3, label=label, color=colours.get(name))
         ax.set_title(title, fontsize=10)
