@@ -19,6 +19,7 @@ text says 10 states. :func:`random_mdp` reproduces both.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -191,8 +192,10 @@ def random_mdp(
     """
     if int(num_states) < 1 or int(num_actions) < 1:
         raise ValueError(f"`num_states` and `num_actions` must be positive; got {num_states}, {num_actions}.")
-    if is_concrete(dirichlet) and not float(dirichlet) > 0:
-        raise ValueError(f"`dirichlet` must be a positive concentration; got {dirichlet}.")
+    if is_concrete(dirichlet) and not (float(dirichlet) > 0 and math.isfinite(float(dirichlet))):
+        raise ValueError(f"`dirichlet` must be a positive finite concentration; got {dirichlet}.")
+    if is_concrete(reward_scale) and not math.isfinite(float(reward_scale)):
+        raise ValueError(f"`reward_scale` must be a finite number; got {reward_scale}.")
     if is_concrete(gamma):
         check_discount("gamma", gamma)
     if start_state is not None and not 0 <= int(start_state) < num_states:
