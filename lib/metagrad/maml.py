@@ -180,7 +180,8 @@ class MAMLConfig:
                 raise ValueError(f"`{name}` must be a positive integer (batch / iteration size); got {value!r}.")
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, (int, np.integer)) or self.inner_steps < 0:
             raise ValueError(f"`inner_steps` must be a non-negative integer; got {self.inner_steps!r}.")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float, np.number)) or not 0 <= self.gamma < 1:
+        gamma = self.gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number)) or not 0 <= gamma < 1:
             raise ValueError(f"`gamma` must be a discount in [0, 1); got {self.gamma}.")
         for name in ("kl_coef", "cg_damping"):
             value = getattr(self, name)

@@ -151,11 +151,13 @@ def dice_objective(log_pi, rewards, values, discounts, *, baseline: bool = False
     before_t = through_t - exponents  # Σ_{s<t}
     # Γ_t □(·) = exp(log Γ_t + ·): the box products grow like ρ^t while Γ_t shrinks like γ^t, so their
     # product stays in range where the box alone overflows (float32, T = 66, ρ = 4.2, γ = 0.8).
-    objective = jnp.sum(jnp.exp(log_gammas[:-1] + through_t) * rewards) + jnp.exp(log_gammas[-1] + through_t[-1]) * values[-1]
+    objective = jnp.sum(jnp.exp(log_gammas[:-1] + through_t) * rewards)
+    objective = objective + jnp.exp(log_gammas[-1] + through_t[-1]) * values[-1]
     if baseline:
         b = jax.lax.stop_gradient(values[:-1])
         # Γ_t (1 − □(ℓ_t)) □(Σ_{s<t} ℓ_s) b_t, expanded into two boxes.
-        objective = objective + jnp.sum((jnp.exp(log_gammas[:-1] + before_t) - jnp.exp(log_gammas[:-1] + through_t)) * b)
+        boxes = jnp.exp(log_gammas[:-1] + before_t) - jnp.exp(log_gammas[:-1] + through_t)
+        objective = objective + jnp.sum(boxes * b)
     return objective
 
 
