@@ -14,6 +14,11 @@ from metagrad.rollout import Trajectories
 def test_random_mdp_refuses_infinite_dirichlet_and_reward_scale():
     with pytest.raises(ValueError, match="`dirichlet`"):
         mdp.random_mdp(jax.random.PRNGKey(0), 3, 2, dirichlet=float("inf"))
+    # Found by Hypothesis (test_properties.py): a denormal concentration made every transition NaN.
+    with pytest.raises(ValueError, match="`dirichlet`"):
+        mdp.random_mdp(jax.random.PRNGKey(0), 3, 2, dirichlet=2.2250738585e-313)
+    tiny = mdp.random_mdp(jax.random.PRNGKey(0), 3, 2, dirichlet=mdp.MIN_DIRICHLET)
+    np.testing.assert_allclose(np.asarray(tiny.transitions).sum(-1), 1.0)
     with pytest.raises(ValueError, match="`reward_scale`"):
         mdp.random_mdp(jax.random.PRNGKey(0), 3, 2, reward_scale=float("nan"))
 

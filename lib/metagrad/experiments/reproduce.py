@@ -108,8 +108,9 @@ class ReproduceConfig:
                 raise ValueError(f"--{name} lists a value more than once: {', '.join(map(str, values))}.")
         if not 0.0 <= finite("gamma", self.gamma) < 1.0:
             raise ValueError(f"--gamma must be a discount in [0, 1); got {self.gamma}.")
-        if not finite("dirichlet", self.dirichlet) > 0:
-            raise ValueError(f"--dirichlet must be positive; got {self.dirichlet}.")
+        if not finite("dirichlet", self.dirichlet) >= 1e-30:  # metagrad.mdp.MIN_DIRICHLET (no JAX import here)
+            raise ValueError(f"--dirichlet must be at least 1e-30 (smaller concentrations overflow the sampled "
+                             f"transitions to NaN); got {self.dirichlet}.")
         if not 0 <= finite("noise", self.noise) <= MAX_NOISE:
             raise ValueError(
                 f"--noise must lie in [0, {MAX_NOISE:g}] (critic noise in units of ‖V^μ‖₂/|X|; the paper uses "
