@@ -530,7 +530,7 @@ def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, 
     arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
     metadata = {"config": config.to_json(), "iteration": iteration, "num_leaves": len(leaves)}
-    arrays["metadata"] = np.asarray(json.dumps(metadata))
+    arrays["metadata"] = np.asarray(json.dumps(metadata, allow_nan=False))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
@@ -541,7 +541,7 @@ def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, 
     os.replace(tmp, os.path.join(directory, _CHECKPOINT))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(metadata, f, indent=1)
+        json.dump(metadata, f, indent=1, allow_nan=False)
     os.replace(tmp, os.path.join(directory, "checkpoint.json"))
 
 

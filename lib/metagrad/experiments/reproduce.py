@@ -633,7 +633,7 @@ def register(subparsers) -> None:
     p.add_argument("--num-trajectories", type=int, default=d.num_trajectories, help="N for the ε panels")
     p.add_argument("--sweep", type=_int_list, default=d.sweep, help="values of N for panel (c)")
     p.add_argument("--sweep-epsilon", type=float, default=d.sweep_epsilon, help="ε for panel (c)")
-    p.add_argument("--trials", type=int, default=d.trials, help="independent trials (new MDP, π_d, critic, data)")
+    p.add_argument("--trials", type=int, default=d.trials, help="independent trials (new MDP, π_d, critic, data), ≥ 2")
     p.add_argument("--noise", type=float, default=d.noise, help="critic noise, in units of ‖V^μ‖₂/|X|")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same numbers)")
     p.add_argument("--estimators", type=_name_list, default=d.estimators, help="registry names, comma-separated")
