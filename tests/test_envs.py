@@ -149,3 +149,41 @@ def test_bad_constructor_arguments():
         Navigation2D("square", reward="sparse")
     assert Navigation2D("corners") == Navigation2D("corners") != Navigation2D("square")
     assert hash(Navigation2D()) == hash(Navigation2D("square"))
+
+
+def _constant_push(params, key, obs):
+    """A policy that always pushes by ``params`` (log-probability 0): rewards are then known in closed form."""
+    return params, jnp.zeros((), obs.dtype)
+
+
+def test_task_env_wraps_without_mutating_so_fresh_envs_sample_their_own_goal():
+    """Issue 13: TaskEnv used to rebind the methods of the env it was given; environments compare equal by
+    settings, so the compiled sampler then served the wrapped goal to *fresh* environments too."""
+    from metagrad.envs import TaskEnv
+    from metagrad.rollout import sample
+
+    wrapped_goal, goal = jnp.array([0.5, 0.5]), jnp.array([-0.3, 0.2])
+    base = Navigation2D()
+    methods = {name: getattr(base, name) for name in ("initial", "transition", "reward", "terminal")}
+    TaskEnv(base, wrapped_goal)
+    assert all(getattr(base, name) == m for name, m in methods.items()), "TaskEnv rebinds its environment's methods"
+    push = jnp.array([0.1, -0.05])
+    horizon = 5
+    sample(jax.random.PRNGKey(0), base, _constant_push, push, 2, horizon, task=goal)  # the wrapped object, used again
+    batch = sample(jax.random.PRNGKey(1), Navigation2D(), _constant_push, push, 2, horizon, task=goal)
+    # By hand: s_0 = 0, s_{t+1} = (t + 1)·push (within the clip), r_t = −‖s_{t+1} − g‖.
+    expected = [-np.linalg.norm((t + 1) * np.asarray(push) - np.asarray(goal)) for t in range(horizon)]
+    np.testing.assert_allclose(np.asarray(batch.rewards), np.tile(expected, (2, 1)), rtol=1e-6)
+
+
+def test_gymnasium_step_refuses_actions_outside_the_action_space():
+    tabular = gymnasium.make("metagrad/TabularMDP-v0")
+    tabular.reset(seed=0)
+    for bad in (7, -1, 2.5):
+        with pytest.raises(ValueError, match="action"):
+            tabular.step(bad)
+    nav = gymnasium.make("metagrad/Navigation2D-v0")
+    nav.reset(seed=0)
+    for bad in ([np.nan, 0.0], [0.0, np.inf], [0.1, 0.1, 0.1]):
+        with pytest.raises(ValueError, match="action"):
+            nav.step(np.asarray(bad, np.float32))

@@ -99,3 +99,23 @@ def test_cli_rejects_non_numbers(capsys):
         main(["reproduce", "--epsilons", "half"])
     assert exit_info.value.code == 2
     assert "comma-separated numbers" in capsys.readouterr().err
+
+
+def test_first_order_maml_hessian_is_zero_not_mamls():
+    """Issue 13: `reproduce --estimators maml,fomaml` printed the same Hessians for both. First-order MAML's
+    Hessian is zero: relative error exactly 1, correlation undefined (null in JSON, "n/a" in the table)."""
+    config = reproduce.ReproduceConfig(states=4, actions=2, horizon=5, trials=2, epsilons=(0.0, 0.5),
+                                       num_trajectories=50, sweep=(10, 50), estimators=("maml", "fomaml"),
+                                       progress=False)
+    results = reproduce.run(config)
+    hess = results["panels"]["b_hessian_vs_epsilon"]["estimators"]
+    np.testing.assert_array_equal(hess["fomaml"]["relative_error"]["trials"], np.ones((2, 2)))
+    assert hess["fomaml"]["correlation"]["mean"] == [None, None]
+    assert np.all(np.asarray(hess["maml"]["relative_error"]["trials"]) != 1.0)
+    grad = results["panels"]["a_gradient_vs_epsilon"]["estimators"]
+    np.testing.assert_allclose(grad["fomaml"]["correlation"]["trials"], grad["maml"]["correlation"]["trials"])
+    json.dumps(results, allow_nan=False)
+    table = reproduce.format_table(results)
+    b_rows = table.split("(b)")[1].split("(c)")[0].splitlines()
+    fomaml_row = next(line for line in b_rows if line.strip().startswith("fomaml"))
+    assert "n/a" in fomaml_row and "±" not in fomaml_row

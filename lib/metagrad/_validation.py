@@ -8,6 +8,9 @@ data where it entered the program (JAX would otherwise clamp an out-of-range ind
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import numpy as np
 
@@ -57,3 +60,125 @@ def check_discount(name: str, gamma) -> None:
         g = np.asarray(gamma)
         if not np.all(np.isfinite(g)) or np.any(g < 0) or np.any(g >= 1):
             raise ValueError(f"`{name}` must be a discount in [0, 1); got {g if g.size < 6 else g.ravel()[:6]}.")
+
+
+# ------------------------------------------------------------------------------------------ command line
+class OptionError(ValueError):
+    """A bad command-line option. :func:`metagrad.cli.main` prints ``metagrad COMMAND: error: MESSAGE`` on one
+    line and exits with status 2 (argparse's convention), before any computation or file is made."""
+
+
+def check_out_dir(option: str, path: str) -> None:
+    """Raise :class:`OptionError` unless ``path`` is a writable folder or can be created as one.
+
+    Writability is probed by creating (and at once removing) a temporary file in ``path`` or in its nearest
+    existing parent, which also catches read-only file systems and root-owned places. Nothing is left behind.
+    """
+    import tempfile
+
+    if not path:
+        raise OptionError(f"{option} must name a folder; got an empty string.")
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OptionError(f"{option} must be a folder; {path} is a file.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OptionError(f"{option} {path} cannot be created: {existing} is a file.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        if existing == path:
+            raise OptionError(f"{option} folder {path} is not writable ({reason}).") from None
+        raise OptionError(f"{option} {path} cannot be created: {existing} is not writable ({reason}).") from None
+
+
+def check_seed(option: str, seed, largest: int, why: str) -> None:
+    """Raise :class:`OptionError` unless ``seed`` is an integer in [0, ``largest``] (``why``: what breaks above)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= largest:
+        raise OptionError(f"{option} must be an integer in [0, {largest}] ({why}); got {seed!r}.")
+
+
+def check_choices(option: str, values, valid, *, what: str = "value") -> None:
+    """Raise :class:`OptionError` for an empty list, an unknown entry or a repeated entry."""
+    values = list(values)
+    if not values:
+        raise OptionError(f"{option} needs at least one {what}; valid: {', '.join(valid)}.")
+    for value in values:
+        if value not in valid:
+            raise OptionError(f"unknown {what} {value!r} in {option}; valid: {', '.join(valid)}.")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise OptionError(f"{option} lists {', '.join(map(repr, repeated))} more than once.")
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory, or ``None`` where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(options: str, estimate_bytes: float, available: int | None = None) -> None:
+    """Raise :class:`OptionError` when a run needs at least ``estimate_bytes`` and the machine has less.
+
+    ``estimate_bytes`` is a lower bound (the largest arrays the run must hold at once), so a refused run
+    could not have fitted; an accepted one may still need more.
+    """
+    available = physical_memory_bytes() if available is None else available
+    if available is not None and estimate_bytes > available:
+        raise OptionError(
+            f"{options} need at least {_gib(estimate_bytes)} of memory (estimate of the largest arrays held at "
+            f"once); this machine has {_gib(available)}: use smaller sizes."
+        )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_device(option: str, device: str) -> None:
+    """Select the JAX platform for ``--device`` (``cpu``, ``gpu`` or ``auto``); :class:`OptionError` if absent.
+
+    Run it before JAX starts its backends. If JAX already runs on another platform (backends start once per
+    process), that is an error too, and the setting is restored.
+    """
+    if device == "auto":
+        return
+    wanted = "gpu" if device == "gpu" else "cpu"
+    previous = jax.config.jax_platforms
+    try:
+        jax.config.update("jax_platforms", "cuda" if wanted == "gpu" else "cpu")
+        found = jax.devices()[0].platform
+    except RuntimeError as err:
+        jax.config.update("jax_platforms", previous)
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise OptionError(f"{option} {device} is not available here ({first_line}).") from None
+    if found != wanted:
+        jax.config.update("jax_platforms", previous)
+        raise OptionError(f"{option} {device} is not available here (JAX runs on {found}).")
+
+
+def write_json_atomic(path: str, data) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``: a complete file or none.
+
+    ``allow_nan=False``: a NaN or infinity raises ``ValueError`` before anything is written (JSON has no NaN,
+    and a NaN in a results file is a wrong number).
+    """
+    import tempfile
+
+    text = json.dumps(data, indent=1, allow_nan=False)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

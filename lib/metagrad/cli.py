@@ -51,10 +51,19 @@ _SUBCOMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``metagrad COMMAND: error: MESSAGE`` and exit status 2 (``--help`` for usage).
+
+    Subcommand parsers inherit the class (argparse's ``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metagrad import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metagrad",
         description="Derivative estimators for meta-RL as differentiated off-policy evaluation (Tang et al. 2021).",
     )
@@ -75,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return args.func(args)
+    from metagrad._validation import OptionError
+
+    try:
+        return args.func(args)
+    except OptionError as err:  # a bad option found past parsing: the same one-line form as argparse's errors
+        print(f"metagrad {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

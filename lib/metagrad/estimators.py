@@ -269,6 +269,11 @@ def surrogate(
     elif jnp.shape(weights) != (n,):
         raise ValueError(f"`weights` must be None (uniform) or shape [N] = ({n},); got {jnp.shape(weights)}.")
     check_discount("gamma", gamma)
+    check_finite("trajectories.rewards", rewards)
+    check_finite("values", values)
+    if behaviour_log_probs is not None:
+        check_finite("behaviour_log_probs", behaviour_log_probs)
+    check_finite("weights", weights)
     discounts = trajectories.discounts(gamma)
     observations = jax.tree_util.tree_map(lambda o: o[:, :-1], trajectories.observations)
     per_trajectory = jax.vmap(functools.partial(estimator.objective, **options))

@@ -51,6 +51,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -71,6 +72,11 @@ from metagrad import critics as critics_lib
 from metagrad import outer as outer_lib
 from metagrad.policies import GaussianMLP, TabularSoftmax
 from metagrad.rollout import Trajectories, sample
+
+try:
+    import fcntl
+except ImportError:  # Windows: checkpoint folders are not locked
+    fcntl = None
 
 #: Environments of :class:`MAMLConfig`.
 ENVS = ("navigation", "navigation-corners", "tabular")
@@ -174,10 +180,15 @@ class MAMLConfig:
                 raise ValueError(f"`{name}` must be a positive integer (batch / iteration size); got {value!r}.")
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, (int, np.integer)) or self.inner_steps < 0:
             raise ValueError(f"`inner_steps` must be a non-negative integer; got {self.inner_steps!r}.")
-        if not 0 <= self.gamma < 1:
+        gamma = self.gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number)) or not 0 <= gamma < 1:
             raise ValueError(f"`gamma` must be a discount in [0, 1); got {self.gamma}.")
-        if self.kl_coef < 0 or self.cg_damping < 0:
-            raise ValueError("`kl_coef` and `cg_damping` must be non-negative.")
+        for name in ("kl_coef", "cg_damping"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+                np.isfinite(value) and value >= 0
+            ):
+                raise ValueError(f"`{name}` must be a non-negative finite number; got {value!r}.")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -519,7 +530,7 @@ def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, 
     arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
     metadata = {"config": config.to_json(), "iteration": iteration, "num_leaves": len(leaves)}
-    arrays["metadata"] = np.asarray(json.dumps(metadata))
+    arrays["metadata"] = np.asarray(json.dumps(metadata, allow_nan=False))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
@@ -530,21 +541,81 @@ def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, 
     os.replace(tmp, os.path.join(directory, _CHECKPOINT))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(metadata, f, indent=1)
+        json.dump(metadata, f, indent=1, allow_nan=False)
     os.replace(tmp, os.path.join(directory, "checkpoint.json"))
 
 
 def load_checkpoint(directory: str, template_state) -> tuple[Any, dict, int, dict]:
-    """``(state, history, iteration, metadata)`` of ``directory/checkpoint.npz`` (leaves into ``template_state``)."""
-    with np.load(os.path.join(directory, _CHECKPOINT)) as data:
-        metadata = json.loads(str(data["metadata"]))
-        treedef = jax.tree_util.tree_structure(template_state)
-        template = jax.tree_util.tree_leaves(template_state)
-        if metadata["num_leaves"] != len(template):
-            raise ValueError(f"The checkpoint in {directory} does not match this config's parameter structure.")
-        leaves = [jnp.asarray(data[f"state_{i}"], dtype=t.dtype) for i, t in enumerate(template)]
-        history = {k[len("history_"):]: np.asarray(data[k]) for k in data.files if k.startswith("history_")}
-    return jax.tree_util.tree_unflatten(treedef, leaves), history, int(metadata["iteration"]), metadata
+    """``(state, history, iteration, metadata)`` of ``directory/checkpoint.npz`` (leaves into ``template_state``).
+
+    A file that is not a checkpoint written by :func:`train` (truncated, corrupt, another program's) raises a
+    ``ValueError`` of one sentence naming the file.
+    """
+    path = os.path.join(directory, _CHECKPOINT)
+    treedef = jax.tree_util.tree_structure(template_state)
+    template = jax.tree_util.tree_leaves(template_state)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            metadata = json.loads(str(data["metadata"]))
+            iteration, num_leaves = int(metadata["iteration"]), int(metadata["num_leaves"])
+            if not isinstance(metadata["config"], dict):
+                raise TypeError("config is not a mapping")
+            if num_leaves == len(template):
+                leaves = [jnp.asarray(data[f"state_{i}"], dtype=t.dtype) for i, t in enumerate(template)]
+            history = {k[len("history_"):]: np.asarray(data[k]) for k in data.files if k.startswith("history_")}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # zipfile.BadZipFile, EOFError, KeyError, JSON errors, ...: all mean "not ours"
+        raise ValueError(
+            f"{path} is not a readable metagrad MAML checkpoint (corrupt, truncated or written by another "
+            f"program: {type(err).__name__}: {err})."
+        ) from None
+    if num_leaves != len(template):
+        raise ValueError(f"The checkpoint in {directory} does not match this config's parameter structure.")
+    return jax.tree_util.tree_unflatten(treedef, leaves), history, iteration, metadata
+
+
+_LOCK = "checkpoint.lock"
+
+
+@contextlib.contextmanager
+def checkpoint_lock(directory: str):
+    """Hold an exclusive lock on ``directory`` for one run, so two runs never write one ``checkpoint_dir``.
+
+    ``fcntl.flock`` on ``directory/checkpoint.lock``: the operating system releases it when the process ends,
+    also on a crash or ``kill -9``, so a stale lock never blocks a later run; the file is removed on a normal
+    exit. A second run raises ``RuntimeError`` at once. (Where ``fcntl`` is missing, i.e. on Windows, no lock
+    is taken.)
+    """
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"`checkpoint_dir` must be a folder; {directory!r} is a file.")
+    os.makedirs(directory, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    path = os.path.join(directory, _LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"Another run is writing checkpoints to {directory} (it holds {path}); give each run its own "
+                "checkpoint_dir."
+            ) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:  # else the previous holder removed the file between our open and flock: lock the new one
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
 
 
 def _key_data(key) -> np.ndarray:
@@ -559,6 +630,7 @@ def train(
     *,
     checkpoint_dir: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     label: str = "maml",
 ) -> tuple[Any, dict]:
@@ -572,7 +644,23 @@ def train(
     progress bar advances and, with ``checkpoint_dir``, a checkpoint is written atomically. ``resume=True``
     continues from ``checkpoint_dir`` (same config and key required) and yields bit-identical parameters
     and returns to an uninterrupted run (``wall_time`` aside).
+
+    A ``checkpoint_dir`` is locked for the run (:func:`checkpoint_lock`): a second run on the same folder
+    raises ``RuntimeError``. With ``resume=False`` a folder that already holds a checkpoint is refused
+    (``ValueError``) unless ``overwrite=True``, so a finished run is never replaced by accident.
     """
+    if checkpoint_dir is None:
+        return _train(config, key, None, resume, progress, label)
+    with checkpoint_lock(checkpoint_dir):
+        if not resume and not overwrite and os.path.exists(os.path.join(checkpoint_dir, _CHECKPOINT)):
+            raise ValueError(
+                f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it or overwrite=True "
+                "to start again."
+            )
+        return _train(config, key, checkpoint_dir, resume, progress, label)
+
+
+def _train(config, key, checkpoint_dir, resume, progress, label):
     from metagrad.progress import Progress
 
     init, train_chunk = make_train(config)
@@ -583,7 +671,12 @@ def train(
         if checkpoint_dir is None or not os.path.exists(os.path.join(checkpoint_dir, _CHECKPOINT)):
             raise ValueError(f"resume=True needs an existing checkpoint in `checkpoint_dir`; got {checkpoint_dir!r}.")
         saved, history, start, metadata = load_checkpoint(checkpoint_dir, state)
-        saved_config = MAMLConfig.from_json(metadata["config"])
+        try:
+            saved_config = MAMLConfig.from_json(metadata["config"])
+        except (TypeError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"The checkpoint in {checkpoint_dir} holds a config this version of metagrad cannot read ({err})."
+            ) from None
         if dataclasses.replace(saved_config, num_iterations=config.num_iterations) != config:
             raise ValueError(
                 "The checkpoint was written with a different config; resume needs the same config "

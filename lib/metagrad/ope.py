@@ -83,6 +83,8 @@ def _check_inputs(log_ratios, rewards, values, discounts, *, values_name="values
             f"`discounts` must be a scalar γ or per-step discounts of shape [T] = ({horizon},); got shape "
             f"{discounts.shape}."
         )
+    if is_concrete(log_ratios) and np.any(np.isnan(np.asarray(log_ratios)) | (np.asarray(log_ratios) == np.inf)):
+        raise ValueError("`log_ratios` must be finite or −∞ (π(a|x) = 0); it contains NaN or +∞.")
     check_finite("rewards", rewards)
     check_finite(values_name, values)
     if is_concrete(discounts):

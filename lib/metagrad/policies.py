@@ -40,6 +40,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from metagrad._validation import check_finite, check_index_range
+
 __all__ = ["TabularSoftmax", "GaussianMLP", "CategoricalMLP", "mlp_init", "mlp_apply", "as_policy_fn"]
 
 
@@ -85,7 +87,11 @@ class _Categorical:
     """log π, sampling, entropy and KL of a softmax policy, from its ``log_probs_all(params, obs) -> [..., A]``."""
 
     def log_prob(self, params, obs, action) -> jax.Array:
-        """log π_θ(a|x) for integer ``action`` (shape of ``obs`` without its feature axis)."""
+        """log π_θ(a|x) for integer ``action`` (shape of ``obs`` without its feature axis).
+
+        A concrete ``action`` outside ``[0, A)`` raises ``ValueError`` (JAX would clamp or fill the index).
+        """
+        check_index_range("action", action, self.num_actions, "action")
         return jnp.take_along_axis(self.log_probs_all(params, obs), action[..., None], axis=-1)[..., 0]
 
     def sample(self, params, key, obs):
@@ -121,7 +127,12 @@ class TabularSoftmax(_Categorical):
         return self.init_scale * jax.random.normal(key, shape, jnp.result_type(float))
 
     def log_probs_all(self, params, obs) -> jax.Array:
-        """log softmax(θ[x]) over actions, ``[..., A]`` for integer ``obs``."""
+        """log softmax(θ[x]) over actions, ``[..., A]`` for integer ``obs``.
+
+        A concrete ``obs`` outside ``[0, S)`` raises ``ValueError``: JAX clamps an out-of-range gather index,
+        so state 7 of 3 would silently read state 2's logits. (Under ``jit`` the caller validates.)
+        """
+        check_index_range("obs", obs, self.num_states, "state")
         return jax.nn.log_softmax(params[obs], axis=-1)
 
 
@@ -153,6 +164,8 @@ class GaussianMLP:
         return mlp_apply(params["mean"], obs)
 
     def log_prob(self, params, obs, action) -> jax.Array:
+        check_finite("action", action)
+        check_finite("obs", obs)
         mean, log_std = self.mean(params, obs), params["log_std"]
         z = (action - mean) * jnp.exp(-log_std)
         return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)

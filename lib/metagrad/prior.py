@@ -146,14 +146,24 @@ def dice_objective(log_pi, rewards, values, discounts, *, baseline: bool = False
       log_mu: optional ``[T]`` behaviour log-probabilities (see the module docstring).
     """
     _, rewards, values, discounts, exponents = _prepare(log_pi, rewards, values, discounts, log_mu)
-    gammas = cumulative_discounts(discounts)
+    log_gammas = _log_cumulative_discounts(discounts)
     through_t = jnp.cumsum(exponents)  # Σ_{s≤t}
     before_t = through_t - exponents  # Σ_{s<t}
-    objective = jnp.sum(gammas[:-1] * jnp.exp(through_t) * rewards) + gammas[-1] * jnp.exp(through_t[-1]) * values[-1]
+    # Γ_t □(·) = exp(log Γ_t + ·): the box products grow like ρ^t while Γ_t shrinks like γ^t, so their
+    # product stays in range where the box alone overflows (float32, T = 66, ρ = 4.2, γ = 0.8).
+    objective = jnp.sum(jnp.exp(log_gammas[:-1] + through_t) * rewards)
+    objective = objective + jnp.exp(log_gammas[-1] + through_t[-1]) * values[-1]
     if baseline:
         b = jax.lax.stop_gradient(values[:-1])
-        objective = objective + jnp.sum(gammas[:-1] * (1.0 - jnp.exp(exponents)) * jnp.exp(before_t) * b)
+        # Γ_t (1 − □(ℓ_t)) □(Σ_{s<t} ℓ_s) b_t, expanded into two boxes.
+        boxes = jnp.exp(log_gammas[:-1] + before_t) - jnp.exp(log_gammas[:-1] + through_t)
+        objective = objective + jnp.sum(boxes * b)
     return objective
+
+
+def _log_cumulative_discounts(discounts) -> jax.Array:
+    """log Γ_t for t = 0 … T (``[T+1]``; −∞ after a zero discount, so exp gives Γ_t = 0 exactly)."""
+    return jnp.log(cumulative_discounts(discounts))
 
 
 def gae_advantages(rewards, values, discounts, tau) -> jax.Array:
@@ -194,16 +204,17 @@ def loaded_dice_objective(log_pi, rewards, values, discounts, *, lam=1.0, tau=1.
       log_mu: optional ``[T]`` behaviour log-probabilities (see the module docstring).
     """
     _, rewards, values, discounts, exponents = _prepare(log_pi, rewards, values, discounts, log_mu)
-    advantages = jax.lax.stop_gradient(
-        cumulative_discounts(discounts)[:-1] * gae_advantages(rewards, values, discounts, tau)
-    )
+    gae = jax.lax.stop_gradient(gae_advantages(rewards, values, discounts, tau))
+    log_gammas = _log_cumulative_discounts(discounts)[:-1]
 
     def step(w_prev, x):
         w = lam * w_prev + x
         return w, w
 
     _, w = jax.lax.scan(step, jnp.zeros((), exponents.dtype), exponents)
-    return jnp.sum(advantages * (jnp.exp(w) - jnp.exp(w - exponents)))
+    # A_t □(w) = GAE_t exp(log Γ_t + w): Γ_t enters the exponent, so Γ_t □(w_t) stays finite where □(w_t) alone
+    # overflows (off-policy, float32).
+    return jnp.sum(gae * (jnp.exp(log_gammas + w) - jnp.exp(log_gammas + w - exponents)))
 
 
 def lvc_objective(log_pi, rewards, values, discounts, *, log_mu=None) -> jax.Array:

@@ -52,14 +52,65 @@ from metagrad.envs.vector import TaskVectorEnv
 __all__ = ["CORNERS", "HORIZON", "Navigation2D", "TabularMDPEnv", "TaskEnv", "TaskVectorEnv", "ENV_IDS"]
 
 
+class _FixedTask(FuncEnv):
+    """A ``FuncEnv`` view of ``base`` whose methods use ``task`` when called without ``params``.
+
+    A new object, never a mutation of ``base``: metagrad environments compare equal by their settings
+    (so :func:`metagrad.rollout.sample` reuses compiled code across equal environments), and rebinding the
+    methods of ``base`` would leak this task into every equal environment's compiled sampler. This view
+    keeps object identity for ``==`` and ``hash``, so it never shares a cache entry with another object.
+    """
+
+    def __init__(self, base: FuncEnv, task: Any):
+        self.base, self.task = base, task
+        self._jitted = {
+            name: jax.jit(getattr(base, name))
+            for name in ("initial", "transition", "observation", "reward", "terminal")
+        }
+        super().__init__()
+        self.observation_space, self.action_space = base.observation_space, base.action_space
+
+    def initial(self, rng, params=None):
+        return self._jitted["initial"](rng, self._params(params))
+
+    def transition(self, state, action, rng, params=None):
+        return self._jitted["transition"](state, action, rng, self._params(params))
+
+    def observation(self, state, rng, params=None):
+        return self._jitted["observation"](state, rng, self._params(params))
+
+    def reward(self, state, action, next_state, rng, params=None):
+        return self._jitted["reward"](state, action, next_state, rng, self._params(params))
+
+    def terminal(self, state, rng, params=None):
+        return self._jitted["terminal"](state, rng, self._params(params))
+
+    def render_init(self, params=None, **kwargs):
+        return self.base.render_init(self._params(params), **kwargs)
+
+    def render_image(self, state, render_state, params=None):
+        return self.base.render_image(state, render_state, self._params(params))
+
+    def render_close(self, render_state, params=None):
+        return self.base.render_close(render_state, self._params(params))
+
+    def _params(self, params):
+        return self.task if params is None else params
+
+
 class TaskEnv(FunctionalJaxEnv):
     """A classic ``gymnasium.Env`` running one fixed task of a metagrad ``FuncEnv``.
 
     ``FunctionalJaxEnv`` calls the ``FuncEnv`` methods without ``params`` (the default task); this
-    subclass binds ``task`` instead, jit-compiles the methods, and returns observations as NumPy arrays
-    in the dtype of ``observation_space`` (float32 for navigation, an integer scalar for tabular), so the
-    declared spaces hold whether or not ``jax_enable_x64`` is on. (Gymnasium's ``JaxToNumpy`` wrapper
-    would need the optional ``array_api_compat`` package; converting here avoids that dependency.)
+    subclass runs them on a view of ``func_env`` bound to ``task`` (``func_env`` itself is left untouched),
+    jit-compiles the methods, and returns observations as NumPy arrays in the dtype of
+    ``observation_space`` (float32 for navigation, an integer scalar for tabular), so the declared spaces
+    hold whether or not ``jax_enable_x64`` is on. (Gymnasium's ``JaxToNumpy`` wrapper would need the
+    optional ``array_api_compat`` package; converting here avoids that dependency.)
+
+    :meth:`step` refuses an action outside ``action_space`` with a ``ValueError`` (a discrete action
+    outside ``[0, A)``, a continuous action that is not finite; finite continuous actions are clipped by
+    the dynamics, as in the reference implementations).
 
     Args:
       func_env: a metagrad ``FuncEnv`` (:class:`Navigation2D` or :class:`TabularMDPEnv`).
@@ -71,31 +122,34 @@ class TaskEnv(FunctionalJaxEnv):
 
     def __init__(self, func_env: FuncEnv, task: Any = None, render_mode: str | None = None, spec=None):
         self.task = func_env.default_params if task is None else task
-        bound = {
-            name: jax.jit(getattr(func_env, name), static_argnames=())
-            for name in ("initial", "transition", "observation", "reward", "terminal")
-        }
-        task_ = self.task
-        func_env.initial = lambda rng, params=None: bound["initial"](rng, task_)
-        func_env.transition = lambda s, a, rng, params=None: bound["transition"](s, a, rng, task_)
-        func_env.observation = lambda s, rng, params=None: bound["observation"](s, rng, task_)
-        func_env.reward = lambda s, a, s2, rng, params=None: bound["reward"](s, a, s2, rng, task_)
-        func_env.terminal = lambda s, rng, params=None: bound["terminal"](s, rng, task_)
-        render_image = func_env.render_image
-        func_env.render_image = lambda state, render_state, params=None: render_image(state, render_state, task_)
-        super().__init__(func_env, metadata=dict(self.metadata), render_mode=render_mode, spec=spec)
+        super().__init__(_FixedTask(func_env, self.task), metadata=dict(self.metadata), render_mode=render_mode,
+                         spec=spec)
 
     def _cast(self, obs):
         if isinstance(self.observation_space, gymnasium.spaces.Discrete):
             return np.int64(obs)
         return np.asarray(obs, dtype=self.observation_space.dtype)
 
+    def _check_action(self, action):
+        space = self.action_space
+        if isinstance(space, gymnasium.spaces.Discrete):
+            value = np.asarray(action)
+            if value.shape != () or not np.issubdtype(value.dtype, np.integer) or not 0 <= int(value) < space.n:
+                raise ValueError(f"`action` must be an integer in [0, {space.n}); got {action!r}.")
+            return value
+        value = np.asarray(action, dtype=np.float64)
+        if value.shape != space.shape:
+            raise ValueError(f"`action` must have shape {space.shape}; got shape {value.shape}.")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"`action` must be finite; got {value.tolist()}.")
+        return np.asarray(action, dtype=space.dtype)
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = super().reset(seed=seed, options=options)
         return self._cast(obs), info
 
     def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
+        obs, reward, terminated, truncated, info = super().step(self._check_action(action))
         return self._cast(obs), reward, terminated, truncated, info
 
 

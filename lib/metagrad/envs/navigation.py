@@ -51,6 +51,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.experimental.functional import FuncEnv
 
+from metagrad._validation import check_finite
+
 #: The four goals of the ``"corners"`` variant, in ProMP's order.
 CORNERS = ((-2.0, -2.0), (2.0, -2.0), (-2.0, 2.0), (2.0, 2.0))
 
@@ -153,6 +155,7 @@ class Navigation2D(FuncEnv):
         return jax.random.uniform(rng, (2,), goal.dtype, minval=-self.start_width, maxval=self.start_width)
 
     def transition(self, state, action, rng, params=None):
+        check_finite("action", action)  # concrete actions only: under jit a NaN action makes the position NaN
         return state + jnp.clip(action, -self.max_action, self.max_action).astype(state.dtype)
 
     def observation(self, state, rng, params=None):

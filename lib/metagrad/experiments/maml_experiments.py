@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -184,33 +183,23 @@ def _command_line(args) -> str | None:
 
 
 def _cmd_accuracy(args) -> int:
-    from metagrad import maml
+    from metagrad._validation import write_json_atomic
+    from metagrad.experiments._options import check_accuracy
 
-    valid = maml.valid_inner_estimators()
-    unknown = [e for e in args.estimators if e not in valid]
-    if unknown:
-        raise SystemExit(f"metagrad maml-accuracy: error: unknown estimator(s) {unknown}; valid: {valid}")
-    if not 0 < args.step_size:
-        raise SystemExit("metagrad maml-accuracy: error: --step-size must be positive")
-    if args.seeds < 2:
-        raise SystemExit("metagrad maml-accuracy: error: --seeds must be at least 2 (for a standard error)")
-    if args.repeats < 2:
-        raise SystemExit("metagrad maml-accuracy: error: --repeats must be at least 2 (for the bias)")
+    check_accuracy(args)  # every option, before any computation (fills the --quick defaults)
     import jax
 
     jax.config.update("jax_enable_x64", True)
     from metagrad.cli import environment_info
 
-    if args.quick:
-        args.batch_sizes, args.seeds, args.num_tasks = [10, 100, 1000], min(args.seeds, 3), min(args.num_tasks, 4)
     settings = dict(seed=args.seed, seeds=args.seeds, batch_sizes=args.batch_sizes, estimators=args.estimators,
                     num_tasks=args.num_tasks, num_states=args.num_states, num_actions=args.num_actions,
                     horizon=args.horizon, gamma=args.gamma, step_size=args.step_size, repeats=args.repeats)
     results = run_accuracy(**settings, progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "maml_accuracy.json"), "w") as f:
-        json.dump({"settings": {**settings, "quick": args.quick, "command_line": _command_line(args)},
-                   "results": results, "environment": environment_info()}, f, indent=1)
+    write_json_atomic(os.path.join(args.out, "maml_accuracy.json"),
+                      {"settings": {**settings, "quick": args.quick, "command_line": _command_line(args)},
+                       "results": results, "environment": environment_info()})
     title = (f"random {args.num_states}×{args.num_actions} MDPs, {args.num_tasks} tasks, T = {args.horizon}, "
              f"γ = {args.gamma}, one inner step η = {args.step_size}, exact critic; mean ± s.e. over {args.seeds} "
              f"seeds (new θ and tasks), {args.repeats} batches each")
@@ -312,13 +301,10 @@ def _plot_trajectories(config, params, key, path: str, num_goals: int = 4) -> No
 
 
 def _cmd_nav2d(args) -> int:
-    if args.methods is None:
-        args.methods = list(QUICK_METHODS if args.quick else NAV_METHODS)
-    if args.seeds is None:
-        args.seeds = 2 if args.quick else 3
-    unknown = [m for m in args.methods if m not in NAV_METHODS]
-    if unknown:
-        raise SystemExit(f"metagrad maml-nav2d: error: unknown method(s) {unknown}; valid: {list(NAV_METHODS)}")
+    from metagrad._validation import write_json_atomic
+    from metagrad.experiments._options import check_nav2d
+
+    check_nav2d(args)  # every option, before any computation (fills the --quick defaults)
     import jax
 
     from metagrad import maml
@@ -342,10 +328,9 @@ def _cmd_nav2d(args) -> int:
             "final_pre": _mean_se(pre[:, -window:].mean(1)),
         }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "maml_nav2d.json"), "w") as f:
-        settings = {**vars(args), "func": None, "command_line": _command_line(args), "config": last[0].to_json()}
-        json.dump({"settings": settings, "curves": curves,
-                   "pre_curves": pre_curves, "summary": summary, "environment": environment_info()}, f, indent=1)
+    settings = {**vars(args), "func": None, "command_line": _command_line(args), "config": last[0].to_json()}
+    write_json_atomic(os.path.join(args.out, "maml_nav2d.json"), {"settings": settings, "curves": curves,
+                      "pre_curves": pre_curves, "summary": summary, "environment": environment_info()})
     c = last[0]
     title = (f"{args.env}: {c.num_tasks} tasks × {c.num_trajectories} traj. × {c.horizon} steps, "
              f"{c.inner_steps} inner step(s) η = {c.inner_step_size}\nmean ± s.e. over {args.seeds} seeds")
@@ -366,11 +351,12 @@ def register(subparsers) -> None:
     acc = subparsers.add_parser("maml-accuracy", help="meta-gradient accuracy vs batch size on tabular MDPs")
     acc.add_argument("--out", default="results/maml-accuracy", help="output directory")
     acc.add_argument("--seed", type=int, default=0)
-    acc.add_argument("--seeds", type=_positive_int, default=5, help="independent trials (new tasks and θ)")
-    acc.add_argument("--batch-sizes", type=_positive_ints, default=[10, 100, 1000, 10000],
-                     help="trajectories per task, comma-separated")
+    acc.add_argument("--seeds", type=_positive_int, default=None,
+                     help="independent trials (new tasks and θ), ≥ 2; default 5 (3 with --quick)")
+    acc.add_argument("--batch-sizes", type=_positive_ints, default=None,
+                     help="trajectories per task, comma-separated; default 10,100,1000,10000 (10,100,1000 with --quick)")
     acc.add_argument("--estimators", type=lambda s: [e for e in s.split(",") if e], default=list(ACCURACY_ESTIMATORS))
-    acc.add_argument("--num-tasks", type=_positive_int, default=8)
+    acc.add_argument("--num-tasks", type=_positive_int, default=None, help="default 8 (4 with --quick)")
     acc.add_argument("--num-states", type=_positive_int, default=6)
     acc.add_argument("--num-actions", type=_positive_int, default=3)
     acc.add_argument("--horizon", type=_positive_int, default=25)
@@ -378,7 +364,8 @@ def register(subparsers) -> None:
     acc.add_argument("--step-size", type=float, default=1.0, help="inner step size η")
     acc.add_argument("--repeats", type=_positive_int, default=4,
                      help="independent batches per seed and N (≥ 2; their spread is subtracted from the bias)")
-    acc.add_argument("--quick", action="store_true", help="N ∈ {10, 100, 1000}, ≤ 3 seeds, ≤ 4 tasks")
+    acc.add_argument("--quick", action="store_true",
+                     help="smaller defaults (N ∈ {10, 100, 1000}, 3 seeds, 4 tasks); options given explicitly win")
     acc.add_argument("--no-progress", action="store_true")
     acc.set_defaults(func=_cmd_accuracy)
 
@@ -390,6 +377,7 @@ def register(subparsers) -> None:
                      help=f"comma-separated; default all of {list(NAV_METHODS)} ({', '.join(QUICK_METHODS)} with --quick)")
     nav.add_argument("--env", choices=["navigation-corners", "navigation"], default="navigation-corners")
     nav.add_argument("--iterations", type=_positive_int, default=None)
-    nav.add_argument("--quick", action="store_true", help="8 tasks × 10 trajectories × 50 steps, 32×32, 1 inner step, 20 iterations, 2 seeds")
+    nav.add_argument("--quick", action="store_true", help="8 tasks × 10 trajectories × 50 steps, 32×32, 1 inner step, 20 iterations, 2 seeds; "
+                     "--iterations, --seeds and --methods given explicitly win")
     nav.add_argument("--no-progress", action="store_true")
     nav.set_defaults(func=_cmd_nav2d)

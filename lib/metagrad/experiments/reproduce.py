@@ -72,16 +72,26 @@ class ReproduceConfig:
 
     def validate(self) -> "ReproduceConfig":
         """Raise ``ValueError`` naming the option and the expected form for any bad setting."""
-        from metagrad.estimators import valid_names
+        from metagrad.estimators import get, valid_names
 
         def positive_int(name, value):
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}.")
+
+        def finite(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number; got {value!r}.")
+            return value
 
         for name in ("states", "actions", "horizon", "num_trajectories", "trials", "third_order_trajectories"):
             positive_int(name, getattr(self, name))
         if self.actions < 2:
             raise ValueError(f"--actions must be at least 2 (a deterministic π_d needs a choice); got {self.actions}.")
+        if self.trials < 2:
+            raise ValueError(f"--trials must be at least 2 (the results are mean ± standard error over trials); "
+                             f"got {self.trials}.")
+        if not self.sweep:
+            raise ValueError("--sweep needs at least one number of trajectories.")
         for n in self.sweep:
             positive_int("sweep", n)
         for eps in (*self.epsilons, self.sweep_epsilon):
@@ -92,21 +102,66 @@ class ReproduceConfig:
                 )
         if not self.epsilons:
             raise ValueError("--epsilons needs at least one value in [0, 1).")
-        if not 0.0 <= self.gamma < 1.0:
+        for name in ("epsilons", "sweep"):
+            values = list(getattr(self, name))
+            if len(set(values)) != len(values):
+                raise ValueError(f"--{name} lists a value more than once: {', '.join(map(str, values))}.")
+        if not 0.0 <= finite("gamma", self.gamma) < 1.0:
             raise ValueError(f"--gamma must be a discount in [0, 1); got {self.gamma}.")
-        if not self.dirichlet > 0:
-            raise ValueError(f"--dirichlet must be positive; got {self.dirichlet}.")
-        if not (self.noise >= 0 and math.isfinite(self.noise)):
-            raise ValueError(f"--noise must be a non-negative number; got {self.noise}.")
+        if not finite("dirichlet", self.dirichlet) >= 1e-30:  # metagrad.mdp.MIN_DIRICHLET (no JAX import here)
+            raise ValueError(f"--dirichlet must be at least 1e-30 (smaller concentrations overflow the sampled "
+                             f"transitions to NaN); got {self.dirichlet}.")
+        if not 0 <= finite("noise", self.noise) <= MAX_NOISE:
+            raise ValueError(
+                f"--noise must lie in [0, {MAX_NOISE:g}] (critic noise in units of ‖V^μ‖₂/|X|; the paper uses "
+                f"1; far larger values overflow the float32 estimates); got {self.noise}."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be an integer in [0, 2**63 - 1] (a JAX PRNGKey seed); got {self.seed!r}.")
         if self.order not in (1, 2, 3):
             raise ValueError(f"--order must be 1, 2 or 3 (the highest derivative to estimate); got {self.order}.")
-        valid = valid_names()
-        for name in (*self.estimators, *self.third_order_estimators):
-            if name not in valid:
-                raise ValueError(f"unknown estimator {name!r} in --estimators; valid names: {', '.join(valid)}.")
         if not self.estimators:
             raise ValueError("--estimators needs at least one estimator.")
+        if self.order >= 3 and not self.third_order_estimators:
+            raise ValueError("--third-order-estimators needs at least one estimator with --order 3.")
+        lists = (("--estimators", self.estimators), ("--third-order-estimators", self.third_order_estimators))
+        for option, names in lists:
+            for name in names:
+                try:
+                    estimator = get(name)
+                except ValueError:
+                    raise ValueError(f"unknown estimator {name!r} in {option}; valid names: {', '.join(valid_names())} "
+                                     "and taypo<K> for any K ≥ 1.") from None
+                try:
+                    estimator.resolve({})
+                except ValueError as err:  # e.g. 'taypo' without its order
+                    raise ValueError(f"estimator {name!r} in {option} cannot run without options ({err}); for "
+                                     "TayPO-K write taypo<K>, e.g. taypo4.") from None
+            if len(set(names)) != len(names):
+                raise ValueError(f"{option} lists an estimator more than once: {', '.join(names)}.")
         return self
+
+    def memory_estimate(self) -> int:
+        """A lower bound on the bytes the run holds at once (its largest arrays), for refusing runs that cannot fit.
+
+        P = states · actions parameters; the exact Hessians (float64) of every trial and ε, the trajectories,
+        the per-trajectory Hessians [N, T, T] and the Hessian accumulators of every prefix size; with
+        ``order = 3`` the exact third derivatives [P, P, P] and the per-trajectory [N, T, T, T] ones.
+        """
+        p, t, trials = self.states * self.actions, self.horizon, self.trials
+        n_eps = len(set((*self.epsilons, self.sweep_epsilon)))
+        sizes = len(set(self.sweep) | {self.num_trajectories})
+        n_max = max(*self.sweep, self.num_trajectories, self.third_order_trajectories if self.order >= 3 else 1)
+        total = trials * n_max * (t + 1) * 25  # observations, actions, rewards, log-probs, flags
+        if self.order >= 2:
+            total += trials * n_eps * p * p * (8 + 4) + n_max * t * t * 4 * 3 + sizes * p * p * 4 * 3
+        if self.order >= 3:
+            total += trials * len(self.epsilons) * p**3 * 8 + self.third_order_trajectories * t**3 * 4 * 3 + p**3 * 4 * 3
+        return int(total)
+
+
+#: Largest accepted ``--noise`` (see :meth:`ReproduceConfig.validate`).
+MAX_NOISE = 1e6
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -173,6 +228,21 @@ def _objective(names: tuple[str, ...], index, gamma: float):
         return jax.lax.switch(index, branches, log_pi, rewards, values, log_mu)
 
     return fn
+
+
+def _first_order_zeroed(estimates, names: tuple[str, ...], index):
+    """Set the derivatives above the first to zero for first-order estimators (``fomaml``).
+
+    The chain-rule assembly differentiates the per-trajectory surrogate, and first-order MAML's surrogate is
+    MAML's: its higher derivatives are zero by definition (:func:`metagrad.prior.first_order`), not
+    MAML's. ``index`` may be traced (the ``lax.switch`` index of :func:`_objective`).
+    """
+    import jax.numpy as jnp
+
+    from metagrad.estimators import get
+
+    keep = jnp.asarray([not get(name).first_order_only for name in names])[index]
+    return (estimates[0], *(jnp.where(keep, d, jnp.zeros_like(d)) for d in estimates[1:]))
 
 
 def _estimate(fn, config, logits, batch, critic, weights, order):
@@ -242,7 +312,7 @@ def _programs(config: ReproduceConfig) -> _Programs:
             th, b, c, ex = args
 
             def per_eps(t, ex_e):
-                est = _estimate(fn, config, t, b, c, weights, order)  # each [sizes, ...]
+                est = _first_order_zeroed(_estimate(fn, config, t, b, c, weights, order), config.estimators, index)
                 metrics = [jax.vmap(lambda e, d=d: jnp.stack(_metrics(e, d)))(est_k) for est_k, d in zip(est, ex_e)]
                 return jnp.stack(metrics, axis=1), est[-1][row_ab]  # [sizes, order, 2], top-order estimate at N
 
@@ -325,7 +395,8 @@ def run(config: ReproduceConfig) -> dict:
 
                 def per_trial(args):
                     th, b, c, d3 = args
-                    per_eps = lambda t, d: jnp.stack(_metrics(_estimate(fn, config, t, b, c, w3, 3)[2], d))  # noqa: E731
+                    per_eps = lambda t, d: jnp.stack(  # noqa: E731
+                        _metrics(_first_order_zeroed(_estimate(fn, config, t, b, c, w3, 3), names3, index)[2], d))
                     return jax.lax.map(lambda a: per_eps(*a), (th, d3))
 
                 return jax.lax.map(per_trial, (logits, batch, critic, exact3))
@@ -348,10 +419,21 @@ def run(config: ReproduceConfig) -> dict:
 
 
 def _mean_se(values: np.ndarray) -> tuple[list, list]:
+    """Mean and standard error over trials (axis 0); ``None`` where a trial's value is undefined (NaN).
+
+    A correlation is undefined when the estimate is constant (first-order MAML's zero Hessian); it is
+    reported as ``None`` (JSON ``null``, "n/a" in the table), never as a number. ``--trials`` ≥ 2 is
+    enforced, so the standard error always exists.
+    """
     values = np.asarray(values, dtype=np.float64)
     mean = values.mean(axis=0)
-    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
-    return mean.tolist(), se.tolist()
+    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
+    return _nan_to_none(mean), _nan_to_none(se)
+
+
+def _nan_to_none(array) -> list:
+    return [None if np.isnan(x) else x for x in np.asarray(array, np.float64).ravel().tolist()] if np.ndim(array) \
+        else (None if np.isnan(array) else float(array))
 
 
 def _summarise(config, ab, sweep, third) -> dict:
@@ -361,10 +443,13 @@ def _summarise(config, ab, sweep, third) -> dict:
     def add(panel, x_name, x, metric_name, name, values):
         mean, se = _mean_se(values)
         entry = panels.setdefault(panel, {"x_name": x_name, "x": list(x), "estimators": {}})
+        if metric_name != "correlation" and not np.all(np.isfinite(values)):
+            raise FloatingPointError(f"{panel}: the {metric_name} of {name} is not finite (NaN or inf).")
+        trials = np.asarray(values, np.float64)
         entry["estimators"].setdefault(name, {})[metric_name] = {
             "mean": mean,
             "se": se,
-            "trials": np.asarray(values).tolist(),
+            "trials": [_nan_to_none(row) for row in trials],
         }
 
     for name, out in ab.items():
@@ -413,7 +498,8 @@ def format_table(results: dict) -> str:
             if name == "dr_vs_taypo2":
                 cells = "".join(f"{m:>17.2e}" for m in metric["mean"])
             else:
-                cells = "".join(f"{m:>9.3f} ± {s:<5.3f}" for m, s in zip(metric["mean"], metric["se"]))
+                cells = "".join(f"{'n/a':>17}" if m is None else f"{m:>9.3f} ± {s:<5.3f}"
+                                for m, s in zip(metric["mean"], metric["se"]))
             lines.append(f"  {label:<30}{cells}")
         lines.append("")
     return "\n".join(lines)
@@ -442,7 +528,8 @@ def plot(results: dict, out_dir: str) -> list[str]:
         for name, metrics in panel["estimators"].items():
             if metric not in metrics:
                 continue
-            mean, se = np.asarray(metrics[metric]["mean"]), np.asarray(metrics[metric]["se"])
+            mean = np.asarray(metrics[metric]["mean"], dtype=float)  # None (undefined) → NaN: not drawn
+            se = np.asarray(metrics[metric]["se"], dtype=float)
             label = ESTIMATOR_LABELS.get(name, name)
             ax.errorbar(panel["x"], mean, yerr=se, marker="o", ms=4, capsize=3, label=label, color=colours.get(name))
         ax.set_title(title, fontsize=10)
@@ -546,7 +633,7 @@ def register(subparsers) -> None:
     p.add_argument("--num-trajectories", type=int, default=d.num_trajectories, help="N for the ε panels")
     p.add_argument("--sweep", type=_int_list, default=d.sweep, help="values of N for panel (c)")
     p.add_argument("--sweep-epsilon", type=float, default=d.sweep_epsilon, help="ε for panel (c)")
-    p.add_argument("--trials", type=int, default=d.trials, help="independent trials (new MDP, π_d, critic, data)")
+    p.add_argument("--trials", type=int, default=d.trials, help="independent trials (new MDP, π_d, critic, data), ≥ 2")
     p.add_argument("--noise", type=float, default=d.noise, help="critic noise, in units of ‖V^μ‖₂/|X|")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same numbers)")
     p.add_argument("--estimators", type=_name_list, default=d.estimators, help="registry names, comma-separated")
@@ -561,24 +648,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def main(args) -> int:
-    """Entry point of ``metagrad reproduce``."""
-    import jax
+def _check_options(args) -> ReproduceConfig:
+    """Every option checked before any computation; :class:`~metagrad._validation.OptionError` names the bad one."""
+    from metagrad._validation import OptionError, check_memory, check_out_dir
 
-    # Trials are sharded over devices (see `_programs`): on a CPU, expose one XLA device per core. This
-    # must precede JAX's backend start-up; if something already started it, one device is used.
-    try:
-        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count() or 1)
-    except RuntimeError:
-        pass
-    if args.device != "auto":
-        try:
-            jax.config.update("jax_platforms", args.device if args.device == "cpu" else "cuda")
-            jax.devices()
-        except RuntimeError as err:
-            print(f"metagrad reproduce: --device {args.device} is not available: {err}", file=sys.stderr)
-            return 2
     config = ReproduceConfig(
         states=args.states, actions=args.actions, horizon=args.horizon, gamma=args.gamma, dirichlet=args.dirichlet,
         epsilons=args.epsilons, num_trajectories=args.num_trajectories, sweep=args.sweep,
@@ -589,14 +662,37 @@ def main(args) -> int:
     try:
         config.validate()
     except ValueError as err:
-        print(f"metagrad reproduce: error: {err}", file=sys.stderr)
-        return 2
-    results = run(config)
+        raise OptionError(str(err)) from None
+    check_out_dir("--out", args.out)
+    check_memory("--states, --actions, --horizon, --trials, --num-trajectories, --sweep and --order",
+                 config.memory_estimate())
+    return config
+
+
+def main(args) -> int:
+    """Entry point of ``metagrad reproduce``: options checked, then the study run, then the files written."""
+    import jax
+
+    from metagrad._validation import check_device, write_json_atomic
+
+    config = _check_options(args)
+    # Trials are sharded over devices (see `_programs`): on a CPU, expose one XLA device per core. This
+    # must precede JAX's backend start-up; if something already started it, one device is used.
+    try:
+        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1)
+    except RuntimeError:
+        pass
+    check_device("--device", args.device)
+    try:
+        results = run(config)
+    except FloatingPointError as err:
+        print(f"metagrad reproduce: error: {err} No file was written.", file=sys.stderr)
+        return 1
     results["command"] = " ".join(["metagrad", *getattr(args, "argv", ["reproduce"])])
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "figure1.json")
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(json_path, results)
     paths = plot(results, args.out)
     print(format_table(results))
     print(f"wrote {', '.join([*paths, json_path])} in {results['elapsed_seconds']:.1f} s")
