@@ -199,3 +199,81 @@ def test_student_exceptions_become_one_sentence():
 
     with pytest.raises(checks.ExerciseCheckFailed, match=r"raised KeyError: 'oops'\."):
         checks.check_policy_evaluation(broken)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shared diagnosis (checks/_diagnose.py): which part is wrong, mistakes on every case, jit and vmap.
+
+
+def _toy_compare(student, **kwargs):
+    from metagrad.course.checks import _diagnose as d
+
+    def reference(x, gamma):
+        return d._with_derivatives(lambda z: jnp.sum(gamma ** jnp.arange(z.shape[0]) * jnp.exp(z)))(x)
+
+    def student_parts(x, gamma):
+        return d._with_derivatives(lambda z: student(z, gamma))(x)
+
+    cases = [
+        ("x = [0, 0]", (jnp.zeros(2), 0.5)),
+        ("x = [1, 2]", (jnp.array([1.0, 2.0]), 0.9)),
+        ("x = [0.5, -1]", (jnp.array([0.5, -1.0]), 0.9)),
+    ]
+    d._compare(
+        "toy", student_parts, reference, cases, expected_form="(a scalar)", parts=d.value_gradient_hessian_parts, **kwargs
+    )
+
+
+def test_compare_names_the_wrong_part_and_counts_the_wrong_inputs():
+    def right(z, g):
+        return jnp.sum(g ** jnp.arange(z.shape[0]) * jnp.exp(z))
+
+    # (z − sg(z))²/2 has value 0 and gradient 0 but Hessian I: only the Hessian is wrong, on every input.
+    with pytest.raises(checks.ExerciseCheckFailed, match=r"wrong on 3 of 3 inputs; first on x = \[0, 0\]: its value and gradient are right but its Hessian is wrong"):
+        _toy_compare(lambda z, g: right(z, g) + 0.5 * jnp.sum((z - jax.lax.stop_gradient(z)) ** 2))
+    # z − sg(z) changes the gradient only.
+    with pytest.raises(checks.ExerciseCheckFailed, match="its value and Hessian are right but its gradient is wrong"):
+        _toy_compare(lambda z, g: right(z, g) + jnp.sum(z - jax.lax.stop_gradient(z)))
+    # A wrong value only where z ≠ 0: two of the three inputs.
+    with pytest.raises(checks.ExerciseCheckFailed, match="wrong on 2 of 3 inputs; first on x = \\[1, 2\\]: its gradient and Hessian are right but its value is wrong"):
+        _toy_compare(lambda z, g: right(z, g) + jax.lax.stop_gradient(jnp.sum(z**2)))
+
+
+def test_a_mistake_is_recognised_even_when_the_first_wrong_input_cannot_show_it():
+    from metagrad.course.checks import _diagnose as d
+
+    def undiscounted(x, gamma):
+        return jnp.sum(x)
+
+    def reference(x, gamma):
+        return jnp.sum(gamma ** jnp.arange(x.shape[0]) * x)
+
+    def student(x, gamma):  # ignores γ, and adds an error only on the first input, where the hint cannot match
+        return jnp.sum(x) + (x[0] == 7.0)
+
+    cases = [("x0", (jnp.array([7.0, 1.0]), 0.5)), ("x1", (jnp.array([1.0, 1.0]), 0.5)), ("x2", (jnp.array([2.0, 3.0]), 0.9))]
+    with pytest.raises(checks.ExerciseCheckFailed, match="ignores γ"):
+        d._compare("toy", student, reference, cases, expected_form="", mistakes=[(undiscounted, "It ignores γ.")])
+
+
+def test_compare_runs_the_function_under_jit_and_vmap():
+    _toy_compare(lambda z, g: jnp.sum(g ** jnp.arange(z.shape[0]) * jnp.exp(z)), jit=True, vmap_in_axes=(0, None))
+    from metagrad.course.checks import _diagnose as d
+
+    cases = [("x0", (jnp.array([1.0, 2.0]),)), ("x1", (jnp.array([3.0, 4.0]),))]
+    with pytest.raises(checks.ExerciseCheckFailed, match="under jax.jit.*cannot trace"):
+        d._compare("toy", lambda x: float(x[0]) + x[1], lambda x: x[0] + x[1], cases, expected_form="", jit=True)
+    with pytest.raises(checks.ExerciseCheckFailed, match="under jax.vmap because JAX cannot trace"):
+        d._compare(
+            "toy", lambda x: np.sum(np.asarray(x)), lambda x: jnp.sum(x), cases, expected_form="", vmap_in_axes=(0,)
+        )
+
+
+def test_compare_names_shape_and_dtype_problems():
+    from metagrad.course.checks import _diagnose as d
+
+    cases = [("x0", (jnp.array([1.0, 2.0]),))]
+    with pytest.raises(checks.ExerciseCheckFailed, match="integers"):
+        d._compare("toy", lambda x: jnp.array([1, 2]), lambda x: x, cases, expected_form="")
+    with pytest.raises(checks.ExerciseCheckFailed, match="shape .*transpose"):
+        d._compare("toy", lambda x: x[:, None], lambda x: x, cases, expected_form="")
