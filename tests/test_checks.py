@@ -134,6 +134,44 @@ def missing_terms_inclusive(scores, advantages, gamma):
     return jnp.einsum("t,ti,tj->ij", w, scores, scores) + cross + cross.T
 
 
+def _surrogate_pieces(mdp, logits_fn, params):
+    from metagrad import mdp as mdp_lib
+
+    log_pi = lambda p: jax.nn.log_softmax(logits_fn(p), axis=-1)  # noqa: E731
+    pi = jnp.exp(log_pi(params))
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    d = mdp_lib.discounted_occupancy(mdp, pi)
+    return jax.hessian(log_pi)(params), jax.jacobian(log_pi)(params), pi, v, q, d
+
+
+def surrogate_hessian_with_q(mdp, logits_fn, params):  # no baseline: Q instead of A
+    h, _, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    return jnp.einsum("sa,sapq->pq", d[:, None] * pi * q, h)
+
+
+def surrogate_hessian_start_only(mdp, logits_fn, params):  # only the start distribution, not the occupancy
+    h, _, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    return jnp.einsum("sa,sapq->pq", mdp.initial[:, None] * pi * (q - v[:, None]), h)
+
+
+def surrogate_hessian_lvc(mdp, logits_fn, params):  # adds the score outer products
+    h, g, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    w = d[:, None] * pi * (q - v[:, None])
+    return jnp.einsum("sa,sapq->pq", w, h) + jnp.einsum("sa,sap,saq->pq", w, g, g)
+
+
+def surrogate_hessian_exact(mdp, logits_fn, params):  # "the library function for the wrong quantity": ∇²J
+    from metagrad import exact
+
+    return jax.hessian(lambda p: exact.value(mdp, logits_fn(p)))(params)
+
+
+def surrogate_hessian_numpy(mdp, logits_fn, params):  # right numbers eagerly, but not traceable under jit
+    h, _, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    w = np.asarray(d)[:, None] * np.asarray(pi) * np.asarray(q - v[:, None])
+    return np.einsum("sa,sapq->pq", w, np.asarray(h))
+
+
 def trajectory_wise_is(log_ratios, rewards, values, gamma):
     t = jnp.arange(rewards.shape[0])
     return jnp.exp(jnp.sum(log_ratios)) * (jnp.sum(gamma**t * rewards) + gamma ** rewards.shape[0] * values[-1])
@@ -176,6 +214,11 @@ WRONG_ANSWERS = [
     ("inner_step", inner_step_descent, "gradient ascent"),
     ("missing_hessian_terms", missing_terms_outer_only, "cross terms"),
     ("missing_hessian_terms", missing_terms_inclusive, "off by one"),
+    ("expected_surrogate_hessian", surrogate_hessian_with_q, "advantage"),
+    ("expected_surrogate_hessian", surrogate_hessian_start_only, "occupancy"),
+    ("expected_surrogate_hessian", surrogate_hessian_lvc, "LVC"),
+    ("expected_surrogate_hessian", surrogate_hessian_exact, "wrong on"),
+    ("expected_surrogate_hessian", surrogate_hessian_numpy, "cannot trace"),
     ("step_importance_sampling", trajectory_wise_is, "trajectory-wise IS"),
     ("step_importance_sampling", step_is_with_numpy, "differentiated in the log-ratios"),
     ("doubly_robust", dr_undiscounted, "ignores γ"),

@@ -15,7 +15,13 @@ from metagrad.course.checks._diagnose import CHECKS, ExerciseCheckFailed, all_ex
 from metagrad.course.checks.nb00 import check_hvp, check_score_function_gradient, check_magic_box
 from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounted_occupancy
 from metagrad.course.checks.nb02 import reference_reward_to_go, check_reward_to_go, check_reinforce_gradient
-from metagrad.course.checks.nb03 import check_inner_step, reference_missing_hessian_terms, check_missing_hessian_terms
+from metagrad.course.checks.nb03 import (
+    check_expected_surrogate_hessian,
+    check_inner_step,
+    check_missing_hessian_terms,
+    reference_expected_surrogate_hessian,
+    reference_missing_hessian_terms,
+)
 from metagrad.course.checks.nb04 import check_step_importance_sampling, check_doubly_robust
 from metagrad.course.checks.nb05 import check_dice_objective, check_loaded_dice
 from metagrad.course.checks.nb06 import check_taypo2, check_taypo_k
@@ -44,6 +50,8 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_inner_step',
            'reference_missing_hessian_terms',
            'check_missing_hessian_terms',
+           'reference_expected_surrogate_hessian',
+           'check_expected_surrogate_hessian',
            'check_step_importance_sampling',
            'check_doubly_robust',
            'check_dice_objective',
