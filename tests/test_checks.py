@@ -58,6 +58,39 @@ def score_of_probability(logits, actions, rewards):
     return jax.grad(lambda th: jnp.mean(rewards * jax.nn.softmax(th)[actions]))(logits)
 
 
+def score_gradient_python_loop(logits, actions, rewards):  # right eagerly, but float() breaks jit/vmap
+    total = jnp.zeros_like(logits)
+    for a, r in zip(actions, rewards):
+        total = total + float(r) * jax.grad(lambda th: jax.nn.log_softmax(th)[a])(logits)
+    return total / len(actions)
+
+
+def _log_pi_derivatives(logits, actions):
+    log_pi = lambda th, a: jax.nn.log_softmax(th)[a]  # noqa: E731
+    scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(logits, actions)
+    return scores, jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(logits, actions)
+
+
+def score_hessian_naive(logits, actions, rewards):  # the surrogate's Hessian: no outer product
+    return jax.hessian(lambda th: jnp.mean(rewards * jax.nn.log_softmax(th)[actions]))(logits)
+
+
+def score_hessian_summed(logits, actions, rewards):
+    scores, curvature = _log_pi_derivatives(logits, actions)
+    return jnp.einsum("n,nij->ij", rewards, curvature) + jnp.einsum("n,ni,nj->ij", rewards, scores, scores)
+
+
+def score_hessian_outer_of_mean(logits, actions, rewards):
+    scores, curvature = _log_pi_derivatives(logits, actions)
+    mean = jnp.einsum("n,ni->i", rewards, scores) / rewards.shape[0]
+    return jnp.einsum("n,nij->ij", rewards, curvature) / rewards.shape[0] + jnp.outer(mean, mean)
+
+
+def score_hessian_outer_only(logits, actions, rewards):
+    scores, _ = _log_pi_derivatives(logits, actions)
+    return jnp.einsum("n,ni,nj->ij", rewards, scores, scores) / rewards.shape[0]
+
+
 def magic_box_without_stop_gradient(x):
     return jnp.exp(x - x)
 
@@ -202,6 +235,11 @@ def dr_next_state_critic(log_ratios, rewards, values, gamma):
 WRONG_ANSWERS = [
     ("hvp", hvp_elementwise, "differentiate the gradient"),
     ("score_function_gradient", score_of_probability, "log π"),
+    ("score_function_gradient", score_gradient_python_loop, "cannot trace"),
+    ("score_function_hessian", score_hessian_naive, "outer product ∇ℓ ∇ℓᵀ is missing"),
+    ("score_function_hessian", score_hessian_summed, "N times too large"),
+    ("score_function_hessian", score_hessian_outer_of_mean, "averaged score"),
+    ("score_function_hessian", score_hessian_outer_only, "∇² log π(a_i) term is missing"),
     ("magic_box", magic_box_without_stop_gradient, "without stop_gradient"),
     ("magic_box", magic_box_plain_exp, "exactly 1"),
     ("policy_evaluation", policy_evaluation_transposed, "no transpose"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from metagrad.course.checks._diagnose import CHECKS, ExerciseCheckFailed, all_exercises, reset_results, results
-from metagrad.course.checks.nb00 import check_hvp, check_score_function_gradient, check_magic_box
+from metagrad.course.checks.nb00 import check_hvp, check_magic_box, check_score_function_gradient, check_score_function_hessian
 from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounted_occupancy
 from metagrad.course.checks.nb02 import reference_reward_to_go, check_reward_to_go, check_reinforce_gradient
 from metagrad.course.checks.nb03 import (
@@ -41,6 +41,7 @@ def describe() -> dict[str, Any]:
 __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "describe", "reset_results", "results",
            'check_hvp',
            'check_score_function_gradient',
+           'check_score_function_hessian',
            'check_magic_box',
            'check_policy_evaluation',
            'check_discounted_occupancy',
