@@ -232,6 +232,46 @@ def dr_next_state_critic(log_ratios, rewards, values, gamma):
     return v
 
 
+def _dr_returns(rewards, values, gamma):
+    return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), values[-1], rewards, reverse=True)[1]
+
+
+def dr_gradient_undiscounted(rewards, values, gamma):
+    return _dr_returns(rewards, values, gamma) - values[:-1]
+
+
+def dr_gradient_td_error(rewards, values, gamma):
+    return gamma ** jnp.arange(rewards.shape[0]) * (rewards + gamma * values[1:] - values[:-1])
+
+
+def dr_gradient_no_baseline(rewards, values, gamma):
+    return gamma ** jnp.arange(rewards.shape[0]) * _dr_returns(rewards, values, gamma)
+
+
+def dr_gradient_numpy_loop(rewards, values, gamma):  # right values, but float() breaks jit
+    g, out = float(values[-1]), []
+    for t in reversed(range(rewards.shape[0])):
+        g = float(rewards[t]) + gamma * g
+        out.append(gamma**t * (g - float(values[t])))
+    return jnp.array(out[::-1])
+
+
+def dr_stop_gradient_ratios(log_ratios, rewards, values, gamma):  # right value, zero gradient
+    from metagrad import ope
+
+    return ope.doubly_robust(jax.lax.stop_gradient(log_ratios), rewards, values, gamma)
+
+
+def step_is_python_if(log_ratios, rewards, values, gamma):  # a Python `if` on a traced value
+    v = values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        if log_ratios[t] == 0:
+            v = rewards[t] + gamma * v
+        else:
+            v = jnp.exp(log_ratios[t]) * (rewards[t] + gamma * v)
+    return v
+
+
 WRONG_ANSWERS = [
     ("hvp", hvp_elementwise, "differentiate the gradient"),
     ("score_function_gradient", score_of_probability, "log π"),
@@ -258,8 +298,14 @@ WRONG_ANSWERS = [
     ("expected_surrogate_hessian", surrogate_hessian_exact, "wrong on"),
     ("expected_surrogate_hessian", surrogate_hessian_numpy, "cannot trace"),
     ("step_importance_sampling", trajectory_wise_is, "trajectory-wise IS"),
-    ("step_importance_sampling", step_is_with_numpy, "differentiated in the log-ratios"),
+    ("step_importance_sampling", step_is_with_numpy, "cannot trace"),
     ("doubly_robust", dr_undiscounted, "ignores γ"),
+    ("step_importance_sampling", step_is_python_if, "cannot trace"),
+    ("doubly_robust", dr_stop_gradient_ratios, "value is right but its gradient is wrong"),
+    ("dr_log_ratio_gradient", dr_gradient_undiscounted, "without the factor γ^t"),
+    ("dr_log_ratio_gradient", dr_gradient_td_error, "one-step TD error"),
+    ("dr_log_ratio_gradient", dr_gradient_no_baseline, "must be subtracted"),
+    ("dr_log_ratio_gradient", dr_gradient_numpy_loop, "cannot trace"),
     ("doubly_robust", dr_next_state_critic, "off by one"),
 ]
 

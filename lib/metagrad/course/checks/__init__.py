@@ -22,7 +22,7 @@ from metagrad.course.checks.nb03 import (
     reference_expected_surrogate_hessian,
     reference_missing_hessian_terms,
 )
-from metagrad.course.checks.nb04 import check_step_importance_sampling, check_doubly_robust
+from metagrad.course.checks.nb04 import check_doubly_robust, check_dr_log_ratio_gradient, check_step_importance_sampling
 from metagrad.course.checks.nb05 import check_dice_objective, check_loaded_dice
 from metagrad.course.checks.nb06 import check_taypo2, check_taypo_k
 from metagrad.course.checks.nb07 import reference_choose_estimator, check_choose_estimator
@@ -55,6 +55,7 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_expected_surrogate_hessian',
            'check_step_importance_sampling',
            'check_doubly_robust',
+           'check_dr_log_ratio_gradient',
            'check_dice_objective',
            'check_loaded_dice',
            'check_taypo2',
