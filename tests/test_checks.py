@@ -272,6 +272,30 @@ def step_is_python_if(log_ratios, rewards, values, gamma):  # a Python `if` on a
     return v
 
 
+def _pg_pieces(mdp, logits):
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return pi, v, q
+
+
+def occupancy_gradient_with_q(mdp, logits, occupancy):
+    pi, v, q = _pg_pieces(mdp, logits)
+    return occupancy[:, None] * pi * q
+
+
+def occupancy_gradient_without_pi(mdp, logits, occupancy):
+    pi, v, q = _pg_pieces(mdp, logits)
+    return occupancy[:, None] * (q - v[:, None])
+
+
+def occupancy_gradient_ignores_argument(mdp, logits, occupancy):  # always d^π: right only for d^π
+    from metagrad import exact
+
+    return exact.gradient(mdp, logits)
+
+
 WRONG_ANSWERS = [
     ("hvp", hvp_elementwise, "differentiate the gradient"),
     ("score_function_gradient", score_of_probability, "log π"),
@@ -288,6 +312,9 @@ WRONG_ANSWERS = [
     ("reward_to_go", reward_to_go_off_by_one, "off by one"),
     ("reward_to_go", reward_to_go_undiscounted, "ignores γ"),
     ("reinforce_gradient", reinforce_time_indexed_critic, "indexed by time"),
+    ("occupancy_policy_gradient", occupancy_gradient_with_q, "advantage"),
+    ("occupancy_policy_gradient", occupancy_gradient_without_pi, "π(a|x) is missing"),
+    ("occupancy_policy_gradient", occupancy_gradient_ignores_argument, "wrong on 1 of 3 inputs; first on an arbitrary occupancy"),
     ("inner_step", inner_step_first_order, "first-order MAML"),
     ("inner_step", inner_step_descent, "gradient ascent"),
     ("missing_hessian_terms", missing_terms_outer_only, "cross terms"),

@@ -14,7 +14,12 @@ from typing import Any
 from metagrad.course.checks._diagnose import CHECKS, ExerciseCheckFailed, all_exercises, reset_results, results
 from metagrad.course.checks.nb00 import check_hvp, check_magic_box, check_score_function_gradient, check_score_function_hessian
 from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounted_occupancy
-from metagrad.course.checks.nb02 import reference_reward_to_go, check_reward_to_go, check_reinforce_gradient
+from metagrad.course.checks.nb02 import (
+    check_occupancy_policy_gradient,
+    check_reinforce_gradient,
+    check_reward_to_go,
+    reference_reward_to_go,
+)
 from metagrad.course.checks.nb03 import (
     check_expected_surrogate_hessian,
     check_inner_step,
@@ -48,6 +53,7 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'reference_reward_to_go',
            'check_reward_to_go',
            'check_reinforce_gradient',
+           'check_occupancy_policy_gradient',
            'check_inner_step',
            'reference_missing_hessian_terms',
            'check_missing_hessian_terms',
