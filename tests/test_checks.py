@@ -296,6 +296,30 @@ def occupancy_gradient_ignores_argument(mdp, logits, occupancy):  # always d^π:
     return exact.gradient(mdp, logits)
 
 
+def truncated_occupancy_no_transpose(mdp, policy, horizon):
+    p, _ = _policy_transitions(mdp, policy)
+    dist, out = mdp.initial, 0.0
+    for t in range(horizon):
+        out = out + mdp.gamma**t * dist
+        dist = p @ dist
+    return out
+
+
+def truncated_occupancy_inclusive(mdp, policy, horizon):  # t = 0 … T: one step too many
+    p, _ = _policy_transitions(mdp, policy)
+    dist, out = mdp.initial, 0.0
+    for t in range(horizon + 1):
+        out = out + mdp.gamma**t * dist
+        dist = p.T @ dist
+    return out
+
+
+def truncated_occupancy_full(mdp, policy, horizon):  # the library's d^π: ignores the horizon
+    from metagrad import mdp as mdp_lib
+
+    return mdp_lib.discounted_occupancy(mdp, policy)
+
+
 WRONG_ANSWERS = [
     ("hvp", hvp_elementwise, "differentiate the gradient"),
     ("score_function_gradient", score_of_probability, "log π"),
@@ -309,6 +333,9 @@ WRONG_ANSWERS = [
     ("policy_evaluation", policy_evaluation_transposed, "no transpose"),
     ("policy_evaluation", policy_evaluation_wrong_shape, "shape"),
     ("discounted_occupancy", occupancy_not_transposed, "transpose"),
+    ("truncated_occupancy", truncated_occupancy_no_transpose, "transpose"),
+    ("truncated_occupancy", truncated_occupancy_inclusive, "off by one"),
+    ("truncated_occupancy", truncated_occupancy_full, "the full d^π"),
     ("reward_to_go", reward_to_go_off_by_one, "off by one"),
     ("reward_to_go", reward_to_go_undiscounted, "ignores γ"),
     ("reinforce_gradient", reinforce_time_indexed_critic, "indexed by time"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from metagrad.course.checks._diagnose import CHECKS, ExerciseCheckFailed, all_exercises, reset_results, results
 from metagrad.course.checks.nb00 import check_hvp, check_magic_box, check_score_function_gradient, check_score_function_hessian
-from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounted_occupancy
+from metagrad.course.checks.nb01 import check_discounted_occupancy, check_policy_evaluation, check_truncated_occupancy
 from metagrad.course.checks.nb02 import (
     check_occupancy_policy_gradient,
     check_reinforce_gradient,
@@ -50,6 +50,7 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_magic_box',
            'check_policy_evaluation',
            'check_discounted_occupancy',
+           'check_truncated_occupancy',
            'reference_reward_to_go',
            'check_reward_to_go',
            'check_reinforce_gradient',
