@@ -288,7 +288,8 @@ def _check_transforms(
             return student_fn(*full)
 
         dyn_args = tuple(a for i, a in enumerate(stacked) if i not in static)
-        got = _call_transformed(exercise, jax.vmap(dynamic_only, in_axes=in_axes), dyn_args, label)
+        # Compiled, as later cells use it (jit of vmap); op-by-op vmap of linear solves would also be slow.
+        got = _call_transformed(exercise, jax.jit(jax.vmap(dynamic_only, in_axes=in_axes)), dyn_args, label)
         expected = np.stack([np.asarray(reference_fn(*args), dtype=np.float64) for _, args in batch])
         got = _as_result(exercise, got, expected, label, f"(the batch axis first, then {expected_form or 'the usual result'})")
         if not _close(got, expected):
