@@ -58,6 +58,39 @@ def score_of_probability(logits, actions, rewards):
     return jax.grad(lambda th: jnp.mean(rewards * jax.nn.softmax(th)[actions]))(logits)
 
 
+def score_gradient_python_loop(logits, actions, rewards):  # right eagerly, but float() breaks jit/vmap
+    total = jnp.zeros_like(logits)
+    for a, r in zip(actions, rewards):
+        total = total + float(r) * jax.grad(lambda th: jax.nn.log_softmax(th)[a])(logits)
+    return total / len(actions)
+
+
+def _log_pi_derivatives(logits, actions):
+    log_pi = lambda th, a: jax.nn.log_softmax(th)[a]  # noqa: E731
+    scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(logits, actions)
+    return scores, jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(logits, actions)
+
+
+def score_hessian_naive(logits, actions, rewards):  # the surrogate's Hessian: no outer product
+    return jax.hessian(lambda th: jnp.mean(rewards * jax.nn.log_softmax(th)[actions]))(logits)
+
+
+def score_hessian_summed(logits, actions, rewards):
+    scores, curvature = _log_pi_derivatives(logits, actions)
+    return jnp.einsum("n,nij->ij", rewards, curvature) + jnp.einsum("n,ni,nj->ij", rewards, scores, scores)
+
+
+def score_hessian_outer_of_mean(logits, actions, rewards):
+    scores, curvature = _log_pi_derivatives(logits, actions)
+    mean = jnp.einsum("n,ni->i", rewards, scores) / rewards.shape[0]
+    return jnp.einsum("n,nij->ij", rewards, curvature) / rewards.shape[0] + jnp.outer(mean, mean)
+
+
+def score_hessian_outer_only(logits, actions, rewards):
+    scores, _ = _log_pi_derivatives(logits, actions)
+    return jnp.einsum("n,ni,nj->ij", rewards, scores, scores) / rewards.shape[0]
+
+
 def magic_box_without_stop_gradient(x):
     return jnp.exp(x - x)
 
@@ -134,6 +167,44 @@ def missing_terms_inclusive(scores, advantages, gamma):
     return jnp.einsum("t,ti,tj->ij", w, scores, scores) + cross + cross.T
 
 
+def _surrogate_pieces(mdp, logits_fn, params):
+    from metagrad import mdp as mdp_lib
+
+    log_pi = lambda p: jax.nn.log_softmax(logits_fn(p), axis=-1)  # noqa: E731
+    pi = jnp.exp(log_pi(params))
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    d = mdp_lib.discounted_occupancy(mdp, pi)
+    return jax.hessian(log_pi)(params), jax.jacobian(log_pi)(params), pi, v, q, d
+
+
+def surrogate_hessian_with_q(mdp, logits_fn, params):  # no baseline: Q instead of A
+    h, _, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    return jnp.einsum("sa,sapq->pq", d[:, None] * pi * q, h)
+
+
+def surrogate_hessian_start_only(mdp, logits_fn, params):  # only the start distribution, not the occupancy
+    h, _, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    return jnp.einsum("sa,sapq->pq", mdp.initial[:, None] * pi * (q - v[:, None]), h)
+
+
+def surrogate_hessian_lvc(mdp, logits_fn, params):  # adds the score outer products
+    h, g, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    w = d[:, None] * pi * (q - v[:, None])
+    return jnp.einsum("sa,sapq->pq", w, h) + jnp.einsum("sa,sap,saq->pq", w, g, g)
+
+
+def surrogate_hessian_exact(mdp, logits_fn, params):  # "the library function for the wrong quantity": ∇²J
+    from metagrad import exact
+
+    return jax.hessian(lambda p: exact.value(mdp, logits_fn(p)))(params)
+
+
+def surrogate_hessian_numpy(mdp, logits_fn, params):  # right numbers eagerly, but not traceable under jit
+    h, _, pi, v, q, d = _surrogate_pieces(mdp, logits_fn, params)
+    w = np.asarray(d)[:, None] * np.asarray(pi) * np.asarray(q - v[:, None])
+    return np.einsum("sa,sapq->pq", w, np.asarray(h))
+
+
 def trajectory_wise_is(log_ratios, rewards, values, gamma):
     t = jnp.arange(rewards.shape[0])
     return jnp.exp(jnp.sum(log_ratios)) * (jnp.sum(gamma**t * rewards) + gamma ** rewards.shape[0] * values[-1])
@@ -161,24 +232,134 @@ def dr_next_state_critic(log_ratios, rewards, values, gamma):
     return v
 
 
+def _dr_returns(rewards, values, gamma):
+    return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), values[-1], rewards, reverse=True)[1]
+
+
+def dr_gradient_undiscounted(rewards, values, gamma):
+    return _dr_returns(rewards, values, gamma) - values[:-1]
+
+
+def dr_gradient_td_error(rewards, values, gamma):
+    return gamma ** jnp.arange(rewards.shape[0]) * (rewards + gamma * values[1:] - values[:-1])
+
+
+def dr_gradient_no_baseline(rewards, values, gamma):
+    return gamma ** jnp.arange(rewards.shape[0]) * _dr_returns(rewards, values, gamma)
+
+
+def dr_gradient_numpy_loop(rewards, values, gamma):  # right values, but float() breaks jit
+    g, out = float(values[-1]), []
+    for t in reversed(range(rewards.shape[0])):
+        g = float(rewards[t]) + gamma * g
+        out.append(gamma**t * (g - float(values[t])))
+    return jnp.array(out[::-1])
+
+
+def dr_stop_gradient_ratios(log_ratios, rewards, values, gamma):  # right value, zero gradient
+    from metagrad import ope
+
+    return ope.doubly_robust(jax.lax.stop_gradient(log_ratios), rewards, values, gamma)
+
+
+def step_is_python_if(log_ratios, rewards, values, gamma):  # a Python `if` on a traced value
+    v = values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        if log_ratios[t] == 0:
+            v = rewards[t] + gamma * v
+        else:
+            v = jnp.exp(log_ratios[t]) * (rewards[t] + gamma * v)
+    return v
+
+
+def _pg_pieces(mdp, logits):
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return pi, v, q
+
+
+def occupancy_gradient_with_q(mdp, logits, occupancy):
+    pi, v, q = _pg_pieces(mdp, logits)
+    return occupancy[:, None] * pi * q
+
+
+def occupancy_gradient_without_pi(mdp, logits, occupancy):
+    pi, v, q = _pg_pieces(mdp, logits)
+    return occupancy[:, None] * (q - v[:, None])
+
+
+def occupancy_gradient_ignores_argument(mdp, logits, occupancy):  # always d^π: right only for d^π
+    from metagrad import exact
+
+    return exact.gradient(mdp, logits)
+
+
+def truncated_occupancy_no_transpose(mdp, policy, horizon):
+    p, _ = _policy_transitions(mdp, policy)
+    dist, out = mdp.initial, 0.0
+    for t in range(horizon):
+        out = out + mdp.gamma**t * dist
+        dist = p @ dist
+    return out
+
+
+def truncated_occupancy_inclusive(mdp, policy, horizon):  # t = 0 … T: one step too many
+    p, _ = _policy_transitions(mdp, policy)
+    dist, out = mdp.initial, 0.0
+    for t in range(horizon + 1):
+        out = out + mdp.gamma**t * dist
+        dist = p.T @ dist
+    return out
+
+
+def truncated_occupancy_full(mdp, policy, horizon):  # the library's d^π: ignores the horizon
+    from metagrad import mdp as mdp_lib
+
+    return mdp_lib.discounted_occupancy(mdp, policy)
+
+
 WRONG_ANSWERS = [
     ("hvp", hvp_elementwise, "differentiate the gradient"),
     ("score_function_gradient", score_of_probability, "log π"),
+    ("score_function_gradient", score_gradient_python_loop, "cannot trace"),
+    ("score_function_hessian", score_hessian_naive, "outer product ∇ℓ ∇ℓᵀ is missing"),
+    ("score_function_hessian", score_hessian_summed, "N times too large"),
+    ("score_function_hessian", score_hessian_outer_of_mean, "averaged score"),
+    ("score_function_hessian", score_hessian_outer_only, "∇² log π(a_i) term is missing"),
     ("magic_box", magic_box_without_stop_gradient, "without stop_gradient"),
     ("magic_box", magic_box_plain_exp, "exactly 1"),
     ("policy_evaluation", policy_evaluation_transposed, "no transpose"),
     ("policy_evaluation", policy_evaluation_wrong_shape, "shape"),
     ("discounted_occupancy", occupancy_not_transposed, "transpose"),
+    ("truncated_occupancy", truncated_occupancy_no_transpose, "transpose"),
+    ("truncated_occupancy", truncated_occupancy_inclusive, "off by one"),
+    ("truncated_occupancy", truncated_occupancy_full, "the full d^π"),
     ("reward_to_go", reward_to_go_off_by_one, "off by one"),
     ("reward_to_go", reward_to_go_undiscounted, "ignores γ"),
     ("reinforce_gradient", reinforce_time_indexed_critic, "indexed by time"),
+    ("occupancy_policy_gradient", occupancy_gradient_with_q, "advantage"),
+    ("occupancy_policy_gradient", occupancy_gradient_without_pi, "π(a|x) is missing"),
+    ("occupancy_policy_gradient", occupancy_gradient_ignores_argument, "wrong on 1 of 3 inputs; first on an arbitrary occupancy"),
     ("inner_step", inner_step_first_order, "first-order MAML"),
     ("inner_step", inner_step_descent, "gradient ascent"),
     ("missing_hessian_terms", missing_terms_outer_only, "cross terms"),
     ("missing_hessian_terms", missing_terms_inclusive, "off by one"),
+    ("expected_surrogate_hessian", surrogate_hessian_with_q, "advantage"),
+    ("expected_surrogate_hessian", surrogate_hessian_start_only, "occupancy"),
+    ("expected_surrogate_hessian", surrogate_hessian_lvc, "LVC"),
+    ("expected_surrogate_hessian", surrogate_hessian_exact, "wrong on"),
+    ("expected_surrogate_hessian", surrogate_hessian_numpy, "cannot trace"),
     ("step_importance_sampling", trajectory_wise_is, "trajectory-wise IS"),
-    ("step_importance_sampling", step_is_with_numpy, "differentiated in the log-ratios"),
+    ("step_importance_sampling", step_is_with_numpy, "cannot trace"),
     ("doubly_robust", dr_undiscounted, "ignores γ"),
+    ("step_importance_sampling", step_is_python_if, "cannot trace"),
+    ("doubly_robust", dr_stop_gradient_ratios, "value is right but its gradient is wrong"),
+    ("dr_log_ratio_gradient", dr_gradient_undiscounted, "without the factor γ^t"),
+    ("dr_log_ratio_gradient", dr_gradient_td_error, "one-step TD error"),
+    ("dr_log_ratio_gradient", dr_gradient_no_baseline, "must be subtracted"),
+    ("dr_log_ratio_gradient", dr_gradient_numpy_loop, "cannot trace"),
     ("doubly_robust", dr_next_state_critic, "off by one"),
 ]
 
@@ -199,3 +380,81 @@ def test_student_exceptions_become_one_sentence():
 
     with pytest.raises(checks.ExerciseCheckFailed, match=r"raised KeyError: 'oops'\."):
         checks.check_policy_evaluation(broken)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shared diagnosis (checks/_diagnose.py): which part is wrong, mistakes on every case, jit and vmap.
+
+
+def _toy_compare(student, **kwargs):
+    from metagrad.course.checks import _diagnose as d
+
+    def reference(x, gamma):
+        return d._with_derivatives(lambda z: jnp.sum(gamma ** jnp.arange(z.shape[0]) * jnp.exp(z)))(x)
+
+    def student_parts(x, gamma):
+        return d._with_derivatives(lambda z: student(z, gamma))(x)
+
+    cases = [
+        ("x = [0, 0]", (jnp.zeros(2), 0.5)),
+        ("x = [1, 2]", (jnp.array([1.0, 2.0]), 0.9)),
+        ("x = [0.5, -1]", (jnp.array([0.5, -1.0]), 0.9)),
+    ]
+    d._compare(
+        "toy", student_parts, reference, cases, expected_form="(a scalar)", parts=d.value_gradient_hessian_parts, **kwargs
+    )
+
+
+def test_compare_names_the_wrong_part_and_counts_the_wrong_inputs():
+    def right(z, g):
+        return jnp.sum(g ** jnp.arange(z.shape[0]) * jnp.exp(z))
+
+    # (z − sg(z))²/2 has value 0 and gradient 0 but Hessian I: only the Hessian is wrong, on every input.
+    with pytest.raises(checks.ExerciseCheckFailed, match=r"wrong on 3 of 3 inputs; first on x = \[0, 0\]: its value and gradient are right but its Hessian is wrong"):
+        _toy_compare(lambda z, g: right(z, g) + 0.5 * jnp.sum((z - jax.lax.stop_gradient(z)) ** 2))
+    # z − sg(z) changes the gradient only.
+    with pytest.raises(checks.ExerciseCheckFailed, match="its value and Hessian are right but its gradient is wrong"):
+        _toy_compare(lambda z, g: right(z, g) + jnp.sum(z - jax.lax.stop_gradient(z)))
+    # A wrong value only where z ≠ 0: two of the three inputs.
+    with pytest.raises(checks.ExerciseCheckFailed, match="wrong on 2 of 3 inputs; first on x = \\[1, 2\\]: its gradient and Hessian are right but its value is wrong"):
+        _toy_compare(lambda z, g: right(z, g) + jax.lax.stop_gradient(jnp.sum(z**2)))
+
+
+def test_a_mistake_is_recognised_even_when_the_first_wrong_input_cannot_show_it():
+    from metagrad.course.checks import _diagnose as d
+
+    def undiscounted(x, gamma):
+        return jnp.sum(x)
+
+    def reference(x, gamma):
+        return jnp.sum(gamma ** jnp.arange(x.shape[0]) * x)
+
+    def student(x, gamma):  # ignores γ, and adds an error only on the first input, where the hint cannot match
+        return jnp.sum(x) + (x[0] == 7.0)
+
+    cases = [("x0", (jnp.array([7.0, 1.0]), 0.5)), ("x1", (jnp.array([1.0, 1.0]), 0.5)), ("x2", (jnp.array([2.0, 3.0]), 0.9))]
+    with pytest.raises(checks.ExerciseCheckFailed, match="ignores γ"):
+        d._compare("toy", student, reference, cases, expected_form="", mistakes=[(undiscounted, "It ignores γ.")])
+
+
+def test_compare_runs_the_function_under_jit_and_vmap():
+    _toy_compare(lambda z, g: jnp.sum(g ** jnp.arange(z.shape[0]) * jnp.exp(z)), jit=True, vmap_in_axes=(0, None))
+    from metagrad.course.checks import _diagnose as d
+
+    cases = [("x0", (jnp.array([1.0, 2.0]),)), ("x1", (jnp.array([3.0, 4.0]),))]
+    with pytest.raises(checks.ExerciseCheckFailed, match="under jax.jit.*cannot trace"):
+        d._compare("toy", lambda x: float(x[0]) + x[1], lambda x: x[0] + x[1], cases, expected_form="", jit=True)
+    with pytest.raises(checks.ExerciseCheckFailed, match="under jax.vmap because JAX cannot trace"):
+        d._compare(
+            "toy", lambda x: np.sum(np.asarray(x)), lambda x: jnp.sum(x), cases, expected_form="", vmap_in_axes=(0,)
+        )
+
+
+def test_compare_names_shape_and_dtype_problems():
+    from metagrad.course.checks import _diagnose as d
+
+    cases = [("x0", (jnp.array([1.0, 2.0]),))]
+    with pytest.raises(checks.ExerciseCheckFailed, match="integers"):
+        d._compare("toy", lambda x: jnp.array([1, 2]), lambda x: x, cases, expected_form="")
+    with pytest.raises(checks.ExerciseCheckFailed, match="shape .*transpose"):
+        d._compare("toy", lambda x: x[:, None], lambda x: x, cases, expected_form="")

@@ -12,11 +12,22 @@ from __future__ import annotations
 from typing import Any
 
 from metagrad.course.checks._diagnose import CHECKS, ExerciseCheckFailed, all_exercises, reset_results, results
-from metagrad.course.checks.nb00 import check_hvp, check_score_function_gradient, check_magic_box
-from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounted_occupancy
-from metagrad.course.checks.nb02 import reference_reward_to_go, check_reward_to_go, check_reinforce_gradient
-from metagrad.course.checks.nb03 import check_inner_step, reference_missing_hessian_terms, check_missing_hessian_terms
-from metagrad.course.checks.nb04 import check_step_importance_sampling, check_doubly_robust
+from metagrad.course.checks.nb00 import check_hvp, check_magic_box, check_score_function_gradient, check_score_function_hessian
+from metagrad.course.checks.nb01 import check_discounted_occupancy, check_policy_evaluation, check_truncated_occupancy
+from metagrad.course.checks.nb02 import (
+    check_occupancy_policy_gradient,
+    check_reinforce_gradient,
+    check_reward_to_go,
+    reference_reward_to_go,
+)
+from metagrad.course.checks.nb03 import (
+    check_expected_surrogate_hessian,
+    check_inner_step,
+    check_missing_hessian_terms,
+    reference_expected_surrogate_hessian,
+    reference_missing_hessian_terms,
+)
+from metagrad.course.checks.nb04 import check_doubly_robust, check_dr_log_ratio_gradient, check_step_importance_sampling
 from metagrad.course.checks.nb05 import check_dice_objective, check_loaded_dice
 from metagrad.course.checks.nb06 import check_taypo2, check_taypo_k
 from metagrad.course.checks.nb07 import reference_choose_estimator, check_choose_estimator
@@ -35,17 +46,23 @@ def describe() -> dict[str, Any]:
 __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "describe", "reset_results", "results",
            'check_hvp',
            'check_score_function_gradient',
+           'check_score_function_hessian',
            'check_magic_box',
            'check_policy_evaluation',
            'check_discounted_occupancy',
+           'check_truncated_occupancy',
            'reference_reward_to_go',
            'check_reward_to_go',
            'check_reinforce_gradient',
+           'check_occupancy_policy_gradient',
            'check_inner_step',
            'reference_missing_hessian_terms',
            'check_missing_hessian_terms',
+           'reference_expected_surrogate_hessian',
+           'check_expected_surrogate_hessian',
            'check_step_importance_sampling',
            'check_doubly_robust',
+           'check_dr_log_ratio_gradient',
            'check_dice_objective',
            'check_loaded_dice',
            'check_taypo2',

@@ -12,6 +12,12 @@ wrong answer matches a known mistake (a forgotten discount, an off-by-one, a tim
 missing ``stop_gradient``), which mistake. In Jupyter the exception is shown as that message only,
 without a traceback (:meth:`ExerciseCheckFailed._render_traceback_`).
 
+Building blocks for a check (see :func:`_compare`): ``_compare(..., parts=value_gradient_hessian_parts)``
+names the wrong part (value, gradient, Hessian) of a ``_with_derivatives`` output; ``mistakes`` are diagnosed
+over all wrong cases, not only the first; ``jit=True`` / ``vmap_in_axes=(0, None, ...)`` also run the
+student's function under ``jax.jit`` and ``jax.vmap`` (:func:`_check_transforms`); :func:`_as_result` turns
+type, shape, dtype and NaN problems into one sentence.
+
 Every outcome is recorded in :func:`results` (exercise name -> passed), which
 ``metagrad course grade`` reads from the kernel after running a submission.
 """
@@ -120,6 +126,201 @@ def _call(exercise: str, fn: Callable, args: Sequence, label: str):
         _fail(exercise, f"calling it on {label} raised {type(err).__name__}{': ' + detail if detail else ''}.")
 
 
+def _as_result(exercise: str, got, expected: np.ndarray, label: str, expected_form: str) -> np.ndarray:
+    """The student's result as a float64 array, or a one-sentence failure about its type, shape or dtype."""
+    if isinstance(got, (tuple, list)) and expected.ndim == 0:
+        _fail(exercise, f"on {label} it returned a {type(got).__name__}; expected a single number {expected_form}.")
+    dtype = getattr(got, "dtype", None)
+    if dtype is not None and np.dtype(dtype).kind in "biu" and np.asarray(expected).dtype.kind == "f":
+        _fail(
+            exercise,
+            f"on {label} it returned integers (dtype {np.dtype(dtype)}); expected floating-point values "
+            f"{expected_form}: check for integer division or an int array created with jnp.array([0, ...]).",
+        )
+    if dtype is not None and np.dtype(dtype).kind == "c":
+        _fail(exercise, f"on {label} it returned complex numbers (dtype {np.dtype(dtype)}); expected real values.")
+    try:
+        out = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        _fail(exercise, f"on {label} it returned {type(got).__name__}; expected an array {expected_form}.")
+    if out.shape != expected.shape:
+        hint = ""
+        if out.size == expected.size:
+            hint = " Same number of entries: check a reshape, a transpose or an extra axis."
+        elif out.ndim == expected.ndim + 1 or out.ndim + 1 == expected.ndim:
+            hint = " One axis too many or too few: did you sum/average over the right axis?"
+        _fail(exercise, f"on {label} it returned shape {out.shape}; expected shape {expected.shape} {expected_form}.{hint}")
+    if (
+        dtype is not None
+        and np.dtype(dtype) == np.float32
+        and jnp.result_type(float) == jnp.float64
+        and not _close(out, expected)
+    ):
+        _fail(
+            exercise,
+            f"on {label} it returned float32 values while the notebook runs in float64, and they lose precision: "
+            "do not pass dtype=jnp.float32 (let JAX use the default float type).",
+        )
+    if not np.all(np.isfinite(out)):
+        _fail(exercise, f"on {label} it returned NaN or infinite values.")
+    return out
+
+
+def value_gradient_hessian_parts(size: int) -> list[tuple[str, slice]]:
+    """Names and slices of a flat ``[value, gradient (n), Hessian (n·n)]`` vector, as made by ``_with_derivatives``."""
+    n = int(round((-1 + np.sqrt(1 + 4 * (size - 1))) / 2))
+    if 1 + n + n * n != size:
+        return [("value and derivatives", slice(0, size))]
+    return [("value", slice(0, 1)), ("gradient", slice(1, 1 + n)), ("Hessian", slice(1 + n, size))]
+
+
+def value_gradient_parts(size: int) -> list[tuple[str, slice]]:
+    """Names and slices of a flat ``[value, gradient]`` vector."""
+    return [("value", slice(0, 1)), ("gradient", slice(1, size))]
+
+
+def _wrong_parts(got: np.ndarray, expected: np.ndarray, parts) -> str:
+    """' its value matches, but its gradient differs' style phrase naming the wrong part(s), or ''."""
+    if parts is None:
+        return ""
+    named = parts(expected.size)
+    flat_got, flat_exp = got.ravel(), expected.ravel()
+    right = [name for name, sl in named if _close(flat_got[sl], flat_exp[sl])]
+    wrong = [name for name, sl in named if not _close(flat_got[sl], flat_exp[sl])]
+    if not wrong or len(named) == 1:
+        return ""
+    if right:
+        return f"its {' and '.join(right)} {'is' if len(right) == 1 else 'are'} right but its {' and '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} wrong"
+    return f"its {' and '.join(wrong)} are all wrong"
+
+
+def _diagnose(results: Sequence[tuple[str, tuple, np.ndarray]], mistakes: Sequence[tuple[Callable, str]]) -> str:
+    """The hint of the known mistake that explains the wrong results best ('' when none does).
+
+    ``results`` holds ``(label, args, student_output)`` of every case where the student's output is wrong.
+    A mistake explains a case when it reproduces the student's output there; the hint chosen is the one that
+    explains every wrong case, else the one that explains most of them (so a mistake that only shows on a
+    later case is still recognised).
+    """
+    best, best_count = "", 0
+    for mistake, hint in mistakes:
+        count = 0
+        for _, args, got in results:
+            try:
+                if _close(got, np.asarray(mistake(*args), dtype=np.float64)):
+                    count += 1
+            except Exception:  # noqa: BLE001 — a diagnosis that cannot run is simply skipped
+                continue
+        if count == len(results):
+            return hint
+        if count > best_count:
+            best, best_count = hint, count
+    return best
+
+
+def _static_indices(args: Sequence) -> tuple[int, ...]:
+    """Arguments jit must keep static: functions, strings, Python ints and bools."""
+    return tuple(
+        i for i, a in enumerate(args) if callable(a) or isinstance(a, (str, bool, int)) and not isinstance(a, float)
+    )
+
+
+def _stack(trees: Sequence, in_axes: Sequence) -> tuple:
+    out = []
+    for i, axis in enumerate(in_axes):
+        if axis is None:
+            out.append(trees[0][i])
+        else:
+            out.append(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[t[i] for t in trees]))
+    return tuple(out)
+
+
+def _shape_signature(args: Sequence, in_axes: Sequence):
+    sig = []
+    for a, axis in zip(args, in_axes):
+        if axis is None:
+            sig.append(("static", id(a) if callable(a) else repr(np.asarray(a).tolist()) if np.ndim(a) == 0 else id(a)))
+        else:
+            leaves, tree = jax.tree_util.tree_flatten(a)
+            sig.append((tree, tuple(np.shape(x) for x in leaves)))
+    return tuple(sig)
+
+
+def _check_transforms(
+    exercise: str,
+    student_fn: Callable,
+    reference_fn: Callable,
+    cases: Sequence[tuple[str, tuple]],
+    *,
+    jit: bool = True,
+    vmap_in_axes: Sequence | None = None,
+    expected_form: str = "",
+) -> None:
+    """Run the student's function under ``jax.jit`` (first case) and ``jax.vmap`` (a batch of cases).
+
+    Code that is right eagerly can still break under a transformation that a later cell applies (NumPy
+    conversions, ``float()``, Python ``if`` on array values, in-place style updates): the failure says
+    which transformation and on which input. ``vmap_in_axes`` gives, per argument, 0 (batched) or None
+    (shared); the batch stacks every case whose batched arguments have the shapes of the first case
+    (the first case twice if no other fits).
+    """
+    if jit:
+        label, args = cases[0]
+        static = _static_indices(args)
+        expected = np.asarray(reference_fn(*args), dtype=np.float64)
+        got = _call_transformed(exercise, jax.jit(student_fn, static_argnums=static), args, f"{label} under jax.jit")
+        got = _as_result(exercise, got, expected, f"{label} under jax.jit", expected_form)
+        if not _close(got, expected):
+            _fail(exercise, f"it is right when called directly but wrong under jax.jit on {label}: avoid Python side effects and NumPy inside.")
+    if vmap_in_axes is not None:
+        first = _shape_signature(cases[0][1], vmap_in_axes)
+        batch = [c for c in cases if _shape_signature(c[1], vmap_in_axes) == first]
+        if len(batch) < 2:
+            batch = [cases[0], cases[0]]
+        stacked = _stack([args for _, args in batch], vmap_in_axes)
+        label = f"a batch of {len(batch)} inputs under jax.vmap"
+        static = _static_indices(stacked)
+        in_axes = tuple(axis for i, axis in enumerate(vmap_in_axes) if i not in static)
+
+        def dynamic_only(*dyn):
+            it = iter(dyn)
+            full = [stacked[i] if i in static else next(it) for i in range(len(stacked))]
+            return student_fn(*full)
+
+        dyn_args = tuple(a for i, a in enumerate(stacked) if i not in static)
+        # Compiled, as later cells use it (jit of vmap); op-by-op vmap of linear solves would also be slow.
+        got = _call_transformed(exercise, jax.jit(jax.vmap(dynamic_only, in_axes=in_axes)), dyn_args, label)
+        expected = np.stack([np.asarray(reference_fn(*args), dtype=np.float64) for _, args in batch])
+        got = _as_result(exercise, got, expected, label, f"(the batch axis first, then {expected_form or 'the usual result'})")
+        if not _close(got, expected):
+            _fail(
+                exercise,
+                f"it is right on single inputs but wrong on {label}: do not use .shape[0] for the batch, "
+                "NumPy conversions or Python control flow on array values.",
+            )
+
+
+def _call_transformed(exercise: str, fn: Callable, args: Sequence, label: str):
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        _fail(exercise, "not implemented yet: replace the `raise NotImplementedError(...)` line with your code, run that cell, then run this check again.")
+    except ExerciseCheckFailed:
+        raise
+    except Exception as err:  # noqa: BLE001
+        kind = type(err).__name__
+        if "Tracer" in kind or "Concretization" in kind:
+            _fail(
+                exercise,
+                f"it fails on {label} because JAX cannot trace it ({kind}): use jnp instead of NumPy, and "
+                "jnp.where / lax.cond instead of Python `if`, float() or int() on array values.",
+            )
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if len(detail) > 140:
+            detail = detail[:137] + "..."
+        _fail(exercise, f"it fails on {label} with {kind}{': ' + detail if detail else ''}.")
+
+
 def _compare(
     exercise: str,
     student_fn: Callable,
@@ -128,33 +329,38 @@ def _compare(
     *,
     expected_form: str,
     mistakes: Sequence[tuple[Callable, str]] = (),
+    parts: Callable[[int], list[tuple[str, slice]]] | None = None,
+    jit: bool = False,
+    vmap_in_axes: Sequence | None = None,
 ) -> None:
-    """Compare ``student_fn(*args)`` with ``reference_fn(*args)`` for each ``(label, args)`` case."""
+    """Compare ``student_fn(*args)`` with ``reference_fn(*args)`` on every ``(label, args)`` case.
+
+    Type, shape, dtype and NaN problems fail at once, naming the input. Wrong values are collected over
+    ALL cases; the message names the first wrong input, how many inputs are wrong, the wrong part when
+    ``parts`` names the parts of the output (e.g. :func:`value_gradient_hessian_parts`: "its value is right
+    but its Hessian is wrong"), and the known mistake (``mistakes``: ``(function, hint)`` pairs) that
+    reproduces the wrong outputs on most cases. Then, when asked, the function is run under ``jax.jit``
+    and ``jax.vmap`` (:func:`_check_transforms`).
+    """
+    wrong = []
+    first = ""
     for label, args in cases:
         expected = np.asarray(reference_fn(*args), dtype=np.float64)
-        got = _call(exercise, student_fn, args, label)
-        try:
-            got = np.asarray(got, dtype=np.float64)
-        except (TypeError, ValueError):
-            _fail(exercise, f"on {label} it returned {type(got).__name__}; expected an array {expected_form}.")
-        if got.shape != expected.shape:
-            _fail(
-                exercise,
-                f"on {label} it returned shape {got.shape}; expected shape {expected.shape} {expected_form}.",
-            )
-        if not np.all(np.isfinite(got)):
-            _fail(exercise, f"on {label} it returned NaN or infinite values.")
+        got = _as_result(exercise, _call(exercise, student_fn, args, label), expected, label, expected_form)
         if not _close(got, expected):
-            error = float(np.max(np.abs(got - expected)))
-            message = f"on {label} the result differs from the reference (largest absolute error {error:.3g})."
-            for mistake, hint in mistakes:
-                try:
-                    if _close(got, mistake(*args)):
-                        message += " " + hint
-                        break
-                except Exception:  # noqa: BLE001 — a diagnosis that cannot run is simply skipped
-                    continue
-            _fail(exercise, message)
+            wrong.append((label, args, got))
+            if not first:
+                error = float(np.max(np.abs(got - expected)))
+                part = _wrong_parts(got, expected, parts) or "the result differs from the reference"
+                first = f"on {label}: {part} (largest absolute error {error:.3g})"
+    if wrong:
+        message = f"wrong on {len(wrong)} of {len(cases)} inputs; first {first}." if len(cases) > 1 else f"{first}."
+        hint = _diagnose(wrong, mistakes)
+        _fail(exercise, message + (" " + hint if hint else ""))
+    if jit or vmap_in_axes is not None:
+        _check_transforms(
+            exercise, student_fn, reference_fn, cases, jit=jit, vmap_in_axes=vmap_in_axes, expected_form=expected_form
+        )
 
 
 def _float(x) -> jax.Array:

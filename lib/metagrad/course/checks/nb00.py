@@ -18,7 +18,7 @@ from metagrad.course.checks._diagnose import (
     _register,
 )
 
-__all__ = ['check_hvp', 'check_score_function_gradient', 'check_magic_box']
+__all__ = ['check_hvp', 'check_score_function_gradient', 'check_score_function_hessian', 'check_magic_box']
 
 
 def _hvp_functions():
@@ -51,8 +51,8 @@ def check_hvp(hvp: Callable) -> str:
         (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise: differentiate the gradient, not f."),
         (lambda f, x, v: jax.grad(f)(x), "It equals the gradient ∇f(x): the direction v is missing."),
     ]
-    _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes)
-    return "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions and points, v = 0)."
+    _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
+    return "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions and points, v = 0), also under jax.jit."
 
 
 def _bandit_cases():
@@ -93,8 +93,59 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
         _bandit_cases(),
         expected_form="(one entry per action)",
         mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(None, 0, 0),  # the next cell vmaps it over batches of samples
     )
-    return "matches (1/N) Σ r_i ∇ log π(a_i) on 4 inputs (random batches, one sample, zero rewards, peaked logits)."
+    return (
+        "matches (1/N) Σ r_i ∇ log π(a_i) on 4 inputs (random batches, one sample, zero rewards, peaked logits), "
+        "also under jax.jit and jax.vmap."
+    )
+
+
+@_register("00", "score_function_hessian")
+def check_score_function_hessian(score_function_hessian: Callable) -> str:
+    """``score_function_hessian(logits [A], actions [N], rewards [N])`` -> (1/N) Σ r_i (∇²ℓ_i + ∇ℓ_i ∇ℓ_iᵀ) [A, A]."""
+
+    def log_pi(th, a):
+        return jax.nn.log_softmax(th)[a]
+
+    def parts(th, a, r):
+        scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(th, a)
+        curvature = jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(th, a)
+        outer = jnp.einsum("n,ni,nj->ij", r, scores, scores) / r.shape[0]
+        return jnp.einsum("n,nij->ij", r, curvature) / r.shape[0], outer, scores
+
+    @jax.jit
+    def reference(th, a, r):
+        curvature, outer, _ = parts(th, a, r)
+        return curvature + outer
+
+    def mean_score_outer(th, a, r):
+        _, _, scores = parts(th, a, r)
+        mean = jnp.einsum("n,ni->i", r, scores) / r.shape[0]
+        return jnp.einsum("n,nij->ij", r, jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(th, a)) / r.shape[0] + jnp.outer(mean, mean)
+
+    def probability_hessian(th, a, r):
+        return jax.hessian(lambda t: jnp.mean(r * jax.nn.softmax(t)[a]))(th)
+
+    mistakes = [
+        (lambda th, a, r: parts(th, a, r)[0], "It is the Hessian of the surrogate (1/N) Σ r_i log π(a_i) only: the score outer product ∇ℓ ∇ℓᵀ is missing (the samples depend on θ too)."),
+        (lambda th, a, r: parts(th, a, r)[1], "It has only the score outer products: the ∇² log π(a_i) term is missing."),
+        (lambda th, a, r: reference(th, a, r) * r.shape[0], "It is N times too large: average over the samples instead of summing."),
+        (mean_score_outer, "It uses the outer product of the averaged score: each sample needs its own ∇ℓ_i ∇ℓ_iᵀ."),
+        (probability_hessian, "It differentiates the sampled π(a_i) twice: that is an importance-weighted estimate at the wrong point; use log π and add the outer product of the scores."),
+    ]
+    _compare(
+        "score_function_hessian",
+        score_function_hessian,
+        reference,
+        _bandit_cases(),
+        expected_form="(A × A, one row and column per action)",
+        mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(None, 0, 0),
+    )
+    return "matches (1/N) Σ r_i (∇² log π(a_i) + ∇ log π(a_i) ∇ log π(a_i)ᵀ) on 4 inputs, also under jax.jit and jax.vmap."
 
 
 @_register("00", "magic_box")
@@ -130,4 +181,7 @@ def check_magic_box(magic_box: Callable) -> str:
             exercise,
             f"d²/dθ² magic_box(w(θ)) should be w'' + w'² = {float(expected_second):.4f}; got {float(second):.4f}.",
         )
-    return "value 1 everywhere, first derivative w'(θ), second derivative w''(θ) + w'(θ)²."
+    jitted = _call(exercise, jax.jit(magic_box), (x,), "x = [0.3, -1.2, 2.0] under jax.jit")
+    if not _close(jitted, np.ones(3)):
+        _fail(exercise, "it is right when called directly but not under jax.jit: avoid NumPy and Python side effects inside.")
+    return "value 1 everywhere (also under jax.jit), first derivative w'(θ), second derivative w''(θ) + w'(θ)²."

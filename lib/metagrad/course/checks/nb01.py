@@ -16,7 +16,7 @@ from metagrad.course.checks._diagnose import (
     _random_policy,
 )
 
-__all__ = ['check_policy_evaluation', 'check_discounted_occupancy']
+__all__ = ['check_policy_evaluation', 'check_discounted_occupancy', 'check_truncated_occupancy']
 
 
 def _mdp_cases():
@@ -32,6 +32,9 @@ def _mdp_cases():
     cases.append(("a single-state MDP", (one, _float([[0.25, 0.75]]))))
     deterministic = _float(np.eye(4)[rng.integers(0, 4, size=5)])
     cases.append(("a deterministic policy", (_random_mdp(rng, 5, 4, 0.95), deterministic)))
+    spread = _random_mdp(rng, 4, 2, 0.7)
+    spread = TabularMDP(spread.transitions, spread.rewards, _float(rng.dirichlet(np.ones(4))), spread.gamma)
+    cases.append(("a random start distribution (γ = 0.7)", (spread, _random_policy(rng, 4, 2))))
     return cases
 
 
@@ -71,8 +74,12 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         _mdp_cases(),
         expected_form="(one value per state)",
         mistakes=mistakes,
+        jit=True,
     )
-    return "matches metagrad.mdp.policy_evaluation on 5 MDPs (random, near-deterministic, γ = 0, one state, deterministic policy)."
+    return (
+        "matches metagrad.mdp.policy_evaluation on 6 MDPs (random, near-deterministic, γ = 0, one state, "
+        "deterministic policy, random start), also under jax.jit."
+    )
 
 
 @_register("01", "discounted_occupancy")
@@ -98,5 +105,67 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         _mdp_cases(),
         expected_form="(one entry per state)",
         mistakes=mistakes,
+        jit=True,
     )
-    return "matches metagrad.mdp.discounted_occupancy on 5 MDPs (random, near-deterministic, γ = 0, one state, deterministic policy)."
+    return (
+        "matches metagrad.mdp.discounted_occupancy on 6 MDPs (random, near-deterministic, γ = 0, one state, "
+        "deterministic policy, random start), also under jax.jit."
+    )
+
+
+def _full_occupancy(mdp, policy):
+    from metagrad import mdp as mdp_lib
+
+    return mdp_lib.discounted_occupancy(mdp, policy)
+
+
+def reference_truncated_occupancy(mdp, policy, horizon: int) -> np.ndarray:
+    """Σ_{t<T} γ^t p_t with p_0 = initial, p_{t+1} = (P^π)ᵀ p_t, as a plain loop."""
+    p_pi = np.asarray(_p_pi(mdp, policy)[0])
+    p, out = np.asarray(mdp.initial, dtype=np.float64), 0.0
+    for t in range(horizon):
+        out = out + float(mdp.gamma) ** t * p
+        p = p_pi.T @ p
+    return out
+
+
+@_register("01", "truncated_occupancy")
+def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
+    """``truncated_occupancy(mdp, policy [S, A], horizon)`` -> Σ_{t<T} γ^t p_t [S]."""
+    cases = [(f"{label}, T = {T}", (m, pi, T)) for (label, (m, pi)), T in zip(_mdp_cases(), (7, 3, 2, 4, 5, 6))]
+    cases.append(("T = 1 (only p_0)", (cases[0][1][0], cases[0][1][1], 1)))
+
+    def variant(kind):
+        def wrong(mdp, policy, horizon):
+            p_pi = np.asarray(_p_pi(mdp, policy)[0])
+            gamma = 1.0 if kind == "undiscounted" else float(mdp.gamma)
+            move = p_pi if kind == "no_transpose" else p_pi.T
+            p, out = np.asarray(mdp.initial, dtype=np.float64), 0.0
+            steps = horizon + 1 if kind == "inclusive" else horizon
+            for t in range(steps):
+                if kind == "skip_first":
+                    p = move @ p
+                out = out + gamma**t * p
+                if kind != "skip_first":
+                    p = move @ p
+            return out
+
+        return wrong
+
+    mistakes = [
+        (variant("no_transpose"), "Probability flows forwards: p_{t+1} = (P^π)ᵀ p_t, with the transpose."),
+        (variant("undiscounted"), "It ignores γ: visits at time t count γ^t."),
+        (variant("inclusive"), "It sums T + 1 terms (off by one): t runs over 0, …, T − 1."),
+        (variant("skip_first"), "It starts from p_1 instead of p_0 (off by one): the start distribution counts at t = 0."),
+        (lambda m, pi, T: _full_occupancy(m, pi), "It is the full d^π: sum only the first `horizon` terms."),
+    ]
+    _compare(
+        "truncated_occupancy",
+        truncated_occupancy,
+        reference_truncated_occupancy,
+        cases,
+        expected_form="(one entry per state)",
+        mistakes=mistakes,
+        jit=True,
+    )
+    return "matches Σ_{t<T} γ^t p_t on 7 inputs (T = 1 … 7, incl. a random start distribution), also under jax.jit."

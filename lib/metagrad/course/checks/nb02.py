@@ -10,12 +10,13 @@ import numpy as np
 
 from metagrad.course.checks._diagnose import (
     _compare,
+    _fail,
     _float,
     _register,
     _random_mdp,
 )
 
-__all__ = ['reference_reward_to_go', 'check_reward_to_go', 'check_reinforce_gradient']
+__all__ = ['reference_reward_to_go', 'check_reward_to_go', 'check_reinforce_gradient', 'check_occupancy_policy_gradient']
 
 
 def reference_reward_to_go(rewards, gamma, bootstrap=0.0) -> np.ndarray:
@@ -63,8 +64,17 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
         (forward_sum, "It sums the past (r_0 … r_t) instead of the future (r_t … r_{T−1})."),
         (no_bootstrap, "It ignores `bootstrap`: the tail after the last step is worth γ^(T−t) · bootstrap."),
     ]
-    _compare("reward_to_go", reward_to_go, reference_reward_to_go, cases, expected_form="(one return per step)", mistakes=mistakes)
-    return "matches G_t = r_t + γ G_{t+1} on 4 inputs (γ = 0.9, 0.5 and 0, T = 1, with and without bootstrap)."
+    _compare(
+        "reward_to_go",
+        reward_to_go,
+        reference_reward_to_go,
+        cases,
+        expected_form="(one return per step)",
+        mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(0, None, 0),  # reinforce_gradient vmaps it over trajectories
+    )
+    return "matches G_t = r_t + γ G_{t+1} on 4 inputs (γ = 0.9, 0.5 and 0, T = 1, with and without bootstrap), also under jax.jit and jax.vmap."
 
 
 def _reinforce_reference(logits, trajectories, critic, gamma, *, time_indexed=False, discount_weights=True):
@@ -128,5 +138,68 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
         cases,
         expected_form="(same as logits, [S, A])",
         mistakes=mistakes,
+        jit=True,
     )
-    return "matches (1/N) Σ_i Σ_t γ^t (G_t − V(x_t)) ∇ log π(a_t|x_t) on 3 batches (incl. one trajectory and a zero critic)."
+    return "matches (1/N) Σ_i Σ_t γ^t (G_t − V(x_t)) ∇ log π(a_t|x_t) on 3 batches (incl. one trajectory and a zero critic), also under jax.jit."
+
+
+@_register("02", "occupancy_policy_gradient")
+def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
+    """``occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])`` -> occupancy(x) π(a|x) A^π(x, a), [S, A]."""
+    from metagrad import exact
+    from metagrad import mdp as mdp_lib
+
+    def pieces(mdp, logits):
+        pi = jax.nn.softmax(logits, axis=-1)
+        v, q = mdp_lib.policy_evaluation(mdp, pi)
+        return pi, v, q
+
+    @jax.jit
+    def reference(mdp, logits, occupancy):
+        pi, v, q = pieces(mdp, logits)
+        return occupancy[:, None] * pi * (q - v[:, None])
+
+    rng = np.random.default_rng(9)
+    mdp_a = _random_mdp(rng, 4, 3, 0.8)
+    mdp_b = _random_mdp(rng, 3, 2, 0.5)
+    mdp_b = type(mdp_b)(mdp_b.transitions, mdp_b.rewards, _float(rng.dirichlet(np.ones(3))), mdp_b.gamma)
+    theta_a, theta_b = _float(rng.normal(size=(4, 3))), _float(rng.normal(size=(3, 2)))
+    d_a = mdp_lib.discounted_occupancy(mdp_a, jax.nn.softmax(theta_a, -1))
+    cases = [
+        ("the discounted occupancy d^π of a 4-state MDP (γ = 0.8)", (mdp_a, theta_a, d_a)),
+        ("an arbitrary occupancy vector", (mdp_a, theta_a, _float(rng.uniform(0.1, 3.0, size=4)))),
+        (
+            "a 3-state MDP with γ = 0.5, a random start distribution and its d^π",
+            (mdp_b, theta_b, mdp_lib.discounted_occupancy(mdp_b, jax.nn.softmax(theta_b, -1))),
+        ),
+    ]
+
+    def variant(kind):
+        def wrong(mdp, logits, occupancy):
+            pi, v, q = pieces(mdp, logits)
+            weight = {"q": q, "a": q - v[:, None]}["q" if kind == "q" else "a"]
+            occ = {"initial": mdp.initial, "norm": (1 - mdp.gamma) * occupancy}.get(kind, occupancy)
+            out = occ[:, None] * weight
+            return out if kind == "no_pi" else out * pi
+
+        return wrong
+
+    mistakes = [
+        (variant("q"), "It weights by Q^π(x, a): differentiating Σ_b π(b|x) Q(x, b) through the softmax gives π(a|x) (Q(x, a) − V(x)), the advantage."),
+        (variant("no_pi"), "The factor π(a|x) is missing: ∂π(b|x)/∂θ[x, a] = π(b|x) (1{a = b} − π(a|x))."),
+        (variant("initial"), "It uses the start distribution instead of the `occupancy` argument."),
+        (variant("norm"), "It is (1 − γ) times the answer: use the occupancy as given, unnormalised."),
+    ]
+    _compare(
+        "occupancy_policy_gradient",
+        occupancy_policy_gradient,
+        reference,
+        cases,
+        expected_form="(one entry per state and action, [S, A])",
+        mistakes=mistakes,
+        jit=True,
+    )
+    got = np.asarray(occupancy_policy_gradient(*cases[0][1]))
+    if not np.allclose(got, np.asarray(exact.gradient(mdp_a, theta_a)), rtol=1e-6, atol=1e-9):
+        _fail("occupancy_policy_gradient", "with occupancy = d^π it must equal exact.gradient (the policy-gradient theorem); it does not.")
+    return "matches d(x) π(a|x) A^π(x, a) on 3 inputs (incl. an arbitrary occupancy and a random start), and equals exact.gradient with d^π."

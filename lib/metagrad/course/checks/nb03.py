@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
@@ -17,7 +18,13 @@ from metagrad.course.checks._diagnose import (
     _random_mdp,
 )
 
-__all__ = ['check_inner_step', 'reference_missing_hessian_terms', 'check_missing_hessian_terms']
+__all__ = [
+    'check_inner_step',
+    'reference_missing_hessian_terms',
+    'check_missing_hessian_terms',
+    'reference_expected_surrogate_hessian',
+    'check_expected_surrogate_hessian',
+]
 
 
 @_register("03", "inner_step")
@@ -48,6 +55,8 @@ def check_inner_step(inner_step: Callable) -> str:
         cases,
         expected_form="(same as logits, [S, A])",
         mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(0, None, None),  # cell 6 vmaps it over a batch of tasks
     )
     # The meta-gradient flows through the inner step: (I + η ∇²J) ∇J(θ').
     meta = _call(
@@ -66,7 +75,7 @@ def check_inner_step(inner_step: Callable) -> str:
             else ""
         )
         _fail("inner_step", f"θ' is right, but differentiating J(θ'(θ)) does not give the exact meta-gradient.{hint}")
-    return "matches metagrad.exact.adapted_logits on 3 inputs, and the meta-gradient through it is exact."
+    return "matches metagrad.exact.adapted_logits on 3 inputs (also under jax.jit and jax.vmap over tasks), and the meta-gradient through it is exact."
 
 
 def reference_missing_hessian_terms(scores, advantages, gamma) -> np.ndarray:
@@ -122,5 +131,110 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
         cases,
         expected_form="(P × P, P = number of parameters)",
         mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(0, 0, None),  # section 3 vmaps it over trajectories
     )
-    return "matches Σ_t γ^t Â_t [g_t g_tᵀ + g_t S_{<t}ᵀ + S_{<t} g_tᵀ] on 3 inputs (incl. T = 1)."
+    return "matches Σ_t γ^t Â_t [g_t g_tᵀ + g_t S_{<t}ᵀ + S_{<t} g_tᵀ] on 3 inputs (incl. T = 1), also under jax.jit and jax.vmap."
+
+
+def reference_expected_surrogate_hessian(mdp, logits_fn: Callable, params) -> jax.Array:
+    """E[Σ_t γ^t Â_t ∇²ℓ_t] (exact critic, on-policy) = Σ_{x,a} d^π(x) π(a|x) A^π(x, a) ∇²_θ log π(a|x)."""
+    from metagrad import mdp as mdp_lib
+
+    def log_pi(p):
+        return jax.nn.log_softmax(logits_fn(p), axis=-1)
+
+    pi = jnp.exp(log_pi(params))
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
+    return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
+
+
+def _policy_classes(num_states: int, num_actions: int, seed: int):
+    """(name, logits_fn, params) for a tabular softmax, a log-linear policy and a small tanh network."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    features = _float(jax.random.normal(keys[0], (num_states, num_actions, 3)))
+    hidden = 2
+
+    def tabular(p):
+        return p.reshape(num_states, num_actions)
+
+    def log_linear(p):
+        return features @ p
+
+    def network(p):
+        u = p[: hidden * num_states].reshape(hidden, num_states)
+        w = p[hidden * num_states :].reshape(num_actions, hidden)
+        return (w @ jnp.tanh(u)).T
+
+    return [
+        ("tabular softmax logits", tabular, _float(jax.random.normal(keys[1], (num_states * num_actions,)))),
+        ("a log-linear policy", log_linear, _float(jax.random.normal(keys[2], (3,)))),
+        ("a tanh-network policy", network, _float(jax.random.normal(keys[3], (hidden * (num_states + num_actions),)))),
+    ]
+
+
+@_register("03", "expected_surrogate_hessian")
+def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> str:
+    """``expected_surrogate_hessian(mdp, logits_fn, params [P])`` -> [P, P]."""
+    from metagrad import mdp as mdp_lib
+
+    rng = np.random.default_rng(11)
+    mdp_a = _random_mdp(rng, 4, 2, 0.7)
+    mdp_b = _random_mdp(rng, 3, 3, 0.9)
+    start = rng.dirichlet(np.ones(3))
+    mdp_b = type(mdp_b)(mdp_b.transitions, mdp_b.rewards, _float(start), mdp_b.gamma)
+    cases = []
+    for mdp, seed, extra in ((mdp_a, 0, "(γ = 0.7, start state 0)"), (mdp_b, 1, "(γ = 0.9, a random start distribution)")):
+        for name, fn, params in _policy_classes(mdp.num_states, mdp.num_actions, seed):
+            cases.append((f"{name} on a {mdp.num_states}-state MDP {extra}", (mdp, fn, params)))
+    # Three cases: each policy class once, the degenerate ones (zero expectation) on one MDP each.
+    cases = [cases[0], cases[4], cases[5]]
+
+    def pieces(mdp, fn, params):
+        log_pi = lambda p: jax.nn.log_softmax(fn(p), axis=-1)  # noqa: E731
+        pi = jnp.exp(log_pi(params))
+        v, q = mdp_lib.policy_evaluation(mdp, pi)
+        d = mdp_lib.discounted_occupancy(mdp, pi)
+        return log_pi, pi, v, q, d
+
+    def variant(kind):
+        def wrong(mdp, fn, params):
+            log_pi, pi, v, q, d = pieces(mdp, fn, params)
+            h = jax.hessian(log_pi)(params)
+            g = jax.jacobian(log_pi)(params)
+            adv = q - v[:, None]
+            w = {
+                "q": d[:, None] * pi * q,
+                "no_occupancy": mdp.initial[:, None] * pi * adv,
+                "no_pi": d[:, None] * adv,
+                "lvc": d[:, None] * pi * adv,
+                "normalised": (1 - mdp.gamma) * d[:, None] * pi * adv,
+            }[kind]
+            out = jnp.einsum("sa,sapq->pq", w, h)
+            if kind == "lvc":
+                out = out + jnp.einsum("sa,sap,saq->pq", w, g, g)
+            return out
+
+        return wrong
+
+    mistakes = [
+        (variant("q"), "It weights ∇²ℓ by Q^π(x, a): the surrogate uses the advantage Â_t = G_t − V(x_t), whose mean given (x, a) is A^π = Q^π − V^π."),
+        (variant("no_occupancy"), "It weights states by the start distribution only: every visit counts, weight the states by the discounted occupancy d^π(x) = Σ_t γ^t Pr(x_t = x)."),
+        (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
+        (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
+        (variant("normalised"), "It is (1 − γ) times too small: d^π(x) is the unnormalised occupancy Σ_t γ^t Pr(x_t = x), as in metagrad.mdp.discounted_occupancy."),
+    ]
+    # Compiled calls (the exercise asks for jit-compatibility): op-by-op Hessians through a linear solve are slow.
+    _compare(
+        "expected_surrogate_hessian",
+        jax.jit(expected_surrogate_hessian, static_argnums=1),
+        jax.jit(reference_expected_surrogate_hessian, static_argnums=1),
+        cases,
+        expected_form="(P × P, P = number of parameters)",
+        mistakes=mistakes,
+    )
+    return (
+        "matches Σ_{x,a} d^π(x) π(a|x) A^π(x,a) ∇²ℓ(a|x) for tabular, log-linear and tanh-network policies "
+        "(two MDPs, incl. γ = 0.9 and a random start distribution), compiled with jax.jit."
+    )

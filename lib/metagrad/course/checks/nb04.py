@@ -11,9 +11,11 @@ from metagrad.course.checks._diagnose import (
     _compare,
     _float,
     _register,
+    _returns,
+    value_gradient_parts,
 )
 
-__all__ = ['check_step_importance_sampling', 'check_doubly_robust']
+__all__ = ['check_step_importance_sampling', 'check_doubly_robust', 'check_dr_log_ratio_gradient']
 
 
 def _ope_cases():
@@ -48,8 +50,18 @@ def _with_gradient(fn: Callable) -> Callable:
 
 
 def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistakes, name: str) -> str:
-    # Values first (clearer messages), then values and gradients together (catches NumPy inside).
-    _compare(exercise, student_fn, reference, _ope_cases(), expected_form="(a scalar)", mistakes=mistakes)
+    # Values first (clearer messages), then values and gradients together (catches NumPy inside); the
+    # simulation cells run it under jax.jit(jax.vmap(...)) over trajectories.
+    _compare(
+        exercise,
+        student_fn,
+        reference,
+        _ope_cases(),
+        expected_form="(a scalar)",
+        mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(0, 0, 0, None),
+    )
     cases = _ope_cases()[:2]
     _compare(
         exercise,
@@ -57,8 +69,12 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
         _with_gradient(reference),
         [(f"{label}, differentiated in the log-ratios", args) for label, args in cases],
         expected_form="(the value followed by its gradient in the log-ratios)",
+        parts=value_gradient_parts,
     )
-    return f"matches {name} in value on 5 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1)."
+    return (
+        f"matches {name} in value on 5 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1), "
+        "also under jax.jit and jax.vmap."
+    )
 
 
 @_register("04", "step_importance_sampling")
@@ -107,3 +123,47 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
         (lambda *a: loop(*a, undiscounted=True), "It ignores γ in the recursion V̂_t = V(x_t) + ρ_t (r_t + γ V̂_{t+1} − V(x_t))."),
     ]
     return _check_ope("doubly_robust", doubly_robust, ope.doubly_robust, mistakes, "metagrad.ope.doubly_robust")
+
+
+@_register("04", "dr_log_ratio_gradient")
+def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
+    """``dr_log_ratio_gradient(rewards [T], values [T+1], gamma)`` -> ∂V̂_DR/∂κ at κ = 0, i.e. γ^t Â_t [T]."""
+    from metagrad import ope
+
+    def reference(r, v, gamma):
+        return jax.grad(ope.doubly_robust)(jnp.zeros_like(r), r, v, gamma)
+
+    def advantages(r, v, gamma):
+        return _returns(r, v, gamma) - v[:-1]
+
+    def discount(r, gamma):
+        return gamma ** jnp.arange(r.shape[0])
+
+    mistakes = [
+        (lambda r, v, g: advantages(r, v, g), "It is Â_t without the factor γ^t: the correction at step t enters V̂_0 through t discounts."),
+        (lambda r, v, g: discount(r, g) * _returns(r, v, g), "It is γ^t G_t: the critic's V(x_t) must be subtracted (Â_t = G_t − V(x_t))."),
+        (
+            lambda r, v, g: discount(r, g) * (r + g * v[1:] - v[:-1]),
+            "It uses the one-step TD error r_t + γV(x_{t+1}) − V(x_t): with all ratios 1, V̂_{t+1} is the full return G_{t+1}, not V(x_{t+1}).",
+        ),
+        (lambda r, v, g: discount(r, g) * (_returns(r, v, g) - v[1:]), "It subtracts V(x_{t+1}) (off by one): the control variate at step t is V(x_t)."),
+        (lambda r, v, g: discount(r, g) * (_returns(r, jnp.zeros_like(v), g) - v[:-1]), "Its returns ignore the bootstrap γ^{T−t} V(x_T) at the end of the trajectory."),
+    ]
+    keys = jax.random.split(jax.random.PRNGKey(8), 4)
+    cases = [
+        ("a random trajectory of length 6 (γ = 0.9)", (_float(jax.random.uniform(keys[0], (6,))), _float(2 * jax.random.uniform(keys[1], (7,))), 0.9)),
+        ("another trajectory of length 6 (γ = 0.9)", (_float(jax.random.normal(keys[2], (6,))), _float(jax.random.normal(keys[3], (7,))), 0.9)),
+        ("γ = 0.5 and T = 3", (_float([1.0, -1.0, 2.0]), _float([0.5, 3.0, -1.0, 2.0]), 0.5)),
+        ("a single step (T = 1)", (_float([1.0]), _float([0.5, 3.0]), 0.9)),
+    ]
+    _compare(
+        "dr_log_ratio_gradient",
+        dr_log_ratio_gradient,
+        reference,
+        cases,
+        expected_form="(one entry per step, [T])",
+        mistakes=mistakes,
+        jit=True,
+        vmap_in_axes=(0, 0, None),
+    )
+    return "matches jax.grad of metagrad.ope.doubly_robust at κ = 0 on 4 trajectories (incl. T = 1, γ = 0.5), also under jax.jit and jax.vmap."
