@@ -17,9 +17,13 @@ from metagrad.course.checks.nb01 import check_policy_evaluation, check_discounte
 from metagrad.course.checks.nb02 import reference_reward_to_go, check_reward_to_go, check_reinforce_gradient
 from metagrad.course.checks.nb03 import check_inner_step, reference_missing_hessian_terms, check_missing_hessian_terms
 from metagrad.course.checks.nb04 import check_step_importance_sampling, check_doubly_robust
-from metagrad.course.checks.nb05 import check_dice_objective, check_loaded_dice
-from metagrad.course.checks.nb06 import check_taypo2, check_taypo_k
-from metagrad.course.checks.nb07 import reference_choose_estimator, check_choose_estimator
+from metagrad.course.checks.nb05 import check_on_policy_importance_sampling, check_dice_objective, check_loaded_dice
+from metagrad.course.checks.nb06 import (
+    check_taypo2, check_taypo_k, reference_taypo1_dropped_terms, check_taypo1_dropped_terms,
+)
+from metagrad.course.checks.nb07 import (
+    reference_squared_bias, check_squared_bias, reference_choose_estimator, check_choose_estimator,
+)
 from metagrad.course.checks.nb08 import check_sampled_inner_step, check_task_meta_gradient
 from metagrad.course.checks.nb09 import check_taypo_terms, check_off_policy_inner_step
 
@@ -46,10 +50,15 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_missing_hessian_terms',
            'check_step_importance_sampling',
            'check_doubly_robust',
+           'check_on_policy_importance_sampling',
            'check_dice_objective',
            'check_loaded_dice',
            'check_taypo2',
            'check_taypo_k',
+           'reference_taypo1_dropped_terms',
+           'check_taypo1_dropped_terms',
+           'reference_squared_bias',
+           'check_squared_bias',
            'reference_choose_estimator',
            'check_choose_estimator',
            'check_sampled_inner_step',
