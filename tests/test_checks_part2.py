@@ -146,6 +146,25 @@ def dropped_terms_later_steps(scores, advantages, gamma):
     return _dropped_loop(scores, advantages, gamma, lambda s, t: s > t)
 
 
+def spread_of_gradients(log_prob, params, obs, actions):
+    grads = jax.vmap(lambda a: jax.grad(log_prob)(params, obs, a))(actions)
+    return jnp.max(jnp.abs(grads - grads[0]))
+
+
+def spread_of_hessian_sizes(log_prob, params, obs, actions):
+    return jnp.max(jnp.abs(jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)))
+
+
+def spread_of_first_and_last(log_prob, params, obs, actions):
+    hessian = jax.hessian(log_prob)
+    return jnp.max(jnp.abs(hessian(params, obs, actions[-1]) - hessian(params, obs, actions[0])))
+
+
+def spread_as_a_list(log_prob, params, obs, actions):
+    hessians = jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+    return jnp.max(jnp.abs(hessians - hessians[0]), axis=(1, 2))  # the mistake: one number per action
+
+
 def squared_bias_uncorrected(estimates, truth):
     return jnp.sum((estimates.mean(0) - truth) ** 2)  # the mistake: noise reported as bias
 
@@ -301,6 +320,10 @@ WRONG_ANSWERS = [
     ("taypo1_dropped_terms", dropped_terms_one_sided, "without its transpose"),
     ("taypo1_dropped_terms", dropped_terms_undiscounted, "discount"),
     ("taypo1_dropped_terms", dropped_terms_later_steps, "later steps"),
+    ("hessian_spread_over_actions", spread_of_gradients, "compares the gradients"),
+    ("hessian_spread_over_actions", spread_of_hessian_sizes, "size of the Hessians"),
+    ("hessian_spread_over_actions", spread_of_first_and_last, "first and the last"),
+    ("hessian_spread_over_actions", spread_as_a_list, "expected one number"),
     ("choose_estimator", choose_lowest_variance, "ignores the bias"),
     ("choose_estimator", choose_ignoring_budget, "ignores N"),
     ("choose_estimator", choose_squaring_twice, "squares the squared bias"),
@@ -342,8 +365,8 @@ def test_squared_bias_accepts_another_unbiased_estimate():
 
 
 def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
-    """Independent check of the check's reference: ∇²(TayPO-2) − ∇²(TayPO-1) at π = μ, by autodiff, for a log-linear
-    policy whose ∇²ℓ depends on the action (so the identity is not special to tabular softmax)."""
+    """Independent check of the check's reference: ∇²(TayPO-2) − ∇²(TayPO-1) at π = μ, by autodiff, for a softmax
+    policy with non-linear logits tanh(Φθ), whose ∇²ℓ depends on the action (nothing special to tabular softmax)."""
     key = jax.random.split(jax.random.PRNGKey(3), 5)
     T, A, P = 6, 3, 4
     features = jax.random.normal(key[0], (T, A, P))
@@ -352,7 +375,7 @@ def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
     theta = jax.random.normal(key[4], (P,))
 
     def log_pi(th):
-        return jax.vmap(lambda f, a: jax.nn.log_softmax(f @ th)[a])(features, actions)
+        return jax.vmap(lambda f, a: jax.nn.log_softmax(jnp.tanh(f @ th))[a])(features, actions)
 
     def surrogate(order):
         def f(th):

@@ -24,7 +24,10 @@ from metagrad.course.checks.nb06 import (
 from metagrad.course.checks.nb07 import (
     reference_squared_bias, check_squared_bias, reference_choose_estimator, check_choose_estimator,
 )
-from metagrad.course.checks.nb08 import check_sampled_inner_step, check_task_meta_gradient
+from metagrad.course.checks.nb08 import (
+    check_sampled_inner_step, check_task_meta_gradient, policy_classes, reference_hessian_spread_over_actions,
+    check_hessian_spread_over_actions,
+)
 from metagrad.course.checks.nb09 import check_taypo_terms, check_off_policy_inner_step
 
 #: Every exercise of the course, in course order.
@@ -63,6 +66,9 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_choose_estimator',
            'check_sampled_inner_step',
            'check_task_meta_gradient',
+           'policy_classes',
+           'reference_hessian_spread_over_actions',
+           'check_hessian_spread_over_actions',
            'check_taypo_terms',
            'check_off_policy_inner_step',
            ]
