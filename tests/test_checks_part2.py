@@ -17,6 +17,47 @@ from metagrad.course import checks
 # Plausible wrong answers, each with the words the check must use to explain it.
 
 
+def _step_is_loop(log_ratios, rewards, values, gamma):
+    """Step-wise IS written as a plain loop (the reference form of notebook 04)."""
+    total, weight = 0.0, 1.0
+    for t in range(rewards.shape[0]):
+        weight = weight * jnp.exp(log_ratios[t])
+        total = total + gamma**t * weight * rewards[t]
+    return total + gamma ** rewards.shape[0] * weight * values[-1]
+
+
+def on_policy_is_without_stop_gradient(log_pi, rewards, values, gamma):
+    return _step_is_loop(log_pi, rewards, values, gamma)  # ratios π instead of π / sg(π)
+
+
+def on_policy_is_constant_ratios(log_pi, rewards, values, gamma):
+    return _step_is_loop(jnp.zeros_like(log_pi), rewards, values, gamma)
+
+
+def on_policy_is_reversed(log_pi, rewards, values, gamma):
+    return _step_is_loop(jax.lax.stop_gradient(log_pi) - log_pi, rewards, values, gamma)
+
+
+def on_policy_is_without_bootstrap(log_pi, rewards, values, gamma):
+    return _step_is_loop(log_pi - jax.lax.stop_gradient(log_pi), rewards, jnp.zeros_like(values), gamma)
+
+
+def on_policy_is_trajectory_weight(log_pi, rewards, values, gamma):
+    w = jnp.exp(jnp.sum(log_pi - jax.lax.stop_gradient(log_pi)))
+    t = jnp.arange(rewards.shape[0])
+    return w * (jnp.sum(gamma**t * rewards) + gamma ** rewards.shape[0] * values[-1])
+
+
+def on_policy_is_undiscounted(log_pi, rewards, values, gamma):
+    return _step_is_loop(log_pi - jax.lax.stop_gradient(log_pi), rewards, values, 1.0)
+
+
+def on_policy_is_numpy(log_pi, rewards, values, gamma):
+    import numpy as np
+
+    return float(np.sum(np.asarray(rewards)))  # float(): cannot be traced
+
+
 def dice_without_stop_gradient(log_pi, rewards, values, gamma):
     w = jnp.cumsum(log_pi)
     t = jnp.arange(rewards.shape[0])
@@ -68,12 +109,123 @@ def taypo_k_updates_before_use(log_ratios, rewards, values, gamma, order):
     return g[0] + jnp.sum(weights * d * factors)
 
 
-def choose_lowest_variance(bias, variance, num_trajectories):
+def _dropped_loop(scores, advantages, gamma, pair):
+    import numpy as np
+
+    scores = np.asarray(scores)
+    out = np.zeros((scores.shape[1], scores.shape[1]))
+    for t in range(scores.shape[0]):
+        for s in range(scores.shape[0]):
+            if pair(s, t):
+                out += gamma**t * float(advantages[t]) * (np.outer(scores[t], scores[s]) + np.outer(scores[s], scores[t]))
+    return out
+
+
+def dropped_terms_with_own_outer(scores, advantages, gamma):
+    import numpy as np
+
+    extra = sum(gamma**t * float(advantages[t]) * np.outer(g, g) for t, g in enumerate(np.asarray(scores)))
+    return _dropped_loop(scores, advantages, gamma, lambda s, t: s < t) + extra
+
+
+def dropped_terms_inclusive(scores, advantages, gamma):
+    return _dropped_loop(scores, advantages, gamma, lambda s, t: s <= t)
+
+
+def dropped_terms_one_sided(scores, advantages, gamma):
+    s_before = jnp.cumsum(scores, axis=0) - scores
+    t = jnp.arange(scores.shape[0])
+    return jnp.einsum("t,ti,tj->ij", gamma**t * advantages, scores, s_before)  # g_t S_{<t}ᵀ only
+
+
+def dropped_terms_undiscounted(scores, advantages, gamma):
+    return _dropped_loop(scores, advantages, 1.0, lambda s, t: s < t)
+
+
+def dropped_terms_later_steps(scores, advantages, gamma):
+    return _dropped_loop(scores, advantages, gamma, lambda s, t: s > t)
+
+
+def spread_of_gradients(log_prob, params, obs, actions):
+    grads = jax.vmap(lambda a: jax.grad(log_prob)(params, obs, a))(actions)
+    return jnp.max(jnp.abs(grads - grads[0]))
+
+
+def spread_of_hessian_sizes(log_prob, params, obs, actions):
+    return jnp.max(jnp.abs(jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)))
+
+
+def spread_of_first_and_last(log_prob, params, obs, actions):
+    hessian = jax.hessian(log_prob)
+    return jnp.max(jnp.abs(hessian(params, obs, actions[-1]) - hessian(params, obs, actions[0])))
+
+
+def spread_as_a_list(log_prob, params, obs, actions):
+    hessians = jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+    return jnp.max(jnp.abs(hessians - hessians[0]), axis=(1, 2))  # the mistake: one number per action
+
+
+def squared_bias_uncorrected(estimates, truth):
+    return jnp.sum((estimates.mean(0) - truth) ** 2)  # the mistake: noise reported as bias
+
+
+def squared_bias_population_variance(estimates, truth):
+    return jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.sum(estimates.var(0)) / estimates.shape[0]  # ddof = 0
+
+
+def squared_bias_variance_of_one(estimates, truth):
+    return jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.sum(estimates.var(0, ddof=1))  # forgot the 1 / M
+
+
+def squared_bias_clipped(estimates, truth):
+    m = estimates.shape[0]
+    return jnp.maximum(jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.sum(estimates.var(0, ddof=1)) / m, 0.0)
+
+
+def squared_bias_norm(estimates, truth):
+    m = estimates.shape[0]
+    return jnp.sqrt(jnp.abs(jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.sum(estimates.var(0, ddof=1)) / m))
+
+
+def squared_bias_mean_squared_error(estimates, truth):
+    return jnp.mean(jnp.sum((estimates - truth) ** 2, axis=1))
+
+
+def squared_bias_per_coordinate(estimates, truth):
+    m = estimates.shape[0]
+    return (estimates.mean(0) - truth) ** 2 - estimates.var(0, ddof=1) / m  # the mistake: no sum over coordinates
+
+
+def squared_bias_numpy(estimates, truth):
+    import numpy as np
+
+    return float(np.sum((np.asarray(estimates).mean(0) - np.asarray(truth)) ** 2))  # float(): cannot be traced
+
+
+def squared_bias_independent_halves(estimates, truth):
+    """Another unbiased estimate (not the notebook's): the product of the errors of two independent halves."""
+    half = estimates.shape[0] // 2
+    return jnp.dot(estimates[:half].mean(0) - truth, estimates[half : 2 * half].mean(0) - truth)
+
+
+def choose_lowest_variance(squared_bias, variance, num_trajectories):
     return min(variance, key=variance.get)
 
 
-def choose_ignoring_budget(bias, variance, num_trajectories):
-    return min(bias, key=lambda name: bias[name] ** 2 + variance[name])
+def choose_ignoring_budget(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda name: max(squared_bias[name], 0.0) + variance[name])
+
+
+def choose_squaring_twice(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda name: squared_bias[name] ** 2 + variance[name] / num_trajectories)
+
+
+def choose_unclipped(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda name: squared_bias[name] + variance[name] / num_trajectories)
+
+
+def choose_adding_the_norm(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda name: max(squared_bias[name], 0.0) ** 0.5 + variance[name] / num_trajectories)
 
 
 def _inner_gradient(logits, batch, values, gamma, estimator, behaviour_log_probs=None):
@@ -141,6 +293,13 @@ def off_policy_step_trainable_behaviour(logits, batch, critic, behaviour_logits,
 
 
 WRONG_ANSWERS = [
+    ("on_policy_importance_sampling", on_policy_is_without_stop_gradient, "ℓ_t − stop_gradient(ℓ_t)"),
+    ("on_policy_importance_sampling", on_policy_is_constant_ratios, "derivatives are all zero"),
+    ("on_policy_importance_sampling", on_policy_is_reversed, "wrong sign"),
+    ("on_policy_importance_sampling", on_policy_is_without_bootstrap, "bootstrap"),
+    ("on_policy_importance_sampling", on_policy_is_trajectory_weight, "whole trajectory's ratio"),
+    ("on_policy_importance_sampling", on_policy_is_undiscounted, "discount"),
+    ("on_policy_importance_sampling", on_policy_is_numpy, "cannot trace"),
     ("dice_objective", dice_without_stop_gradient, "stop_gradient"),
     ("dice_objective", dice_boxing_one_step, "Σ_{s≤t} ℓ_s"),
     ("loaded_dice", loaded_dice_time_indexed_critic, "indexed by time"),
@@ -148,8 +307,28 @@ WRONG_ANSWERS = [
     ("taypo2", taypo2_is_lvc, "TayPO-1"),
     ("taypo2", taypo2_inclusive_prefix, "off by one"),
     ("taypo_k", taypo_k_updates_before_use, "off by one"),
+    ("squared_bias", squared_bias_uncorrected, "contains the noise of the mean"),
+    ("squared_bias", squared_bias_population_variance, "instead of M − 1"),
+    ("squared_bias", squared_bias_variance_of_one, "variance of ONE estimate"),
+    ("squared_bias", squared_bias_clipped, "clips negative values"),
+    ("squared_bias", squared_bias_norm, "returns a norm"),
+    ("squared_bias", squared_bias_mean_squared_error, "mean squared error of ONE estimate"),
+    ("squared_bias", squared_bias_per_coordinate, "expected a scalar"),
+    ("squared_bias", squared_bias_numpy, "cannot trace"),
+    ("taypo1_dropped_terms", dropped_terms_with_own_outer, "TayPO-1 keeps"),
+    ("taypo1_dropped_terms", dropped_terms_inclusive, "off by one"),
+    ("taypo1_dropped_terms", dropped_terms_one_sided, "without its transpose"),
+    ("taypo1_dropped_terms", dropped_terms_undiscounted, "discount"),
+    ("taypo1_dropped_terms", dropped_terms_later_steps, "later steps"),
+    ("hessian_spread_over_actions", spread_of_gradients, "compares the gradients"),
+    ("hessian_spread_over_actions", spread_of_hessian_sizes, "size of the Hessians"),
+    ("hessian_spread_over_actions", spread_of_first_and_last, "first and the last"),
+    ("hessian_spread_over_actions", spread_as_a_list, "expected one number"),
     ("choose_estimator", choose_lowest_variance, "ignores the bias"),
     ("choose_estimator", choose_ignoring_budget, "ignores N"),
+    ("choose_estimator", choose_squaring_twice, "squares the squared bias"),
+    ("choose_estimator", choose_unclipped, "negative squared-bias estimate"),
+    ("choose_estimator", choose_adding_the_norm, "adds the bias, not its square"),
     ("sampled_inner_step", inner_step_downhill, "downhill"),
     ("sampled_inner_step", inner_step_time_indexed_critic, "indexed by time"),
     ("sampled_inner_step", inner_step_stopped, "derivative in θ is not"),
@@ -170,3 +349,42 @@ def test_check_explains_a_wrong_answer(name, wrong, explanation):
 def test_check_rejects_a_non_function():
     with pytest.raises(checks.ExerciseCheckFailed, match="pass the function itself"):
         checks.check_taypo2(None)
+
+
+def test_on_policy_importance_sampling_accepts_a_plain_loop():
+    def loop(log_pi, rewards, values, gamma):
+        return _step_is_loop(log_pi - jax.lax.stop_gradient(log_pi), rewards, values, gamma)
+
+    checks.check_on_policy_importance_sampling(loop)
+    assert checks.results()["on_policy_importance_sampling"] is True
+
+
+def test_squared_bias_accepts_another_unbiased_estimate():
+    checks.check_squared_bias(squared_bias_independent_halves)
+    assert checks.results()["squared_bias"] is True
+
+
+def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
+    """Independent check of the check's reference: ∇²(TayPO-2) − ∇²(TayPO-1) at π = μ, by autodiff, for a softmax
+    policy with non-linear logits tanh(Φθ), whose ∇²ℓ depends on the action (nothing special to tabular softmax)."""
+    key = jax.random.split(jax.random.PRNGKey(3), 5)
+    T, A, P = 6, 3, 4
+    features = jax.random.normal(key[0], (T, A, P))
+    actions = jax.random.randint(key[1], (T,), 0, A)
+    rewards, values = jax.random.uniform(key[2], (T,)), jax.random.uniform(key[3], (T + 1,))
+    theta = jax.random.normal(key[4], (P,))
+
+    def log_pi(th):
+        return jax.vmap(lambda f, a: jax.nn.log_softmax(jnp.tanh(f @ th))[a])(features, actions)
+
+    def surrogate(order):
+        def f(th):
+            lp = log_pi(th)
+            return ope.taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
+
+        return jax.hessian(f)(theta)
+
+    scores = jax.jacobian(log_pi)(theta)
+    advantages = ope.returns(rewards, values, jnp.full((T,), 0.9)) - values[:-1]
+    expected = checks.reference_taypo1_dropped_terms(scores, advantages, 0.9)
+    assert jnp.allclose(surrogate(2) - surrogate(1), expected, atol=1e-10)

@@ -28,10 +28,17 @@ from metagrad.course.checks.nb03 import (
     reference_missing_hessian_terms,
 )
 from metagrad.course.checks.nb04 import check_doubly_robust, check_dr_log_ratio_gradient, check_step_importance_sampling
-from metagrad.course.checks.nb05 import check_dice_objective, check_loaded_dice
-from metagrad.course.checks.nb06 import check_taypo2, check_taypo_k
-from metagrad.course.checks.nb07 import reference_choose_estimator, check_choose_estimator
-from metagrad.course.checks.nb08 import check_sampled_inner_step, check_task_meta_gradient
+from metagrad.course.checks.nb05 import check_on_policy_importance_sampling, check_dice_objective, check_loaded_dice
+from metagrad.course.checks.nb06 import (
+    check_taypo2, check_taypo_k, reference_taypo1_dropped_terms, check_taypo1_dropped_terms,
+)
+from metagrad.course.checks.nb07 import (
+    reference_squared_bias, check_squared_bias, reference_choose_estimator, check_choose_estimator,
+)
+from metagrad.course.checks.nb08 import (
+    check_sampled_inner_step, check_task_meta_gradient, policy_classes, reference_hessian_spread_over_actions,
+    check_hessian_spread_over_actions,
+)
 from metagrad.course.checks.nb09 import check_taypo_terms, check_off_policy_inner_step
 
 #: Every exercise of the course, in course order.
@@ -63,14 +70,22 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_step_importance_sampling',
            'check_doubly_robust',
            'check_dr_log_ratio_gradient',
+           'check_on_policy_importance_sampling',
            'check_dice_objective',
            'check_loaded_dice',
            'check_taypo2',
            'check_taypo_k',
+           'reference_taypo1_dropped_terms',
+           'check_taypo1_dropped_terms',
+           'reference_squared_bias',
+           'check_squared_bias',
            'reference_choose_estimator',
            'check_choose_estimator',
            'check_sampled_inner_step',
            'check_task_meta_gradient',
+           'policy_classes',
+           'reference_hessian_spread_over_actions',
+           'check_hessian_spread_over_actions',
            'check_taypo_terms',
            'check_off_policy_inner_step',
            ]

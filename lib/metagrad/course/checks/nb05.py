@@ -16,7 +16,7 @@ from metagrad.course.checks._diagnose import (
     _returns,
 )
 
-__all__ = ['check_dice_objective', 'check_loaded_dice']
+__all__ = ['check_on_policy_importance_sampling', 'check_dice_objective', 'check_loaded_dice']
 
 
 def _dice_cases():
@@ -29,6 +29,59 @@ def _dice_cases():
         ("a single step (T = 1)", (_float([-0.7]), _float([1.0]), _float([0.5, 3.0]), 0.9)),
         ("γ = 0.5 and T = 4", (log_pi[:4], _float([1.0, -2.0, 0.5, 3.0]), values[:5], 0.5)),
     ]
+
+
+def _step_is(log_ratios, r, v, g):
+    from metagrad import ope
+
+    return ope.step_importance_sampling(log_ratios, r, v, jnp.full(r.shape, g, r.dtype))
+
+
+@_register("05", "on_policy_importance_sampling")
+def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable) -> str:
+    """``on_policy_importance_sampling(log_pi [T], rewards [T], values [T+1], gamma)``: step-wise IS at μ = sg(π)."""
+
+    def reference(lp, r, v, g):
+        return _step_is(lp - jax.lax.stop_gradient(lp), r, v, g)
+
+    def no_stop_gradient(lp, r, v, g):
+        return _step_is(lp, r, v, g)
+
+    def constant_ratios(lp, r, v, g):
+        return _step_is(jnp.zeros_like(lp), r, v, g)
+
+    def reversed_ratio(lp, r, v, g):
+        return _step_is(jax.lax.stop_gradient(lp) - lp, r, v, g)
+
+    def no_bootstrap(lp, r, v, g):
+        return reference(lp, r, jnp.zeros_like(v), g)
+
+    def trajectory_weight(lp, r, v, g):
+        lr = lp - jax.lax.stop_gradient(lp)
+        t = jnp.arange(r.shape[0])
+        return jnp.exp(jnp.sum(lr)) * (jnp.sum(g**t * r) + g ** r.shape[0] * v[-1])
+
+    def undiscounted(lp, r, v, g):
+        return _step_is(lp - jax.lax.stop_gradient(lp), r, v, 1.0)
+
+    mistakes = [
+        (no_stop_gradient, "Its value is the IS estimate at μ = 1 (ratios π, not 1): the log-ratio is ℓ_t − stop_gradient(ℓ_t)."),
+        (constant_ratios, "Its derivatives are all zero: the log-ratios must depend on θ through ℓ_t (only log μ is stopped)."),
+        (reversed_ratio, "Its gradient has the wrong sign: log ρ_t = log π − log μ = ℓ_t − stop_gradient(ℓ_t), not the reverse."),
+        (no_bootstrap, "It ignores the bootstrap term γ^T (Π_{s<T} ρ_s) V(x_T)."),
+        (trajectory_weight, "It weights every reward with the whole trajectory's ratio: step-wise IS weights r_t with Π_{s≤t} ρ_s only."),
+        (undiscounted, "It drops the discount γ^t."),
+    ]
+    _compare(
+        "on_policy_importance_sampling",
+        _with_derivatives(on_policy_importance_sampling),
+        _with_derivatives(reference),
+        _dice_cases(),
+        expected_form="(value, gradient and Hessian in log_pi, flattened)",
+        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
+    )
+    return ("matches step-wise IS at log ρ_t = ℓ_t − sg(ℓ_t) in value, gradient and Hessian on 4 trajectories "
+            "(incl. T = 1, zero critic), under jax.jit.")
 
 
 @_register("05", "dice_objective")

@@ -6,6 +6,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metagrad.course.checks._diagnose import (
     _compare,
@@ -16,7 +17,7 @@ from metagrad.course.checks._diagnose import (
     _returns,
 )
 
-__all__ = ['check_taypo2', 'check_taypo_k']
+__all__ = ['check_taypo2', 'check_taypo_k', 'reference_taypo1_dropped_terms', 'check_taypo1_dropped_terms']
 
 
 def _taylor_cases():
@@ -128,3 +129,69 @@ def check_taypo_k(taypo_k: Callable) -> str:
         mistakes=[(with_d(m), hint) for m, hint in mistakes],
     )
     return "matches metagrad.ope.taylor_expansion for K = 1, 3, T and K > T (= doubly robust) in value and gradient (incl. T = 1)."
+
+
+def reference_taypo1_dropped_terms(scores, advantages, gamma) -> np.ndarray:
+    """∇²V̂_2 − ∇²V̂_1 at π = μ: Σ_t γ^t Â_t [g_t S_{<t}ᵀ + S_{<t} g_tᵀ], S_{<t} = Σ_{s<t} g_s, as a plain loop."""
+    scores = np.asarray(scores, dtype=np.float64)
+    out = np.zeros((scores.shape[1], scores.shape[1]))
+    past = np.zeros(scores.shape[1])
+    for t, g in enumerate(scores):
+        out += gamma**t * float(advantages[t]) * (np.outer(g, past) + np.outer(past, g))
+        past = past + g
+    return out
+
+
+@_register("06", "taypo1_dropped_terms")
+def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
+    """``taypo1_dropped_terms(scores [T, P], advantages [T], gamma)`` -> [P, P], the Hessian terms TayPO-1 lacks."""
+    rng = np.random.default_rng(61)
+    cases = [
+        ("T = 5 random scores with P = 4 (γ = 0.9)", (_float(rng.normal(size=(5, 4))), _float(rng.normal(size=5)), 0.9)),
+        ("a single step (T = 1): nothing to drop", (_float(rng.normal(size=(1, 3))), _float([2.0]), 0.9)),
+        ("γ = 0.5, T = 3, P = 2", (_float(rng.normal(size=(3, 2))), _float([1.0, -1.0, 0.5]), 0.5)),
+        ("T = 8 with P = 1 (scalar parameter)", (_float(rng.normal(size=(8, 1))), _float(rng.normal(size=8)), 0.8)),
+    ]
+
+    def loop(fn):
+        def terms(scores, adv, gamma):
+            scores = np.asarray(scores)
+            out, past = np.zeros((scores.shape[1],) * 2), np.zeros(scores.shape[1])
+            for t, g in enumerate(scores):
+                out = out + fn(t, g, past, gamma, float(adv[t]))
+                past = past + g
+            return out
+
+        return terms
+
+    with_outer = loop(lambda t, g, past, gm, a: gm**t * a * (np.outer(g, g) + np.outer(g, past) + np.outer(past, g)))
+    inclusive = loop(lambda t, g, past, gm, a: gm**t * a * (np.outer(g, past + g) + np.outer(past + g, g)))
+    one_sided = loop(lambda t, g, past, gm, a: gm**t * a * np.outer(g, past))
+    one_sided_t = loop(lambda t, g, past, gm, a: gm**t * a * np.outer(past, g))
+    undiscounted = loop(lambda t, g, past, gm, a: a * (np.outer(g, past) + np.outer(past, g)))
+    def future_scores(scores, adv, gamma):  # S_{>t} instead of S_{<t}
+        scores = np.asarray(scores)
+        out = np.zeros((scores.shape[1],) * 2)
+        for t, g in enumerate(scores):
+            later = scores[t + 1:].sum(0)
+            out += gamma**t * float(adv[t]) * (np.outer(g, later) + np.outer(later, g))
+        return out
+
+    mistakes = [
+        (with_outer, "It includes ∇ℓ_t∇ℓ_tᵀ, which TayPO-1 keeps: only the terms with two different time steps are dropped."),
+        (inclusive, "Its sum S includes s = t (off by one): TayPO-2's extra term pairs d_t with d_s for s < t only."),
+        (one_sided, "It has g_t S_{<t}ᵀ without its transpose S_{<t} g_tᵀ: ∇²(d_t d_s) has two cross terms (a Hessian is symmetric)."),
+        (one_sided_t, "It has S_{<t} g_tᵀ without its transpose g_t S_{<t}ᵀ: ∇²(d_t d_s) has two cross terms (a Hessian is symmetric)."),
+        (undiscounted, "It drops the discount γ^t."),
+        (future_scores, "It pairs step t with later steps s > t; TayPO-2's term d_t Σ_{s<t} d_s pairs it with earlier ones."),
+        (lambda s_, a, g: -reference_taypo1_dropped_terms(s_, a, g), "It has the wrong sign."),
+    ]
+    _compare(
+        "taypo1_dropped_terms",
+        taypo1_dropped_terms,
+        reference_taypo1_dropped_terms,
+        cases,
+        expected_form="[P, P] (one entry per pair of parameters)",
+        mistakes=mistakes,
+    )
+    return "matches ∇²V̂_2 − ∇²V̂_1 at π = μ on 4 cases (incl. T = 1 and a scalar parameter)."

@@ -4,41 +4,156 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from metagrad.course.checks._diagnose import (
     _call,
+    _close,
     _fail,
+    _float,
     _register,
 )
 
-__all__ = ['reference_choose_estimator', 'check_choose_estimator']
+__all__ = ['reference_squared_bias', 'check_squared_bias', 'reference_choose_estimator', 'check_choose_estimator']
 
 
-def reference_choose_estimator(bias: dict, variance: dict, num_trajectories: int) -> str:
-    """argmin_name  bias[name]² + variance[name] / N: the estimator with the smallest mean squared error."""
-    return min(bias, key=lambda name: bias[name] ** 2 + variance[name] / num_trajectories)
+def reference_squared_bias(estimates, truth):
+    """‖ḡ − g‖² − tr Σ̂ / M: an unbiased estimate of ‖E ĝ − g‖² from M independent estimates ``[M, D]``.
+
+    E‖ḡ − g‖² = ‖b‖² + tr Σ / M (the cross term has mean zero) and the sample covariance Σ̂ (M − 1 in the
+    denominator) is unbiased for Σ. Equivalently, the mean of (ĝ_i − g)·(ĝ_j − g) over the pairs i ≠ j.
+    """
+    m = estimates.shape[0]
+    error = jnp.mean(estimates, axis=0) - truth
+    return jnp.sum(error**2) - jnp.sum(jnp.var(estimates, axis=0, ddof=1)) / m
+
+
+def _squared_bias_mistakes():
+    def uncorrected(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2)
+
+    def population_variance(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.sum(jnp.var(est, 0)) / est.shape[0]
+
+    def whole_variance(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.sum(jnp.var(est, 0, ddof=1))
+
+    def clipped(est, truth):
+        return jnp.maximum(reference_squared_bias(est, truth), 0.0)
+
+    def mean_of_squares(est, truth):
+        return jnp.mean(jnp.sum((est - truth) ** 2, axis=1))
+
+    return [
+        (reference_squared_bias, "(never matched here: listed so that its square root is recognised)"),
+        (uncorrected, "It is ‖ḡ − g‖², which also contains the noise of the mean, tr Σ / M: subtract an unbiased estimate of it."),
+        (population_variance, "It divides the sample variance by M instead of M − 1, which leaves a bias of tr Σ / M²."),
+        (whole_variance, "It subtracts tr Σ̂, the variance of ONE estimate; the mean of M estimates has variance tr Σ / M."),
+        (clipped, "It clips negative values at 0, which makes the estimate biased upwards; return it unclipped."),
+        (mean_of_squares, "It is the mean of ‖ĝ_i − g‖², the mean squared error of ONE estimate (bias² + tr Σ), not the squared bias."),
+    ]
+
+
+def _squared_bias_data(rng, replications, m, bias, scales):
+    """``[R, M, D]`` Gaussian estimates of ``truth`` with mean truth + bias and independent noise of the given scales."""
+    d = len(bias)
+    truth = rng.normal(size=d)
+    noise = rng.normal(size=(replications, m, d)) * np.asarray(scales)
+    return _float(truth + np.asarray(bias) + noise), _float(truth), float(np.sum(np.square(bias)))
+
+
+@_register("07", "squared_bias")
+def check_squared_bias(squared_bias: Callable) -> str:
+    """``squared_bias(estimates [M, D], truth [D])`` -> a scalar whose expectation is ‖E ĝ − g‖².
+
+    Any unbiased estimate passes (the pairwise form and independent halves too): the check averages the
+    student's function, under ``jax.vmap`` and ``jax.jit``, over many seeded replications with a known bias.
+    """
+    exercise = "squared_bias"
+    rng = np.random.default_rng(7)
+    replications = 3000
+    cases = [
+        ("no bias and noise of variance 9 per coordinate (M = 5, D = 3)", (5, [0.0, 0.0, 0.0], [3.0, 3.0, 3.0])),
+        ("bias (1, −2) and unequal noise (M = 8, D = 2)", (8, [1.0, -2.0], [0.5, 2.0])),
+        ("M = 2 estimates, a small bias next to the noise (D = 4)", (2, [0.3, 0.0, 0.0, 0.1], [1.0, 1.0, 1.0, 1.0])),
+        ("one coordinate (D = 1), bias 0.5, M = 20", (20, [0.5], [1.0])),
+    ]
+    mistakes = _squared_bias_mistakes()
+    for label, (m, bias, scales) in cases:
+        estimates, truth, true_value = _squared_bias_data(rng, replications, m, bias, scales)
+        single = _call(exercise, squared_bias, (estimates[0], truth), label)
+        try:
+            single = np.asarray(single, dtype=np.float64)
+        except (TypeError, ValueError):
+            _fail(exercise, f"on {label} it returned {type(single).__name__}; expected a scalar (a 0-d array).")
+        if single.shape != ():
+            _fail(exercise, f"on {label} it returned shape {single.shape}; expected a scalar: sum over the D coordinates.")
+        batched = _call(exercise, jax.jit(jax.vmap(squared_bias, in_axes=(0, None))), (estimates, truth),
+                        f"{label}, under jax.jit(jax.vmap(...)) over replications")
+        batched = np.asarray(batched, dtype=np.float64)
+        if batched.shape != (replications,) or not _close(batched[0], single):
+            _fail(exercise, f"on {label} it gives a different result under jax.jit(jax.vmap(...)) than called directly "
+                            "(use jnp functions and no Python branching on values).")
+        if not np.all(np.isfinite(batched)):
+            _fail(exercise, f"on {label} it returned NaN or infinite values.")
+        reference = np.asarray(jax.vmap(reference_squared_bias, in_axes=(0, None))(estimates, truth))
+        if not _close(batched, reference):
+            # Another unbiased form (e.g. independent halves) is fine; a known mistake is named on every case.
+            for mistake, hint in mistakes:
+                wrong = np.asarray(jax.vmap(mistake, in_axes=(0, None))(estimates, truth))
+                if _close(batched, wrong):
+                    _fail(exercise, f"on {label}: {hint}")
+                positive = wrong > 0
+                if np.all(batched >= 0) and _close(batched[positive] ** 2, wrong[positive]):
+                    _fail(exercise, f"on {label} it returns a norm (a square root); return the squared bias itself, "
+                                    "which may be negative.")
+        mean = float(np.mean(batched))
+        standard_error = float(np.std(batched, ddof=1) / np.sqrt(replications))
+        if abs(mean - true_value) > 5 * standard_error + 1e-9:
+            _fail(exercise, f"on {label} its mean over {replications} replications is {mean:.3f} ± {standard_error:.3f}, "
+                            f"but the squared bias is {true_value:.3f}: it is not an unbiased estimate of ‖E ĝ − g‖².")
+    return (f"its mean over {replications} seeded replications matches ‖E ĝ − g‖² within 5 standard errors on 4 cases "
+            "(no bias, M = 2, D = 1), under jax.jit and jax.vmap.")
+
+
+def reference_choose_estimator(squared_bias: dict, variance: dict, num_trajectories: int) -> str:
+    """argmin_name  max(squared_bias[name], 0) + variance[name] / N: the smallest predicted mean squared error.
+
+    ``squared_bias`` holds unbiased estimates of ‖b‖², which may be slightly negative when the bias is
+    unresolved; a squared bias cannot be negative, so the prediction uses 0 there.
+    """
+    return min(squared_bias, key=lambda name: max(squared_bias[name], 0.0) + variance[name] / num_trajectories)
 
 
 @_register("07", "choose_estimator")
 def check_choose_estimator(choose_estimator: Callable) -> str:
-    """``choose_estimator(bias {name: ‖b‖}, variance {name: per-trajectory variance}, N)`` -> the best name."""
+    """``choose_estimator(squared_bias {name: ‖b‖² estimate}, variance {name: per-trajectory variance}, N)`` -> name."""
     exercise = "choose_estimator"
     measured = (
-        {"is": 0.02, "dr": 0.01, "taypo1": 0.9, "taypo2": 0.05, "vtrace": 2.0},
+        {"is": 0.0004, "dr": 0.0001, "taypo1": 0.81, "taypo2": 0.0025, "vtrace": 4.0},
         {"is": 900.0, "dr": 60.0, "taypo1": 4.0, "taypo2": 20.0, "vtrace": 1.0},
     )
     cases = [
         ("the measurements above with N = 10", (*measured, 10)),
         ("the same measurements with N = 1000", (*measured, 1000)),
         ("the same measurements with N = 100 000", (*measured, 100_000)),
-        ("biases below 1 (squaring makes them smaller), N = 100", ({"a": 0.3, "b": 0.5}, {"a": 30.0, "b": 12.0}, 100)),
-        ("a single estimator", ({"dr": 0.1}, {"dr": 5.0}, 50)),
+        ("squared biases below 1, N = 100", ({"a": 0.09, "b": 0.25}, {"a": 30.0, "b": 12.0}, 100)),
+        ("an unresolved (negative) squared-bias estimate, N = 100", ({"a": -0.01, "b": 0.0}, {"a": 1.0, "b": 0.5}, 100)),
+        ("a single estimator", ({"dr": 0.01}, {"dr": 5.0}, 50)),
     ]
     wrong_rules = [
+        (lambda b, v, n: min(b, key=lambda k: b[k] + v[k] / n),
+         "It uses a negative squared-bias estimate as it is: a squared bias is at least 0, so use max(‖b‖², 0)."),
+        (lambda b, v, n: min(b, key=lambda k: np.sqrt(max(b[k], 0.0)) + v[k] / n),
+         "It adds the bias, not its square: mean squared error = ‖b‖² + variance / N."),
         (lambda b, v, n: min(b, key=lambda k: v[k]), "It picks the smallest variance and ignores the bias."),
-        (lambda b, v, n: min(b, key=lambda k: abs(b[k])), "It picks the smallest bias and ignores the variance."),
-        (lambda b, v, n: min(b, key=lambda k: b[k] ** 2 + v[k]), "It ignores N: the variance of a mean of N trajectories is variance / N."),
-        (lambda b, v, n: min(b, key=lambda k: abs(b[k]) + v[k] / n), "It adds the bias, not its square: mean squared error = bias² + variance / N."),
+        (lambda b, v, n: min(b, key=lambda k: b[k]), "It picks the smallest bias and ignores the variance."),
+        (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k]),
+         "It ignores N: the variance of a mean of N trajectories is variance / N."),
+        (lambda b, v, n: min(b, key=lambda k: b[k] ** 2 + v[k] / n),
+         "It squares the squared bias: the dict already holds ‖b‖², so the mean squared error is ‖b‖² + variance / N."),
     ]
     for label, (bias, variance, n) in cases:
         expected = reference_choose_estimator(bias, variance, n)
@@ -46,10 +161,10 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         if not isinstance(got, str):
             _fail(exercise, f"on {label} it returned {got!r}; return the estimator's name (a key of the dicts).")
         if got != expected:
-            message = f"on {label} it chose {got!r}, but {expected!r} has the smallest mean squared error bias² + variance / N."
+            message = f"on {label} it chose {got!r}, but {expected!r} has the smallest max(‖b‖², 0) + variance / N."
             for rule, hint in wrong_rules:
                 if rule(bias, variance, n) == got:
                     message += " " + hint
                     break
             _fail(exercise, message)
-    return "picks the smallest bias² + variance / N on 5 inputs (N = 10, 1000, 100 000, biases < 1, one estimator)."
+    return "picks the smallest max(‖b‖², 0) + variance / N on 6 inputs (N = 10 … 100 000, a negative ‖b‖² estimate, one estimator)."

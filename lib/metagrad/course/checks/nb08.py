@@ -18,7 +18,8 @@ from metagrad.course.checks._diagnose import (
     _random_mdp,
 )
 
-__all__ = ['check_sampled_inner_step', 'check_task_meta_gradient']
+__all__ = ['check_sampled_inner_step', 'check_task_meta_gradient', 'policy_classes', 'reference_hessian_spread_over_actions',
+           'check_hessian_spread_over_actions']
 
 
 def _inner_step_data(with_mdp: bool = False):
@@ -155,3 +156,89 @@ def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
         mistakes=mistakes,
     )
     return "matches ∇_θ V(θ + η ∇V̂_in(θ)) (exact V, sampled inner step) for 'dr', 'maml' and 'taypo2' (incl. η = 0)."
+
+
+def policy_classes() -> dict:
+    """Five policy classes as ``(log_prob(params [P], obs, action), params, obs, actions [K, ...])``, each in float.
+
+    Whether ∇²_θ log π(a|x) depends on the action a decides whether Finn et al.'s MAML surrogate differs from
+    first-order MAML in expectation (notebook 08). Small, fixed, seeded instances.
+    """
+    rng = np.random.default_rng(80)
+    num_actions, num_features = 4, 3
+    features = _float(rng.normal(size=(num_actions, num_features)))  # φ(x, a) at one state x
+    x = _float(rng.normal(size=num_features))
+    tabular_logits = _float(rng.normal(size=(5 * num_actions,)))
+
+    def tabular(theta, state, action):
+        return jax.nn.log_softmax(theta.reshape(5, num_actions)[state])[action]
+
+    def log_linear(theta, obs, action):  # π ∝ exp(θᵀφ(x, a)): linear logits, state–action features
+        return jax.nn.log_softmax(features @ theta)[action]
+
+    def nonlinear_logits(theta, obs, action):  # π ∝ exp(tanh(θᵀφ(x, a)))
+        return jax.nn.log_softmax(jnp.tanh(features @ theta))[action]
+
+    def gaussian_fixed_std(theta, obs, action):  # a ~ N(θᵀx, 0.5²)
+        return -0.5 * ((action - theta @ obs) / 0.5) ** 2 - jnp.log(0.5) - 0.5 * jnp.log(2 * jnp.pi)
+
+    def gaussian_learned_std(theta, obs, action):  # a ~ N(θ[:-1]ᵀx, exp(θ[-1])²)
+        mean, log_std = theta[:-1] @ obs, theta[-1]
+        return -0.5 * ((action - mean) * jnp.exp(-log_std)) ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+
+    reals = _float(jnp.array([-1.0, 0.3, 2.0]))
+    return {
+        "tabular softmax": (tabular, tabular_logits, 2, jnp.arange(num_actions)),
+        "softmax, linear logits θᵀφ(x, a)": (log_linear, _float(rng.normal(size=num_features)), x, jnp.arange(num_actions)),
+        "softmax, logits tanh(θᵀφ(x, a))": (nonlinear_logits, _float(rng.normal(size=num_features)), x, jnp.arange(num_actions)),
+        "Gaussian, mean θᵀx, fixed σ": (gaussian_fixed_std, _float(rng.normal(size=num_features)), x, reals),
+        "Gaussian, mean θᵀx, learned σ": (gaussian_learned_std, _float(rng.normal(size=num_features + 1)), x, reals),
+    }
+
+
+def reference_hessian_spread_over_actions(log_prob: Callable, params, obs, actions) -> jax.Array:
+    """max_k max_ij |∇²_θ log π(a_k|x) − ∇²_θ log π(a_0|x)|_ij: 0 iff the Hessian does not depend on the action."""
+    hessians = jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+    return jnp.max(jnp.abs(hessians - hessians[0]))
+
+
+@_register("08", "hessian_spread_over_actions")
+def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> str:
+    """``hessian_spread_over_actions(log_prob, params [P], obs, actions [K, ...])`` -> a scalar ≥ 0."""
+    exercise = "hessian_spread_over_actions"
+    mistakes = [
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(jax.vmap(lambda a: jax.grad(lp)(th, x, a))(acts)
+                                                  - jax.grad(lp)(th, x, acts[0]))),
+         "It compares the gradients ∇ℓ, which change with the action for every policy; compare the Hessians ∇²ℓ."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(jax.vmap(lambda a: lp(th, x, a))(acts) - lp(th, x, acts[0]))),
+         "It compares the values log π(a|x); compare the Hessians ∇²_θ log π(a|x)."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(jax.vmap(lambda a: jax.hessian(lp)(th, x, a))(acts))),
+         "It returns the size of the Hessians, not how much they change from one action to another."),
+        (lambda lp, th, x, acts: jnp.abs(jax.hessian(lp)(th, x, acts[-1]) - jax.hessian(lp)(th, x, acts[0])).max(),
+         "It compares only the first and the last action; compare every action with the first."),
+    ]
+    cases = [(f"the policy class '{name}'", args) for name, args in policy_classes().items()]
+    # Under jax.jit (log_prob static), as the notebook runs it: op by op, nested autodiff is slow and memory-hungry.
+    student = jax.jit(hessian_spread_over_actions, static_argnums=0)
+    reference = jax.jit(reference_hessian_spread_over_actions, static_argnums=0)
+    for label, args in cases:
+        expected = float(reference(*args))
+        got = _call(exercise, student, args, f"{label} (under jax.jit)")
+        try:
+            got = np.asarray(got, dtype=np.float64)
+        except (TypeError, ValueError):
+            _fail(exercise, f"on {label} it returned {type(got).__name__}; expected a number (a 0-d array).")
+        if got.shape != ():
+            _fail(exercise, f"on {label} it returned shape {got.shape}; expected one number, the largest difference.")
+        if not np.isclose(float(got), expected, rtol=1e-6, atol=1e-9):
+            message = f"on {label} it returned {float(got):.3g}, but the Hessians differ by at most {expected:.3g} between actions."
+            for mistake, hint in mistakes:
+                try:
+                    if np.isclose(float(got), float(jax.jit(mistake, static_argnums=0)(*args)), rtol=1e-6, atol=1e-9):
+                        message += " " + hint
+                        break
+                except Exception:  # noqa: BLE001 — a diagnosis that cannot run is skipped
+                    continue
+            _fail(exercise, message)
+    return ("gives the largest change of ∇²_θ log π(a|x) across actions for 5 policy classes (categorical and Gaussian), "
+            "under jax.jit.")
