@@ -10,3 +10,5 @@ try:
     __version__ = _version("metagrad")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
+
+from metagrad._cache import DIRECTORY as _cache_directory  # noqa: E402,F401  JAX's persistent compilation cache
