@@ -177,7 +177,8 @@ def main(argv=None) -> int:
         f"- Machine: {environment('numpy')}.",
         f"- Load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) when started: the 2 cores are shared with other "
         "jobs, so wall times are inflated by the load; CPU seconds much less.",
-        f"- Command: `python benchmarks/reproduce.py{' --quick' if args.quick else ''}` (from the repository root, "
+        f"- Command: `python benchmarks/reproduce.py{' --quick' if args.quick else ''}"
+        f"{f' --repeats {args.repeats}' if args.repeats else ''}{' --write' if args.write else ''}` (from the repository root, "
         f"{datetime.date.today().isoformat()}).",
         "",
     ]
