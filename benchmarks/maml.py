@@ -1,15 +1,23 @@
 """MAML loop benchmarks: cost of a second-order meta-iteration vs a plain policy-gradient iteration.
 
-    python benchmarks/maml.py [--quick] [--repeats R] [--scaling] [--write]
+    python benchmarks/maml.py [--quick] [--repeats R] [--scaling] [--scaling-tasks 1,10,100,1000] [--write]
+
+``--quick`` is the smoke size (8 tasks × 10 trajectories × 50 steps); the default is the full size
+(40 × 20 × 100, the ProMP / Fig. 2 setting).
 
 1. One meta-iteration (PG outer, Adam) with a second-order inner estimator (TayPO-2, one inner step) vs one
    plain policy-gradient iteration (``inner_steps=0``: sample one batch, fit the baseline, one Adam step on
    the policy gradient) on the same batch sizes (M tasks × N trajectories × T steps per batch), measured in
    the same run; the claim is a ratio of at most 4. The meta-iteration samples two batches per task (D_0 and
    D') where the plain iteration samples one. Also timed: three inner steps (the setting of Fig. 1d).
-2. Meta-iterations per second on Navigation2D at 40 tasks × 20 trajectories × 100 steps (Gaussian MLP 64×64).
-3. ``--scaling``: time of one meta-iteration (TayPO-2, one inner step) for 1, 10, 100 and 1000 tasks — meant
-   for a GPU (on a CPU it is slow and linear in the number of tasks).
+2. Meta-iterations per second on Navigation2D at 40 tasks × 20 trajectories × 100 steps (Gaussian MLP 64×64),
+   for the PG outer step and for the other two outer optimisers of Fig. 1d: TRPO-MAML (MAML inner
+   surrogate, conjugate gradient on Gauss–Newton Fisher-vector products through θ'(θ), backtracking line
+   search) and ProMP (LVC inner surrogate, 5 clipped-surrogate Adam steps), each as a multiple of the plain
+   policy-gradient iteration on the same batch sizes (issue 14's target for TRPO: ≤ 3×).
+3. ``--scaling``: time of one meta-iteration (TayPO-2, one inner step) against the number of tasks per
+   meta-batch (``--scaling-tasks``, default 1, 10, 100, 1000), at the quick batch per task (10 trajectories
+   × 50 steps) so that a CPU can reach 1000 tasks; on a GPU pass ``--scaling-full`` for 20 × 100.
 
 Each configuration is compiled and warmed up first; then the configurations are timed in turn (round-robin,
 so that a change of load on a shared machine hits all of them alike), ``--repeats`` times each, and the
@@ -46,6 +54,7 @@ class Timer:
         self.state = self.init(jax.random.PRNGKey(0))
         self.calls = 0
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
 
     def compile(self) -> float:
         tic = time.perf_counter()
@@ -54,13 +63,19 @@ class Timer:
 
     def time(self) -> None:
         self.calls += 1
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(self.train_chunk(self.state, jnp.arange(self.calls, self.calls + 1)))
         self.times.append(time.perf_counter() - tic)
+        self.cpu_times.append(time.process_time() - cpu)
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def cpu(self) -> float:
+        """Median CPU seconds (all threads of this process) of one iteration: less sensitive to other jobs."""
+        return statistics.median(self.cpu_times)
 
 
 def run(configs: dict[str, maml.MAMLConfig], repeats: int) -> dict[str, Timer]:
@@ -78,7 +93,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller Navigation2D batches (8 × 10 × 50)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--scaling", action="store_true", help="also time 1, 10, 100, 1000 tasks (for a GPU)")
+    parser.add_argument("--scaling", action="store_true", help="also time the task scaling (--scaling-tasks)")
+    parser.add_argument("--scaling-tasks", default="1,10,100,1000", help="tasks per meta-batch for --scaling")
+    parser.add_argument("--scaling-full", action="store_true",
+                        help="scaling at 20 trajectories x 100 steps per task (default: 10 x 50, CPU-friendly)")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     sizes = dict(num_tasks=40, num_trajectories=20, horizon=100)
@@ -92,38 +110,70 @@ def main(argv=None) -> int:
         "MAML, TayPO-2 inner, 1 inner step": base,
         "MAML, TayPO-2 inner, 3 inner steps": maml.MAMLConfig(**{**base.to_json(), "inner_steps": 3,
                                                                 "hidden_sizes": (64, 64), "inner_options": ()}),
+        "TRPO-MAML (MAML inner, 1 inner step)": maml.MAMLConfig(**{**base.to_json(), "outer": "trpo",
+                                                                  "inner_estimator": "maml", "hidden_sizes": (64, 64),
+                                                                  "inner_options": ()}),
+        "TRPO-MAML, 1 CG iteration, 1 line-search step (profile)": maml.MAMLConfig(
+            **{**base.to_json(), "outer": "trpo", "inner_estimator": "maml", "cg_iterations": 1,
+               "backtrack_steps": 1, "hidden_sizes": (64, 64), "inner_options": ()}),
+        "ProMP (LVC inner, 1 inner step, 5 PPO steps)": maml.MAMLConfig(**{**base.to_json(), "outer": "promp",
+                                                                           "inner_estimator": "lvc",
+                                                                           "hidden_sizes": (64, 64),
+                                                                           "inner_options": ()}),
     }
     timers = run(configs, args.repeats)
     names = list(timers)
     plain = timers[names[0]].median
     ratio = timers[names[1]].median / plain
+    trpo, trpo_cg1, promp = timers[names[3]].median, timers[names[4]].median, timers[names[5]].median
+    trpo_cpu = timers[names[3]].cpu / timers[names[0]].cpu
+    fvp = (timers[names[3]].cpu - timers[names[4]].cpu) / (base.cg_iterations - 1)  # CPU s per extra CG iteration
+    meta_gradient = timers[names[1]].cpu
     size = f"{sizes['num_tasks']} tasks × {sizes['num_trajectories']} trajectories × {sizes['horizon']} steps"
     command = "python benchmarks/maml.py" + (" --quick" if args.quick else "") + (
-        f" --repeats {args.repeats}" if args.repeats != 5 else "") + (" --scaling" if args.scaling else "") + " --write"
+        f" --repeats {args.repeats}" if args.repeats != 5 else "") + (" --scaling" if args.scaling else "") + (
+        f" --scaling-tasks {args.scaling_tasks}" if args.scaling and args.scaling_tasks != "1,10,100,1000" else "") + (
+        " --scaling-full" if args.scaling_full else "") + " --write"
     lines = [
         SECTION, "",
         f"Navigation2D (`env=\"navigation\"`), {size} per batch, Gaussian MLP 64×64, linear feature baseline, "
         "PG outer step (Adam), float32. Time of one jitted meta-iteration (sampling, baseline fits, inner "
         f"step(s), post-update sampling, meta-gradient, Adam update), compile excluded, median of {args.repeats} "
         "calls timed round-robin with the other rows.", "",
-        "| iteration | seconds | iterations / s | × plain PG |", "|---|---:|---:|---:|",
+        "| iteration | wall seconds | iterations / s | × plain PG (wall) | CPU seconds | × plain PG (CPU) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, timer in timers.items():
-        lines.append(f"| {name} | {timer.median:.3f} | {1 / timer.median:.2f} | {timer.median / plain:.2f} |")
+        lines.append(f"| {name} | {timer.median:.3f} | {1 / timer.median:.2f} | {timer.median / plain:.2f} | "
+                     f"{timer.cpu:.3f} | {timer.cpu / timers[names[0]].cpu:.2f} |")
     lines += [
         "",
         f"- Second-order meta-iteration (TayPO-2, one inner step) / plain PG iteration on the same batch sizes: "
         f"**{ratio:.2f}×** (target ≤ 4×). It samples two batches per task (D_0 and D') where the plain "
         "iteration samples one, and its backward pass goes through the inner step (Hessian-vector products).",
         f"- Meta-iterations per second on this CPU, {size}: **{1 / timers[names[1]].median:.2f}** (one inner "
-        f"step), {1 / timers[names[2]].median:.2f} (three inner steps).",
+        f"step), {1 / timers[names[2]].median:.2f} (three inner steps); TRPO-MAML **{1 / trpo:.2f}**; "
+        f"ProMP **{1 / promp:.2f}**.",
+        f"- TRPO-MAML meta-iteration / plain PG iteration on the same batch sizes: **{trpo / plain:.1f}×** wall, "
+        f"**{trpo_cpu:.1f}×** CPU (issue 14's target ≤ 3×: {'met' if trpo_cpu <= 3 else 'not met'}); / the PG "
+        f"meta-iteration with one inner step: {trpo / timers[names[1]].median:.1f}× wall. Profile (CPU seconds): "
+        f"each conjugate-gradient iteration beyond the first costs {fvp:.3f} s (the TRPO row minus the "
+        f"1-CG-iteration row, over {base.cg_iterations - 1}), against {meta_gradient:.3f} s for the whole PG "
+        "meta-iteration with one inner step: a Fisher-vector product Jᵀ ∇²KL J v through θ'(θ) (J = ∂θ'/∂θ) is a "
+        "Jacobian-vector and a vector-Jacobian product through the inner gradient step plus a Hessian-vector "
+        f"product of the KL, and a TRPO step takes {base.cg_iterations + 1} of them.",
     ]
     if args.scaling:
-        scaling = run({f"{m} tasks": maml.MAMLConfig(**{**base.to_json(), "num_tasks": m, "hidden_sizes": (64, 64),
-                                                        "inner_options": ()}) for m in (1, 10, 100, 1000)},
-                      args.repeats)
-        lines.append("- Scaling with the number of tasks (TayPO-2, one inner step): " + ", ".join(
-            f"{name}: {timer.median:.3f} s" for name, timer in scaling.items()) + ".")
+        per_task = dict(num_trajectories=20, horizon=100) if args.scaling_full else dict(num_trajectories=10, horizon=50)
+        counts = [int(m) for m in args.scaling_tasks.split(",")]
+        scaling = run({m: maml.MAMLConfig(**{**base.to_json(), "num_tasks": m, "hidden_sizes": (64, 64),
+                                             "inner_options": (), **per_task}) for m in counts}, args.repeats)
+        lines += ["", f"Scaling with the number of tasks per meta-batch (TayPO-2 inner, one inner step, PG outer, "
+                  f"{per_task['num_trajectories']} trajectories × {per_task['horizon']} steps per task; median of "
+                  f"{args.repeats}, compile excluded):", "",
+                  "| tasks | seconds / iteration | iterations / s | seconds per task |", "|---:|---:|---:|---:|"]
+        lines += [f"| {m} | {t.median:.3f} | {1 / t.median:.2f} | {t.median / m:.4f} |" for m, t in scaling.items()]
+        lines.append("")
     else:
         lines.append("- GPU meta-iterations per second and the scaling of time with the number of tasks (1 → 1000): "
                      "not measured (no GPU lent to this task); `python benchmarks/maml.py --scaling` measures "
@@ -131,7 +181,7 @@ def main(argv=None) -> int:
     lines += [
         f"- Machine: {environment()}; load average {load:.1f} when started (the 2 cores are shared with other "
         "jobs: absolute times vary between runs, the round-robin ratio much less)."
-        + (" No GPU." if jax.default_backend() == "cpu" else ""),
+        + (" CPU only: no GPU was lent to this task." if jax.default_backend() == "cpu" else ""),
         f"- Command: `{command}` (from the repository root, {datetime.date.today().isoformat()}).",
         "",
     ]

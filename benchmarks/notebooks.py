@@ -5,7 +5,11 @@ peak memory is the largest total resident set size (RSS, from /proc) of that sub
 descendants (the kernel included), polled every 50 ms. Results go to the section
 ``## Notebooks (benchmarks/notebooks.py)`` of benchmarks/RESULTS.md (other sections are left intact).
 
-Usage:  python benchmarks/notebooks.py [--solutions solutions]
+Each notebook runs twice, as a learner meets it: a **first run** with an empty persistent compilation cache
+(``METAGRAD_CACHE_DIR`` = a new temporary directory, so every program is compiled) and a **re-run** with the
+cache the first run filled (XLA compilation skipped; tracing and execution remain).
+
+Usage:  python benchmarks/notebooks.py [--solutions solutions] [--only 00_,05_] [--no-write]
 Budget: each notebook must run in well under 90 s on 2 CPU cores and stay below 1.5 GB.
 """
 
@@ -18,6 +22,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,12 +77,14 @@ def tree_rss_mb(root: int) -> float:
     return total / 1024
 
 
-def run_notebook(path: Path) -> tuple[float, float, float, int]:
-    """(wall seconds, CPU seconds, peak RSS MiB of the process tree, exit code)."""
+def run_notebook(path: Path, cache_dir: str) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB of the process tree, exit code), compilation cache ``cache_dir``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("METAGRAD_NO_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["METAGRAD_CACHE_DIR"] = cache_dir  # inherited by the kernel
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(path), str(path.parent)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, tree_rss_mb(proc.pid))
@@ -95,16 +102,23 @@ def run_notebook(path: Path) -> tuple[float, float, float, int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solutions", default=str(ROOT / "solutions"))
+    parser.add_argument("--only", default="", help="comma-separated name prefixes of the notebooks to run (default all)")
+    parser.add_argument("--no-write", action="store_true", help="print the table without updating RESULTS.md")
     args = parser.parse_args(argv)
     notebooks = sorted(Path(args.solutions).glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [p for p in notebooks if p.name.startswith(tuple(args.only.split(",")))]
     load = os.getloadavg()[0]
     rows, failed = [], False
     for path in notebooks:
-        wall, cpu, peak, code = run_notebook(path)
-        ok = code == 0 and wall < TIME_BUDGET_S and peak < MEMORY_BUDGET_MB
+        with tempfile.TemporaryDirectory() as cache:
+            wall, cpu, peak, code = run_notebook(path, cache)  # first run: empty cache
+            wall2, cpu2, peak2, code2 = run_notebook(path, cache) if code == 0 else (0.0, 0.0, 0.0, code)
+        ok = code == code2 == 0 and max(wall, wall2) < TIME_BUDGET_S and max(peak, peak2) < MEMORY_BUDGET_MB
         failed |= not ok
-        status = "ok" if ok else "FAILED" if code else "over budget"
-        rows.append(f"| `{path.name}` | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {status} |")
+        status = "ok" if ok else "FAILED" if code or code2 else "over budget"
+        rows.append(f"| `{path.name}` | {wall:.1f} | {cpu:.1f} | {wall2:.1f} | {cpu2:.1f} | {max(peak, peak2):.0f} "
+                    f"| {status} |")
         print(rows[-1], flush=True)
     text = "\n".join([
         SECTION,
@@ -113,14 +127,19 @@ def main(argv=None) -> int:
         "contention; CPU time, user + system of runner and kernel, is the load-independent figure). "
         "Python " + platform.python_version() + ".",
         f"Command: `python benchmarks/notebooks.py` ({datetime.date.today().isoformat()}). Each notebook runs in a "
-        "fresh kernel via nbclient; time includes kernel start-up and JAX compilation; memory is the peak "
-        f"total RSS of the runner and kernel processes. Budget: < {TIME_BUDGET_S:.0f} s and < {MEMORY_BUDGET_MB / 1024:.1f} GB each.",
+        "fresh kernel via nbclient, end to end (kernel start-up included): first run with an empty persistent "
+        "compilation cache (every program compiled), re-run with the cache the first run filled; memory is the "
+        "peak total RSS of the runner and kernel processes over both. "
+        f"Budget: < {TIME_BUDGET_S:.0f} s and < {MEMORY_BUDGET_MB / 1024:.1f} GB each.",
         "",
-        "| notebook | wall time (s) | CPU time (s) | peak RSS (MiB) | status |",
-        "|---|---:|---:|---:|---|",
+        "| notebook | first run wall (s) | first run CPU (s) | re-run wall (s) | re-run CPU (s) | peak RSS (MiB) | status |",
+        "|---|---:|---:|---:|---:|---:|---|",
         *rows,
     ])
-    write_section(text, SECTION)
+    if args.no_write:
+        print(text)
+    else:
+        write_section(text, SECTION)
     return 1 if failed else 0
 
 

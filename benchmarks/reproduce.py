@@ -1,161 +1,191 @@
-"""Speed of the paper's tabular protocol (``metagrad reproduce``) against a per-trajectory loop baseline.
+"""End-to-end speed of ``metagrad reproduce``: whole processes, cold and warm compilation cache.
 
-The protocol of Tang et al. (2021), Fig. 1a–b: 4 values of ε × 10 trials × N = 1000 off-policy trajectories
-of T = 20 steps (random 20×5 MDP, γ = 0.8), 5 estimators (step-wise IS, DR, V-trace, TayPO-1, TayPO-2),
-gradient and Hessian estimates. The authors' released code computes them one trajectory at a time and takes
-about 190 s on a 2-core machine.
+What is timed (issue 14):
 
-* **ours** — the jitted programs of :mod:`metagrad.experiments.reproduce` (trial data + exact derivatives,
-  trials sharded over one XLA device per CPU core as the command does,
-  then one ``lax.switch`` program per estimator: batch-mean gradient and Hessian by the chain-rule
-  assembly of :mod:`metagrad.tabular`, plus the correlation metrics). Timed once compiled (second call).
-* **per-trajectory loop** — the released code's approach in JAX: a jitted per-trajectory ``jax.grad`` and
-  ``jax.hessian`` of the estimator's objective, called in a Python loop over trajectories. Timed on
-  ``--loop-subset`` trajectories per estimator and scaled linearly to the protocol's 200,000 trajectory
-  evaluations (stated in the table). Its MDP sampling and exact derivatives are not even counted.
-* **whole command** — the default ``metagrad reproduce`` (all three panels, 10 trials, N up to 3000, six
-  estimators) in a fresh process: wall time including Python and JAX start-up and compilation, and peak
-  resident memory.
+* **whole process, cold** — ``python -m metagrad reproduce …`` in a fresh process with an *empty* persistent
+  compilation cache (``METAGRAD_CACHE_DIR`` = a new temporary directory): Python and JAX start-up, tracing,
+  XLA compilation, execution, the JSON and the figures. Wall seconds, CPU seconds (user + system of the
+  process and its threads) and peak resident memory.
+* **whole process, warm** — the same command again with the cache the cold run filled (what a user sees
+  on every run after the first).
+* both for the default command (panels a–c, the beyond-the-paper panels) and for the paper's Fig. 1a–b
+  protocol alone (``--sweep 1000 --estimators is,dr,vtrace,taypo1,taypo2``: 4 ε × 10 trials × N = 1,000,
+  five estimators, gradients and Hessians; panel (c) then has the single point N = 1,000). Runs alternate
+  cold, warm, cold, warm, … (``--repeats`` pairs; medians reported).
+* **per program** (in this process, cache off): trace, compile and execute seconds (wall and CPU) of the two
+  programs of panels (a)–(c) — ``prepare`` (trial data and exact derivatives) and ``panels`` (per estimator).
+* **compiled only** — the protocol's programs called again once compiled (best of 3): the execution alone,
+  no start-up, tracing or compilation. Not an end-to-end figure.
+
+The authors' released code is not run here (it has no licence, so it is not part of this repository): the
+comparison uses the measurement of issue 14 on this 2-core machine — 376 s of CPU for the Fig. 1a–b protocol
+(whole process) — against the CPU seconds of our whole process on the same protocol.
 
 Run from the repository root::
 
-    python benchmarks/reproduce.py            # prints a Markdown section, updates benchmarks/RESULTS.md
-    python benchmarks/reproduce.py --no-write # prints only
+    python benchmarks/reproduce.py            # full: default command and Fig. 1a-b protocol, 2 pairs each
+    python benchmarks/reproduce.py --quick    # smoke: a 2-trial protocol, 1 pair, no per-program table
+    python benchmarks/reproduce.py --write    # also replace the section of benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-
 from _common import environment, write_section
-from metagrad.estimators import trajectory_objective
-from metagrad.experiments import reproduce
-
 
 SECTION = "## reproduce (benchmarks/reproduce.py)"
-PAPER_ESTIMATORS = ("is", "dr", "vtrace", "taypo1", "taypo2")
-RELEASED_CODE_SECONDS = 190.0  # the authors' released code on a 2-core machine (issue 4)
+PAPER_ESTIMATORS = "is,dr,vtrace,taypo1,taypo2"
+#: The authors' released code on the Fig. 1a-b protocol, whole process, CPU seconds (issue 14, this machine).
+RELEASED_CODE_CPU_SECONDS = 376.0
+
+COMMANDS = {
+    "default `metagrad reproduce`": [],
+    "Fig. 1a–b protocol (`--sweep 1000 --estimators is,dr,vtrace,taypo1,taypo2`)": [
+        "--sweep", "1000", "--estimators", PAPER_ESTIMATORS],
+}
+QUICK_OPTIONS = ["--trials", "2", "--num-trajectories", "200", "--sweep", "10,200"]
 
 
-def protocol_config() -> reproduce.ReproduceConfig:
-    """The paper's protocol for panels (a)–(b): 4 ε × 10 trials × N = 1000, five estimators, order 2."""
-    return reproduce.ReproduceConfig(estimators=PAPER_ESTIMATORS, sweep=(1000,), order=2, progress=False)
+def whole_process(options: list[str], cache_dir: str) -> dict:
+    """Wall and CPU seconds and peak RSS (GB) of one ``python -m metagrad reproduce`` process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("METAGRAD_NO_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["METAGRAD_CACHE_DIR"] = cache_dir
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "metagrad", "reproduce", "--quiet", "--out", out, *options],
+                       check=True, stdout=subprocess.DEVNULL, env=env)
+        wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "rss": after.ru_maxrss / 1024**2}
 
 
-def time_ours(config) -> tuple[float, float]:
-    """(first call incl. compilation, compiled call) seconds for the whole protocol."""
+def cold_and_warm(options: list[str], repeats: int) -> dict[str, list[dict]]:
+    """``repeats`` alternating (cold, warm) pairs; each pair starts from a new empty cache directory."""
+    runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            for kind in ("cold", "warm"):
+                runs[kind].append(whole_process(options, cache))
+                print(f"  {kind}: {runs[kind][-1]['wall']:.1f} s wall, {runs[kind][-1]['cpu']:.1f} s CPU",
+                      file=sys.stderr, flush=True)
+    return runs
+
+
+def per_program(options: list[str]) -> list[tuple[str, float, float, float, float, float, float]]:
+    """(program, trace, compile, execute) wall and CPU seconds of the programs of panels (a)–(c), cache off."""
+    os.environ["METAGRAD_NO_CACHE"] = "1"  # before `import metagrad`: compile everything here
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+    jax.config.update("jax_enable_x64", True)
+    from metagrad.cli import build_parser
+    from metagrad.experiments import reproduce
+
+    args = build_parser().parse_args(["reproduce", *options])
+    config = reproduce.ReproduceConfig(
+        estimators=args.estimators, sweep=args.sweep, trials=args.trials, num_trajectories=args.num_trajectories,
+        progress=False)
     programs = reproduce._programs(config)
+    rows = []
 
-    def once():
-        data = programs.prepare(programs.keys)
-        outs = [programs.panels(i, data["logits"], data["batch"], data["critic"], data["exact"])
-                for i in range(len(config.estimators))]
-        return jax.block_until_ready(outs)
+    def clock():
+        return time.perf_counter(), time.process_time()
 
-    start = time.perf_counter()
-    once()
-    first = time.perf_counter() - start
+    def timed(name, fn, args_list):
+        t0 = clock()
+        lowered = fn.lower(*args_list[0])
+        t1 = clock()
+        compiled = lowered.compile()
+        t2 = clock()
+        outs = [jax.block_until_ready(compiled(*a)) for a in args_list]
+        t3 = clock()
+        rows.append((name, *(b[0] - a[0] for a, b in ((t0, t1), (t1, t2), (t2, t3))),
+                     *(b[1] - a[1] for a, b in ((t0, t1), (t1, t2), (t2, t3)))))
+        return compiled, outs
+
+    _, (data,) = timed("`prepare` (trial data + exact derivatives)", programs.prepare, [(programs.keys,)])
+    args_list = [(i, data["logits"], data["batch"], data["critic"], data["exact"]) for i in range(len(args.estimators))]
+    compiled, _ = timed(f"`panels` ({len(args_list)} estimators, one call each)", programs.panels, args_list)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        once()
+        jax.block_until_ready(programs.prepare(programs.keys))
+        jax.block_until_ready([compiled(*a) for a in args_list])
         best = min(best, time.perf_counter() - start)
-    return first, best
-
-
-def time_loop(config, subset: int) -> float:
-    """Seconds of the per-trajectory loop for the whole protocol (scaled from ``subset`` per estimator)."""
-    programs = reproduce._programs(config)
-    data = jax.block_until_ready(programs.prepare(programs.keys))
-    batch, critic = data["batch"], data["critic"]
-    logits = data["logits"][0, 2].astype(jnp.float32)  # trial 0, ε = 0.5
-    states, actions = batch.observations[0, :subset, :-1], batch.actions[0, :subset]
-    rewards = batch.rewards[0, :subset].astype(jnp.float32)
-    values = critic[0].astype(jnp.float32)[batch.observations[0, :subset]]
-    log_mu = jnp.full(actions.shape[1:], -jnp.log(config.actions), jnp.float32)
-    total = 0.0
-    for name in config.estimators:
-        def objective(theta, s, a, r, v, name=name):
-            log_pi = jax.nn.log_softmax(theta, axis=-1)[s, a]
-            return trajectory_objective(name, log_pi, log_mu, r, v, config.gamma)
-
-        grad, hess = jax.jit(jax.grad(objective)), jax.jit(jax.hessian(objective))
-        jax.block_until_ready((grad(logits, states[0], actions[0], rewards[0], values[0]),
-                               hess(logits, states[0], actions[0], rewards[0], values[0])))  # compile
-        start = time.perf_counter()
-        g_sum = jnp.zeros_like(logits)
-        h_sum = jnp.zeros(logits.shape * 2, logits.dtype)
-        for i in range(subset):
-            g_sum = g_sum + grad(logits, states[i], actions[i], rewards[i], values[i])
-            h_sum = h_sum + hess(logits, states[i], actions[i], rewards[i], values[i])
-        jax.block_until_ready((g_sum, h_sum))
-        total += time.perf_counter() - start
-    per_trajectory = total / subset  # all estimators, one trajectory
-    evaluations = len(config.epsilons) * config.trials * config.num_trajectories
-    return per_trajectory * evaluations
-
-
-def time_command() -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of the default ``metagrad reproduce`` in a fresh process."""
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "metagrad", "reproduce", "--quiet", "--out", out],
-                       check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, peak_kb / 1024**2
+    return rows, best
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-write", action="store_true", help="print the section without updating RESULTS.md")
-    parser.add_argument("--loop-subset", type=int, default=100, help="trajectories timed per estimator in the loop")
+    parser.add_argument("--quick", action="store_true", help="smoke size: 2 trials, N = 200, one cold/warm pair")
+    parser.add_argument("--repeats", type=int, default=None, help="cold/warm pairs per command (default 2; 1 quick)")
+    parser.add_argument("--write", action="store_true", help="replace the section of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    # As `metagrad reproduce` does: one XLA CPU device per core, trials sharded over them.
-    jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
-    jax.config.update("jax_enable_x64", True)
+    repeats = args.repeats or (1 if args.quick else 2)
+    extra = QUICK_OPTIONS if args.quick else []
+    load = os.getloadavg()
 
-    config = protocol_config()
-    load = os.getloadavg()[0]
-    first, ours = time_ours(config)
-    print(f"ours: first call {first:.2f} s, compiled {ours:.3f} s", file=sys.stderr)
-    loop = time_loop(config, args.loop_subset)
-    print(f"per-trajectory loop (scaled): {loop:.1f} s", file=sys.stderr)
-    wall, peak = time_command()
-    print(f"metagrad reproduce: {wall:.1f} s, peak {peak:.2f} GB", file=sys.stderr)
+    results = {}
+    for label, options in COMMANDS.items():
+        print(label, file=sys.stderr, flush=True)
+        results[label] = cold_and_warm([*options, *extra], repeats)
+    paper_options = [*COMMANDS[list(COMMANDS)[1]], *extra]
+    rows, compiled_only = per_program(paper_options)
 
-    section = f"""{SECTION}
-
-The paper's protocol for Fig. 1a–b: 4 ε × 10 trials × N = 1,000 off-policy trajectories (T = 20, random
-20×5 MDP, γ = 0.8), five estimators (IS, DR, V-trace, TayPO-1, TayPO-2), batch-mean gradient **and**
-Hessian estimates. The authors' released code takes about {RELEASED_CODE_SECONDS:.0f} s for it on a 2-core machine.
-
-| implementation | protocol time (s) | speed-up vs per-trajectory loop | vs released code ({RELEASED_CODE_SECONDS:.0f} s) |
-|---|---:|---:|---:|
-| per-trajectory loop (jitted `jax.grad` + `jax.hessian` per trajectory, timed on {args.loop_subset} trajectories per estimator, scaled to 200,000) | {loop:,.1f} | 1× | {RELEASED_CODE_SECONDS / loop:,.1f}× |
-| `metagrad.experiments.reproduce`, first call (includes compilation) | {first:,.2f} | {loop / first:,.0f}× | {RELEASED_CODE_SECONDS / first:,.0f}× |
-| `metagrad.experiments.reproduce`, compiled (best of 3) | {ours:,.3f} | **{loop / ours:,.0f}×** | **{RELEASED_CODE_SECONDS / ours:,.0f}×** |
-
-The whole default command `metagrad reproduce` (panels a–c: six estimators, 10 trials, N up to 3,000, plus
-the beyond-the-paper panels e–f; fresh process, so including Python and JAX start-up and compilation):
-**{wall:.1f} s wall, peak resident memory {peak:.2f} GB** (targets: < 30 s, < 1.5 GB).
-
-- Machine: {environment("numpy")}. CPU only: no GPU was lent to this task, so GPU times are not measured.
-- Load average when started: {load:.1f} (a shared machine: times vary by about ±30 % between runs).
-- Command: `python benchmarks/reproduce.py` (from the repository root).
-"""
-    print(section)
-    if not args.no_write:
-        write_section(section, SECTION)
+    med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+    lines = [SECTION, "", "Whole processes, `python -m metagrad reproduce --quiet` (writes the JSON and both figures): "
+             "**cold** = empty persistent compilation cache, **warm** = the cache the cold run filled. "
+             f"Median of {repeats} alternating cold/warm pair(s); CPU = user + system seconds of the process."
+             + (" **Quick (smoke) size**: " + " ".join(QUICK_OPTIONS) + "." if args.quick else ""), "",
+             "| command | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) | peak RSS (GB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, runs in results.items():
+        lines.append(f"| {label} | {med(runs['cold'], 'wall'):.1f} | {med(runs['cold'], 'cpu'):.1f} | "
+                     f"{med(runs['warm'], 'wall'):.1f} | {med(runs['warm'], 'cpu'):.1f} | "
+                     f"{max(r['rss'] for r in runs['cold'] + runs['warm']):.2f} |")
+    paper = results[list(COMMANDS)[1]]
+    lines += ["", "Per program, Fig. 1a–b protocol, in one process with the cache off (seconds; CPU = all threads):",
+              "", "| program | trace wall | compile wall | execute wall | trace CPU | compile CPU | execute CPU |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, *values in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines += [
+        "",
+        f"- **Compiled only** (not end to end): both programs called again once compiled, best of 3: "
+        f"{compiled_only:.2f} s wall.",
+    ]
+    if not args.quick:
+        lines.append(
+            f"- **Against the authors' released code** (Fig. 1a–b protocol, whole process, CPU seconds): "
+            f"{RELEASED_CODE_CPU_SECONDS:.0f} s (issue 14's measurement on this 2-core machine; their code has no "
+            f"licence and is not run here) vs ours {med(paper['cold'], 'cpu'):.1f} s cold = "
+            f"**{RELEASED_CODE_CPU_SECONDS / med(paper['cold'], 'cpu'):.0f}×**, "
+            f"{med(paper['warm'], 'cpu'):.1f} s warm = **{RELEASED_CODE_CPU_SECONDS / med(paper['warm'], 'cpu'):.0f}×**"
+            " (target ≥ 50×).")
+    lines += [
+        f"- Machine: {environment('numpy')}.",
+        f"- Load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) when started: the 2 cores are shared with other "
+        "jobs, so wall times are inflated by the load; CPU seconds much less.",
+        f"- Command: `python benchmarks/reproduce.py{' --quick' if args.quick else ''}"
+        f"{f' --repeats {args.repeats}' if args.repeats else ''}{' --write' if args.write else ''}` (from the repository root, "
+        f"{datetime.date.today().isoformat()}).",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_section(text, SECTION)
     return 0
 
 

@@ -9,6 +9,10 @@ import os
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# The suite never reads or writes the user's persistent compilation cache (metagrad/_cache.py): every test
+# compiles what it runs, whatever ran before (tests of the cache itself set their own directory).
+os.environ.setdefault("METAGRAD_NO_CACHE", "1")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

@@ -18,3 +18,4 @@ except PackageNotFoundError:  # running from a source tree without installation
 from metagrad._registration import register_environments as _register_environments
 
 _register_environments()
+from metagrad._cache import DIRECTORY as _cache_directory  # noqa: E402,F401  JAX's persistent compilation cache

@@ -265,17 +265,26 @@ class _Programs:
 
     keys: object  # [trials] PRNG keys, one per trial
     prepare: object  # keys → trial data and exact derivatives, vmapped over trials and ε
-    panels: object  # (estimator index, data…) → ([trials, ε, sizes, order, (corr, rel)], top-order estimates)
-    sizes: list  # the prefix sizes N evaluated by `panels`
+    panels: object  # (estimator index, data…) → (ε metrics, top-order estimates, sweep metrics), see `_programs`
+    sizes: list  # the prefix sizes N of the sweep metrics (panel c), ascending
     order: int  # highest derivative order of panels (a)–(c): min(config.order, 2)
 
 
 def _programs(config: ReproduceConfig) -> _Programs:
     """Build (not run) the two jitted programs of panels (a)–(c).
 
-    One batch per trial serves every panel: the ε panels use its first ``num_trajectories`` trajectories,
-    panel (c) its prefixes of each size in the sweep (batch means with prefix weights, one program), and
-    ``lax.switch`` over the estimator index lets one compiled program serve every estimator.
+    One batch per trial serves every panel, cut into chunks of ``num_trajectories`` = N trajectories (the
+    last one padded with zero-weight copies). One *work item* is an estimate from one chunk at one ε with
+    the prefix weightings of every size of the sweep (batch means of the first n trajectories, restricted to
+    the chunk): the items are chunk 0 at every ε of ``config.epsilons`` (panels a, b: the weighting of size
+    N) and, for panel (c), chunk 0 and every further chunk at ``sweep_epsilon`` only, whose estimates sum to
+    the sweep's batch means (the estimates are linear in the weights). Every item has the same shapes, so
+    one traced ``_estimate`` serves them all (a ``lax.map``), and ``lax.switch`` over the estimator index lets
+    one compiled program serve every estimator. Chunks keep the per-trajectory Hessians ([N, T, T]) small.
+
+    ``panels(index, logits, batch, critic, exact)`` returns, for estimator ``config.estimators[index]``:
+    ``ab [trials, len(epsilons), order, (corr, rel)]``, the top-order estimates at N
+    ``[trials, len(epsilons), ...]`` and ``sweep [trials, len(sizes), order, (corr, rel)]`` at ``sweep_epsilon``.
     """
     import jax
     import jax.numpy as jnp
@@ -285,12 +294,22 @@ def _programs(config: ReproduceConfig) -> _Programs:
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.trials)
     sizes = sorted(set(config.sweep) | {config.num_trajectories})
     n_max = max(sizes[-1], config.third_order_trajectories if config.order >= 3 else 1)
-    eps = jnp.asarray(_all_epsilons(config), jnp.float64)
-    row_ab = sizes.index(config.num_trajectories)
-    weights = np.zeros((len(sizes), n_max))
-    for row, size in enumerate(sizes):
-        weights[row, :size] = 1.0 / size
-    weights = jnp.asarray(weights)
+    all_eps = _all_epsilons(config)
+    eps = jnp.asarray(all_eps, jnp.float64)
+    chunk, n_eps, e_sweep = config.num_trajectories, len(config.epsilons), all_eps.index(config.sweep_epsilon)
+    row_ab = sizes.index(chunk)
+    n_chunks = -(-sizes[-1] // chunk)
+    # Trajectory indices [chunks, N] (padding wraps round; it has zero weight) and weights [chunks, sizes, N].
+    index = np.arange(n_chunks * chunk).reshape(n_chunks, chunk)
+    size = np.asarray(sizes)[None, :, None]
+    weights = np.where(index[:, None, :] < size, 1.0 / size, 0.0)
+    index = index % n_max
+    # Work items (ε index, chunk): chunk 0 at every ε of the ε panels, then the sweep's remaining items.
+    items = [(e, 0) for e in range(n_eps)] + ([(e_sweep, 0)] if e_sweep >= n_eps else [])
+    sweep_items = [e_sweep] + list(range(len(items), len(items) + n_chunks - 1))
+    items += [(e_sweep, j) for j in range(1, n_chunks)]
+    item_eps, item_chunk = (jnp.asarray(np.array(items)[:, k]) for k in (0, 1))
+    index, weights = jnp.asarray(index), jnp.asarray(weights)
     order = min(config.order, 2)
 
     def prepare(keys):
@@ -304,19 +323,27 @@ def _programs(config: ReproduceConfig) -> _Programs:
 
         return jax.vmap(one)(keys)
 
-    def panels(index, logits, batch, critic, exact_derivs):
-        """Metrics of estimator ``config.estimators[index]`` for every trial, ε and prefix size."""
-        fn = _objective(config.estimators, index, config.gamma)
+    def panels(index_fn, logits, batch, critic, exact_derivs):
+        """Metrics of estimator ``config.estimators[index_fn]`` for every trial (see the layout above)."""
+        fn = _objective(config.estimators, index_fn, config.gamma)
+
+        def metrics(est, ex):  # est: orders 1..order, each [rows, ...]; ex: the exact derivatives
+            per_order = [jax.vmap(lambda e, d=d: jnp.stack(_metrics(e, d)))(e_k) for e_k, d in zip(est, ex)]
+            return jnp.stack(per_order, axis=1)
 
         def per_trial(args):
             th, b, c, ex = args
 
-            def per_eps(t, ex_e):
-                est = _first_order_zeroed(_estimate(fn, config, t, b, c, weights, order), config.estimators, index)
-                metrics = [jax.vmap(lambda e, d=d: jnp.stack(_metrics(e, d)))(est_k) for est_k, d in zip(est, ex_e)]
-                return jnp.stack(metrics, axis=1), est[-1][row_ab]  # [sizes, order, 2], top-order estimate at N
+            def item(e, j):  # one chunk at one ε: estimates of every order, each [sizes, ...]
+                part = jax.tree_util.tree_map(lambda x: jnp.take(x, index[j], axis=0), b)
+                return _first_order_zeroed(_estimate(fn, config, th[e], part, c, weights[j], order), config.estimators, index_fn)
 
-            return jax.lax.map(lambda a: per_eps(*a), (th, ex))
+            est = jax.lax.map(lambda a: item(*a), (item_eps, item_chunk))  # each [items, sizes, ...]
+            ab = jax.vmap(lambda *a: metrics(*a)[row_ab])([e[:n_eps] for e in est], [d[:n_eps] for d in ex])
+            swept = [e[sweep_items[0]] for e in est]
+            for k in sweep_items[1:]:
+                swept = [s + e[k] for s, e in zip(swept, est)]
+            return ab, est[-1][:n_eps, row_ab], metrics(swept, [d[e_sweep] for d in ex])
 
         return jax.lax.map(per_trial, (logits, batch, critic, exact_derivs))
 
@@ -338,6 +365,24 @@ def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
     return tuple(dict.fromkeys((*config.epsilons, config.sweep_epsilon)))
 
 
+def _prepare_and_compile(programs: _Programs):
+    """``(trial data, compiled panels program)``: the panels program compiles in a second thread meanwhile.
+
+    XLA compiles outside Python's global lock, so on two or more cores the two largest compilations of the
+    command overlap instead of adding up (the panels program needs only the shapes of the trial data).
+    """
+    import concurrent.futures
+
+    import jax
+
+    shapes = jax.eval_shape(programs.prepare, programs.keys)
+    args = (shapes["logits"], shapes["batch"], shapes["critic"], shapes["exact"])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        compiled = pool.submit(lambda: programs.panels.lower(0, *args).compile())
+        data = jax.block_until_ready(programs.prepare(programs.keys))
+        return data, compiled.result()
+
+
 def run(config: ReproduceConfig) -> dict:
     """Run the study and return every number (the content of ``figure1.json``)."""
     import jax
@@ -351,27 +396,23 @@ def run(config: ReproduceConfig) -> dict:
     t_start = time.perf_counter()
     programs = _programs(config)
     sizes, order_ab, names = programs.sizes, programs.order, config.estimators
-    row_ab, e_sweep = sizes.index(config.num_trajectories), _all_epsilons(config).index(config.sweep_epsilon)
     units = 1 + len(names) + (len(config.third_order_estimators) if config.order >= 3 else 0)
 
     results: dict = {"panels": {}}
     with Progress(units, "reproduce", enabled=config.progress) as bar:
-        data = jax.block_until_ready(programs.prepare(programs.keys))
+        data, panels = _prepare_and_compile(programs)
         bar.update(1, "trial data + exact derivatives")
 
         ab, sweep = {}, {}
         for index, name in enumerate(names):
-            metrics, top = programs.panels(index, data["logits"], data["batch"], data["critic"], data["exact"])
-            metrics = np.asarray(metrics)  # [trials, ε, sizes, order, (corr, rel)]
-            ab[name] = {
-                "grad_corr": metrics[:, : len(config.epsilons), row_ab, 0, 0],
-                "grad_rel": metrics[:, : len(config.epsilons), row_ab, 0, 1],
-            }
+            metrics, top, swept = panels(index, data["logits"], data["batch"], data["critic"], data["exact"])
+            metrics = np.asarray(metrics)  # [trials, ε, order, (corr, rel)]
+            ab[name] = {"grad_corr": metrics[:, :, 0, 0], "grad_rel": metrics[:, :, 0, 1]}
             if order_ab == 2:
-                ab[name]["hess_corr"] = metrics[:, : len(config.epsilons), row_ab, 1, 0]
-                ab[name]["hess_rel"] = metrics[:, : len(config.epsilons), row_ab, 1, 1]
-                ab[name]["hessian"] = np.asarray(top)[:, : len(config.epsilons)]
-                sweep[name] = metrics[:, e_sweep, [sizes.index(n) for n in config.sweep], 1, :]
+                ab[name]["hess_corr"] = metrics[:, :, 1, 0]
+                ab[name]["hess_rel"] = metrics[:, :, 1, 1]
+                ab[name]["hessian"] = np.asarray(top)
+                sweep[name] = np.asarray(swept)[:, [sizes.index(n) for n in config.sweep], 1, :]
             bar.update(1, name)
 
         # Panel (d): third derivatives vs ε, one (trial, ε) at a time: the per-trajectory T³ tensors and the
