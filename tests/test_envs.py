@@ -116,7 +116,7 @@ def test_corner_rewards_by_hand():
     assert reward([0.6, 0.6], [0.4, 0.4]) == pytest.approx(np.hypot(1.4, 1.4) - np.hypot(1.6, 1.6))  # moving away
     dense = Navigation2D("corners", reward="dense")
     np.testing.assert_allclose(dense.reward(None, None, jnp.array([1.0, 2.0]), None, goal), -1.0)
-    assert env.action_space.high[0] == np.float32(0.2)
+    assert env.action_space.high[0] == np.float32(10.0)  # ProMP normalize(): actions in [−10, 10], env gets 0.02·a
     assert not env.terminal(goal, None, goal)
     start = jax.vmap(env.initial, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 500), goal)
     assert np.all(np.abs(start) <= 0.2) and np.std(start) > 0.05
