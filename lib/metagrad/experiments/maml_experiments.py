@@ -360,6 +360,9 @@ def _plot_trajectories(config, params, key, path: str, num_goals: int = 4, num_p
             summary.append(float(np.mean(np.linalg.norm(xy[:, -1] - goal, axis=-1))))
         distances[f"({goal[0]:g}, {goal[1]:g})"] = {"pre_final_distance": summary[0], "adapted_final_distance": summary[1]}
         ax.scatter([goal[0]], [goal[1]], color="tab:red", marker="*", s=120, label="goal", zorder=3)
+        half = 2.4 if config.env == "navigation-corners" else 0.6  # the same arena in every panel
+        ax.set_xlim(-half, half)
+        ax.set_ylim(-half, half)
         ax.set_aspect("equal")
         ax.set_xlabel("x")
         ax.set_ylabel("y")
