@@ -27,6 +27,12 @@ def test_gpu_script_smoke_runs_end_to_end(tmp_path):
     section = (tmp_path / "RESULTS.md").read_text()
     assert "## GPU run (benchmarks/gpu.sh)" in section and "SMOKE size" in section and "| ProMP |" in section
     assert (tmp_path / "maml_nav2d" / "maml_nav2d.png").stat().st_size > 0
+    import json
+
+    nav = json.loads((tmp_path / "maml_nav2d" / "maml_nav2d.json").read_text())
+    assert nav["settings"]["paper_protocol"] is False  # size flags given: labelled as reduced
+    assert nav["protocol_defaults"]["action_scale"]["source"].startswith("ProMP run_scripts/pro-mp_run_point_mass.py")
+    assert nav["configs"]["ProMP"]["objective"] == "promp" and len(nav["curves"]["ProMP"]) == 2  # 2 seeds
     assert "task(s):" in (tmp_path / "maml_benchmark.log").read_text()
     assert open(results).read() == before  # the smoke never writes the repository's RESULTS.md
 
