@@ -434,9 +434,7 @@ def _cmd_nav2d(args) -> int:
                    "trajectories": {"method": args.methods[-1], "seed": args.seeds - 1, "final_distances": distances},
                    "environment": environment_info()}, f, indent=1)
     label = "paper protocol" if full_size else "REDUCED size (not the paper's protocol)"
-    title = (f"{label}: {args.env}, {c.num_tasks} tasks × {c.num_trajectories} traj. × {c.horizon} steps, "
-             f"{c.inner_steps} inner step(s) η = {c.inner_step_size}, {c.num_iterations} iterations\n"
-             f"mean ± s.e. over {args.seeds} seeds")
+    title = nav_title(label, args.env, c, args.seeds)
     _plot_nav(curves, pre_curves, os.path.join(args.out, "maml_nav2d.png"), title)
     print(f"{label}; mean return over the first / last 5 iterations, mean ± s.e. over {args.seeds} seeds")
     print(f"{'method':>14} {'post-adaptation, first':>24} {'post-adaptation, last':>24} {'pre-adaptation, last':>24}"
@@ -447,6 +445,24 @@ def _cmd_nav2d(args) -> int:
     print(f"wrote {args.out}/maml_nav2d.png, maml_nav2d_trajectories.png and maml_nav2d.json "
           f"(trajectories: {args.methods[-1]}, last seed); total {total:.0f} s", file=sys.stderr)
     return 0
+
+
+def nav_title(label: str, env: str, config, seeds: int) -> str:
+    """The three-line title of the Fig. 1d plot (size label, batch sizes, seeds)."""
+    return (f"{label}: {env}\n{config.num_tasks} tasks × {config.num_trajectories} traj. × {config.horizon} steps, "
+            f"{config.inner_steps} inner step(s) η = {config.inner_step_size}, {config.num_iterations} iterations\n"
+            f"mean ± s.e. over {seeds} seeds")
+
+
+def replot_nav(json_path: str) -> None:
+    """Redraw ``maml_nav2d.png`` next to ``json_path`` from its curves (no training)."""
+    from metagrad import maml
+
+    data = json.load(open(json_path))
+    config = maml.MAMLConfig.from_json(next(iter(data["configs"].values())))
+    label = "paper protocol" if data["settings"]["paper_protocol"] else "REDUCED size (not the paper's protocol)"
+    title = nav_title(label, data["settings"]["env"], config, data["settings"]["seeds"])
+    _plot_nav(data["curves"], data["pre_curves"], os.path.join(os.path.dirname(json_path), "maml_nav2d.png"), title)
 
 
 def _nav_help() -> str:
