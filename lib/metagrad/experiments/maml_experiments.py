@@ -413,6 +413,9 @@ def _cmd_nav2d(args) -> int:
             "final_pre": _mean_se(pre[:, -window:].mean(1)), "best_post": _mean_se(post.max(1)),
             # Instability: the largest drop of the post-adaptation curve below its running best, per seed.
             "max_drop": _mean_se((np.maximum.accumulate(post, axis=1) - post).max(1)),
+            # Roughness: mean |change| of the post-adaptation return between consecutive iterations, second half.
+            "roughness": _mean_se(np.abs(np.diff(post[:, post.shape[1] // 2:], axis=1)).mean(1))
+            if post.shape[1] > 2 else (float("nan"), float("nan")),
         }
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "maml_nav2d.partial.json"), "w") as f:  # survives an interrupted run
