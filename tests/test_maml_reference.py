@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from metagrad import maml
-from metagrad import outer as outer_lib
 from metagrad.envs import Navigation2D
 from metagrad.experiments import maml_experiments as mx
 from metagrad.rollout import Trajectories
