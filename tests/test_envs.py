@@ -82,9 +82,11 @@ def test_func_env_methods_jit_and_vmap_over_tasks():
             single = one_step(keys[i], goals[i], actions[i])
             for b, s in zip(batched, single):
                 np.testing.assert_allclose(b[i], s, rtol=1e-12)
-        # The clip: the y step of −0.3 is clipped to −c, the x step of 0.05 passes.
+        # The clip: the y step of −0.3 is clipped to −c, the x step of 0.05 passes (square); the corners env first
+        # scales by c / 10 (ProMP's normalize wrapper), so both steps pass, scaled: (0.001, −0.006).
         start = jax.vmap(env.initial)(keys, goals)
-        np.testing.assert_allclose(batched[0] - start, np.tile([0.05, -env.max_action], (5, 1)), atol=1e-12)
+        expected = [0.05, -env.max_action] if env.action_scale is None else [0.001, -0.006]
+        np.testing.assert_allclose(batched[0] - start, np.tile(expected, (5, 1)), atol=1e-12)
 
 
 def test_square_rewards_and_termination_by_hand():
@@ -116,7 +118,7 @@ def test_corner_rewards_by_hand():
     assert reward([0.6, 0.6], [0.4, 0.4]) == pytest.approx(np.hypot(1.4, 1.4) - np.hypot(1.6, 1.6))  # moving away
     dense = Navigation2D("corners", reward="dense")
     np.testing.assert_allclose(dense.reward(None, None, jnp.array([1.0, 2.0]), None, goal), -1.0)
-    assert env.action_space.high[0] == np.float32(0.2)
+    assert env.action_space.high[0] == np.float32(10.0)  # ProMP normalize(): actions in [−10, 10], env gets 0.02·a
     assert not env.terminal(goal, None, goal)
     start = jax.vmap(env.initial, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 500), goal)
     assert np.all(np.abs(start) <= 0.2) and np.std(start) > 0.05

@@ -99,35 +99,41 @@ def test_fomaml_meta_gradient_is_the_post_update_gradient(tabular):
     assert np.linalg.norm(second_order - loop) > 1e-3 * np.linalg.norm(loop)
 
 
-def test_emaml_adds_the_pre_update_score_term(tabular):
-    """E-MAML = the MAML meta-gradient + mean_g [Σ_{n,t} ∇ log π_θ(a|x) over D_0,g] (R̄'_g − mean_g R̄'_g)."""
+def test_emaml_adds_promps_exploration_term(tabular):
+    """E-MAML (ProMP trpo_maml.py) = the MAML meta-gradient + mean_g mean(r̃'_g) · ∇ mean_{n,t} log π_θ(a|x) over D_0,g,
+    r̃' the post-update rewards standardised over the whole meta-batch (tests/test_maml_reference.py checks the
+    ProMP form against NumPy; this is the paper form on tabular tasks)."""
     theta, data = tabular
     # Two tasks: D_0 of the fixture, and its D_1 used as a second D_0 with the post-update rewards doubled.
     first = _with_inner_steps(data, 1)
     second = data._replace(
         pre=data.pre[1:], pre_values=data.pre_values[1:], pre_log_probs=data.pre_log_probs[1:],
-        post=data.post._replace(rewards=2.0 * data.post.rewards),
+        post=data.post._replace(rewards=2.0 * data.post.rewards + 0.5),
     )
     batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), first, second)
     config = dataclasses.replace(TABULAR, inner_steps=1)
     emaml = maml.MAML(dataclasses.replace(config, inner_estimator="emaml"))
     plain = maml.MAML(dataclasses.replace(config, inner_estimator="maml"))
 
-    def score(theta, d0):  # Σ_{n,t} ∇ log π_θ(a_t|x_t) over the valid steps of D_0
-        log_likelihood = lambda t: jnp.sum(plain.policy.log_prob(t, d0.observations[:, :-1], d0.actions) * d0.mask())  # noqa: E731
-        return jax.grad(log_likelihood)(theta)
+    def mean_score(theta, d0):  # ∇ mean_{n,t} log π_θ(a_t|x_t) over the valid steps of D_0
+        mean_log_likelihood = lambda t: jnp.sum(  # noqa: E731
+            plain.policy.log_prob(t, d0.observations[:, :-1], d0.actions) * d0.mask()) / jnp.sum(d0.mask())
+        return jax.grad(mean_log_likelihood)(theta)
+
+    rewards = [np.asarray(d.post.rewards) for d in (first, second)]
+    masks = [np.asarray(d.post.mask()) for d in (first, second)]
+    pooled = np.concatenate([r[m > 0] for r, m in zip(rewards, masks)])
+    weights = [float(((r - pooled.mean()) / (pooled.std() + 1e-8))[m > 0].mean()) for r, m in zip(rewards, masks)]
 
     @jax.jit
     def both(theta, batch):
-        returns = jnp.stack([maml.mean_return(d.post, config.gamma) for d in (first, second)])
-        weights = returns - returns.mean()
-        term = (score(theta, first.pre[0]) * weights[0] + score(theta, second.pre[0]) * weights[1]) / 2
+        term = (mean_score(theta, first.pre[0]) * weights[0] + mean_score(theta, second.pre[0]) * weights[1]) / 2
         maml_gradient = plain.meta_gradient(theta, batch)
         return maml_gradient, maml_gradient + term, emaml.meta_gradient(theta, batch)
 
     maml_gradient, expected, loop = both(theta, batch)
     np.testing.assert_allclose(loop, expected, rtol=1e-9, atol=1e-12)
-    assert np.linalg.norm(loop - maml_gradient) > 1e-3 * np.linalg.norm(loop)  # the score term is not negligible
+    assert np.linalg.norm(loop - maml_gradient) > 1e-3 * np.linalg.norm(loop)  # the term is not negligible
 
 
 def test_critics_linear_baseline_exact_values_and_no_gradient():

@@ -15,9 +15,21 @@ Inner estimators: any name of :func:`metagrad.estimators.valid_names` (``"dr"``,
 ``"lvc"``, ``"maml"`` = Finn et al.'s surrogate, …) plus
 
 * ``"fomaml"`` — first-order MAML: the inner gradient is ``stop_gradient``-ed, so ∇_θ J_out = ∇J_out(θ');
-* ``"emaml"`` — E-MAML (Stadie et al. 2018): the MAML inner step plus the score-function term of the
-  pre-update sampling distribution, mean_g [Σ_k Σ_{n,t} ∇ℓ^{(k)}_{n,t}] · (R̄'_g − mean_g R̄'_g), R̄'_g the
-  post-update mean discounted return of task g (centred over the meta-batch to reduce variance).
+* ``"emaml"`` — E-MAML (Stadie et al. 2018) as ProMP's TRPO-MAML implements it
+  (``meta_policy_search/meta_algos/trpo_maml.py``, ``exploration=True``): the MAML inner step, and the
+  meta-objective gains mean_g [mean(r̃'_g) · mean_{n,t} log π_θ(a_t|x_t) on D_0^g] — the log-likelihood of the
+  *step-0* (pre-update) batch only, a mean over its (n, t) samples, weighted by the post-update rewards
+  r̃' adjusted across the meta-batch (``meta_sample_processor.py``: (r − mean r)/(std r + 1e-8) over every
+  post-update reward sample of every task). It is part of the objective the TRPO line search evaluates.
+
+Objective forms (``MAMLConfig.objective``):
+
+* ``"paper"`` — the estimators of :mod:`metagrad.estimators`: mean_n Σ_t Γ_t (…) with raw advantages
+  Â_t = G_t − V(x_t) (the quantities of Tang et al.'s Sec. 3; exact oracles in the tests);
+* ``"promp"`` — ProMP's code (``pro_mp.py``, ``trpo_maml.py``, ``samplers/base.py``): every surrogate is
+  ``reduce_mean`` over all (n, t) samples of f_t(θ) Â_t with advantages normalised per task batch and no γ^t
+  weight (:func:`metagrad.outer.promp_surrogate`); ProMP's KL penalty is β · mean_k KL_k (averaged over the
+  inner steps). Inner step size η, β and the TRPO radius then mean what they mean in ProMP's run scripts.
 
 Outer optimisers (``outer``; the three families of Fig. 1d):
 
@@ -84,6 +96,8 @@ ENVS = ("navigation", "navigation-corners", "tabular")
 OUTERS = ("pg", "promp", "trpo")
 #: Inner estimators handled by the loop itself, on top of the estimator registry.
 LOOP_ESTIMATORS = ("fomaml", "emaml", "maml")
+#: Objective forms: the paper's estimators, or ProMP's reduce_mean form (see the module docstring).
+OBJECTIVES = ("paper", "promp")
 
 _CHECKPOINT = "checkpoint.npz"
 
@@ -144,6 +158,7 @@ class MAMLConfig:
     num_iterations: int = 100
     checkpoint_every: int = 10
     shard: bool = True
+    objective: str = "paper"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -189,6 +204,13 @@ class MAMLConfig:
                 np.isfinite(value) and value >= 0
             ):
                 raise ValueError(f"`{name}` must be a non-negative finite number; got {value!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; valid forms are {list(OBJECTIVES)}.")
+        if self.objective == "promp":
+            for field, name in (("inner_estimator", self.inner_estimator), ("outer_estimator", self.outer_estimator)):
+                if name != "emaml" and name not in outer_lib.PROMP_FORM_ESTIMATORS:
+                    raise ValueError(f"`{field}` = {name!r} has no ProMP-form surrogate (objective='promp'); "
+                                     f"valid: {list(outer_lib.PROMP_FORM_ESTIMATORS) + ['emaml']}.")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -199,6 +221,7 @@ class MAMLConfig:
     @classmethod
     def from_json(cls, data: dict) -> "MAMLConfig":
         data = dict(data)
+        data.setdefault("objective", "paper")  # checkpoints written before the field existed
         data["hidden_sizes"] = tuple(data["hidden_sizes"])
         data["inner_options"] = tuple(tuple(kv) for kv in data["inner_options"])
         return cls(**data)
@@ -220,6 +243,42 @@ def sample_tasks(config: MAMLConfig, key: jax.Array, n: int):
     if config.env == "tabular":
         return env.sample_tasks(key, n, gamma=config.gamma)
     return env.sample_tasks(key, n)
+
+
+_ENV_METHODS = ("initial", "transition", "observation", "reward", "terminal", "sample_tasks")
+_POLICY_METHODS = ("init", "log_prob", "sample", "kl")
+
+
+def _check_env(env):
+    from gymnasium.experimental.functional import FuncEnv
+
+    missing = [m for m in _ENV_METHODS if not callable(getattr(env, m, None))]
+    if not isinstance(env, FuncEnv) or missing:
+        raise ValueError(
+            "`env` must be a gymnasium FuncEnv whose methods take the task as `params` and that has "
+            f"`sample_tasks(key, n)`; got {type(env).__name__}" + (f" without {missing}" if missing else "") + "."
+        )
+    return env
+
+
+def _check_policy(policy):
+    missing = [m for m in _POLICY_METHODS if not callable(getattr(policy, m, None))]
+    if missing:
+        raise ValueError(f"`policy` must have methods {list(_POLICY_METHODS)}; {type(policy).__name__} lacks {missing}.")
+    return policy
+
+
+def _check_callable(name, value):
+    if not callable(value):
+        raise ValueError(f"`{name}` must be a function `critic(trajectories, gamma, *, task, policy, params)`; "
+                         f"got {type(value).__name__}.")
+    return value
+
+
+def _check_optimizer(optimizer):
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise ValueError(f"`optimizer` must be an optax.GradientTransformation (init/update); got {type(optimizer).__name__}.")
+    return optimizer
 
 
 class TaskData(NamedTuple):
@@ -262,22 +321,48 @@ class MAML:
     Meta-batch: :meth:`meta_gradient`, :meth:`iteration` (one full meta-iteration).
     """
 
-    def __init__(self, config: MAMLConfig):
+    def __init__(self, config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None):
+        """``env``, ``policy``, ``critic``, ``optimizer`` replace the config's named ones (the open API).
+
+        * ``env`` — any task-pytree environment: a Gymnasium ``FuncEnv`` whose pure JAX methods take the task
+          as ``params`` (``initial``, ``transition``, ``observation``, ``reward``, ``terminal``) plus
+          ``sample_tasks(key, n)`` returning ``n`` tasks stacked along a leading axis (``config.env`` is then
+          ignored);
+        * ``policy`` — any object with ``init(key)``, ``log_prob(params, obs, actions) -> [...]``,
+          ``sample(params, key, obs) -> (action, log_prob)`` and ``kl(params_a, params_b, obs) -> [...]``;
+        * ``critic`` — ``critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]`` (used
+          under ``stop_gradient``; ``config.critic`` is then ignored);
+        * ``optimizer`` — any ``optax.GradientTransformation`` for the outer step of ``"pg"`` and ``"promp"``
+          (default ``optax.adam(config.outer_lr)``).
+        """
         from metagrad import estimators
 
         self.config = config
-        self.env, self.policy = make_env(config)
-        self.critic = critics_lib.make_critic(config.critic)
+        default_env, default_policy = make_env(config) if env is None or policy is None else (None, None)
+        self.env = default_env if env is None else _check_env(env)
+        self.policy = default_policy if policy is None else _check_policy(policy)
+        self.custom_env = env is not None
+        self.critic = critics_lib.make_critic(config.critic) if critic is None else _check_callable("critic", critic)
         self._surrogate = estimators.surrogate
         name = config.inner_estimator
         self.inner_name = "maml" if name == "emaml" else name
         self.first_order = name == "fomaml"
         self.inner_options = dict(config.inner_options)
-        self.optimizer = optax.adam(config.outer_lr)
+        self.optimizer = optax.adam(config.outer_lr) if optimizer is None else _check_optimizer(optimizer)
+
+    def sample_tasks(self, key: jax.Array, n: int):
+        """``n`` tasks stacked along a leading axis (the custom env's ``sample_tasks`` or :func:`sample_tasks`)."""
+        if self.custom_env:
+            return self.env.sample_tasks(key, n)
+        return sample_tasks(self.config, key, n)
 
     # ---------------------------------------------------------------- per task
     def inner_surrogate(self, params, batch, values, behaviour_log_probs=None):
         """V̂_in(θ; D) of the inner estimator (on-policy when ``behaviour_log_probs`` is None)."""
+        if self.config.objective == "promp":
+            advantage = outer_lib.normalized_advantages(batch, values, self.config.gamma)
+            return outer_lib.promp_surrogate(self.inner_name, self.policy.log_prob, params, batch, advantage,
+                                             behaviour_log_probs)
         return self._surrogate(
             self.inner_name, self.policy.log_prob, params, batch, values, self.config.gamma,
             behaviour_log_probs=behaviour_log_probs, **self.inner_options,
@@ -292,6 +377,10 @@ class MAML:
 
     def outer_surrogate(self, params, batch, values, behaviour_log_probs=None):
         """J_out(θ'; D') of ``outer_estimator``."""
+        if self.config.objective == "promp":
+            advantage = outer_lib.normalized_advantages(batch, values, self.config.gamma)
+            return outer_lib.promp_surrogate(self.config.outer_estimator, self.policy.log_prob, params, batch,
+                                             advantage, behaviour_log_probs)
         return self._surrogate(
             self.config.outer_estimator, self.policy.log_prob, params, batch, values, self.config.gamma,
             behaviour_log_probs=behaviour_log_probs,
@@ -338,26 +427,46 @@ class MAML:
         """∇_θ J_out(θ'(θ)) = Π_k (I + η Ĥ_k) ĝ' for one task (E-MAML's cross-task term excluded)."""
         return jax.grad(self.task_objective)(params, data)
 
-    def pre_update_score(self, params, data: TaskData):
-        """Σ_k Σ_{n,t} (ℓ^{(k)}_{n,t} − stop_gradient(ℓ^{(k)}_{n,t})): zero in value, the E-MAML score in gradient."""
-        _, thetas = self.adapt(params, data)
-        score = 0.0
-        for theta, batch, mask in zip(thetas, data.pre, (b.mask() for b in data.pre)):
-            log_pi = self.policy.log_prob(theta, _observations(batch), batch.actions)
-            score = score + jnp.sum((log_pi - jax.lax.stop_gradient(log_pi)) * mask)
-        return score
-
     # ---------------------------------------------------------------- meta-batch
+    def emaml_term(self, params, data: TaskData):
+        """E-MAML's extra objective (ProMP trpo_maml.py): mean_g mean(r̃'_g) · mean_{n,t} log π_θ(a|x) on D_0^g.
+
+        r̃' = (r' − m)/(s + 1e-8), m and s the mean and population std of every valid post-update reward
+        sample of the meta-batch (ProMP's ``adj_avg_rewards``); only the step-0 batch D_0, sampled by π_θ.
+        Zero unless ``inner_estimator == "emaml"`` and ``inner_steps ≥ 1``. ``data`` has a leading task axis.
+        """
+        if self.config.inner_estimator != "emaml" or not data.pre:
+            return jnp.zeros((), jnp.result_type(float))
+        mask = data.post.mask()
+        rewards = data.post.rewards
+        mean = outer_lib.masked_mean(rewards, mask)
+        std = jnp.sqrt(outer_lib.masked_mean((rewards - mean) ** 2, mask))
+        adjusted = jax.lax.stop_gradient((rewards - mean) / (std + 1e-8))
+        weight = jax.vmap(outer_lib.masked_mean)(adjusted, mask)
+
+        def log_likelihood(d):
+            batch = d.pre[0]
+            log_pi = self.policy.log_prob(params, _observations(batch), batch.actions)
+            return outer_lib.masked_mean(log_pi, batch.mask())
+
+        return jnp.mean(weight * jax.vmap(log_likelihood)(data))
+
     def meta_objective(self, params, data: TaskData):
-        """mean_g J_out(θ'_g(θ)) (+ the E-MAML score term); ``data`` has a leading task axis."""
+        """mean_g J_out(θ'_g(θ)) (+ :meth:`emaml_term`); ``data`` has a leading task axis."""
         per_task = jax.vmap(self.task_objective, in_axes=(None, 0))(params, data)
-        objective = jnp.mean(per_task)
-        if self.config.inner_estimator == "emaml":
-            returns = jax.vmap(lambda d: mean_return(d.post, self.config.gamma))(data)
-            weight = jax.lax.stop_gradient(returns - jnp.mean(returns))
-            scores = jax.vmap(self.pre_update_score, in_axes=(None, 0))(params, data)
-            objective = objective + jnp.mean(scores * weight)
-        return objective
+        return jnp.mean(per_task) + self.emaml_term(params, data)
+
+    def trpo_objective(self, params, data: TaskData):
+        """The TRPO line-search objective at θ: mean_g J_out(θ'_g(θ); D', μ = π_θ'_old) + :meth:`emaml_term`.
+
+        Off-policy (μ the recorded post-update policy), so it is the on-policy meta-objective at θ = θ_old and
+        its gradient there is :meth:`meta_gradient` (ProMP's TRPO-MAML minimises this same loss).
+        """
+        def per_task(d):
+            adapted = self.adapt(params, d, True)[0]
+            return self.outer_surrogate(adapted, d.post, d.post_values, d.post_log_probs)
+
+        return jnp.mean(jax.vmap(per_task)(data)) + self.emaml_term(params, data)
 
     def meta_gradient(self, params, data: TaskData):
         """∇_θ of :meth:`meta_objective` (the PG meta-gradient)."""
@@ -369,10 +478,17 @@ class MAML:
         def per_task(d):
             adapted, thetas = self.adapt(params, d, off_policy=True)
             log_pi = self.policy.log_prob(adapted, _observations(d.post), d.post.actions)
+            _, old_thetas = self.adapt(old_params, d)
+            if config.objective == "promp":
+                # pro_mp.py: -reduce_mean(clipped) + reduce_mean(β_k · mean_g KL_k), KL over all valid samples.
+                adv = outer_lib.normalized_advantages(d.post, d.post_values, config.gamma)
+                clip = outer_lib.promp_clip_objective(log_pi, d.post_log_probs, adv, d.post.mask(), config.clip_eps)
+                kls = [outer_lib.masked_mean(self.policy.kl(jax.lax.stop_gradient(old), theta, _observations(b)),
+                                             b.mask()) for theta, old, b in zip(thetas, old_thetas, d.pre)]
+                return clip - config.kl_coef * (jnp.mean(jnp.stack(kls)) if kls else 0.0)
             adv = outer_lib.advantages(d.post, d.post_values, config.gamma)
             weights = outer_lib.cumulative_discounts(d.post, config.gamma) * d.post.mask()
             clip = outer_lib.ppo_clip_objective(log_pi, d.post_log_probs, adv, weights, config.clip_eps)
-            _, old_thetas = self.adapt(old_params, d)
             kl = 0.0
             for theta, old_theta, batch in zip(thetas, old_thetas, d.pre):
                 kl = kl + jnp.mean(self.policy.kl(jax.lax.stop_gradient(old_theta), theta, _observations(batch)))
@@ -388,12 +504,8 @@ class MAML:
             p = unravel(flat_params)
             return jax.vmap(lambda d: self.adapt(p, d, off_policy)[0])(data)
 
-        def objective(flat_params):
-            adapted = adapted_all(flat_params, True)
-            values = jax.vmap(lambda a, d: self.outer_surrogate(a, d.post, d.post_values, d.post_log_probs))(
-                adapted, data
-            )
-            return jnp.mean(values)
+        def objective(flat_params):  # (maml helper) the line search sees the E-MAML term too: trpo_objective
+            return self.trpo_objective(unravel(flat_params), data)
 
         old_adapted = jax.lax.stop_gradient(adapted_all(flat, False))
 
@@ -432,7 +544,7 @@ class MAML:
         """M new tasks and their :class:`TaskData` (leading task axis, sharded over devices with ``sharding``)."""
         config = self.config
         k_tasks, k_collect = jax.random.split(key)
-        tasks = sample_tasks(config, k_tasks, config.num_tasks)
+        tasks = self.sample_tasks(k_tasks, config.num_tasks)
         keys = jax.random.split(k_collect, config.num_tasks)
         if sharding is not None:
             tasks = jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tasks)
@@ -488,28 +600,35 @@ def task_sharding(config: MAMLConfig) -> NamedSharding | None:
     return NamedSharding(Mesh(np.array(devices), ("tasks",)), PartitionSpec("tasks"))
 
 
-def make_train(config: MAMLConfig):
+def make_train(config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, num_seeds: int | None = None):
     """``train_chunk(state, iterations) -> (state, metrics)`` (jitted ``lax.scan``) and ``init(key) -> state``.
 
     ``state = {"params", "opt_state", "key"}``; iteration i uses ``fold_in(key, i)``, so results do not
-    depend on how iterations are grouped into chunks. Cached per config (``num_iterations`` aside) and
-    device set, so repeated and resumed runs reuse the compiled iteration.
+    depend on how iterations are grouped into chunks. Cached per config (``num_iterations`` aside), custom
+    objects (see :class:`MAML`) and device set, so repeated and resumed runs reuse the compiled iteration.
+    ``num_seeds``: ``init`` takes ``[S]`` keys and ``train_chunk`` runs the S independent runs in one jitted
+    program (``jax.vmap`` over the state; no meta-batch sharding), metrics with a leading seed axis.
     """
-    return _make_train(dataclasses.replace(config, num_iterations=1), tuple(jax.devices()))
+    extras = (env, policy, critic, optimizer)
+    try:
+        hash(extras)
+    except TypeError:  # unhashable custom objects: build without the cache
+        return _make_train.__wrapped__(dataclasses.replace(config, num_iterations=1), tuple(jax.devices()), extras, num_seeds)
+    return _make_train(dataclasses.replace(config, num_iterations=1), tuple(jax.devices()), extras, num_seeds)
 
 
 @functools.lru_cache(maxsize=16)
-def _make_train(config: MAMLConfig, devices: tuple):
-    maml = MAML(config)
-    sharding = task_sharding(config)
+def _make_train(config: MAMLConfig, devices: tuple, extras: tuple = (None,) * 4, num_seeds: int | None = None):
+    env, policy, critic, optimizer = extras
+    maml = MAML(config, env=env, policy=policy, critic=critic, optimizer=optimizer)
+    sharding = task_sharding(config) if num_seeds is None else None
 
     def init(key):
         k_init, k_run = jax.random.split(key)
         params, opt_state = maml.init(k_init)
         return {"params": params, "opt_state": opt_state, "key": k_run}
 
-    @jax.jit
-    def train_chunk(state, iterations):
+    def chunk(state, iterations):
         def body(carry, i):
             params, opt_state = carry
             params, opt_state, metrics = maml.iteration(
@@ -520,7 +639,44 @@ def _make_train(config: MAMLConfig, devices: tuple):
         (params, opt_state), metrics = jax.lax.scan(body, (state["params"], state["opt_state"]), iterations)
         return {"params": params, "opt_state": opt_state, "key": state["key"]}, metrics
 
-    return init, train_chunk
+    if num_seeds is None:
+        return init, jax.jit(chunk)
+    return jax.vmap(init), jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+
+
+def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, critic=None, optimizer=None,
+                progress: bool = True, label: str = "maml") -> tuple[Any, dict]:
+    """S independent meta-training runs, one per key of ``keys [S]``, inside one jitted program (``vmap``).
+
+    Returns ``(params, history)`` with a leading seed axis on every parameter leaf and every history array
+    (``[S, num_iterations]``); run s equals ``train(config, keys[s])`` up to floating-point reassociation
+    (same key streams). ``wall_time`` is shared by the seeds (``[num_iterations]``). No checkpoints.
+    """
+    from metagrad.progress import Progress
+
+    keys = jnp.asarray(keys)
+    num_seeds = int(keys.shape[0])
+    init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
+                                   num_seeds=num_seeds)
+    state = init(keys)
+    history: dict[str, np.ndarray] = {}
+    elapsed = 0.0
+    with Progress(config.num_iterations, label, enabled=progress) as bar:
+        i = 0
+        while i < config.num_iterations:
+            n = min(config.checkpoint_every, config.num_iterations - i)
+            tic = time.perf_counter()
+            state, metrics = train_chunk(state, jnp.arange(i, i + n))
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - tic
+            metrics["wall_time"] = elapsed + seconds * np.arange(1, n + 1) / n
+            elapsed += seconds
+            for name, values in metrics.items():
+                values = np.asarray(values)
+                history[name] = np.concatenate([history[name], values], axis=-1) if name in history else values
+            i += n
+            bar.update(n, note=f"post-adaptation return {float(np.mean(history['post_return'][..., -1])):.3f}")
+    return state["params"], history
 
 
 def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, iteration: int) -> None:
@@ -633,6 +789,10 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     label: str = "maml",
+    env=None,
+    policy=None,
+    critic=None,
+    optimizer=None,
 ) -> tuple[Any, dict]:
     """Meta-train for ``config.num_iterations`` iterations; returns ``(params, history)``.
 
@@ -643,27 +803,28 @@ def train(
     Iterations run in jitted chunks of ``config.checkpoint_every`` (a ``lax.scan``); after each chunk the
     progress bar advances and, with ``checkpoint_dir``, a checkpoint is written atomically. ``resume=True``
     continues from ``checkpoint_dir`` (same config and key required) and yields bit-identical parameters
-    and returns to an uninterrupted run (``wall_time`` aside).
+    and returns to an uninterrupted run (``wall_time`` aside). ``env``, ``policy``, ``critic``,
+    ``optimizer``: custom objects replacing the config's (see :class:`MAML`; the open API).
 
     A ``checkpoint_dir`` is locked for the run (:func:`checkpoint_lock`): a second run on the same folder
     raises ``RuntimeError``. With ``resume=False`` a folder that already holds a checkpoint is refused
     (``ValueError``) unless ``overwrite=True``, so a finished run is never replaced by accident.
     """
     if checkpoint_dir is None:
-        return _train(config, key, None, resume, progress, label)
+        return _train(config, key, None, resume, progress, label, env, policy, critic, optimizer)
     with checkpoint_lock(checkpoint_dir):
         if not resume and not overwrite and os.path.exists(os.path.join(checkpoint_dir, _CHECKPOINT)):
             raise ValueError(
                 f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it or overwrite=True "
                 "to start again."
             )
-        return _train(config, key, checkpoint_dir, resume, progress, label)
+        return _train(config, key, checkpoint_dir, resume, progress, label, env, policy, critic, optimizer)
 
 
-def _train(config, key, checkpoint_dir, resume, progress, label):
+def _train(config, key, checkpoint_dir, resume, progress, label, env, policy, critic, optimizer):
     from metagrad.progress import Progress
 
-    init, train_chunk = make_train(config)
+    init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer)
     state = init(key)
     history: dict[str, np.ndarray] = {}
     start = 0

@@ -105,3 +105,73 @@ def trpo_step(
     index = jax.lax.while_loop(cond, lambda i: i + 1, jnp.asarray(0))
     new = jnp.where(index < backtrack_steps, params + backtrack_ratio**index * full_step, params)
     return new, index
+
+
+# ------------------------------------------------------------------ ProMP's objective form (Rothfuss et al. 2019)
+#: Inner/outer estimators that have a ProMP-form per-step factor (:func:`promp_factor`).
+PROMP_FORM_ESTIMATORS = ("lvc", "taypo1", "taypo2", "dr", "maml", "fomaml")
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Σ mask·x / Σ mask: TensorFlow's ``reduce_mean`` over the stacked valid samples, as ProMP computes it."""
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def normalized_advantages(trajectories: Trajectories, values: jax.Array, gamma) -> jax.Array:
+    """ProMP's sample-processor advantages, ``[N, T]``, stop-gradient, zero on padding.
+
+    A_t = G_t − b(x_t) (GAE with λ = 1: ``meta_policy_search/samplers/base.py`` ``_compute_advantages``,
+    baseline bootstrap b(x_T) = 0 as the linear critic gives), then ``normalize_advantages`` over all valid
+    (n, t) samples of the task's batch: (A − mean A) / (std A + 1e-8), population std (``np.std``).
+    """
+    raw = advantages(trajectories, values, gamma)
+    mask = trajectories.mask()
+    mean = masked_mean(raw, mask)
+    std = jnp.sqrt(masked_mean((raw - mean) ** 2, mask))
+    return jax.lax.stop_gradient((raw - mean) / (std + 1e-8) * mask)
+
+
+def promp_factor(name: str, log_pi: jax.Array, log_mu: jax.Array, mask: jax.Array) -> jax.Array:
+    """The per-step factor f_t(θ) of ProMP's form mean_{n,t} f_t Â_t (``[N, T]`` in, ``[N, T]`` out).
+
+    λ_t = (ℓ_t − log μ_t)·mask, d_t = e^{λ_t} − 1 (θ enters through ℓ_t only):
+
+    * ``lvc``/``taypo1`` — e^{λ_t}, ProMP's ``likelihood_ratio_sym`` (pro_mp.py ``_adapt_objective_sym``);
+    * ``taypo2`` — d_t (1 + Σ_{s<t} d_s) (TayPO-2, Tang et al. 2021 Eq. 6, without γ^t);
+    * ``dr`` — e^{Σ_{s≤t} λ_s} − e^{Σ_{s<t} λ_s} (doubly robust = Loaded DiCE λ = 1 with a state critic;
+      the paper's TRPO-DiCE, §5.2: its Hessian has the cross terms ∇ℓ_t S_{<t}ᵀ + S_{<t}∇ℓ_tᵀ);
+    * ``maml``/``fomaml`` — ℓ_t, ProMP's ``log_likelihood`` inner type (trpo_maml.py; Finn et al.'s surrogate).
+    """
+    lam = (log_pi - log_mu) * mask
+    if name in ("lvc", "taypo1"):
+        return jnp.exp(lam)
+    if name == "taypo2":
+        d = jnp.expm1(lam)
+        before = jnp.cumsum(d, axis=-1) - d
+        return d * (1.0 + before)
+    if name == "dr":
+        upto = jnp.cumsum(lam, axis=-1)
+        return jnp.exp(upto) - jnp.exp(upto - lam)
+    if name in ("maml", "fomaml"):
+        return log_pi
+    raise ValueError(f"Estimator {name!r} has no ProMP-form surrogate; valid ones are {list(PROMP_FORM_ESTIMATORS)}.")
+
+
+def promp_surrogate(name, log_prob_fn, params, trajectories: Trajectories, advantage, behaviour_log_probs=None):
+    """mean_{n,t} f_t(θ) Â_t over the valid samples (ProMP: ``-tf.reduce_mean(likelihood_ratio * adv)`` negated).
+
+    ``advantage`` ``[N, T]`` (normally :func:`normalized_advantages`); μ = stop_gradient(π_θ) when
+    ``behaviour_log_probs`` is None (on-policy), else the recorded log μ. No γ^t weights.
+    """
+    observations = jax.tree_util.tree_map(lambda o: o[:, :-1], trajectories.observations)
+    log_pi = log_prob_fn(params, observations, trajectories.actions)
+    log_mu = jax.lax.stop_gradient(log_pi) if behaviour_log_probs is None else behaviour_log_probs
+    mask = trajectories.mask()
+    return masked_mean(promp_factor(name, log_pi, log_mu, mask) * advantage, mask)
+
+
+def promp_clip_objective(log_pi, old_log_pi, advantage, mask, clip_eps: float) -> jax.Array:
+    """ProMP's outer objective (pro_mp.py): mean_{n,t} min(r_t Â_t, clip(r_t, 1 − ε, 1 + ε) Â_t), r_t = e^{ℓ_t − ℓ^old_t}."""
+    ratio = jnp.exp(log_pi - jax.lax.stop_gradient(old_log_pi))
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return masked_mean(jnp.minimum(ratio * advantage, clipped * advantage), mask)

@@ -26,6 +26,18 @@ and the observation is the position itself. Two task distributions, chosen by ``
   so the four tasks are indistinguishable near the start and the agent must explore to find its
   corner. ``reward="dense"`` gives r_t = −‖s_{t+1} − g‖ (ProMP's ``'dense'`` option).
 
+  **Action normalisation (ProMP's ``normalize`` wrapper).** ProMP's point-mass run script
+  (``run_scripts/pro-mp_run_point_mass.py``) wraps the env in ``normalize(env)``
+  (``meta_policy_search/envs/normalized_env.py``, ``normalization_scale=10``): the policy acts in
+  [−10, 10]² and the env receives lb + (a + 10)(ub − lb)/20 = 0.02·a, clipped to ±0.2. With
+  ``action_scale=10`` (the default of ``"corners"``) the transition here is exactly that:
+
+      s_{t+1} = s_t + clip(a_t · c / action_scale, −c, c),
+
+  so a unit-σ Gaussian policy moves 0.02 per step (final spread ≈ 0.2 after 100 steps), as in the
+  paper's experiment; without it (``action_scale=None``) the raw action is clipped, a far easier
+  exploration problem. ``"square"`` keeps pytorch-maml-rl's raw clipping (``action_scale=None``).
+
 **When the distance is measured.** Both variants measure the distance *after* the move, from
 s_{t+1} = s_t + clip(a_t), exactly like the reference implementations. This makes r_t depend on the
 action a_t that earned it (r(s, a) = −‖s + clip(a) − g‖), so credit is immediate; measuring before
@@ -71,7 +83,8 @@ class Navigation2D(FuncEnv):
 
     Pure JAX methods, all jittable and ``vmap``-able over the goal:
 
-    * ``initial(key, goal) -> s_0 [2]``; ``transition(s, a, key, goal) -> s + clip(a, −c, c)``;
+    * ``initial(key, goal) -> s_0 [2]``; ``transition(s, a, key, goal) -> s + clip(a·c/S, −c, c)``
+      (S = ``action_scale``; s + clip(a, −c, c) when it is ``None``);
     * ``observation(s, key, goal) -> s``; ``reward(s, a, s', key, goal) -> []``;
     * ``terminal(s', key, goal) -> [] bool`` (only the ``"square"`` variant terminates).
 
@@ -84,6 +97,9 @@ class Navigation2D(FuncEnv):
       reward: ``"dense"`` (−‖s' − g‖) or ``"sparse"`` (ProMP's corner reward, ``"corners"`` only);
         ``None`` picks the reference default (``"dense"`` for square, ``"sparse"`` for corners).
       sparse_radius: ProMP's ``sparse_reward_radius`` (L1 radius of the reward-free start region).
+      action_scale: ``None`` (the raw action is clipped to ±c) or a positive float S: ProMP's ``normalize``
+        wrapper, the env receives clip(a·c/S, −c, c) and the action space is [−S, S]². ``"default"``
+        picks the reference: 10 for ``"corners"`` (ProMP), ``None`` for ``"square"`` (pytorch-maml-rl).
 
     Example:
       >>> env = Navigation2D()
@@ -94,7 +110,8 @@ class Navigation2D(FuncEnv):
       ()
     """
 
-    def __init__(self, goal_sampler: str = "square", reward: str | None = None, sparse_radius: float = 0.5):
+    def __init__(self, goal_sampler: str = "square", reward: str | None = None, sparse_radius: float = 0.5,
+                 action_scale: float | None | str = "default"):
         if goal_sampler not in _VARIANTS:
             raise ValueError(f"`goal_sampler` must be one of {sorted(_VARIANTS)}; got {goal_sampler!r}.")
         max_action, start_width, default_reward, tolerance = _VARIANTS[goal_sampler]
@@ -105,6 +122,16 @@ class Navigation2D(FuncEnv):
             raise ValueError("`reward='sparse'` is ProMP's corner reward: use it with `goal_sampler='corners'`.")
         if not float(sparse_radius) >= 0:
             raise ValueError(f"`sparse_radius` must be non-negative; got {sparse_radius}.")
+        if isinstance(action_scale, str):
+            if action_scale != "default":
+                raise ValueError(f"`action_scale` must be None, a positive number or 'default'; got {action_scale!r}.")
+            action_scale = 10.0 if goal_sampler == "corners" else None
+        if action_scale is not None:
+            if isinstance(action_scale, bool) or not (isinstance(action_scale, (int, float)) and np.isfinite(action_scale)
+                                                      and action_scale > 0):
+                raise ValueError(f"`action_scale` must be None or a positive finite number; got {action_scale!r}.")
+            action_scale = float(action_scale)
+        self.action_scale = action_scale
         self.goal_sampler = goal_sampler
         self.reward_type = reward
         self.sparse_radius = float(sparse_radius)
@@ -113,11 +140,12 @@ class Navigation2D(FuncEnv):
         self.goal_tolerance = tolerance
         super().__init__()
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = spaces.Box(-max_action, max_action, shape=(2,), dtype=np.float32)
+        bound = max_action if action_scale is None else action_scale
+        self.action_space = spaces.Box(-bound, bound, shape=(2,), dtype=np.float32)
 
     # Environments with equal settings are equal (the goal is an argument), so jitted samplers are reused.
     def _key(self):
-        return (type(self), self.goal_sampler, self.reward_type, self.sparse_radius)
+        return (type(self), self.goal_sampler, self.reward_type, self.sparse_radius, self.action_scale)
 
     def __eq__(self, other):
         return isinstance(other, Navigation2D) and self._key() == other._key()
@@ -126,7 +154,8 @@ class Navigation2D(FuncEnv):
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"Navigation2D(goal_sampler={self.goal_sampler!r}, reward={self.reward_type!r})"
+        return (f"Navigation2D(goal_sampler={self.goal_sampler!r}, reward={self.reward_type!r}, "
+                f"action_scale={self.action_scale!r})")
 
     def get_default_params(self, **kwargs) -> jax.Array:
         default = (0.5, 0.5) if self.goal_sampler == "square" else CORNERS[3]
@@ -156,6 +185,9 @@ class Navigation2D(FuncEnv):
 
     def transition(self, state, action, rng, params=None):
         check_finite("action", action)  # concrete actions only: under jit a NaN action makes the position NaN
+        action = jnp.asarray(action)
+        if self.action_scale is not None:  # ProMP's normalize wrapper: lb + (a + S)(ub − lb)/(2S) = a·c/S
+            action = action * (self.max_action / self.action_scale)
         return state + jnp.clip(action, -self.max_action, self.max_action).astype(state.dtype)
 
     def observation(self, state, rng, params=None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -33,7 +34,7 @@ NAV_METHODS = {
     "TRPO-MAML": ("trpo", "maml"),
     "TRPO-FMAML": ("trpo", "fomaml"),
     "TRPO-EMAML": ("trpo", "emaml"),
-    "TRPO-DiCE": ("trpo", "dice"),
+    "TRPO-DiCE": ("trpo", "dr"),  # paper §5.2: "uses DR estimate" (DiCE with a baseline = DR)
     "ProMP": ("promp", "lvc"),
     "ProMP-TayPO-2": ("promp", "taypo2"),
 }
@@ -218,30 +219,66 @@ def _cmd_accuracy(args) -> int:
 #: Methods of ``maml-nav2d --quick`` (one per family of Fig. 1d, to keep the compile time of a quick run short).
 QUICK_METHODS = ("TRPO-MAML", "ProMP", "ProMP-TayPO-2")
 
+#: The Fig. 1d protocol: setting -> (value, source). Every value not in the paper names where it comes from.
+_PROMP_SCRIPT = "ProMP run_scripts/pro-mp_run_point_mass.py"
+NAV_DEFAULTS = {
+    "env": ("navigation-corners", "paper §5.2 (ProMP's point robot, goal one of four corners)"),
+    "action_scale": (10.0, f"{_PROMP_SCRIPT}: normalize(env), normalization_scale=10 (envs/normalized_env.py)"),
+    "inner_steps": (3, "paper §5.2 (3 adaptation steps)"),
+    "num_tasks": (40, f"{_PROMP_SCRIPT}: meta_batch_size"),
+    "num_trajectories": (20, f"{_PROMP_SCRIPT}: rollouts_per_meta_task"),
+    "horizon": (100, f"{_PROMP_SCRIPT}: max_path_length"),
+    "gamma": (0.99, f"{_PROMP_SCRIPT}: discount"),
+    "hidden_sizes": ((64, 64), f"{_PROMP_SCRIPT}: hidden_sizes (Gaussian MLP, learned std, init σ = 1)"),
+    "critic": ("linear", f"{_PROMP_SCRIPT}: LinearFeatureBaseline, gae_lambda=1"),
+    "objective": ("promp", f"{_PROMP_SCRIPT}: normalize_adv=True; meta_algos/pro_mp.py and trpo_maml.py reduce_mean"),
+    "inner_step_size": (0.1, f"{_PROMP_SCRIPT}: inner_lr"),
+    "outer_lr": (1e-3, f"{_PROMP_SCRIPT}: learning_rate (Adam)"),
+    "promp_steps": (5, f"{_PROMP_SCRIPT}: num_promp_steps"),
+    "clip_eps": (0.3, f"{_PROMP_SCRIPT}: clip_eps"),
+    "kl_coef": (5e-4, f"{_PROMP_SCRIPT}: init_inner_kl_penalty, adaptive_inner_kl_penalty=False"),
+    "max_kl": (0.01, "ProMP run_scripts/e-maml_run_mujoco.py: step_size (= trpo_maml.py default)"),
+    "cg_iterations": (10, "ProMP optimizers/conjugate_gradient_optimizer.py: cg_iters"),
+    "backtrack_ratio": (0.8, "ProMP optimizers/conjugate_gradient_optimizer.py: backtrack_ratio"),
+    "backtrack_steps": (15, "ProMP optimizers/conjugate_gradient_optimizer.py: max_backtracks"),
+    "cg_damping": (1e-5, "our choice (ProMP: reg_coeff=0 with a finite-difference Hessian-vector product)"),
+    "num_iterations": (1000, f"{_PROMP_SCRIPT}: n_itr=1001 (our notes do not record Fig. 1d's x-axis length)"),
+    "seeds": (5, "issue 12 (≥ 5; the paper averages 10)"),
+    "TRPO-MAML inner": ("maml", "Finn et al.'s surrogate = ProMP inner_type='log_likelihood' "
+                                "(run_scripts/e-maml_run_mujoco.py)"),
+    "TRPO-DiCE inner": ("dr", "paper §5.2: TRPO-DiCE uses the DR estimate"),
+    "TRPO-EMAML extra term": ("emaml", "ProMP trpo_maml.py exploration=True, in the line-search objective"),
+    "ProMP inner": ("lvc", "ProMP pro_mp.py likelihood_ratio"),
+    "TRPO outer surrogate": ("taypo1", "ProMP trpo_maml.py: likelihood ratio · advantage"),
+}
 
-def nav_config(method: str, *, quick: bool, env: str, iterations: int | None):
-    """The :class:`~metagrad.maml.MAMLConfig` of one Fig. 1d method.
+#: ``--quick``: a laptop-size smoke run (not the paper's protocol); our choice, including the outer Adam step 10⁻²
+#: (10× ProMP's) so that 20 iterations show adaptation.
+QUICK_SIZES = dict(num_tasks=8, num_trajectories=10, horizon=50, hidden_sizes=(32, 32), num_iterations=20,
+                   inner_steps=1, outer_lr=1e-2)
 
-    Full size: ProMP's 40 tasks × 20 trajectories × 100 steps, MLP 64×64, 3 adaptation steps of η = 0.02,
-    outer Adam 1e-3, 100 iterations. The inner step differs from ProMP's 0.1 because ProMP's inner
-    surrogate is a mean over all N·T steps with normalised advantages, whereas the surrogates here are
-    mean_n Σ_t Γ_t (…) with raw advantages (≈ 1/(1 − γ) = 100 times larger gradients): at η = 0.1 the
-    adapted policy overshoots and post-adaptation returns fall below pre-adaptation ones; η = 0.01–0.02
-    improves the return at every inner step from the random initial policy.
-    ``quick``: 8 tasks × 10 trajectories × 50 steps, MLP 32×32, one adaptation step of η = 0.05 (one step
-    compiles ~3× faster than three), outer Adam 1e-2, 20 iterations.
+
+def nav_config(method: str, *, quick: bool = False, env: str = "navigation-corners", iterations: int | None = None,
+               **sizes):
+    """The :class:`~metagrad.maml.MAMLConfig` of one Fig. 1d method (:data:`NAV_DEFAULTS`, sources included).
+
+    ``quick``: :data:`QUICK_SIZES`. ``sizes``: any of ``num_tasks``, ``num_trajectories``, ``horizon``,
+    ``inner_steps``, ``hidden_sizes`` overriding the protocol (``None`` values are ignored).
     """
     from metagrad import maml
 
     outer, inner = NAV_METHODS[method]
-    sizes = dict(num_tasks=40, num_trajectories=20, horizon=100, hidden_sizes=(64, 64), num_iterations=100,
-                 inner_steps=3, inner_step_size=0.02, outer_lr=1e-3)
+    fields = {k: NAV_DEFAULTS[k][0] for k in ("inner_steps", "num_tasks", "num_trajectories", "horizon", "gamma",
+                                               "hidden_sizes", "critic", "objective", "inner_step_size", "outer_lr",
+                                               "promp_steps", "clip_eps", "kl_coef", "max_kl", "cg_iterations",
+                                               "backtrack_ratio", "backtrack_steps", "cg_damping", "num_iterations")}
     if quick:
-        sizes = dict(num_tasks=8, num_trajectories=10, horizon=50, hidden_sizes=(32, 32), num_iterations=20,
-                     inner_steps=1, inner_step_size=0.05, outer_lr=1e-2)
+        fields.update(QUICK_SIZES)
+    fields.update({k: v for k, v in sizes.items() if v is not None})
     if iterations is not None:
-        sizes["num_iterations"] = iterations
-    return maml.MAMLConfig(env=env, outer=outer, inner_estimator=inner, checkpoint_every=5, **sizes)
+        fields["num_iterations"] = iterations
+    return maml.MAMLConfig(env=env, outer=outer, inner_estimator=inner, checkpoint_every=min(10, fields["num_iterations"]),
+                           shard=False, **fields)
 
 
 def _plot_nav(curves: dict, pre_curves: dict, path: str, title: str) -> None:
@@ -250,7 +287,7 @@ def _plot_nav(curves: dict, pre_curves: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, (method, runs) in enumerate(curves.items()):
         colour = f"C{i}"
         for data, style, label in ((runs, "-", method), (pre_curves[method], ":", None)):
@@ -263,16 +300,33 @@ def _plot_nav(curves: dict, pre_curves: dict, path: str, title: str) -> None:
     ax.plot([], [], "k-", label="post-adaptation (solid)")
     ax.plot([], [], "k:", label="pre-adaptation (dotted)")
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("mean return")
-    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("mean undiscounted return per trajectory")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _plot_trajectories(config, params, key, path: str, num_goals: int = 4) -> None:
+def trajectory_goals(env_name: str, num_goals: int, key):
+    """Distinct goals for the trajectory panels: the four corners (corners task) or ``num_goals`` random goals."""
+    import jax.numpy as jnp
+
+    from metagrad.envs.navigation import CORNERS, Navigation2D
+
+    if env_name == "navigation-corners":
+        return jnp.asarray(CORNERS[:num_goals], dtype=jnp.result_type(float))
+    return Navigation2D("square").sample_tasks(key, num_goals)
+
+
+def _plot_trajectories(config, params, key, path: str, num_goals: int = 4, num_paths: int = 5) -> dict:
+    """Pre-update (grey) and adapted (blue, after ``inner_steps`` steps) paths for distinct goals.
+
+    The adaptation uses the run's own batch size (``config.num_trajectories`` trajectories per inner step, as in
+    training); ``num_paths`` of each batch are drawn. Returns, per goal, the mean final distance to the goal
+    before and after adaptation (over the whole batch), so the caption can state what the panels show.
+    """
     import jax
     import matplotlib
 
@@ -281,23 +335,36 @@ def _plot_trajectories(config, params, key, path: str, num_goals: int = 4) -> No
 
     from metagrad import maml
 
-    model = maml.MAML(dataclasses.replace(config, num_trajectories=1))
-    goals = maml.sample_tasks(config, key, num_goals)
+    model = maml.MAML(config)
+    goals = trajectory_goals(config.env, num_goals, key)
     data = jax.jit(jax.vmap(model.collect, in_axes=(None, 0, 0)))(params, goals, jax.random.split(key, num_goals))
-    fig, axes = plt.subplots(1, num_goals, figsize=(3.2 * num_goals, 3.4))
-    for g, ax in enumerate(np.atleast_1d(axes)):
-        batches = [("pre-update", data.pre[0])] + [("post-update", data.post)]
-        for (label, batch), colour in zip(batches, ("tab:grey", "tab:blue")):
-            xy = np.asarray(batch.observations[g, 0])
-            ax.plot(xy[:, 0], xy[:, 1], color=colour, label=label, lw=1.2)
-        goal = np.asarray(goals[g])
+    fig, axes = plt.subplots(1, num_goals, figsize=(3.3 * num_goals, 3.6), squeeze=False)
+    distances = {}
+    for g, ax in enumerate(axes[0]):
+        goal = np.asarray(goals[g], dtype=np.float64)
+        first = data.pre[0] if data.pre else data.post
+        summary = []
+        for (label, batch), colour in zip((("pre-update", first), ("adapted", data.post)), ("tab:grey", "tab:blue")):
+            xy = np.asarray(batch.observations[g], dtype=np.float64)  # [N, T+1, 2]
+            for n in range(min(num_paths, xy.shape[0])):
+                ax.plot(xy[n, :, 0], xy[n, :, 1], color=colour, lw=0.9, alpha=0.8, label=label if n == 0 else None)
+            summary.append(float(np.mean(np.linalg.norm(xy[:, -1] - goal, axis=-1))))
+        distances[f"({goal[0]:g}, {goal[1]:g})"] = {"pre_final_distance": summary[0], "adapted_final_distance": summary[1]}
         ax.scatter([goal[0]], [goal[1]], color="tab:red", marker="*", s=120, label="goal", zorder=3)
+        half = 2.4 if config.env == "navigation-corners" else 0.6  # the same arena in every panel
+        ax.set_xlim(-half, half)
+        ax.set_ylim(-half, half)
         ax.set_aspect("equal")
-        ax.set_title(f"goal ({goal[0]:.2f}, {goal[1]:.2f})", fontsize=9)
-    np.atleast_1d(axes)[0].legend(fontsize=7)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"goal ({goal[0]:g}, {goal[1]:g}); final distance\npre {summary[0]:.2f} → adapted {summary[1]:.2f}",
+                     fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return distances
 
 
 def _cmd_nav2d(args) -> int:
@@ -305,45 +372,94 @@ def _cmd_nav2d(args) -> int:
     from metagrad.experiments._options import check_nav2d
 
     check_nav2d(args)  # every option, before any computation (fills the --quick defaults)
+    import time
+
     import jax
 
     from metagrad import maml
     from metagrad.cli import environment_info
 
-    curves, pre_curves, summary, last = {}, {}, {}, None
+    sizes = dict(num_tasks=args.num_tasks, num_trajectories=args.num_trajectories, horizon=args.horizon,
+                 inner_steps=args.inner_steps)
+    curves, pre_curves, summary, configs, wall, last = {}, {}, {}, {}, {}, None
+    keys = jax.random.split(jax.random.PRNGKey(args.seed), args.seeds)
+    tic_all = time.perf_counter()
     for method in args.methods:
-        config = nav_config(method, quick=args.quick, env=args.env, iterations=args.iterations)
-        curves[method], pre_curves[method] = [], []
-        for s in range(args.seeds):
-            params, history = maml.train(config, jax.random.PRNGKey(args.seed * 1000 + s), progress=not args.no_progress,
-                                         label=f"{method} seed {s}")
-            curves[method].append(history["post_return"].tolist())
-            pre_curves[method].append(history["pre_return"].tolist())
-            last = (config, params)
-        # First and last 5 iterations (single iterations are noisy), seeds pooled.
+        config = nav_config(method, quick=args.quick, env=args.env, iterations=args.iterations, **sizes)
+        tic = time.perf_counter()
+        # All seeds of a method in one jitted program (vmap over the seed keys): the public API.
+        params, history = maml.train_seeds(config, keys, progress=not args.no_progress, label=method)
+        wall[method] = time.perf_counter() - tic
+        curves[method] = np.asarray(history["post_return"]).tolist()
+        pre_curves[method] = np.asarray(history["pre_return"]).tolist()
+        configs[method] = config.to_json()
+        last = (config, jax.tree_util.tree_map(lambda x: x[-1], params))
         window = min(5, config.num_iterations)
         post, pre = np.asarray(curves[method]), np.asarray(pre_curves[method])
         summary[method] = {
             "initial_post": _mean_se(post[:, :window].mean(1)), "final_post": _mean_se(post[:, -window:].mean(1)),
-            "final_pre": _mean_se(pre[:, -window:].mean(1)),
+            "final_pre": _mean_se(pre[:, -window:].mean(1)), "best_post": _mean_se(post.max(1)),
+            # Instability: the largest drop of the post-adaptation curve below its running best, per seed.
+            "max_drop": _mean_se((np.maximum.accumulate(post, axis=1) - post).max(1)),
+            # Roughness: mean |change| of the post-adaptation return between consecutive iterations, second half.
+            "roughness": _mean_se(np.abs(np.diff(post[:, post.shape[1] // 2:], axis=1)).mean(1))
+            if post.shape[1] > 2 else None,
         }
+        os.makedirs(args.out, exist_ok=True)
+        write_json_atomic(os.path.join(args.out, "maml_nav2d.partial.json"),  # survives an interrupted run
+                          {"curves": curves, "pre_curves": pre_curves, "summary": summary, "wall_time_s": wall,
+                           "configs": configs})
+    total = time.perf_counter() - tic_all
     os.makedirs(args.out, exist_ok=True)
-    settings = {**vars(args), "func": None, "command_line": _command_line(args), "config": last[0].to_json()}
-    write_json_atomic(os.path.join(args.out, "maml_nav2d.json"), {"settings": settings, "curves": curves,
-                      "pre_curves": pre_curves, "summary": summary, "environment": environment_info()})
     c = last[0]
-    title = (f"{args.env}: {c.num_tasks} tasks × {c.num_trajectories} traj. × {c.horizon} steps, "
-             f"{c.inner_steps} inner step(s) η = {c.inner_step_size}\nmean ± s.e. over {args.seeds} seeds")
+    protocol = {k: {"value": (list(v) if isinstance(v, tuple) else v), "source": src}
+                for k, (v, src) in NAV_DEFAULTS.items()}
+    full_size = all(args_value is None for args_value in sizes.values()) and not args.quick and args.iterations is None
+    distances = _plot_trajectories(last[0], last[1], jax.random.PRNGKey(args.seed + 12345),
+                                   os.path.join(args.out, "maml_nav2d_trajectories.png"))
+    settings = {**{k: v for k, v in vars(args).items() if k not in ("func", "argv")},
+                "command_line": _command_line(args), "paper_protocol": full_size}
+    write_json_atomic(os.path.join(args.out, "maml_nav2d.json"),
+                      {"settings": settings, "protocol_defaults": protocol, "configs": configs, "curves": curves,
+                       "pre_curves": pre_curves, "summary": summary, "wall_time_s": {"per_method": wall, "total": total},
+                       "trajectories": {"method": args.methods[-1], "seed": args.seeds - 1, "final_distances": distances},
+                       "environment": environment_info()})
+    label = "paper protocol" if full_size else "REDUCED size (not the paper's protocol)"
+    title = nav_title(label, args.env, c, args.seeds)
     _plot_nav(curves, pre_curves, os.path.join(args.out, "maml_nav2d.png"), title)
-    _plot_trajectories(last[0], last[1], jax.random.PRNGKey(args.seed + 12345), os.path.join(args.out, "maml_nav2d_trajectories.png"))
-    print("mean return over the first / last 5 iterations, mean ± s.e. over seeds")
-    print(f"{'method':>14} {'post-adaptation, first':>24} {'post-adaptation, last':>24} {'pre-adaptation, last':>24}")
+    print(f"{label}; mean return over the first / last 5 iterations, mean ± s.e. over {args.seeds} seeds")
+    print(f"{'method':>14} {'post-adaptation, first':>24} {'post-adaptation, last':>24} {'pre-adaptation, last':>24}"
+          f" {'max drop':>18} {'wall s':>8}")
     for method, r in summary.items():
-        cells = [f"{r[k][0]:>13.3f} ± {r[k][1]:<7.3f}" for k in ("initial_post", "final_post", "final_pre")]
-        print(f"{method:>14} " + " ".join(cells))
+        cells = [f"{r[k][0]:>13.3f} ± {r[k][1]:<7.3f}" for k in ("initial_post", "final_post", "final_pre", "max_drop")]
+        print(f"{method:>14} " + " ".join(cells) + f" {wall[method]:>8.1f}")
     print(f"wrote {args.out}/maml_nav2d.png, maml_nav2d_trajectories.png and maml_nav2d.json "
-          f"(trajectories: {args.methods[-1]}, last seed)", file=sys.stderr)
+          f"(trajectories: {args.methods[-1]}, last seed); total {total:.0f} s", file=sys.stderr)
     return 0
+
+
+def nav_title(label: str, env: str, config, seeds: int) -> str:
+    """The three-line title of the Fig. 1d plot (size label, batch sizes, seeds)."""
+    return (f"{label}: {env}\n{config.num_tasks} tasks × {config.num_trajectories} traj. × {config.horizon} steps, "
+            f"{config.inner_steps} inner step(s) η = {config.inner_step_size}, {config.num_iterations} iterations\n"
+            f"mean ± s.e. over {seeds} seeds")
+
+
+def replot_nav(json_path: str) -> None:
+    """Redraw ``maml_nav2d.png`` next to ``json_path`` from its curves (no training)."""
+    from metagrad import maml
+
+    data = json.load(open(json_path))
+    config = maml.MAMLConfig.from_json(next(iter(data["configs"].values())))
+    label = "paper protocol" if data["settings"]["paper_protocol"] else "REDUCED size (not the paper's protocol)"
+    title = nav_title(label, data["settings"]["env"], config, data["settings"]["seeds"])
+    _plot_nav(data["curves"], data["pre_curves"], os.path.join(os.path.dirname(json_path), "maml_nav2d.png"), title)
+
+
+def _nav_help() -> str:
+    lines = ["Fig. 1d of Tang et al. (2021). With no size flags it runs the paper's protocol; defaults and sources:"]
+    lines += [f"  {k} = {v!r}: {src}" for k, (v, src) in NAV_DEFAULTS.items()]
+    return "\n".join(lines)
 
 
 def register(subparsers) -> None:
@@ -369,15 +485,26 @@ def register(subparsers) -> None:
     acc.add_argument("--no-progress", action="store_true")
     acc.set_defaults(func=_cmd_accuracy)
 
-    nav = subparsers.add_parser("maml-nav2d", help="meta-training curves on Navigation2D (Fig. 1d)")
+    nav = subparsers.add_parser("maml-nav2d", help="meta-training curves on Navigation2D (Fig. 1d)",
+                                description=_nav_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     nav.add_argument("--out", default="results/maml-nav2d", help="output directory")
-    nav.add_argument("--seed", type=int, default=0)
-    nav.add_argument("--seeds", type=_positive_int, default=None, help="default 3 (2 with --quick)")
+    nav.add_argument("--seed", type=int, default=0, help="root key; seed s of a method uses split(PRNGKey(seed))[s]")
+    nav.add_argument("--seeds", type=_positive_int, default=None,
+                     help=f"default {NAV_DEFAULTS['seeds'][0]} ({NAV_DEFAULTS['seeds'][1]}); 2 with --quick")
     nav.add_argument("--methods", type=lambda s: [m for m in s.split(",") if m], default=None,
                      help=f"comma-separated; default all of {list(NAV_METHODS)} ({', '.join(QUICK_METHODS)} with --quick)")
-    nav.add_argument("--env", choices=["navigation-corners", "navigation"], default="navigation-corners")
-    nav.add_argument("--iterations", type=_positive_int, default=None)
-    nav.add_argument("--quick", action="store_true", help="8 tasks × 10 trajectories × 50 steps, 32×32, 1 inner step, 20 iterations, 2 seeds; "
-                     "--iterations, --seeds and --methods given explicitly win")
+    nav.add_argument("--env", choices=["navigation-corners", "navigation"], default="navigation-corners",
+                     help="navigation-corners: ProMP's corners with its action normalisation (paper); "
+                          "navigation: pytorch-maml-rl's square")
+    nav.add_argument("--iterations", type=_positive_int, default=None,
+                     help=f"meta-iterations (default {NAV_DEFAULTS['num_iterations'][0]}: {NAV_DEFAULTS['num_iterations'][1]})")
+    nav.add_argument("--num-tasks", type=_positive_int, default=None, help="tasks per meta-batch (default 40, ProMP)")
+    nav.add_argument("--num-trajectories", type=_positive_int, default=None,
+                     help="trajectories per task and batch (default 20, ProMP)")
+    nav.add_argument("--horizon", type=_positive_int, default=None, help="steps per trajectory (default 100, ProMP)")
+    nav.add_argument("--inner-steps", type=_positive_int, default=None, help="adaptation steps (default 3, paper)")
+    nav.add_argument("--quick", action="store_true",
+                     help="8 tasks × 10 trajectories × 50 steps, 32×32, 1 inner step, outer Adam 1e-2, 20 iterations, "
+                          "2 seeds (our choice; not the paper's protocol); options given explicitly win")
     nav.add_argument("--no-progress", action="store_true")
     nav.set_defaults(func=_cmd_nav2d)
