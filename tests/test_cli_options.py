@@ -32,6 +32,7 @@ def no_computation(monkeypatch):
     monkeypatch.setattr(reproduce, "run", started)
     monkeypatch.setattr(maml_experiments, "run_accuracy", started)
     monkeypatch.setattr(maml, "train", started)
+    monkeypatch.setattr(maml, "train_seeds", started)
     return calls
 
 
@@ -146,6 +147,7 @@ NAV_BAD = [
     (["--seeds", "1"], "--seeds"),
     (["--seed", str(2**32)], "--seed"),  # without x64 a JAX key takes the seed mod 2**32: it would rerun seed 0
     (["--seed", "-5"], "--seed"),
+    (["--num-tasks", "100000", "--num-trajectories", "10000"], "--num-tasks"),  # ~10⁴ GiB of trajectories
 ]
 
 

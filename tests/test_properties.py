@@ -147,6 +147,7 @@ def no_computation(monkeypatch):
     monkeypatch.setattr(reproduce, "run", started)
     monkeypatch.setattr(maml_experiments, "run_accuracy", started)
     monkeypatch.setattr(maml, "train", started)
+    monkeypatch.setattr(maml, "train_seeds", started)
 
 
 NUMBERS = st.one_of(
@@ -162,7 +163,8 @@ OPTIONS = {
                   "--third-order-estimators", "--third-order-trajectories", "--device"],
     "maml-accuracy": ["--seed", "--seeds", "--batch-sizes", "--estimators", "--num-tasks", "--num-states",
                       "--num-actions", "--horizon", "--gamma", "--step-size", "--repeats"],
-    "maml-nav2d": ["--seed", "--seeds", "--methods", "--env", "--iterations"],
+    "maml-nav2d": ["--seed", "--seeds", "--methods", "--env", "--iterations", "--num-tasks", "--num-trajectories",
+                   "--horizon", "--inner-steps"],
 }
 QUIET = {"reproduce": "--quiet", "maml-accuracy": "--no-progress", "maml-nav2d": "--no-progress"}
 

@@ -652,17 +652,24 @@ def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, c
     (``[S, num_iterations]``); run s equals ``train(config, keys[s])`` up to floating-point reassociation
     (same key streams). ``wall_time`` is shared by the seeds (``[num_iterations]``). No checkpoints.
     """
-    from metagrad.progress import Progress
-
     keys = jnp.asarray(keys)
     num_seeds = int(keys.shape[0])
     init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
                                    num_seeds=num_seeds)
-    state = init(keys)
-    history: dict[str, np.ndarray] = {}
-    elapsed = 0.0
+    state, history = _run_chunks(config, train_chunk, init(keys), {}, 0, progress, label)
+    return state["params"], history
+
+
+def _run_chunks(config, train_chunk, state, history: dict, start: int, progress: bool, label: str, after_chunk=None):
+    """Run iterations ``start … num_iterations − 1`` in jitted chunks of ``checkpoint_every``, appending each
+    chunk's metrics (and its share of the wall time) to ``history`` along the last axis; ``after_chunk(state,
+    history, i)`` runs after each chunk (checkpoints). Returns ``(state, history)``."""
+    from metagrad.progress import Progress
+
+    elapsed = float(history["wall_time"][-1]) if len(history.get("wall_time", ())) else 0.0
     with Progress(config.num_iterations, label, enabled=progress) as bar:
-        i = 0
+        bar.update(start)
+        i = start
         while i < config.num_iterations:
             n = min(config.checkpoint_every, config.num_iterations - i)
             tic = time.perf_counter()
@@ -676,7 +683,9 @@ def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, c
                 history[name] = np.concatenate([history[name], values], axis=-1) if name in history else values
             i += n
             bar.update(n, note=f"post-adaptation return {float(np.mean(history['post_return'][..., -1])):.3f}")
-    return state["params"], history
+            if after_chunk is not None:
+                after_chunk(state, history, i)
+    return state, history
 
 
 def _write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, iteration: int) -> None:
@@ -822,8 +831,6 @@ def train(
 
 
 def _train(config, key, checkpoint_dir, resume, progress, label, env, policy, critic, optimizer):
-    from metagrad.progress import Progress
-
     init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer)
     state = init(key)
     history: dict[str, np.ndarray] = {}
@@ -848,23 +855,9 @@ def _train(config, key, checkpoint_dir, resume, progress, label, env, policy, cr
         if not np.array_equal(_key_data(saved["key"]), _key_data(state["key"])):
             raise ValueError("The checkpoint was written with a different key; resume needs the same key.")
         state = saved
-    elapsed = float(history["wall_time"][-1]) if "wall_time" in history and len(history["wall_time"]) else 0.0
-    with Progress(config.num_iterations, label, enabled=progress) as bar:
-        bar.update(start)
-        i = start
-        while i < config.num_iterations:
-            n = min(config.checkpoint_every, config.num_iterations - i)
-            tic = time.perf_counter()
-            state, metrics = train_chunk(state, jnp.arange(i, i + n))
-            metrics = jax.device_get(metrics)
-            seconds = time.perf_counter() - tic
-            metrics["wall_time"] = elapsed + seconds * np.arange(1, n + 1) / n
-            elapsed += seconds
-            for name, values in metrics.items():
-                values = np.asarray(values)
-                history[name] = np.concatenate([history[name], values]) if name in history else values
-            i += n
-            bar.update(n, note=f"post-adaptation return {float(history['post_return'][-1]):.3f}")
-            if checkpoint_dir is not None:
-                _write_checkpoint(checkpoint_dir, config, state, history, i)
+    def checkpoint(state, history, i):
+        _write_checkpoint(checkpoint_dir, config, state, history, i)
+
+    state, history = _run_chunks(config, train_chunk, state, history, start, progress, label,
+                                 checkpoint if checkpoint_dir is not None else None)
     return state["params"], history

@@ -80,3 +80,17 @@ def check_nav2d(args) -> None:
     # Navigation runs without jax_enable_x64: JAX keys take 32-bit seeds (larger ones wrap and collide).
     check_seed("--seed", args.seed, 2**32 - 1 - 12345, "keys are PRNGKey(seed) and PRNGKey(seed + 12345), 32-bit JAX seeds here")
     check_out_dir("--out", args.out)
+    check_memory("--seeds, --num-tasks, --num-trajectories, --horizon and --inner-steps", nav_memory(args))
+
+
+def nav_memory(args) -> int:
+    """Lower bound on the bytes of one ``maml-nav2d`` method: for every seed (all seeds run in one program),
+    the (inner steps + 1) batches of tasks × trajectories × (T+1) steps, each step holding float32 observation,
+    action, reward and log-probability (6 numbers) plus their gradients through the inner steps (× 2)."""
+    from metagrad.experiments.maml_experiments import nav_config
+
+    config = nav_config(args.methods[0], quick=args.quick, env=args.env, iterations=args.iterations,
+                        num_tasks=args.num_tasks, num_trajectories=args.num_trajectories, horizon=args.horizon,
+                        inner_steps=args.inner_steps)
+    steps = config.num_tasks * config.num_trajectories * (config.horizon + 1) * (config.inner_steps + 1)
+    return int(args.seeds * steps * 6 * 4 * 2)

@@ -133,10 +133,8 @@ def run_accuracy(*, seed: int, seeds: int, batch_sizes, estimators, num_tasks: i
     return results
 
 
-#: Line styles of the accuracy plot: DR and TayPO-2 coincide on-policy (same first two derivatives), so
-#: TayPO-2 is drawn dashed on top of DR.
-_STYLES = {"dice": ("C0", "o", "-"), "dr": ("C1", "s", "-"), "taypo2": ("C2", "x", "--"), "maml": ("C3", "v", "-"),
-           "lvc": ("C4", "^", "-")}
+#: DR and TayPO-2 coincide on-policy (same first two derivatives), so TayPO-2 is drawn dashed on top of DR.
+_DASHED = ("taypo2",)
 
 
 def _plot_accuracy(results: dict, batch_sizes, path: str, title: str = "") -> None:
@@ -145,9 +143,12 @@ def _plot_accuracy(results: dict, batch_sizes, path: str, title: str = "") -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metagrad import plotting
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
-    for i, (name, per_n) in enumerate(results.items()):
-        colour, marker, line = _STYLES.get(name, (f"C{5 + i}", "o", "-"))
+    for name, per_n in results.items():
+        style = plotting.style(name)  # the library's palette: one colour and marker per estimator
+        colour, marker, line = style["color"], style["marker"], "--" if name in _DASHED else "-"
         xs = [int(n) for n in per_n]
         for ax, key in zip(axes[:2], ("correlation", "relative_error")):
             mean = np.array([per_n[str(n)][key][0] for n in xs])
@@ -287,9 +288,11 @@ def _plot_nav(curves: dict, pre_curves: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metagrad import plotting
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for i, (method, runs) in enumerate(curves.items()):
-        colour = f"C{i}"
+    for method, runs in curves.items():
+        colour = plotting.style(method)["color"]
         for data, style, label in ((runs, "-", method), (pre_curves[method], ":", None)):
             data = np.asarray(data)
             mean = data.mean(0)

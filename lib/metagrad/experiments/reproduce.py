@@ -556,8 +556,9 @@ def plot(results: dict, out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metagrad import plotting
+
     panels = results["panels"]
-    colours = dict(zip(ESTIMATOR_LABELS, plt.get_cmap("tab10").colors))
     settings = results["settings"]
 
     def draw(ax, key, metric, title, ylabel, logx=False, logy=False):
@@ -571,7 +572,9 @@ def plot(results: dict, out_dir: str) -> list[str]:
             mean = np.asarray(metrics[metric]["mean"], dtype=float)  # None (undefined) → NaN: not drawn
             se = np.asarray(metrics[metric]["se"], dtype=float)
             label = ESTIMATOR_LABELS.get(name, name)
-            ax.errorbar(panel["x"], mean, yerr=se, marker="o", ms=4, capsize=3, label=label, color=colours.get(name))
+            style = plotting.style(name)  # one colour and marker per estimator across every figure
+            ax.errorbar(panel["x"], mean, yerr=se, marker=style["marker"], ms=4, capsize=3, label=label,
+                        color=style["color"])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("off-policyness ε" if panel["x_name"] == "epsilon" else "number of trajectories N")
         ax.set_ylabel(ylabel)
