@@ -147,9 +147,10 @@ def test_vmap_over_navigation_goals(goal_sampler):
     batch = jax.vmap(lambda k, g: sample(k, env, gaussian_policy, params, 8, 30, task=g))(keys, goals)
     assert batch.observations.shape == (4, 8, 31, 2) and batch.actions.shape == (4, 8, 30, 2)
     obs, act = np.asarray(batch.observations), np.asarray(batch.actions)
-    steps = np.clip(act, -env.max_action, env.max_action)
+    scale = 1.0 if env.action_scale is None else env.max_action / env.action_scale  # ProMP's normalize (corners)
+    steps = np.clip(act * scale, -env.max_action, env.max_action)
     live = np.asarray(batch.mask())[..., None]
-    # s_{t+1} = s_t + clip(a_t) while the episode runs (padding repeats the terminal state).
+    # s_{t+1} = s_t + clip(a_t · scale) while the episode runs (padding repeats the terminal state).
     np.testing.assert_allclose(obs[:, :, 1:], obs[:, :, :-1] + live * steps, atol=1e-12)
     if goal_sampler == "square":
         np.testing.assert_array_equal(obs[:, :, 0], 0.0)
