@@ -3,7 +3,9 @@
 XLA compilation dominates a first run of ``metagrad reproduce`` or of a notebook on a small machine; with
 the cache a second run loads the compiled executables from disk instead. JAX keys every entry by the
 program, the JAX/jaxlib versions, the backend, the devices and the XLA flags, so a stale or foreign entry is
-never used (it is recompiled instead).
+never used (it is recompiled instead). For the large programs of a command, :func:`executable` goes one step
+further and stores the whole executable under ``<cache directory>/executables``, so that a second run skips
+tracing and lowering too (JAX needs both to compute its own key).
 
 Where (first match wins):
 
@@ -28,8 +30,12 @@ numbers with and without the cache).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import pickle
 import sys
+import threading
 
 _OFF = ("off", "none", "0", "false", "no", "")
 
@@ -113,6 +119,118 @@ def _quiet_xla_log() -> None:
 
         jax.monitoring.register_event_listener(listener)
         _LISTENING = True
+
+
+_LOCAL = threading.local()  # hits: JAX compilation-cache hits in this thread since `executable` began a build
+_COUNTING = False
+
+
+def _count_cache_hits() -> None:
+    """Count JAX's compilation-cache hits per thread (a ``jax.monitoring`` listener, registered once)."""
+    global _COUNTING
+    import jax.monitoring
+
+    if not _COUNTING:
+
+        def listener(event, **_):
+            if event == "/jax/compilation_cache/cache_hits":
+                _LOCAL.hits = getattr(_LOCAL, "hits", 0) + 1
+
+        jax.monitoring.register_event_listener(listener)
+        _COUNTING = True
+
+
+@functools.lru_cache(maxsize=None)
+def source_fingerprint() -> str:
+    """sha256 of the metagrad package's Python sources: the code every traced program is made of."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as file:
+                    digest.update(hashlib.sha256(file.read()).digest())
+    return digest.hexdigest()
+
+
+def _executable_entry(tag: str, devices) -> tuple[str, str]:
+    """``(key, path)`` of ``tag``'s entry in the executable cache (see :func:`executable`)."""
+    import jax
+    import jaxlib
+
+    key = repr((tag, source_fingerprint(), jax.__version__, jaxlib.__version__, sorted(jax.config.values.items()),
+                os.environ.get("XLA_FLAGS", ""), [(d.platform, d.device_kind, d.id) for d in devices]))
+    return key, os.path.join(DIRECTORY, "executables", hashlib.sha256(key.encode()).hexdigest() + ".pkl")
+
+
+def has_executable(tag: str, devices) -> bool:
+    """Whether the executable cache has an entry for ``tag`` on ``devices`` (see :func:`executable`)."""
+    return DIRECTORY is not None and os.path.exists(_executable_entry(tag, devices)[1])
+
+
+def executable(tag: str, devices, build):
+    """A compiled program (``jax.stages.Compiled``), from the executable cache when it holds ``tag``'s.
+
+    JAX's compilation cache skips XLA compilation on a second run, but not tracing the Python function and
+    lowering it to StableHLO, which JAX needs to compute its key: for ``metagrad reproduce`` those take
+    longer than the warm run's execution. This cache stores the whole executable
+    (``jax.experimental.serialize_executable``) under ``<cache directory>/executables``, keyed by ``tag``,
+    a fingerprint of metagrad's sources, the JAX and jaxlib versions, every ``jax.config`` value, ``XLA_FLAGS``
+    and ``devices``; on a hit nothing is traced or compiled. ``tag`` must name the program and every option it
+    is traced with (e.g. the command and its whole configuration). ``build()`` traces and compiles it on a miss;
+    ``devices`` are the devices it runs on, in its mesh order. Off when the cache is off (:func:`cache_dir`);
+    an unreadable entry is never trusted: it is rebuilt.
+
+    Only an executable that XLA compiled in this process is stored: jaxlib cannot re-serialise one it loaded
+    from JAX's compilation cache (the copy lacks the program's functions), so a build that JAX's cache served
+    is used for this run only. Name the jitted function after :func:`source_fingerprint` (JAX's key includes
+    the name), so that JAX's cache misses whenever this one does after a change to the sources.
+    """
+    import jax
+
+    if DIRECTORY is None:
+        return build()
+    _count_cache_hits()
+    key, path = _executable_entry(tag, devices)
+    from jax.experimental import serialize_executable
+
+    try:
+        with open(path, "rb") as file:
+            stored_key, payload, in_tree, out_tree = pickle.load(file)
+        if stored_key == key:
+            if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":
+                _quiet_xla_log()  # the spurious CPU-feature message of a cache hit (see the module docstring)
+            # jaxlib registers its LAPACK kernels (the exact oracles' linear solves) when it first lowers a
+            # linear-algebra operation; a loaded executable that calls them before that crashes the process.
+            jax.jit(jax.numpy.linalg.solve).lower(jax.ShapeDtypeStruct((2, 2), "float32"),
+                                                  jax.ShapeDtypeStruct((2,), "float32"))
+            return serialize_executable.deserialize_and_load(payload, in_tree, out_tree,
+                                                             execution_devices=list(devices))
+    except Exception:  # noqa: BLE001 - missing, truncated, foreign or stale: rebuilt below
+        pass
+    _LOCAL.hits = 0
+    compiled = build()
+    if _LOCAL.hits:  # jaxlib cannot re-serialise an executable it loaded from its own cache (the copy lacks
+        try:  # the program's functions): only a fresh compilation is stored; an unusable entry is removed
+            os.remove(path)
+        except OSError:
+            pass
+        return compiled
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as file:
+            pickle.dump((key, *serialize_executable.serialize(compiled)), file)
+        os.replace(temporary, path)  # atomic: a concurrent run reads the old entry or the new one
+    except Exception:  # noqa: BLE001 - a cache is an optimisation: not storing only means compiling next time
+        try:
+            os.remove(temporary)
+        except (OSError, NameError):
+            pass
+    return compiled
 
 
 #: The cache directory in use since ``import metagrad`` (``None``: off); see :func:`install`.

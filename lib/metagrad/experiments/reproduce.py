@@ -263,6 +263,7 @@ class _Programs:
     """The jitted programs of panels (a)–(c) and the layout of their outputs (see :func:`_programs`)."""
 
     keys: object  # [trials] PRNG keys, one per trial
+    devices: tuple  # the devices `panels` runs on (its mesh over trials); `prepare` runs on the first
     prepare: object  # keys → trial data and exact derivatives, vmapped over trials and ε
     panels: object  # (estimator index, data…) → (ε metrics, top-order estimates, sweep metrics), see `_programs`
     sizes: list  # the prefix sizes N of the sweep metrics (panel c), ascending
@@ -289,6 +290,7 @@ def _programs(config: ReproduceConfig) -> _Programs:
     import jax.numpy as jnp
 
     from metagrad import exact
+    from metagrad._cache import source_fingerprint
 
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.trials)
     sizes = sorted(set(config.sweep) | {config.num_trajectories})
@@ -346,17 +348,27 @@ def _programs(config: ReproduceConfig) -> _Programs:
 
         return jax.lax.map(per_trial, (logits, batch, critic, exact_derivs))
 
+    # Named after metagrad's sources, so that JAX's compilation cache misses whenever the executable cache does
+    # (after a change to the sources) and the compiled programs can be stored there (`_cache.executable`).
+    version = source_fingerprint()[:12]
+    prepare.__name__ = prepare.__qualname__ = f"reproduce_prepare_{version}"
+    panels.__name__ = panels.__qualname__ = f"reproduce_panels_{version}"
     # Trials are independent: shard them over the visible devices (several CPU devices, see `main`, or GPUs).
     devices = jax.devices()
     count = max(k for k in range(1, len(devices) + 1) if config.trials % k == 0)
+    devices = tuple(devices[:count])
     if count > 1:
         from jax.sharding import Mesh, PartitionSpec
 
-        mesh = Mesh(np.array(devices[:count]), ("trials",))
+        mesh = Mesh(np.array(devices), ("trials",))
         trial_axis = PartitionSpec("trials")
         panels = jax.shard_map(panels, mesh=mesh, in_specs=(PartitionSpec(), *[trial_axis] * 4), out_specs=trial_axis,
                                  check_vma=False)
-    return _Programs(keys, jax.jit(prepare), jax.jit(panels), sizes, order)
+    # `prepare` runs for ~0.1 s but its compilation (the Dirichlet sampler, the rollout scan, the exact
+    # derivatives) is the largest of the command: LLVM's level 1 compiles it in ~60 % of the CPU time of the
+    # default level 2 at the same run time (benchmarks/reproduce.py). The panels program keeps level 2.
+    return _Programs(keys, devices, jax.jit(prepare, compiler_options={"xla_backend_optimization_level": 1}),
+                     jax.jit(panels), sizes, order)
 
 
 def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
@@ -364,21 +376,37 @@ def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
     return tuple(dict.fromkeys((*config.epsilons, config.sweep_epsilon)))
 
 
-def _prepare_and_compile(programs: _Programs):
+def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
     """``(trial data, compiled panels program)``: the panels program compiles in a second thread meanwhile.
 
     XLA compiles outside Python's global lock, so on two or more cores the two largest compilations of the
-    command overlap instead of adding up (the panels program needs only the shapes of the trial data).
+    command overlap instead of adding up (the panels program needs only the shapes of the trial data). Both
+    programs come from the executable cache when a previous run with the same options stored them
+    (:func:`metagrad._cache.executable`: no tracing, no compilation).
     """
     import concurrent.futures
 
     import jax
 
-    shapes = jax.eval_shape(programs.prepare, programs.keys)
-    args = (shapes["logits"], shapes["batch"], shapes["critic"], shapes["exact"])
+    from metagrad._cache import executable, has_executable
+
+    tag = f"metagrad reproduce {dataclasses.replace(config, progress=True)!r}"
+    tags = {"prepare": (tag + " prepare", programs.devices[:1]), "panels": (tag + " panels", programs.devices)}
+    # Trace `prepare` once, here, before the second thread needs its output shapes (it then finds the trace).
+    lowered = None if has_executable(*tags["prepare"]) else programs.prepare.lower(programs.keys)
+
+    def build_panels():
+        shapes = jax.eval_shape(programs.prepare, programs.keys)
+        args = (shapes["logits"], shapes["batch"], shapes["critic"], shapes["exact"])
+        return programs.panels.lower(0, *args).compile()
+
+    def build_prepare():
+        return (lowered or programs.prepare.lower(programs.keys)).compile()
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        compiled = pool.submit(lambda: programs.panels.lower(0, *args).compile())
-        data = jax.block_until_ready(programs.prepare(programs.keys))
+        compiled = pool.submit(executable, *tags["panels"], build_panels)
+        prepare = executable(*tags["prepare"], build_prepare)
+        data = jax.block_until_ready(prepare(programs.keys))
         return data, compiled.result()
 
 
@@ -399,7 +427,7 @@ def run(config: ReproduceConfig) -> dict:
 
     results: dict = {"panels": {}}
     with Progress(units, "reproduce", enabled=config.progress) as bar:
-        data, panels = _prepare_and_compile(programs)
+        data, panels = _prepare_and_compile(programs, config)
         bar.update(1, "trial data + exact derivatives")
 
         ab, sweep = {}, {}
@@ -549,6 +577,11 @@ def _fmt_x(x) -> str:
     return f"{x:g}"
 
 
+#: Fixed margins of both 1×3 figures (15 × 4.4 in): what ``tight_layout`` chose, without its text measuring,
+#: which took a third of the plotting time.
+_LAYOUT = dict(left=0.045, right=0.99, bottom=0.22, top=0.83, wspace=0.26)
+
+
 def plot(results: dict, out_dir: str) -> list[str]:
     """Write ``figure1.png`` (panels a–c, as in the paper) and ``beyond.png`` (panels d–f)."""
     import matplotlib
@@ -600,7 +633,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
         f"T = {settings['horizon']}, {settings['trials']} trials (mean ± s.e.)",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.subplots_adjust(**_LAYOUT)
     paths.append(os.path.join(out_dir, "figure1.png"))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
@@ -629,7 +662,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
                 legend.setdefault(label, handle)
         fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
         fig.suptitle("Beyond the paper: third order, the on-policy identity DR = TayPO-2, and errors", fontsize=11)
-        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        fig.subplots_adjust(**_LAYOUT)
         paths.append(os.path.join(out_dir, "beyond.png"))
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
