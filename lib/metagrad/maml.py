@@ -40,7 +40,7 @@ Outer optimisers (``outer``; the three families of Fig. 1d):
   policies); after the first step the inner surrogates are off-policy, μ = π_θk^old (their OPE form);
 * ``"trpo"`` — TRPO-MAML (Finn et al. 2017): conjugate gradient on the Fisher-vector product of the mean
   KL of the post-update policies, Gauss–Newton form Jᵀ F_θ' J with J = ∂θ'/∂θ (``jax.linearize`` and
-  ``jax.vjp``), step to the KL radius ``max_kl``, backtracking line search.
+  ``jax.vjp``, :meth:`MAML.fisher_vector_product`), step to the KL radius ``max_kl``, backtracking line search.
 
 :func:`train` is make_train-style: one jitted meta-iteration, ``lax.scan`` over iterations between
 checkpoints, a progress bar on stderr, atomic checkpoints and bit-identical ``resume``.
@@ -496,6 +496,42 @@ class MAML:
 
         return jnp.mean(jax.vmap(per_task)(data))
 
+    def _post_kl(self, old_adapted, adapted, data: TaskData):
+        """mean_g mean_{n,t} KL(π_θ'_g,old ‖ π_θ'_g) on the post-update batches (leading task axis everywhere)."""
+        kls = jax.vmap(lambda old, new, d: jnp.mean(self.policy.kl(old, new, _observations(d.post))))(
+            old_adapted, adapted, data
+        )
+        return jnp.mean(kls)
+
+    def _gauss_newton_fisher(self, params, data: TaskData):
+        """``(fvp, θ'_old)``: see :meth:`fisher_vector_product`; θ'_old the adapted parameters (leading task axis)."""
+        flat, unravel = ravel_pytree(params)
+
+        def adapted_all(flat_params):
+            p = unravel(flat_params)
+            return jax.vmap(lambda d: self.adapt(p, d)[0])(data)
+
+        old_adapted = jax.lax.stop_gradient(adapted_all(flat))
+        _, jvp_fn = jax.linearize(adapted_all, flat)
+        _, vjp_fn = jax.vjp(adapted_all, flat)
+
+        def fvp(v):
+            tangent = jvp_fn(v)
+            _, fv = jax.jvp(jax.grad(lambda a: self._post_kl(old_adapted, a, data)), (old_adapted,), (tangent,))
+            return vjp_fn(fv)[0]
+
+        return fvp, old_adapted
+
+    def fisher_vector_product(self, params, data: TaskData):
+        """``v ↦ F v``, TRPO-MAML's Gauss–Newton Fisher-vector product at θ = θ_old, on flat vectors ``[P]``.
+
+        F v = Σ_g J_gᵀ ∇²KL J_g v with KL = mean_g mean KL(π_θ'_g,old ‖ π_θ'_g) over the post-update batches
+        (its Hessian in θ at θ_old: ∇KL = 0 there, so the second-order term of θ'(θ) drops) and
+        J_g = ∂θ'_g/∂θ ``[P', P]`` for task g (``data`` has a leading task axis of size M): J v by
+        ``jax.linearize`` (``[M, P']`` tangents), ∇²KL w forward-over-reverse at θ'_old, Jᵀ u by ``jax.vjp``.
+        """
+        return self._gauss_newton_fisher(params, data)[0]
+
     def _trpo_update(self, params, data: TaskData):
         config = self.config
         flat, unravel = ravel_pytree(params)
@@ -507,27 +543,12 @@ class MAML:
         def objective(flat_params):  # (maml helper) the line search sees the E-MAML term too: trpo_objective
             return self.trpo_objective(unravel(flat_params), data)
 
-        old_adapted = jax.lax.stop_gradient(adapted_all(flat, False))
-
-        def mean_kl_adapted(adapted):
-            kls = jax.vmap(lambda old, new, d: jnp.mean(self.policy.kl(old, new, _observations(d.post))))(
-                old_adapted, adapted, data
-            )
-            return jnp.mean(kls)
+        fisher_vector_product, old_adapted = self._gauss_newton_fisher(params, data)
 
         def kl(flat_params):
-            return mean_kl_adapted(adapted_all(flat_params, True))
+            return self._post_kl(old_adapted, adapted_all(flat_params, True), data)
 
         gradient = jax.grad(lambda f: self.meta_objective(unravel(f), data))(flat)
-        # Gauss–Newton Fisher-vector product at θ = θ_old: Jᵀ ∇²_θ' KL J v, J = ∂θ'/∂θ.
-        _, jvp_fn = jax.linearize(lambda f: adapted_all(f, False), flat)
-        _, vjp_fn = jax.vjp(lambda f: adapted_all(f, False), flat)
-
-        def fisher_vector_product(v):
-            tangent = jvp_fn(v)
-            _, fv = jax.jvp(jax.grad(mean_kl_adapted), (old_adapted,), (tangent,))
-            return vjp_fn(fv)[0]
-
         new_flat, index = outer_lib.trpo_step(
             flat, gradient, fisher_vector_product, objective, kl,
             max_kl=config.max_kl, cg_iterations=config.cg_iterations, damping=config.cg_damping,
