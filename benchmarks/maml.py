@@ -164,8 +164,9 @@ def main(argv=None) -> int:
         f"{trpo / plain:.1f}× wall, {trpo_cpu:.1f}× CPU. Profile (CPU seconds): each conjugate-gradient iteration "
         f"beyond the first costs {fvp:.3f} s (the TRPO row minus the 1-CG-iteration row, over "
         f"{base.cg_iterations - 1}), against {maml_pg.cpu:.3f} s for that whole PG meta-iteration: a "
-        "Fisher-vector product Jᵀ ∇²KL J v through θ'(θ) (J = ∂θ'/∂θ) is a Jacobian-vector and a "
-        "vector-Jacobian product through the inner gradient step plus a Hessian-vector product of the KL, and a "
+        "Fisher-vector product Jᵀ ∇²KL J v through θ'(θ) (J = ∂θ'/∂θ) is two Jacobian-vector products through "
+        "the inner gradient step (J v, then Jᵀ u = J u: the step's Jacobian is symmetric) plus a Hessian-vector "
+        "product of the KL, and a "
         f"TRPO step takes {base.cg_iterations} of them (one per CG iteration; xᵀFx comes from the product CG "
         "tracks).",
     ]

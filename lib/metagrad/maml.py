@@ -39,8 +39,9 @@ Outer optimisers (``outer``; the three families of Fig. 1d):
   mean_g J^CLIP_g(θ'_g(θ)) − β Σ_k KL(π_θk^old ‖ π_θk) (a fixed penalty β = ``kl_coef`` on the pre-update
   policies); after the first step the inner surrogates are off-policy, μ = π_θk^old (their OPE form);
 * ``"trpo"`` — TRPO-MAML (Finn et al. 2017): conjugate gradient on the Fisher-vector product of the mean
-  KL of the post-update policies, Gauss–Newton form Jᵀ F_θ' J with J = ∂θ'/∂θ (``jax.linearize`` and
-  ``jax.vjp``, :meth:`MAML.fisher_vector_product`), step to the KL radius ``max_kl``, backtracking line search.
+  KL of the post-update policies, Gauss–Newton form Jᵀ F_θ' J with J = ∂θ'/∂θ (forward mode only: Jᵀ = J
+  factor by factor, :meth:`MAML.fisher_vector_product`), step to the KL radius ``max_kl``, backtracking line
+  search.
 
 :func:`train` is make_train-style: one jitted meta-iteration, ``lax.scan`` over iterations between
 checkpoints, a progress bar on stderr, atomic checkpoints and bit-identical ``resume``.
@@ -505,20 +506,31 @@ class MAML:
 
     def _gauss_newton_fisher(self, params, data: TaskData):
         """``(fvp, θ'_old)``: see :meth:`fisher_vector_product`; θ'_old the adapted parameters (leading task axis)."""
-        flat, unravel = ravel_pytree(params)
+        num_tasks = data.post.rewards.shape[0]
+        # θ_0 = θ for every task: a task axis on the parameters, so each J_k acts on a per-task vector.
+        theta = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_tasks,) + x.shape), params)
+        steps = []
+        for k in range(len(data.pre)):
+            def step(thetas, k=k):
+                return jax.vmap(lambda p, d: self.inner_step(p, d.pre[k], d.pre_values[k]))(thetas, data)
 
-        def adapted_all(flat_params):
-            p = unravel(flat_params)
-            return jax.vmap(lambda d: self.adapt(p, d)[0])(data)
+            theta, linear = jax.linearize(step, theta)  # θ_{k+1} and w ↦ J_k w, linearised once at θ_k
+            steps.append(linear)
+        old_adapted = jax.lax.stop_gradient(theta)
 
-        old_adapted = jax.lax.stop_gradient(adapted_all(flat))
-        _, jvp_fn = jax.linearize(adapted_all, flat)
-        _, vjp_fn = jax.vjp(adapted_all, flat)
+        def kl_hessian_vector_product(w):
+            return jax.jvp(jax.grad(lambda a: self._post_kl(old_adapted, a, data)), (old_adapted,), (w,))[1]
+
+        _, unravel = ravel_pytree(params)
 
         def fvp(v):
-            tangent = jvp_fn(v)
-            _, fv = jax.jvp(jax.grad(lambda a: self._post_kl(old_adapted, a, data)), (old_adapted,), (tangent,))
-            return vjp_fn(fv)[0]
+            w = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_tasks,) + x.shape), unravel(v))
+            for linear in steps:  # J v = J_K ⋯ J_1 v
+                w = linear(w)
+            u = kl_hessian_vector_product(w)
+            for linear in reversed(steps):  # Jᵀ u = J_1ᵀ ⋯ J_Kᵀ u = J_1 ⋯ J_K u (J_k symmetric)
+                u = linear(u)
+            return ravel_pytree(jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), u))[0]
 
         return fvp, old_adapted
 
@@ -527,8 +539,16 @@ class MAML:
 
         F v = Σ_g J_gᵀ ∇²KL J_g v with KL = mean_g mean KL(π_θ'_g,old ‖ π_θ'_g) over the post-update batches
         (its Hessian in θ at θ_old: ∇KL = 0 there, so the second-order term of θ'(θ) drops) and
-        J_g = ∂θ'_g/∂θ ``[P', P]`` for task g (``data`` has a leading task axis of size M): J v by
-        ``jax.linearize`` (``[M, P']`` tangents), ∇²KL w forward-over-reverse at θ'_old, Jᵀ u by ``jax.vjp``.
+        J_g = ∂θ'_g/∂θ = J_K ⋯ J_1, J_k = I + η ∇²V̂_in(θ_k) the Jacobian of the inner step k of task g
+        (``data`` has a leading task axis of size M). Each J_k is symmetric — the inner step adds η times
+        ``jax.grad`` of a scalar, with every ``stop_gradient`` a constant in all derivatives (the same
+        linearisation for both products), and J_k = I for ``fomaml`` — for every inner estimator and both
+        objective forms, so Jᵀ u = J_1 ⋯ J_K u: forward mode only, each J_k linearised once at θ_k
+        (``jax.linearize``, per task under ``vmap``) and applied once in each direction. ∇²KL w is
+        forward-over-reverse at θ'_old. Shapes: v and F v ``[P]`` (flat θ); the tangents between are parameter
+        pytrees with a leading task axis ``[M, …]``, summed over tasks at the end (Σ_g J_gᵀ u_g). (A custom policy
+        whose ``log_prob`` cannot be differentiated forward, e.g. a ``custom_vjp``, is not supported; it never
+        was: J v was already forward mode.)
         """
         return self._gauss_newton_fisher(params, data)[0]
 
