@@ -39,8 +39,9 @@ Outer optimisers (``outer``; the three families of Fig. 1d):
   mean_g J^CLIP_g(θ'_g(θ)) − β Σ_k KL(π_θk^old ‖ π_θk) (a fixed penalty β = ``kl_coef`` on the pre-update
   policies); after the first step the inner surrogates are off-policy, μ = π_θk^old (their OPE form);
 * ``"trpo"`` — TRPO-MAML (Finn et al. 2017): conjugate gradient on the Fisher-vector product of the mean
-  KL of the post-update policies, Gauss–Newton form Jᵀ F_θ' J with J = ∂θ'/∂θ (``jax.linearize`` and
-  ``jax.vjp``), step to the KL radius ``max_kl``, backtracking line search.
+  KL of the post-update policies, Gauss–Newton form Jᵀ F_θ' J with J = ∂θ'/∂θ (forward mode only: Jᵀ = J
+  factor by factor, :meth:`MAML.fisher_vector_product`), step to the KL radius ``max_kl``, backtracking line
+  search.
 
 :func:`train` is make_train-style: one jitted meta-iteration, ``lax.scan`` over iterations between
 checkpoints, a progress bar on stderr, atomic checkpoints and bit-identical ``resume``.
@@ -496,6 +497,61 @@ class MAML:
 
         return jnp.mean(jax.vmap(per_task)(data))
 
+    def _post_kl(self, old_adapted, adapted, data: TaskData):
+        """mean_g mean_{n,t} KL(π_θ'_g,old ‖ π_θ'_g) on the post-update batches (leading task axis everywhere)."""
+        kls = jax.vmap(lambda old, new, d: jnp.mean(self.policy.kl(old, new, _observations(d.post))))(
+            old_adapted, adapted, data
+        )
+        return jnp.mean(kls)
+
+    def _gauss_newton_fisher(self, params, data: TaskData):
+        """``(fvp, θ'_old)``: see :meth:`fisher_vector_product`; θ'_old the adapted parameters (leading task axis)."""
+        num_tasks = data.post.rewards.shape[0]
+        # θ_0 = θ for every task: a task axis on the parameters, so each J_k acts on a per-task vector.
+        theta = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_tasks,) + x.shape), params)
+        steps = []
+        for k in range(len(data.pre)):
+            def step(thetas, k=k):
+                return jax.vmap(lambda p, d: self.inner_step(p, d.pre[k], d.pre_values[k]))(thetas, data)
+
+            theta, linear = jax.linearize(step, theta)  # θ_{k+1} and w ↦ J_k w, linearised once at θ_k
+            steps.append(linear)
+        old_adapted = jax.lax.stop_gradient(theta)
+
+        def kl_hessian_vector_product(w):
+            return jax.jvp(jax.grad(lambda a: self._post_kl(old_adapted, a, data)), (old_adapted,), (w,))[1]
+
+        _, unravel = ravel_pytree(params)
+
+        def fvp(v):
+            w = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_tasks,) + x.shape), unravel(v))
+            for linear in steps:  # J v = J_K ⋯ J_1 v
+                w = linear(w)
+            u = kl_hessian_vector_product(w)
+            for linear in reversed(steps):  # Jᵀ u = J_1ᵀ ⋯ J_Kᵀ u = J_1 ⋯ J_K u (J_k symmetric)
+                u = linear(u)
+            return ravel_pytree(jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), u))[0]
+
+        return fvp, old_adapted
+
+    def fisher_vector_product(self, params, data: TaskData):
+        """``v ↦ F v``, TRPO-MAML's Gauss–Newton Fisher-vector product at θ = θ_old, on flat vectors ``[P]``.
+
+        F v = Σ_g J_gᵀ ∇²KL J_g v with KL = mean_g mean KL(π_θ'_g,old ‖ π_θ'_g) over the post-update batches
+        (its Hessian in θ at θ_old: ∇KL = 0 there, so the second-order term of θ'(θ) drops) and
+        J_g = ∂θ'_g/∂θ = J_K ⋯ J_1, J_k = I + η ∇²V̂_in(θ_k) the Jacobian of the inner step k of task g
+        (``data`` has a leading task axis of size M). Each J_k is symmetric — the inner step adds η times
+        ``jax.grad`` of a scalar, with every ``stop_gradient`` a constant in all derivatives (the same
+        linearisation for both products), and J_k = I for ``fomaml`` — for every inner estimator and both
+        objective forms, so Jᵀ u = J_1 ⋯ J_K u: forward mode only, each J_k linearised once at θ_k
+        (``jax.linearize``, per task under ``vmap``) and applied once in each direction. ∇²KL w is
+        forward-over-reverse at θ'_old. Shapes: v and F v ``[P]`` (flat θ); the tangents between are parameter
+        pytrees with a leading task axis ``[M, …]``, summed over tasks at the end (Σ_g J_gᵀ u_g). (A custom policy
+        whose ``log_prob`` cannot be differentiated forward, e.g. a ``custom_vjp``, is not supported; it never
+        was: J v was already forward mode.)
+        """
+        return self._gauss_newton_fisher(params, data)[0]
+
     def _trpo_update(self, params, data: TaskData):
         config = self.config
         flat, unravel = ravel_pytree(params)
@@ -507,27 +563,12 @@ class MAML:
         def objective(flat_params):  # (maml helper) the line search sees the E-MAML term too: trpo_objective
             return self.trpo_objective(unravel(flat_params), data)
 
-        old_adapted = jax.lax.stop_gradient(adapted_all(flat, False))
-
-        def mean_kl_adapted(adapted):
-            kls = jax.vmap(lambda old, new, d: jnp.mean(self.policy.kl(old, new, _observations(d.post))))(
-                old_adapted, adapted, data
-            )
-            return jnp.mean(kls)
+        fisher_vector_product, old_adapted = self._gauss_newton_fisher(params, data)
 
         def kl(flat_params):
-            return mean_kl_adapted(adapted_all(flat_params, True))
+            return self._post_kl(old_adapted, adapted_all(flat_params, True), data)
 
         gradient = jax.grad(lambda f: self.meta_objective(unravel(f), data))(flat)
-        # Gauss–Newton Fisher-vector product at θ = θ_old: Jᵀ ∇²_θ' KL J v, J = ∂θ'/∂θ.
-        _, jvp_fn = jax.linearize(lambda f: adapted_all(f, False), flat)
-        _, vjp_fn = jax.vjp(lambda f: adapted_all(f, False), flat)
-
-        def fisher_vector_product(v):
-            tangent = jvp_fn(v)
-            _, fv = jax.jvp(jax.grad(mean_kl_adapted), (old_adapted,), (tangent,))
-            return vjp_fn(fv)[0]
-
         new_flat, index = outer_lib.trpo_step(
             flat, gradient, fisher_vector_product, objective, kl,
             max_kl=config.max_kl, cg_iterations=config.cg_iterations, damping=config.cg_damping,

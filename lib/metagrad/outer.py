@@ -46,26 +46,32 @@ def ppo_clip_objective(log_pi, old_log_pi, advantage, weights, clip_eps: float) 
     return jnp.mean(jnp.sum(weights * per_step, axis=-1))
 
 
-def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, iterations: int = 10) -> jax.Array:
+def conjugate_gradient(
+    matvec: Callable[[jax.Array], jax.Array], b: jax.Array, iterations: int = 10, *, return_product: bool = False
+):
     """x ≈ A⁻¹ b for a symmetric positive-definite A given only ``matvec(v) = A v`` (``iterations`` CG steps).
 
     Fixed iteration count (a ``lax.fori_loop``), so it is jittable; a tiny residual stops further updates.
+    ``return_product=True`` returns ``(x, A x)``: A x is tracked alongside x from the products the iterations
+    already form (A x_{k+1} = A x_k + α_k A p_k), so it costs no extra ``matvec`` and equals ``matvec(x)`` up to
+    rounding.
     """
 
     def body(_, carry):
-        x, r, p, rr = carry
+        x, ax, r, p, rr = carry
         ap = matvec(p)
         alpha = rr / jnp.maximum(jnp.vdot(p, ap), 1e-30)
         active = rr > 1e-20
         x = jnp.where(active, x + alpha * p, x)
+        ax = jnp.where(active, ax + alpha * ap, ax)
         r_new = jnp.where(active, r - alpha * ap, r)
         rr_new = jnp.vdot(r_new, r_new)
         p = jnp.where(active, r_new + (rr_new / jnp.maximum(rr, 1e-30)) * p, p)
-        return x, r_new, p, rr_new
+        return x, ax, r_new, p, rr_new
 
     x0 = jnp.zeros_like(b)
-    x, *_ = jax.lax.fori_loop(0, int(iterations), body, (x0, b, b, jnp.vdot(b, b)))
-    return x
+    x, ax, *_ = jax.lax.fori_loop(0, int(iterations), body, (x0, x0, b, b, jnp.vdot(b, b)))
+    return (x, ax) if return_product else x
 
 
 def trpo_step(
@@ -83,13 +89,14 @@ def trpo_step(
 ) -> tuple[jax.Array, jax.Array]:
     """One TRPO ascent step on flat ``params``; returns ``(new_params, accepted_step_index)``.
 
-    x = CG((F + damping I), g); full step s = √(2δ / xᵀFx) x; try params + βⁱ s for i = 0, 1, … and keep
+    x = CG((F + damping I), g); full step s = √(2δ / xᵀFx) x with xᵀFx = xᵀ(F + damping I)x from the product CG
+    tracks (``cg_iterations`` Fisher-vector products in all, none extra); try params + βⁱ s for i = 0, 1, … and keep
     the first one with objective > objective(params) and kl ≤ δ (up to 1e-6 relative); if none qualifies the parameters are
     unchanged and the index equals ``backtrack_steps``.
     """
     matvec = lambda v: fisher_vector_product(v) + damping * v  # noqa: E731
-    direction = conjugate_gradient(matvec, gradient, cg_iterations)
-    shs = jnp.vdot(direction, matvec(direction))
+    direction, product = conjugate_gradient(matvec, gradient, cg_iterations, return_product=True)
+    shs = jnp.vdot(direction, product)
     full_step = jnp.sqrt(2.0 * max_kl / jnp.maximum(shs, 1e-30)) * direction
     base = objective(params)
 
