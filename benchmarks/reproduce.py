@@ -104,11 +104,11 @@ def per_program(options: list[str]) -> list[tuple[str, float, float, float, floa
     def clock():
         return time.perf_counter(), time.process_time()
 
-    def timed(name, fn, args_list):
+    def timed(name, fn, args_list, compile_lowered=lambda lowered: lowered.compile()):
         t0 = clock()
         lowered = fn.lower(*args_list[0])
         t1 = clock()
-        compiled = lowered.compile()
+        compiled = compile_lowered(lowered)
         t2 = clock()
         outs = [jax.block_until_ready(compiled(*a)) for a in args_list]
         t3 = clock()
@@ -116,13 +116,14 @@ def per_program(options: list[str]) -> list[tuple[str, float, float, float, floa
                      *(b[1] - a[1] for a, b in ((t0, t1), (t1, t2), (t2, t3)))))
         return compiled, outs
 
-    _, (data,) = timed("`prepare` (trial data + exact derivatives)", programs.prepare, [(programs.keys,)])
+    prepare, (data,) = timed("`prepare` (trial data + exact derivatives)", programs.prepare, [(programs.keys,)],
+                             reproduce.compile_prepare)
     args_list = [(i, data["logits"], data["batch"], data["critic"], data["exact"]) for i in range(len(args.estimators))]
     compiled, _ = timed(f"`panels` ({len(args_list)} estimators, one call each)", programs.panels, args_list)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        jax.block_until_ready(programs.prepare(programs.keys))
+        jax.block_until_ready(prepare(programs.keys))
         jax.block_until_ready([compiled(*a) for a in args_list])
         best = min(best, time.perf_counter() - start)
     return rows, best

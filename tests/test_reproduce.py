@@ -119,3 +119,24 @@ def test_first_order_maml_hessian_is_zero_not_mamls():
     b_rows = table.split("(b)")[1].split("(c)")[0].splitlines()
     fomaml_row = next(line for line in b_rows if line.strip().startswith("fomaml"))
     assert "n/a" in fomaml_row and "±" not in fomaml_row
+
+
+def test_prepare_compiler_options_change_no_number(monkeypatch):
+    """`prepare` is compiled with cheaper XLA options (PREPARE_COMPILER_OPTIONS): its outputs (MDPs,
+    trajectories, critics, exact derivatives) are bit-identical to XLA's defaults; an option this XLA does not
+    know falls back to the defaults instead of failing."""
+    import jax
+
+    config = reproduce.ReproduceConfig(trials=2, epsilons=(0.0, 0.5), num_trajectories=20, sweep=(10, 20),
+                                       progress=False)
+    programs = reproduce._programs(config)
+    lowered = programs.prepare.lower(programs.keys)
+    default = lowered.compile({"xla_backend_optimization_level": 2})  # XLA's default level (the suite uses 0)
+    outputs = [jax.tree_util.tree_leaves(compiled(programs.keys)) for compiled in (reproduce.compile_prepare(lowered), default)]
+    for tuned, default in zip(*outputs):
+        np.testing.assert_array_equal(np.asarray(tuned), np.asarray(default))
+    monkeypatch.setattr(reproduce, "PREPARE_COMPILER_OPTIONS", {"xla_no_such_option_anywhere": True})
+    fallback = jax.tree_util.tree_leaves(reproduce.compile_prepare(lowered)(programs.keys))
+    suite_default = jax.tree_util.tree_leaves(lowered.compile()(programs.keys))
+    for got, expected in zip(fallback, suite_default):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))

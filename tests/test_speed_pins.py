@@ -3,8 +3,12 @@
 The values were computed by the code as it was before the optimisations (``metagrad reproduce``'s
 programs and ``MAML._trpo_update``), in this test suite's settings (float64, XLA optimisation level 0).
 ``reproduce`` estimates are float32 (tolerance 1e-5 on correlations and errors of order one: float32
-rounding of sums over up to 300 trajectories); the TRPO step is float64 (relative tolerance 1e-7:
-the conjugate-gradient iterates may be summed in another order, nothing more).
+rounding of sums over up to 300 trajectories). The TRPO step is float64: the meta-gradient is pinned to a
+relative 1e-7, the step to 2e-5 (its norm and projection relative, its components to 2e-5 of its norm). Ten
+conjugate-gradient iterations on the rank-deficient Fisher matrix (eigenvalues 3.2 down to 5e-19, damping
+1e-5) magnify rounding about 10¹⁰-fold: the forward-mode
+Fisher-vector product (Jᵀu = J u per inner step, ``tests/test_trpo_fvp.py``) equals the old linearize/vjp one
+to 4e-16, yet moves the navigation step by 1.8e-6 relative; so does symmetrising the old matrix alone (1.4e-6).
 """
 
 import jax
@@ -72,7 +76,7 @@ def test_trpo_iteration_is_pinned(env):
     step = np.asarray(after - before)
     probe = np.asarray(jax.random.normal(jax.random.PRNGKey(3), step.shape, step.dtype))
     assert int(metrics["backtracks"]) == backtracks
-    np.testing.assert_allclose(np.linalg.norm(step), norm, rtol=1e-7)
-    np.testing.assert_allclose(step @ probe, projection, rtol=1e-7)
-    np.testing.assert_allclose(step[:4], head, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(step), norm, rtol=2e-5)
+    np.testing.assert_allclose(step @ probe, projection, rtol=2e-5)
+    np.testing.assert_allclose(step[:4], head, rtol=0, atol=2e-5 * norm)  # components: 2e-5 of ‖Δθ‖
     np.testing.assert_allclose(float(metrics["meta_grad_norm"]), grad_norm, rtol=1e-7)

@@ -364,11 +364,26 @@ def _programs(config: ReproduceConfig) -> _Programs:
         trial_axis = PartitionSpec("trials")
         panels = jax.shard_map(panels, mesh=mesh, in_specs=(PartitionSpec(), *[trial_axis] * 4), out_specs=trial_axis,
                                  check_vma=False)
-    # `prepare` runs for ~0.1 s but its compilation (the Dirichlet sampler, the rollout scan, the exact
-    # derivatives) is the largest of the command: LLVM's level 1 compiles it in ~60 % of the CPU time of the
-    # default level 2 at the same run time (benchmarks/reproduce.py). The panels program keeps level 2.
-    return _Programs(keys, devices, jax.jit(prepare, compiler_options={"xla_backend_optimization_level": 1}),
-                     jax.jit(panels), sizes, order)
+    return _Programs(keys, devices, jax.jit(prepare), jax.jit(panels), sizes, order)
+
+
+#: XLA options for compiling ``prepare``. It runs for ~0.1 s, but its compilation (the Dirichlet sampler, the
+#: rollout scan, the exact derivatives) was the command's largest: LLVM's level 1 and XLA's classic CPU
+#: emitters compile it with 2.3 s of CPU instead of 6.7 s, at the same run time and bit-identical outputs
+#: (measured on the default command, jaxlib 0.9.2). The panels program keeps XLA's defaults (its run time
+#: would grow).
+PREPARE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+
+
+def compile_prepare(lowered):
+    """Compile the lowered ``prepare`` program with :data:`PREPARE_COMPILER_OPTIONS` (XLA's defaults where this
+    XLA does not know one of them)."""
+    try:
+        return lowered.compile(PREPARE_COMPILER_OPTIONS)
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is an unknown option
+        if "No such compile option" not in str(err):
+            raise
+        return lowered.compile()
 
 
 def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
@@ -401,7 +416,7 @@ def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
         return programs.panels.lower(0, *args).compile()
 
     def build_prepare():
-        return (lowered or programs.prepare.lower(programs.keys)).compile()
+        return compile_prepare(lowered or programs.prepare.lower(programs.keys))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         compiled = pool.submit(executable, *tags["panels"], build_panels)
