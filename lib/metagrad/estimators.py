@@ -417,7 +417,9 @@ def tabular_derivatives(
     The same numbers as :func:`tabular_derivatives_autodiff` (the tests check it to float precision), but
     computed by the chain rule through the log-probabilities (:func:`metagrad.tabular.derivatives`): each
     trajectory's objective is differentiated in its T log-probabilities and the result is assembled in
-    θ-space with the softmax Jacobian, 10–30× faster than differentiating the batch surrogate in θ.
+    θ-space with the softmax Jacobian. For the Hessians of the paper's Figure 1 (N = 1000, T = 20, 20 × 5;
+    ``benchmarks/estimators.py``, RESULTS.md) that is 3–15× faster than differentiating the batch surrogate
+    in θ for the OPE and DiCE-family estimators, as fast for LVC, and 5× slower for MAML's surrogate.
 
     π_θ(a|x) = softmax(θ[x])[a]; values V(x_t) = ``critic[x_t]`` (indexed by **state**, bootstrap at x_T);
     μ = π_θ (on-policy, ``stop_gradient``) when ``behaviour_logits`` is ``None``, else
