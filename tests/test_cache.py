@@ -164,3 +164,16 @@ def test_executable_cache_is_off_with_the_cache(monkeypatch):
     for _ in range(2):
         _cache.executable("off", jax.devices()[:1], lambda: builds.append(1) or jax.jit(abs).lower(1.0).compile())
     assert len(builds) == 2 and not _cache.has_executable("off", jax.devices()[:1])
+
+
+def test_executable_cache_is_cpu_only(executable_cache):
+    """Programs on other devices go through JAX's compilation cache alone (loading them is untested here)."""
+    import types
+
+    import jax
+
+    gpu = types.SimpleNamespace(platform="gpu", device_kind="fake", id=0)
+    builds = []
+    for _ in range(2):
+        _cache.executable("gpu program", [gpu], lambda: builds.append(1) or jax.jit(abs).lower(1.0).compile())
+    assert len(builds) == 2 and not executable_cache.exists()

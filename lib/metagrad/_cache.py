@@ -181,8 +181,8 @@ def executable(tag: str, devices, build):
     a fingerprint of metagrad's sources, the JAX and jaxlib versions, every ``jax.config`` value, ``XLA_FLAGS``
     and ``devices``; on a hit nothing is traced or compiled. ``tag`` must name the program and every option it
     is traced with (e.g. the command and its whole configuration). ``build()`` traces and compiles it on a miss;
-    ``devices`` are the devices it runs on, in its mesh order. Off when the cache is off (:func:`cache_dir`);
-    an unreadable entry is never trusted: it is rebuilt.
+    ``devices`` are the devices it runs on, in its mesh order. Off when the cache is off (:func:`cache_dir`)
+    and for programs on other devices than CPUs; an unreadable entry is never trusted: it is rebuilt.
 
     Only an executable that XLA compiled in this process is stored: jaxlib cannot re-serialise one it loaded
     from JAX's compilation cache (the copy lacks the program's functions), so a build that JAX's cache served
@@ -191,8 +191,8 @@ def executable(tag: str, devices, build):
     """
     import jax
 
-    if DIRECTORY is None:
-        return build()
+    if DIRECTORY is None or any(d.platform != "cpu" for d in devices):
+        return build()  # CPU only: loading executables on an accelerator is untested here (JAX's cache serves it)
     _count_cache_hits()
     key, path = _executable_entry(tag, devices)
     from jax.experimental import serialize_executable

@@ -369,8 +369,8 @@ def _programs(config: ReproduceConfig) -> _Programs:
 
 #: XLA options for compiling ``prepare``. It runs for ~0.1 s, but its compilation (the Dirichlet sampler, the
 #: rollout scan, the exact derivatives) was the command's largest: LLVM's level 1 and XLA's classic CPU
-#: emitters compile it with 2.3 s of CPU instead of 6.7 s, at the same run time and bit-identical outputs
-#: (measured on the default command, jaxlib 0.9.2). The panels program keeps XLA's defaults (its run time
+#: emitters compile it with 2.3–2.5 s of CPU instead of 6.7 s, at the same run time and with bit-identical
+#: outputs (measured on the default command and the Fig. 1a–b protocol, jaxlib 0.9.2; benchmarks/RESULTS.md). The panels program keeps XLA's defaults (its run time
 #: would grow).
 PREPARE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
