@@ -182,7 +182,8 @@ def executable(tag: str, devices, build):
     and ``devices``; on a hit nothing is traced or compiled. ``tag`` must name the program and every option it
     is traced with (e.g. the command and its whole configuration). ``build()`` traces and compiles it on a miss;
     ``devices`` are the devices it runs on, in its mesh order. Off when the cache is off (:func:`cache_dir`)
-    and for programs on other devices than CPUs; an unreadable entry is never trusted: it is rebuilt.
+    and for programs on other devices than CPUs; an unreadable entry is never trusted: it is rebuilt. Entries
+    are pickles of native code, like JAX's own cache entries: the directory must be as trusted as the code.
 
     Only an executable that XLA compiled in this process is stored: jaxlib cannot re-serialise one it loaded
     from JAX's compilation cache (the copy lacks the program's functions), so a build that JAX's cache served
