@@ -166,9 +166,8 @@ def main(argv=None) -> int:
         f"{base.cg_iterations - 1}), against {maml_pg.cpu:.3f} s for that whole PG meta-iteration: a "
         "Fisher-vector product Jᵀ ∇²KL J v through θ'(θ) (J = ∂θ'/∂θ) is two Jacobian-vector products through "
         "the inner gradient step (J v, then Jᵀ u = J u: the step's Jacobian is symmetric) plus a Hessian-vector "
-        "product of the KL, and a "
-        f"TRPO step takes {base.cg_iterations} of them (one per CG iteration; xᵀFx comes from the product CG "
-        "tracks).",
+        f"product of the KL, and a TRPO step takes {base.cg_iterations} of them (one per CG iteration; xᵀFx comes "
+        "from the product CG tracks).",
     ]
     if args.scaling:
         per_task = dict(num_trajectories=20, horizon=100) if args.scaling_full else dict(num_trajectories=10, horizon=50)

@@ -556,17 +556,14 @@ class MAML:
         config = self.config
         flat, unravel = ravel_pytree(params)
 
-        def adapted_all(flat_params, off_policy):
-            p = unravel(flat_params)
-            return jax.vmap(lambda d: self.adapt(p, d, off_policy)[0])(data)
-
         def objective(flat_params):  # (maml helper) the line search sees the E-MAML term too: trpo_objective
             return self.trpo_objective(unravel(flat_params), data)
 
         fisher_vector_product, old_adapted = self._gauss_newton_fisher(params, data)
 
-        def kl(flat_params):
-            return self._post_kl(old_adapted, adapted_all(flat_params, True), data)
+        def kl(flat_params):  # adapted off-policy, as in trpo_objective
+            p = unravel(flat_params)
+            return self._post_kl(old_adapted, jax.vmap(lambda d: self.adapt(p, d, True)[0])(data), data)
 
         gradient = jax.grad(lambda f: self.meta_objective(unravel(f), data))(flat)
         new_flat, index = outer_lib.trpo_step(
