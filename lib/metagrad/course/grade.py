@@ -40,11 +40,15 @@ course (1 passed, 0 failed or not reached, empty when that notebook has no such 
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
 import copy
 import csv
+import html
 import io
 import json
 import os
+import queue
 import re
 import secrets
 import signal
@@ -212,18 +216,6 @@ def review_flags(source: str) -> list[str]:
     return flags
 
 
-def _checks_prefix() -> str:
-    """Source put before every check cell: a fresh import of metagrad.course's modules, bound to ``checks``."""
-    return (
-        "import importlib as _mg_importlib, sys as _mg_sys\n"
-        "_mg_saved = {_k: _mg_sys.modules.pop(_k) for _k in list(_mg_sys.modules) if _k.startswith('metagrad.course.')}\n"
-        "try:\n"
-        "    checks = _mg_importlib.import_module(_mg_checks_module)\n"
-        "finally:\n"
-        "    _mg_sys.modules.update(_mg_saved)\n"
-    )
-
-
 def _checks_module(course_nb: nbformat.NotebookNode) -> str:
     """The module the course notebook binds to ``checks``: ``from metagrad.course import X [as checks]`` or
     ``import metagrad.course.X as checks``; ``metagrad.course.checks`` when it says neither."""
@@ -241,34 +233,284 @@ def _checks_module(course_nb: nbformat.NotebookNode) -> str:
     return "metagrad.course.checks"
 
 
-def instrument(nb: nbformat.NotebookNode, secret: str, checks_module: str) -> dict[int, tuple[str, str]]:
-    """Rewrite the check cells of an assembled notebook in place; returns ``{cell index: (check, marker)}``."""
-    markers = {}
+def check_calls(nb: nbformat.NotebookNode) -> dict[int, tuple[str, list[str]]]:
+    """``{cell index: (check name, [argument names])}`` of the check cells, e.g. ``checks.check_hvp(hvp)``."""
+    calls = {}
     for index, cell in enumerate(nb.cells):
         name = cell.metadata.get("metagrad", {}).get("check")
         if name is None:
             continue
-        marker = f"metagrad-grade {secret} {index} {name} passed"
-        cell.source = (
-            f"_mg_checks_module = {checks_module!r}\n" + _checks_prefix() + cell.source.rstrip() + f"\nprint({marker!r})"
-        )
-        markers[index] = (name, marker)
-    return markers
+        arguments = [name]
+        try:
+            for node in ast.walk(ast.parse(cell.source)):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == f"check_{name}"):
+                    arguments = [a.id for a in node.args if isinstance(a, ast.Name)]
+                    break
+        except SyntaxError:
+            pass
+        calls[index] = (name, arguments)
+    return calls
+
+
+def exercise_cells(nb: nbformat.NotebookNode) -> dict[str, int]:
+    """Exercise (function) name -> index of the course cell that defines it."""
+    found = {}
+    for index, cell in enumerate(nb.cells):
+        for name in cell.metadata.get("metagrad", {}).get("exercise", []) or []:
+            found.setdefault(name, index)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------
-# Worker: runs one assembled notebook in a limited kernel (a separate process, see _run_worker)
+# Worker: drives one sandboxed kernel and decides the checks in its own process (see _run_worker)
 
 
-def _kernel_manager_class(memory_bytes: int):
-    from jupyter_client.manager import AsyncKernelManager
+class _Abort(BaseException):
+    """The kernel timed out or died: the rest of the notebook is not run (``status`` says why)."""
 
-    class LimitedKernelManager(AsyncKernelManager):
-        def format_kernel_cmd(self, extra_arguments=None):
-            cmd = super().format_kernel_cmd(extra_arguments)
-            return [sys.executable, str(LAUNCHER), str(memory_bytes), str(os.getpid()), "--", *cmd]
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
 
-    return LimitedKernelManager
+
+class KernelRunner:
+    """One grading kernel (sandboxed when :mod:`~metagrad.course.sandbox` finds bubblewrap) and its client."""
+
+    def __init__(self, *, kernel_name: str, memory_mb: int, tmpfs_mb: int, root: Path, isolation: str):
+        from jupyter_client.manager import KernelManager
+
+        from metagrad.course import sandbox
+
+        self.workdir, self.sockets = root / "work", root / "sockets"
+        self.workdir.mkdir()
+        self.sockets.mkdir()
+        public = sandbox.write_public_checks(root / "public_checks") if isolation == "bwrap" else None
+        env = {"HOME": str(self.workdir), "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
+               "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(self.workdir / ".matplotlib"),
+               "IPYTHONDIR": str(self.workdir / ".ipython"), "XDG_CACHE_HOME": str(self.workdir / ".cache"),
+               "PYTHONDONTWRITEBYTECODE": "1", "JUPYTER_PLATFORM_DIRS": "1"}
+        env.update({k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_", "LANG", "LC_")) or k == "TZ"})
+        memory = memory_mb * 2**20
+        worker = os.getpid()
+
+        class Manager(KernelManager):
+            def format_kernel_cmd(self, extra_arguments=None):
+                cmd = super().format_kernel_cmd(extra_arguments)
+                if isolation == "bwrap":
+                    inner = [sys.executable, str(LAUNCHER), str(memory), "0", "--", *cmd]
+                    return sandbox.command(inner, workdir=runner.workdir, sockets=runner.sockets,
+                                           public_checks=public, tmpfs_mb=tmpfs_mb, env=env)
+                return [sys.executable, str(LAUNCHER), str(memory), str(worker), "--", *cmd]
+
+        runner = self
+        self.km = Manager(kernel_name=kernel_name, transport="ipc", ip=str(self.sockets / "kernel"),
+                          connection_file=str(self.sockets / "kernel.json"))
+        self.km.start_kernel(cwd=str(self.workdir), env=env)
+        self.process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        try:
+            self.kc.wait_for_ready(timeout=STARTUP_ALLOWANCE // 2)
+        except RuntimeError as err:
+            self.kill()
+            raise _Abort(f"crashed (the kernel did not start, memory limit {memory_mb} MB: {_first_line(err)[:120]})") from None
+
+    def run(self, code: str, timeout: float, where: str, *, user_expressions=None) -> dict:
+        """Execute ``code``; the reply's content. Raises :class:`_Abort` on timeout or a dead kernel."""
+        msg_id = self.kc.execute(code, silent=user_expressions is not None, store_history=False,
+                                 user_expressions=user_expressions or {}, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            while True:  # drain (and drop) the outputs: only the reply matters
+                try:
+                    self.kc.get_iopub_msg(timeout=0)
+                except queue.Empty:
+                    break
+            try:
+                reply = self.kc.get_shell_msg(timeout=0.1)
+            except queue.Empty:
+                if not self.km.is_alive():
+                    code_ = getattr(self.process, "returncode", None)
+                    how = f", signal {-code_}" if isinstance(code_, int) and code_ < 0 else ""
+                    raise _Abort(f"crashed (kernel died in {where}{how})") from None
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise _Abort(f"timed out ({where} over {timeout:g} s)") from None
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return reply["content"]
+
+    def evaluate(self, expression: str, timeout: float, where: str) -> str:
+        """The value of ``expression`` in the kernel, which must be a ``str`` (read with ``ast.literal_eval``)."""
+        content = self.run("", timeout, where, user_expressions={"r": expression})
+        result = content.get("user_expressions", {}).get("r", {})
+        if result.get("status") != "ok":
+            raise KernelAnswerError(f"the kernel could not answer ({result.get('ename', 'no reply')})")
+        text = result.get("data", {}).get("text/plain", "")
+        if len(text) > 4 * _serve_limit():
+            raise KernelAnswerError("the answer is too large")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise KernelAnswerError("the kernel's answer is not readable") from None
+        if not isinstance(value, str):
+            raise KernelAnswerError("the kernel's answer is not readable")
+        return value
+
+    def kill(self) -> None:
+        """SIGKILL the kernel (bwrap: its whole PID namespace; otherwise its session's process group)."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            _kill_group(process.pid)
+            try:
+                process.kill()
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+    def close(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            self.kill()
+            try:
+                self.km.cleanup_resources()
+            except Exception:  # noqa: BLE001, S110 — best effort
+                pass
+
+
+class KernelAnswerError(Exception):
+    """The kernel's answer to a check's call could not be read (counts against the submission)."""
+
+
+def _serve_limit() -> int:
+    from metagrad.course import _serve
+
+    return _serve.MAX_BYTES
+
+
+def _executor(runner: KernelRunner, deadline: float, where: str):
+    """The ``_diagnose._EXECUTOR`` of one check: ``fn(*args)`` runs in the kernel; returns the decoded output."""
+    import base64
+
+    import cloudpickle
+
+    from metagrad.course import _serve
+
+    def execute(fn, args):
+        try:
+            payload = base64.b64encode(cloudpickle.dumps((fn, tuple(args)))).decode("ascii")
+        except Exception as err:  # noqa: BLE001 — a check that passes something unpicklable
+            raise _Abort(f"grader error (cannot send the call to the kernel: {type(err).__name__}: {_first_line(err)[:120]})") from None
+        text = runner.evaluate(f"__import__('metagrad.course._serve', fromlist=['call']).call({payload!r})",
+                               max(deadline - time.monotonic(), 0.01), where)
+        try:
+            answer = json.loads(text)
+            if "ok" in answer:
+                return _serve.decode(answer["ok"])
+            error = answer["error"]
+            name, message = str(error["type"]), str(error["message"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise KernelAnswerError("the kernel's answer is not readable") from None
+        builtin = getattr(builtins, name, None)
+        if not (error.get("builtin") and isinstance(builtin, type) and issubclass(builtin, Exception)
+                and builtin.__module__ == "builtins"):
+            builtin = type(name if name.isidentifier() else "Error", (Exception,), {})
+        raise builtin(message)
+
+    return execute
+
+
+def _verdict(module, name: str, arguments: list[str], runner: KernelRunner, timeout: float, where: str):
+    """``(passed, message)`` of check ``name`` run here on the kernel's functions ``arguments``."""
+    from metagrad.course.checks import _diagnose
+
+    for argument in arguments:
+        state = runner.evaluate(f"__import__('metagrad.course._serve', fromlist=['probe']).probe({argument!r})",
+                                timeout, where)
+        if state == "missing":
+            return False, f"Exercise `{name}`: `{argument}` is not defined: run its exercise cell (no errors) first."
+        if state != "callable":
+            return False, f"Exercise `{name}`: pass the function itself; `{argument}` is {state.split(': ')[-1]}."
+    check = getattr(module, f"check_{name}", None)
+    if check is None:
+        raise _Abort(f"grader error (no check_{name} in {module.__name__})")
+    printed = io.StringIO()
+    _diagnose._EXECUTOR = _executor(runner, time.monotonic() + timeout, where)
+    try:
+        with contextlib.redirect_stdout(printed):
+            check(*[_diagnose.RemoteFunction(a) for a in arguments])
+    except _diagnose.ExerciseCheckFailed as err:
+        return False, str(err)
+    except _diagnose.RemoteTracedError as err:
+        raise _Abort(f"grader error ({err})") from None
+    except Exception as err:  # noqa: BLE001 — the output broke the check itself: a wrong answer
+        return False, f"Exercise `{name}`: its output could not be checked ({type(err).__name__}: {_first_line(err)[:160]})."
+    finally:
+        _diagnose._EXECUTOR = None
+    lines = [line for line in printed.getvalue().splitlines() if line.strip()]
+    return True, lines[-1] if lines else f"Exercise `{name}` passed."
+
+
+def execute(nb, *, checks_module: str, x64: bool, kernel_name: str, cell_timeout: float, notebook_timeout: float,
+            memory_mb: int, tmpfs_mb: int, isolation: str) -> dict:
+    """Run the assembled notebook ``nb``: every code cell but the checks in the kernel, the checks here.
+
+    Returns ``{"status", "checks": {index: [passed, message]}, "errors": {index: ename}}``.
+    """
+    import importlib
+
+    import jax
+
+    jax.config.update("jax_enable_x64", x64)
+    module = importlib.import_module(checks_module)
+    calls = check_calls(nb)
+    checks: dict[int, list] = {}
+    errors: dict[int, str] = {}
+    status = "graded"
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="metagrad-grade-") as root:
+        runner = None
+        try:
+            runner = KernelRunner(kernel_name=kernel_name, memory_mb=memory_mb, tmpfs_mb=tmpfs_mb, root=Path(root),
+                                  isolation=isolation)
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                remaining = notebook_timeout - (time.monotonic() - start)
+                if remaining <= 0:
+                    raise _Abort(f"timed out (notebook over {notebook_timeout:g} s, before cell {index})")
+                limit = min(cell_timeout, remaining)
+                where = f"cell {index}" if limit == cell_timeout else f"cell {index}, the notebook's {notebook_timeout:g} s"
+                if index in calls:
+                    name, arguments = calls[index]
+                    checks[index] = list(_verdict(module, name, arguments, runner, limit, where))
+                else:
+                    reply = runner.run(cell.source, limit, where)
+                    if reply.get("status") == "error":
+                        errors[index] = str(reply.get("ename", "error"))[:80]
+        except _Abort as abort:
+            status = abort.status
+        finally:
+            if runner is not None:
+                runner.close()
+    for index, (name, _) in calls.items():
+        checks.setdefault(index, [False, f"Exercise `{name}`: not checked: {status}."])
+    return {"status": status, "checks": checks, "errors": errors}
+
+
+def _run_worker() -> None:
+    """Entry of ``python -m metagrad.course.grade``: request JSON on stdin, result line on stdout."""
+    request = json.loads(sys.stdin.read())
+    nb = nbformat.reads(request.pop("notebook"), as_version=4)
+    secret = request.pop("result_secret")
+    try:
+        result = execute(nb, **request)
+    except Exception as err:  # noqa: BLE001 — reported to the parent as a row status
+        result = {"status": f"grader error ({type(err).__name__}: {_first_line(err)[:200]})", "checks": {}, "errors": {}}
+    sys.stdout.write(secret + json.dumps(result) + "\n")
+    sys.stdout.flush()
 
 
 def _kill_group(pid: int | None) -> None:
@@ -279,158 +521,86 @@ def _kill_group(pid: int | None) -> None:
             pass
 
 
-def execute(nb, *, cwd: Path, kernel_name: str, cell_timeout: float, notebook_timeout: float, memory_mb: int) -> dict:
-    """Run ``nb`` in place; returns ``{"status", "replies": {index: reply status}}``. Used by the worker."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    class Client(NotebookClient):
-        def output(self, outs, msg, display_id, cell_index):
-            size = sum(len(str(v)) for v in msg.get("content", {}).values())
-            self._mg_sizes[cell_index] = self._mg_sizes.get(cell_index, 0) + size
-            if self._mg_sizes[cell_index] > OUTPUT_LIMIT:
-                return None
-            return super().output(outs, msg, display_id, cell_index)
-
-    replies: dict[int, str] = {}
-    state = {"timeout": cell_timeout}
-
-    def on_executed(cell, cell_index, execute_reply):
-        replies[cell_index] = execute_reply.get("content", {}).get("status", "unknown")
-
-    client = Client(
-        nb,
-        kernel_name=kernel_name,
-        timeout_func=lambda cell: state["timeout"],
-        allow_errors=True,
-        interrupt_on_timeout=False,
-        record_timing=False,
-        shutdown_kernel="immediate",
-        startup_timeout=STARTUP_ALLOWANCE // 2,
-        kernel_manager_class=_kernel_manager_class(memory_mb * 2**20),
-        on_cell_executed=on_executed,
-        resources={"metadata": {"path": str(cwd)}},
-    )
-    client._mg_sizes = {}
-    status = "ok"
-    start = time.monotonic()
-    try:
-        client.km = client.create_kernel_manager()
-        client.start_new_kernel()
-        client.start_new_kernel_client()
-    except Exception as err:  # noqa: BLE001 — e.g. a memory limit too small for Python and the kernel
-        if client.km is not None:
-            try:
-                client._cleanup_kernel()
-            except Exception:  # noqa: BLE001, S110 — already gone
-                pass
-        return {"status": f"kernel died (at start, memory limit {memory_mb} MB: {_first_line(err)[:120]})",
-                "replies": replies}
-    with client.setup_kernel():
-        process = getattr(getattr(client.km, "provisioner", None), "process", None)
-        try:
-            for index, cell in enumerate(nb.cells):
-                if cell.cell_type != "code":
-                    continue
-                remaining = notebook_timeout - (time.monotonic() - start)
-                if remaining <= 0:
-                    status = f"timeout (notebook over {notebook_timeout:g} s, before cell {index})"
-                    break
-                notebook_limited = remaining < cell_timeout
-                state["timeout"] = max(min(cell_timeout, remaining), 0.01)
-                try:
-                    client.execute_cell(cell, index)
-                except CellTimeoutError:
-                    status = (f"timeout (notebook over {notebook_timeout:g} s, in cell {index})" if notebook_limited
-                              else f"timeout (cell {index} over {cell_timeout:g} s)")
-                    break
-                except DeadKernelError:
-                    code = getattr(process, "returncode", None)
-                    how = f", signal {-code}" if isinstance(code, int) and code < 0 else (
-                        f", exit code {code}" if code is not None else "")
-                    status = f"kernel died (cell {index}{how})"
-                    break
-        finally:
-            # SIGKILL the kernel and whatever it started (it leads its own session and process group) while
-            # it is still an unreaped child of this process, so the group id cannot belong to anyone else.
-            if process is not None and process.poll() is None:
-                _kill_group(process.pid)
-    return {"status": status, "replies": replies}
-
-
-def _run_worker() -> None:
-    """Entry of ``python -m metagrad.course.grade``: request JSON on stdin, result line on stdout."""
-    request = json.loads(sys.stdin.read())
-    nb = nbformat.reads(request["notebook"], as_version=4)
-    try:
-        result = execute(
-            nb,
-            cwd=Path(request["cwd"]),
-            kernel_name=request["kernel_name"],
-            cell_timeout=request["cell_timeout"],
-            notebook_timeout=request["notebook_timeout"],
-            memory_mb=request["memory_mb"],
-        )
-    except Exception as err:  # noqa: BLE001 — reported to the parent as a row status
-        result = {"status": f"grader error: {type(err).__name__}: {_first_line(err)}", "replies": {}}
-    result["notebook"] = nbformat.writes(nb)
-    sys.stdout.write(request["result_secret"] + json.dumps(result) + "\n")
-    sys.stdout.flush()
-
-
 def _first_line(err) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else ""
 
 
+def _arm_death_signal() -> None:  # runs in the worker between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _spawn_worker(request: dict, *, limit: float) -> dict:
+    """Run the worker; it is SIGKILLed with the grader (death signal) and when it overruns ``limit``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metagrad.course.grade"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, text=True, preexec_fn=_arm_death_signal,  # noqa: PLW1509
+    )
+    try:
+        stdout, stderr = process.communicate(json.dumps(request), timeout=limit)
+    except subprocess.TimeoutExpired:
+        _kill_group(process.pid)  # not yet reaped: the group is the worker's (and the kernel dies with it)
+        process.communicate()
+        return {"status": f"timed out (grader killed the run after {limit:g} s)", "checks": {}, "errors": {}}
+    for line in stdout.splitlines():
+        if line.startswith(request["result_secret"]):
+            return json.loads(line[len(request["result_secret"]):])
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {process.returncode}"
+    return {"status": f"grader error ({last[:200]})", "checks": {}, "errors": {}}
+
+
 # ----------------------------------------------------------------------------------------------------
-# Grading one submission (in the parent: read, match, assemble; run the worker; decide)
+# Grading one submission (in the parent: read, match, assemble; run the worker)
 
 
-def _row(path, notebook_id, status, course: Course, passed=None, notes=()) -> dict:
+def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str, str]:
+    """``(notebook, status, note)``: status '' when readable; 'unsupported format' for nbformat other than 4;
+    'not a notebook' for anything that is not a valid nbformat-4 notebook (malformed metadata included)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        raw = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        return None, "not a notebook", _first_line(err)[:200]
+    if not isinstance(raw, dict) or "cells" not in raw and "worksheets" not in raw:
+        return None, "not a notebook", "no cells"
+    version = raw.get("nbformat")
+    if version != 4:
+        return None, "unsupported format", f"nbformat {version!r}; save it with Jupyter as a version 4 notebook"
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+    except Exception as err:  # noqa: BLE001 — any schema violation
+        return None, "not a notebook", f"invalid notebook: {_first_line(err)[:160]}"
+    return nb, "", ""
+
+
+def _row(path, notebook_id, status, course: Course, checks=None, notes=(), cells=None) -> dict:
     expected = course.checks.get(notebook_id, []) if notebook_id else []
-    passed = passed if passed is not None else {name: False for name in expected}
-    return {
-        "file": str(path),
-        "notebook": notebook_id or "",
-        "status": status,
-        "expected": expected,
-        "passed": passed,
-        "notes": list(notes),
-    }
+    checks = checks or {}
+    results = {name: checks.get(name, (False, f"not graded: {status}")) for name in expected}
+    return {"file": str(path), "notebook": notebook_id or "", "status": status, "expected": expected,
+            "passed": {name: bool(ok) for name, (ok, _) in results.items()},
+            "messages": {name: message for name, (_, message) in results.items()},
+            "cells": cells or {}, "notes": list(notes)}
 
 
-def _error_notes(nb, markers) -> list[str]:
-    notes = []
-    for index, cell in enumerate(nb.cells):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                name = output.get("ename")
-                if name == "MemoryError" or (name != "ExerciseCheckFailed" or index not in markers):
-                    notes.append(f"cell {index}: {name}")
-                break
-    return notes
+def grade_submission(path: Path, course: Course, *, kernel_name: str = "python3", cell_timeout: float = 120,
+                     notebook_timeout: float = 900, memory_mb: int = 8192, tmpfs_mb: int = 256,
+                     isolation: str | None = None) -> dict:
+    """Grade one submission; returns ``{"file", "notebook", "status", "expected", "passed", "messages", "cells",
+    "notes"}`` (``cells``: check name -> ``[index, id]`` of the student's exercise cell)."""
+    from metagrad.course import sandbox
 
-
-def grade_submission(
-    path: Path,
-    course: Course,
-    *,
-    kernel_name: str = "python3",
-    cell_timeout: float = 120,
-    notebook_timeout: float = 900,
-    memory_mb: int = 8192,
-) -> dict:
-    """Grade one submission; returns ``{"file", "notebook", "status", "expected", "passed", "notes"}``."""
     path = Path(path)
     if not path.is_file():
         return _row(path, match_notebook(path, None, course), "not found", course)
-    try:
-        submission = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
-        if not isinstance(submission.get("cells"), list):
-            raise ValueError("no cells")
-    except Exception as err:  # noqa: BLE001 — any unreadable file is a row
-        return _row(path, match_notebook(path, None, course), "not a notebook", course, notes=[_first_line(err)[:200]])
+    submission, problem, note = read_submission(path)
+    if submission is None:
+        return _row(path, match_notebook(path, None, course), problem, course, notes=[note])
     notebook_id = match_notebook(path, submission, course)
     if notebook_id is None:
         return _row(path, None, "unknown notebook", course,
@@ -440,91 +610,163 @@ def grade_submission(
         nb, notes = assemble(course_nb, submission)
     except Exception as err:  # noqa: BLE001 — cells that are not cells
         return _row(path, notebook_id, "not a notebook", course, notes=[f"{type(err).__name__}: {_first_line(err)[:200]}"])
-    secret = secrets.token_hex(16)
-    markers = instrument(nb, secret, _checks_module(course_nb))
-    result_secret = secrets.token_hex(16)
+    calls = check_calls(course_nb)
+    exercises = exercise_cells(course_nb)
+    student_cells = [c for c in submission.cells if c.get("cell_type") == "code"]
+    cells = {}
+    for index, (name, arguments) in calls.items():
+        course_index = exercises.get(arguments[0] if arguments else name, exercises.get(name))
+        if course_index is not None:
+            mine = _student_cell(course_nb.cells[course_index], student_cells)
+            position = submission.cells.index(mine) if mine is not None else course_index
+            cells[name] = [position, (mine or course_nb.cells[course_index]).get("id", "")]
     request = {
-        "notebook": nbformat.writes(nb),
-        "cwd": str(course.folder),
-        "kernel_name": kernel_name,
-        "cell_timeout": cell_timeout,
-        "notebook_timeout": notebook_timeout,
-        "memory_mb": memory_mb,
-        "result_secret": result_secret,
+        "notebook": nbformat.writes(nb), "checks_module": _checks_module(course_nb), "x64": _uses_x64(course_nb),
+        "kernel_name": kernel_name, "cell_timeout": cell_timeout, "notebook_timeout": notebook_timeout,
+        "memory_mb": memory_mb, "tmpfs_mb": tmpfs_mb, "isolation": isolation or sandbox.isolation(),
+        "result_secret": secrets.token_hex(16),
     }
     result = _spawn_worker(request, limit=notebook_timeout + STARTUP_ALLOWANCE)
-    if "notebook" not in result:
-        return _row(path, notebook_id, result["status"], course, notes=notes)
-    executed = nbformat.reads(result["notebook"], as_version=4)
-    replies = {int(k): v for k, v in result["replies"].items()}
-    passed = {}
-    for index, (name, marker) in markers.items():
-        outputs = executed.cells[index].get("outputs", [])
-        last = outputs[-1] if outputs else {}
-        passed[name] = (
-            replies.get(index) == "ok"
-            and not any(o.get("output_type") == "error" for o in outputs)
-            and last.get("output_type") == "stream"
-            and last.get("name") == "stdout"
-            and last.get("text", "").rstrip("\n").split("\n")[-1] == marker
-        )
-    status = result["status"]
-    errors = _error_notes(executed, markers)
-    memory = next((n for n in errors if n.endswith("MemoryError")), None)
-    if status == "ok" and memory:
-        status = f"memory ({memory.split(':')[0]}, limit {memory_mb} MB)"
-    return _row(path, notebook_id, status, course, passed, notes + errors)
+    checks = {calls[int(i)][0]: tuple(v) for i, v in result.get("checks", {}).items() if int(i) in calls}
+    for index, name in sorted((int(i), n) for i, n in result.get("errors", {}).items()):
+        kind = nb.cells[index].metadata.get("metagrad", {})
+        what = f"exercise cell {index} ({', '.join(kind['exercise'])})" if "exercise" in kind else f"demo cell {index} (not graded)"
+        notes.append(f"{what}: {name}")
+    return _row(path, notebook_id, result["status"], course, checks, notes, cells)
 
 
-def _spawn_worker(request: dict, *, limit: float) -> dict:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "metagrad.course.grade"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        text=True,
-    )
-    try:
-        stdout, stderr = process.communicate(json.dumps(request), timeout=limit)
-    except subprocess.TimeoutExpired:
-        _kill_group(process.pid)  # not yet reaped: the group is the worker's (and the kernel dies with it)
-        process.communicate()
-        return {"status": f"timeout (grader killed the run after {limit:g} s)"}
-    for line in stdout.splitlines():
-        if line.startswith(request["result_secret"]):
-            return json.loads(line[len(request["result_secret"]):])
-    last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {process.returncode}"
-    return {"status": f"grader error: {last[:200]}"}
+def _uses_x64(course_nb) -> bool:
+    return any(re.search(r"jax_enable_x64['\"]\s*,\s*True", c.source) for c in course_nb.cells if c.cell_type == "code")
 
 
 # ----------------------------------------------------------------------------------------------------
-# The batch
+# Configuration, grade book and feedback
+
+DEFAULT_COLUMNS = {"id": "student", "file": "file", "notebook": "notebook", "status": "status", "total": "total",
+                   "max": "max", "messages": "messages"}
 
 
-def _columns(course: Course) -> list[str]:
-    return ["file", "notebook", "status", *course.columns, "total", "possible", "notes"]
+class Config:
+    """Points per exercise (default 1), column names of the grade book and how to read a student id.
+
+    From a TOML file (``--config``)::
+
+        [points]            # exercise -> points (default 1)
+        hvp = 2
+        [columns]           # grade-book column names, e.g. for an LMS import; an exercise name renames its column
+        student = "Username"
+        total = "Points"
+        [student]
+        pattern = '^(?P<id>[^_]+)_'   # regular expression on the file name; default: the file name without .ipynb
+    """
+
+    def __init__(self, points=None, columns=None, pattern: str | None = None):
+        self.points = dict(points or {})
+        self.columns = dict(DEFAULT_COLUMNS)
+        unknown = set(columns or {}) - set(DEFAULT_COLUMNS) - {"student"}
+        for key, value in (columns or {}).items():
+            if not isinstance(value, str) or not value:
+                raise GradeError(f"--config: [columns] {key} must be a non-empty string.")
+            self.columns["id" if key == "student" else key] = value
+        self.exercise_columns = {k: self.columns.pop(k) for k in unknown}
+        for name, value in self.points.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise GradeError(f"--config: [points] {name} must be a number >= 0, got {value!r}.")
+        try:
+            self.pattern = re.compile(pattern) if pattern else None
+        except re.error as err:
+            raise GradeError(f"--config: [student] pattern is not a regular expression ({err}).") from None
+        if self.pattern is not None and "id" not in self.pattern.groupindex:
+            raise GradeError("--config: [student] pattern needs a named group (?P<id>...).")
+
+    @classmethod
+    def load(cls, path: Path | None, course: Course | None = None) -> "Config":
+        if path is None:
+            return cls()
+        import tomllib
+
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise GradeError(f"--config {path}: {err}") from None
+        extra = set(data) - {"points", "columns", "student"}
+        if extra:
+            raise GradeError(f"--config {path}: unknown section(s) {', '.join(sorted(extra))}.")
+        config = cls(data.get("points"), data.get("columns"), data.get("student", {}).get("pattern"))
+        if course is not None:
+            for name in set(config.points) | set(config.exercise_columns):
+                if name not in course.columns:
+                    raise GradeError(f"--config {path}: {name!r} is not an exercise of the course.")
+        return config
+
+    def student_id(self, path) -> str:
+        name = Path(path).name
+        if self.pattern is not None:
+            match = self.pattern.search(name)
+            if match and match.group("id"):
+                return match.group("id")
+        return name[:-6] if name.endswith(".ipynb") else name
+
+    def weight(self, exercise: str) -> float:
+        return self.points.get(exercise, 1)
+
+    def column(self, exercise: str) -> str:
+        return self.exercise_columns.get(exercise, exercise)
 
 
-def _record(row: dict, course: Course) -> dict:
-    record = {"file": row["file"], "notebook": row["notebook"], "status": row["status"]}
+def _number(x: float):
+    return int(x) if float(x).is_integer() else round(float(x), 6)
+
+
+def _columns(course: Course, config: Config) -> list[str]:
+    c = config.columns
+    return [c["id"], c["file"], c["notebook"], c["status"], *[config.column(n) for n in course.columns], c["total"],
+            c["max"], c["messages"]]
+
+
+def _record(row: dict, course: Course, config: Config) -> dict:
+    c = config.columns
+    record = {c["id"]: config.student_id(row["file"]), c["file"]: row["file"], c["notebook"]: row["notebook"],
+              c["status"]: row["status"]}
     for name in course.columns:
-        record[name] = int(row["passed"][name]) if name in row["passed"] else ""
-    record["total"] = sum(row["passed"].values())
-    record["possible"] = len(row["expected"]) if row["notebook"] else ""
-    record["notes"] = "; ".join(row["notes"])
+        record[config.column(name)] = _number(config.weight(name) * row["passed"][name]) if name in row["passed"] else ""
+    record[c["total"]] = _number(sum(config.weight(n) for n, ok in row["passed"].items() if ok))
+    record[c["max"]] = _number(sum(config.weight(n) for n in row["expected"])) if row["notebook"] else ""
+    failures = [row["messages"][n] for n in row["expected"] if not row["passed"][n]]
+    record[c["messages"]] = " | ".join(failures + row["notes"])
     return record
 
 
-def write_csv(out: Path, rows, course: Course) -> None:
-    """Write ``rows`` (``None`` entries skipped) atomically: a temporary file in the same folder, then rename."""
+def _existing(out: Path, course: Course, config: Config) -> list[dict]:
+    """Rows of an earlier grade book at ``out`` (kept when their student and notebook are not regraded)."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return []
+    try:
+        with out.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise GradeError(f"--out {out}: cannot read the existing grade book to merge ({err}).") from None
+    if rows and fields != _columns(course, config):
+        raise GradeError(f"--out {out}: its columns differ from this course and --config; give another --out "
+                         "(merging would mix two layouts).")
+    return rows
+
+
+def write_csv(out: Path, rows, course: Course, config: Config | None = None, previous=()) -> None:
+    """Write the grade book atomically: ``previous`` rows (dicts) except those regraded, then ``rows``."""
+    config = config or Config()
     out = Path(out)
+    records = [_record(r, course, config) for r in rows if r is not None]
+    c = config.columns
+    fresh = {(r[c["id"]], r[c["notebook"]]) for r in records}
+    kept = [r for r in previous if (r.get(c["id"]), r.get(c["notebook"])) not in fresh]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_columns(course))
+    writer = csv.DictWriter(buffer, fieldnames=_columns(course, config))
     writer.writeheader()
-    for row in rows:
-        if row is not None:
-            writer.writerow(_record(row, course))
+    for record in kept + records:
+        writer.writerow(record)
     fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
@@ -535,16 +777,64 @@ def write_csv(out: Path, rows, course: Course) -> None:
         raise
 
 
-def validate_out(out: Path, course: Course) -> None:
-    """Fail before grading when ``out`` cannot be written (a folder, an unwritable or missing parent)."""
+def feedback(row: dict, course: Course, config: Config, folder: Path) -> tuple[Path, Path]:
+    """Write ``<student>-<notebook>.md`` and ``.html`` into ``folder``: each exercise with its points, pass/fail,
+    the check's message and a link to the student's exercise cell. Returns the two paths."""
+    record = _record(row, course, config)
+    student = config.student_id(row["file"])
+    stem = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{student}-{row['notebook'] or 'unknown'}").lstrip(".") or "feedback"
+    link = os.path.relpath(Path(row["file"]).resolve(), Path(folder).resolve())
+    c = config.columns
+    lines = [f"# Feedback: {student}, notebook {row['notebook'] or '?'}", "",
+             f"File: `{row['file']}`  ", f"Status: **{row['status']}**  ",
+             f"Points: **{record[c['total']]} / {record[c['max']] if record[c['max']] != '' else '?'}**", "",
+             "| Exercise | Points | Result | Message | Cell |", "|---|---|---|---|---|"]
+    parts = []
+    for name in row["expected"]:
+        ok = row["passed"][name]
+        points = f"{_number(config.weight(name) * ok)} / {_number(config.weight(name))}"
+        index, cell_id = (row["cells"].get(name) or [None, ""])
+        where = f"exercise cell {index}" + (f" (id {cell_id})" if cell_id else "") if index is not None else "—"
+        href = f"{link}#{cell_id}" if cell_id else link
+        message = row["messages"][name].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{name}` | {points} | {'passed' if ok else 'failed'} | {message} | [{where}]({href}) |")
+        parts.append((name, points, ok, row["messages"][name], where, href))
+    if row["notes"]:
+        lines += ["", "Notes:", *[f"- {n}" for n in row["notes"]]]
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = folder / f"{stem}.md"
+    markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    e = html.escape
+    rows_html = "".join(
+        f"<tr class='{'pass' if ok else 'fail'}'><td><code>{e(n)}</code></td><td>{e(p)}</td>"
+        f"<td>{'passed' if ok else 'failed'}</td><td>{e(m)}</td><td><a href='{e(h, quote=True)}'>{e(w)}</a></td></tr>"
+        for n, p, ok, m, w, h in parts)
+    notes_html = "".join(f"<li>{e(n)}</li>" for n in row["notes"])
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Feedback {e(student)}</title>"
+            "<style>td,th{border:1px solid #ccc;padding:4px}.pass{background:#e8f5e9}.fail{background:#ffebee}</style>"
+            f"</head><body><h1>Feedback: {e(student)}, notebook {e(row['notebook'] or '?')}</h1>"
+            f"<p>File: <code>{e(row['file'])}</code><br>Status: <b>{e(row['status'])}</b><br>"
+            f"Points: <b>{e(str(record[c['total']]))} / {e(str(record[c['max']]))}</b></p>"
+            "<table><tr><th>Exercise</th><th>Points</th><th>Result</th><th>Message</th><th>Cell</th></tr>"
+            f"{rows_html}</table>" + (f"<h2>Notes</h2><ul>{notes_html}</ul>" if notes_html else "") + "</body></html>\n")
+    page_path = folder / f"{stem}.html"
+    page_path.write_text(page, encoding="utf-8")
+    return markdown, page_path
+
+
+def validate_out(out: Path, course: Course, config: Config | None = None) -> list[dict]:
+    """Fail before grading when ``out`` cannot be written; returns the rows of an existing grade book."""
+    config = config or Config()
     out = Path(out)
     if out.is_dir():
         raise GradeError(f"--out {out} is a folder; give a file name such as {out / 'grades.csv'}.")
+    previous = _existing(out, course, config)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(out, [], course)
+        write_csv(out, [], course, config, previous)
     except OSError as err:
         raise GradeError(f"--out {out} cannot be written: {err.strerror or err}.") from None
+    return previous
 
 
 def grade(
@@ -556,19 +846,30 @@ def grade(
     cell_timeout: float = 120,
     notebook_timeout: float = 900,
     memory_mb: int = 8192,
+    tmpfs_mb: int = 256,
     kernel_name: str = "python3",
+    config: Path | Config | None = None,
+    feedback_dir: Path | None = None,
     on_row=None,
+    on_start=None,
 ) -> list[dict]:
-    """Grade every submission in ``paths`` with ``jobs`` in parallel; the CSV ``out`` is rewritten after each.
-
-    Raises :class:`GradeError` before grading for a bad ``course`` folder, ``out`` or limit.
+    """Grade every submission in ``paths`` with ``jobs`` in parallel; the grade book ``out`` (merged with the rows
+    it already has) is rewritten after each, and each student's feedback goes to ``feedback_dir`` (default: a
+    ``feedback`` folder next to ``out``). Raises :class:`GradeError` before grading for bad options.
     """
+    from metagrad.course import sandbox
+
     for name, value in (("jobs", jobs), ("cell_timeout", cell_timeout), ("notebook_timeout", notebook_timeout),
-                        ("memory_mb", memory_mb)):
+                        ("memory_mb", memory_mb), ("tmpfs_mb", tmpfs_mb)):
         if not value > 0:
             raise GradeError(f"{name} must be positive, got {value!r}.")
     course = course if isinstance(course, Course) else Course(Path(course))
-    validate_out(out, course)
+    config = config if isinstance(config, Config) else Config.load(config, course)
+    previous = validate_out(out, course, config)
+    feedback_dir = Path(feedback_dir) if feedback_dir is not None else Path(out).parent / "feedback"
+    isolation = sandbox.isolation()
+    if on_start is not None:
+        on_start(sandbox.describe(isolation))
     paths = [Path(p) for p in paths]
     rows: list[dict | None] = [None] * len(paths)
     lock = threading.Lock()
@@ -576,15 +877,17 @@ def grade(
     def one(index):
         try:
             row = grade_submission(paths[index], course, kernel_name=kernel_name, cell_timeout=cell_timeout,
-                                   notebook_timeout=notebook_timeout, memory_mb=memory_mb)
+                                   notebook_timeout=notebook_timeout, memory_mb=memory_mb, tmpfs_mb=tmpfs_mb,
+                                   isolation=isolation)
         except Exception as err:  # noqa: BLE001 — one broken submission never loses the batch
-            row = _row(paths[index], None, f"grader error: {type(err).__name__}: {_first_line(err)[:200]}", course)
+            row = _row(paths[index], None, f"grader error ({type(err).__name__}: {_first_line(err)[:200]})", course)
         with lock:
             rows[index] = row
             try:
-                write_csv(out, rows, course)
+                write_csv(out, rows, course, config, previous)
+                feedback(row, course, config, feedback_dir)
             except OSError as err:  # e.g. the disk filled up: keep grading, report at the end
-                row["notes"].append(f"CSV not written after this row: {err}")
+                row["notes"].append(f"grade book or feedback not written after this row: {err}")
             if on_row is not None:
                 on_row(row)
         return row

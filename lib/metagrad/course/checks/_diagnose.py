@@ -18,8 +18,15 @@ over all wrong cases, not only the first; ``jit=True`` / ``vmap_in_axes=(0, None
 student's function under ``jax.jit`` and ``jax.vmap`` (:func:`_check_transforms`); :func:`_as_result` turns
 type, shape, dtype and NaN problems into one sentence.
 
-Every outcome is recorded in :func:`results` (exercise name -> passed), which
-``metagrad course grade`` reads from the kernel after running a submission.
+Every outcome is recorded in :func:`results` (exercise name -> passed) for the notebook's own use.
+
+Grading (``metagrad course grade``) runs a check in the grader's process, not in the student's kernel: the
+student's function is a :class:`RemoteFunction`, and every call of student code goes through :func:`_call`
+or :func:`_call_transformed`, which hand ``(function, arguments)`` to the grader's executor (the kernel runs
+them and returns the outputs as plain data, see :mod:`metagrad.course._serve`). So a check must call the
+student's function — or anything built around it, such as ``jax.jit(student)`` or a closure calling it —
+only through those two helpers (or by calling the proxy directly on concrete arguments), and must never pass
+a reference solution into them: whatever they receive runs in the student's kernel.
 """
 
 from __future__ import annotations
@@ -45,6 +52,42 @@ class ExerciseCheckFailed(AssertionError):
 
 
 _RESULTS: dict[str, bool] = {}
+
+#: Set by the grader while it runs a check: ``executor(fn, args)`` runs ``fn(*args)`` in the student's kernel.
+_EXECUTOR: Callable | None = None
+
+
+class RemoteFunction:
+    """The student's function ``name`` in a grading kernel; it only exists in the grader's process.
+
+    Called on concrete arguments it runs in the kernel (through ``_EXECUTOR``); pickled (as part of a wrapper
+    the check built) it becomes the kernel's own ``name`` (:func:`metagrad.course._serve.student`).
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+            raise RemoteTracedError(f"a check traced the student's `{self.name}` in the grader; use _call")
+        return _EXECUTOR(self, args)
+
+    def __reduce__(self):
+        from metagrad.course import _serve
+
+        return (_serve.student, (self.name,))
+
+    def __repr__(self) -> str:
+        return f"<student function {self.name}>"
+
+
+class RemoteTracedError(BaseException):
+    """A check applied a JAX transformation to the student's proxy in the grader (a bug of the check)."""
+
+
+def _run(fn: Callable, args: Sequence):
+    """``fn(*args)``: in the grader's kernel when grading, here otherwise."""
+    return _EXECUTOR(fn, tuple(args)) if _EXECUTOR is not None else fn(*args)
 
 #: Exercise name -> notebook number, in course order (the columns of ``metagrad course grade``).
 CHECKS: dict[str, str] = {}
@@ -104,7 +147,7 @@ def _close(a, b) -> bool:
 def _call(exercise: str, fn: Callable, args: Sequence, label: str):
     """Call the student's function; turn any exception into one friendly sentence."""
     try:
-        return fn(*args)
+        return _run(fn, args)
     except NotImplementedError:
         _fail(
             exercise,
@@ -302,7 +345,7 @@ def _check_transforms(
 
 def _call_transformed(exercise: str, fn: Callable, args: Sequence, label: str):
     try:
-        return fn(*args)
+        return _run(fn, args)
     except NotImplementedError:
         _fail(exercise, "not implemented yet: replace the `raise NotImplementedError(...)` line with your code, run that cell, then run this check again.")
     except ExerciseCheckFailed:

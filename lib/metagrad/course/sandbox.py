@@ -1,0 +1,160 @@
+"""Where a grading kernel runs: a bubblewrap sandbox when the machine has one, else a limited process.
+
+With ``bwrap`` (bubblewrap) and user namespaces, each kernel runs as uid/gid 65534 in new user, PID,
+network, IPC, UTS and mount namespaces (``--unshare-all``), with no capabilities, in its own session, and:
+
+- sees only the Python installation, the virtual environment, the package source (``metagrad``) — all
+  read-only — and a **public copy of the checks package** (:func:`write_public_checks`: the checks with their
+  bodies and every ``*reference*`` definition removed) over ``metagrad/course/checks``; the course folder,
+  the submissions, the grade book, the rest of the repository and ``/root`` are not there;
+- writes only to a fresh temporary working folder (its ``HOME`` and current folder), the folder of its
+  socket files, and size-limited ``/tmp`` and ``/dev/shm`` (``tmpfs_mb`` each, counted on top of the
+  address-space limit ``RLIMIT_AS`` set by :mod:`metagrad.course._kernel_launcher`);
+- cannot see or signal any other process (its own PID namespace: the grader, sibling kernels and the
+  worker are invisible; no ptrace of them), and has no network;
+- dies with the grading worker (``--die-with-parent``); killing the sandbox's first process ends its PID
+  namespace, so no background process outlives the kernel.
+
+Without bubblewrap (``isolation() == "none"``) the kernel runs as the grader's user, in its own session and
+process group (killed as a whole), with the same resource limits and a fresh working folder; the grader still
+decides every check in its own process, but a student's code can read files the grader's user can read
+(including the reference solutions in the installed package) and signal processes of that user.
+``docs/grading.md`` lists what holds in each case.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SANDBOX_UID = 65534
+CHECKS = Path(__file__).with_name("checks")
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "localtime", "fonts",
+        "hosts", "alternatives")
+
+
+def bwrap() -> str | None:
+    """The path of a working ``bwrap`` (it can create the namespaces here), else None."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return None
+    try:
+        probe = subprocess.run([path, "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "--", "true"],
+                               capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if probe.returncode == 0 else None
+
+
+def isolation() -> str:
+    """'bwrap' or 'none' (see the module docstring for what each guarantees)."""
+    return "bwrap" if bwrap() else "none"
+
+
+def describe(kind: str) -> str:
+    """One line for the grader to print when it starts."""
+    if kind == "bwrap":
+        return ("isolation: bubblewrap sandbox (uid 65534, own PID/network/mount namespaces, package read-only, "
+                "course, submissions and reference solutions invisible, fresh working folder)")
+    return ("isolation: NONE (bubblewrap unavailable): kernels run as this user in their own process group with "
+            "resource limits and a fresh working folder; checks are still decided outside the kernel, but student "
+            "code can read this user's files, including the reference solutions, and signal this user's "
+            "processes. Install bubblewrap (apt-get install bubblewrap) for the full guarantees (docs/grading.md).")
+
+
+def _ro_paths() -> list[str]:
+    """Folders the kernel must read: the Python installation, the environment and every import path."""
+    candidates = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]
+    candidates += [p for p in sys.path if p and os.path.isdir(p)]
+    paths: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in candidates} | {os.path.abspath(p) for p in candidates}, key=len):
+        if path in ("/", "/usr") or path.startswith("/usr/"):
+            continue
+        if not any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths):
+            paths.append(path)
+    return paths
+
+
+def command(kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_checks: Path, tmpfs_mb: int,
+            env: dict[str, str]) -> list[str]:
+    """The bwrap command line that runs ``kernel_cmd`` in the sandbox described above."""
+    args = [bwrap() or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    args += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "lib", "lib64", "sbin"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for name in _ETC:
+        if (Path("/etc") / name).exists():
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for path in _ro_paths():
+        args += ["--ro-bind", path, path]
+    args += ["--ro-bind", str(public_checks), str(CHECKS.resolve())]
+    size = str(tmpfs_mb * 2**20)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
+    args += ["--bind", str(workdir), str(workdir), "--bind", str(sockets), str(sockets), "--chdir", str(workdir)]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    return [*args, "--", *kernel_cmd]
+
+
+def _mentions_reference(node) -> bool:
+    names = []
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        names = [node.name]
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return any("reference" in name.lower() for name in names)
+
+
+def public_source(source: str, keep=frozenset()) -> str:
+    """A checks module without what a kernel must not see: every top-level definition whose name mentions
+    'reference', the bodies of the ``check_*`` functions (which hold the references and known mistakes) and
+    every private top-level helper (``_name``: cases, mistakes, reference helpers) that neither a kept public
+    function nor a sibling module (``keep``) uses. Imports of removed names are dropped; ``__all__`` keeps the names that remain."""
+    tree = ast.parse(source)
+    body = [node for node in tree.body if not _mentions_reference(node)]
+    for node in body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("check_"):
+            doc = ast.get_docstring(node)
+            node.body = ([ast.Expr(ast.Constant(doc))] if doc else []) + [ast.Return(ast.Constant(
+                "not checked in this kernel: `metagrad course grade` runs the checks itself"))]
+        elif isinstance(node, ast.ImportFrom):
+            node.names = [a for a in node.names if "reference" not in (a.asname or a.name).lower()]
+    defined = {n.name: n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    needed = {name for name in defined if not name.startswith("_") or name in keep}
+    frontier = list(needed)
+    while frontier:
+        used = {n.id for n in ast.walk(defined[frontier.pop()]) if isinstance(n, ast.Name)}
+        for name in used & defined.keys() - needed:
+            needed.add(name)
+            frontier.append(name)
+    body = [n for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef)) or n.name in needed]
+    body = [n for n in body if not isinstance(n, ast.ImportFrom) or n.names]
+    for node in body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            if isinstance(node.value, (ast.List, ast.Tuple)):
+                node.value.elts = [e for e in node.value.elts if not (isinstance(e, ast.Constant) and "reference" in str(e.value).lower())]
+    tree.body = body
+    return "# Public copy written by metagrad.course.sandbox for grading kernels (no reference solutions).\n" + ast.unparse(tree) + "\n"
+
+
+def write_public_checks(dest: Path) -> Path:
+    """Write the public copy of ``metagrad/course/checks`` into ``dest`` (created); returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    sources = {path: path.read_text(encoding="utf-8") for path in sorted(CHECKS.glob("*.py"))}
+    imported = {alias.name for source in sources.values() for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metagrad.course.checks")
+                for alias in node.names}
+    for path, source in sources.items():
+        text = source if path.name == "_diagnose.py" else public_source(source, frozenset(imported))
+        (dest / path.name).write_text(text, encoding="utf-8")
+    return dest
