@@ -390,17 +390,35 @@ def _serve_limit() -> int:
     return _serve.MAX_BYTES
 
 
+def dumps(obj) -> bytes:
+    """cloudpickle ``obj`` for the kernel; pytree nodes of custom classes (e.g. ``TabularMDP``, whose slots
+    refuse ``setattr``) travel as their children and tree structure, rebuilt with ``tree_unflatten``."""
+    import cloudpickle
+    import jax
+    import numpy as np
+
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj):
+            if (type(obj) not in (tuple, list, dict) and obj is not None and not isinstance(obj, (jax.Array, np.ndarray))
+                    and not callable(obj) and not jax.tree_util.all_leaves([obj])):
+                children, treedef = jax.tree_util.tree_flatten(obj, is_leaf=lambda x: x is not obj)
+                return jax.tree_util.tree_unflatten, (treedef, children)
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    Pickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
 def _executor(runner: KernelRunner, deadline: float, where: str):
     """The ``_diagnose._EXECUTOR`` of one check: ``fn(*args)`` runs in the kernel; returns the decoded output."""
     import base64
-
-    import cloudpickle
 
     from metagrad.course import _serve
 
     def execute(fn, args):
         try:
-            payload = base64.b64encode(cloudpickle.dumps((fn, tuple(args)))).decode("ascii")
+            payload = base64.b64encode(dumps((fn, tuple(args)))).decode("ascii")
         except Exception as err:  # noqa: BLE001 — a check that passes something unpicklable
             raise _Abort(f"grader error (cannot send the call to the kernel: {type(err).__name__}: {_first_line(err)[:120]})") from None
         text = runner.evaluate(f"__import__('metagrad.course._serve', fromlist=['call']).call({payload!r})",
