@@ -1,15 +1,20 @@
 """`metagrad course grade` as an attacker, a careless student and an instructor would use it.
 
-A tiny course (two exercises checked by the library's real `check_magic_box` and `check_hvp`, plus one
-notebook without JAX for the time limits) is built with `metagrad course build` in a temporary folder;
-each submission below is one of the ways the previous grader was fooled or lost grades. One batch runs
-them all with `--jobs 2` (a kernel start costs seconds, so they share one call).
+A tiny course (two exercises checked by the library's real `check_magic_box` and `check_hvp`, one notebook
+checked by `check_reward_to_go`, whose reference is importable from the checks package, and one notebook
+without JAX for the time limits) is built with `metagrad course build` in a temporary folder; each
+submission below is one of the ways the previous grader was fooled, harmed others or lost grades (the
+attacks are in tests/grading_attacks.py). One batch runs them all with `--jobs 2` (a kernel start costs
+seconds, so they share one call).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -18,8 +23,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import grading_attacks as attacks
 from metagrad import cli
-from metagrad.course import build, grade
+from metagrad.course import build, grade, sandbox
 
 C = nbformat.v4.new_code_cell
 GOOD_MAGIC_BOX = "def magic_box(x):\n    return jnp.exp(x - jax.lax.stop_gradient(x))"
@@ -51,6 +57,19 @@ def _solutions(folder: Path) -> Path:
     for i, cell in enumerate(plain.cells):
         cell.id = f"plain-{i}"
     nbformat.write(plain, folder / "01_plain.ipynb")
+    ref = nbformat.v4.new_notebook()
+    ref.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    ref.cells = [
+        C("import jax\n\njax.config.update('jax_enable_x64', True)\nimport jax.numpy as jnp\n\nfrom metagrad.course import checks"),
+        C("def reward_to_go(rewards, gamma, bootstrap=0.0):\n    ### BEGIN SOLUTION\n"
+          "    def step(g, r):\n        g = r + gamma * g\n        return g, g\n\n"
+          "    return jax.lax.scan(step, jnp.asarray(bootstrap, rewards.dtype), rewards, reverse=True)[1]\n"
+          "    ### END SOLUTION"),
+        C("checks.check_reward_to_go(reward_to_go)"),
+    ]
+    for i, cell in enumerate(ref.cells):
+        cell.id = f"ref-{i}"
+    nbformat.write(ref, folder / "02_ref.ipynb")
     return folder
 
 
@@ -76,33 +95,42 @@ def _submission(course: Path, folder: Path, name: str, *, replace=None, drop=(),
     return path
 
 
-def _read(out: Path) -> dict[str, dict]:
+def _read(out: Path, key="file") -> dict[str, dict]:
     with out.open(newline="", encoding="utf-8") as handle:
-        return {Path(row["file"]).parent.name: row for row in csv.DictReader(handle)}
+        return {Path(row[key]).parent.name: row for row in csv.DictReader(handle)}
+
+
+def _digest(folder: Path) -> str:
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+PACKAGE = Path(grade.__file__).resolve().parent.parent  # lib/metagrad
+WRONG_HVP = "def hvp(f, x, v):\n    return jax.grad(f)(x) * v"  # a known mistake, named by the check
 
 
 @pytest.fixture(scope="module")
 def batch(course, tmp_path_factory):
-    """Grade every submission below in one call; returns (rows by student, CSV snapshots after each row)."""
+    """Grade every submission below in one call; returns (rows by student, CSV snapshots, root, facts)."""
     root = tmp_path_factory.mktemp("submissions")
     name = "00_tiny.ipynb"
     good = {"magic_box": GOOD_MAGIC_BOX, "hvp": GOOD_HVP}
+    out = root / "grades.csv"
+    token = secrets.token_hex(8)
+    facts = {"course": _digest(course), "package": _digest(PACKAGE), "token": token, "out": out}
     paths = [
         _submission(course, root / "honest", name, replace=good),
-        _submission(course, root / "stub", name),
-        # The old grader read checks.results() from the student's kernel: full marks for a stub.
-        _submission(course, root / "results_update", name, replace={
-            "magic_box": "checks._RESULTS.update({'magic_box': True, 'hvp': True})\n"
-                         "checks._RESULTS.__setitem__ = lambda *a: None"}),
-        # Replace the checks by no-ops (and print what a passing check prints) before they run.
-        _submission(course, root / "noop_checks", name, replace={
-            "magic_box": "import metagrad.course.checks as c\n"
-                         "c.check_magic_box = c.check_hvp = lambda f: print('✓ Exercise passed')\n"
-                         "checks.check_magic_box = checks.check_hvp = c.check_hvp"}),
-        # Print what the grader looks for, as well as one can guess it.
-        _submission(course, root / "fake_marker", name, replace={
-            "magic_box": "print('metagrad-grade passed magic_box')\nprint('✓ Exercise `magic_box` passed')",
-            "hvp": "def hvp(f, x, v):\n    print('metagrad-grade 0 5 hvp passed')\n    raise SystemExit"}),
+        _submission(course, root / "wrong", name, replace={"hvp": WRONG_HVP}),
+        _submission(course, root / "old_cheats", name, replace={"magic_box": attacks.OLD_CHEATS}),
+        _submission(course, root / "input_transformer", name, replace={"hvp": attacks.INPUT_TRANSFORMER}),
+        _submission(course, root / "meta_path", name, replace={"hvp": attacks.META_PATH}),
+        _submission(course, root / "frame", name, replace={"hvp": attacks.FRAME}),
+        _submission(course, root / "proc_memory", name, replace={"hvp": attacks.PROC_MEMORY}),
+        _submission(course, root / "alias", name, replace={"hvp": attacks.ALIAS}),
+        _submission(course, root / "reference", "02_ref.ipynb", notebook="02_ref.ipynb",
+                    replace={"reward_to_go": attacks.REFERENCE_IMPORT}),
+        _submission(course, root / "vandal", name, replace={"magic_box": attacks.vandal(
+            str(course), str(out), token, str(PACKAGE.parent), kill_grader=sandbox.isolation() == "bwrap")}),
         # Delete the check cells: the old grader then scored only what was left.
         _submission(course, root / "deleted_checks", name, replace={"magic_box": GOOD_MAGIC_BOX}, drop=("check",)),
         # The exercise cells deleted and both functions written in one new cell: found by their `def`.
@@ -110,17 +138,19 @@ def batch(course, tmp_path_factory):
         # A helper defined in a cell of the student's own: only exercise cells are graded, so it is missing.
         _submission(course, root / "outside", name, replace={"magic_box": "def magic_box(x):\n    return helper(x)"},
                     extra=["def helper(x):\n    return jnp.exp(x - jax.lax.stop_gradient(x))"]),
-        # An empty notebook: the old grader reported 0/0 "ok".
-        root / "empty" / name,
         # The kernel exits in the middle: the check before counts, the one after does not.
         _submission(course, root / "exit", name, replace={"magic_box": GOOD_MAGIC_BOX, "hvp": "import os\nos._exit(3)"}),
         # Past the memory limit.
         _submission(course, root / "memory", name, replace={"magic_box": GOOD_MAGIC_BOX,
                                                            "hvp": GOOD_HVP + "\nhog = bytearray(64 * 2**30)"}),
-        # Not a notebook, a missing file, a notebook of no course notebook.
+        # Files that are no notebook to grade: an empty notebook, not JSON, missing, no course notebook,
+        # nbformat 3, malformed metadata.
+        root / "empty" / name,
         root / "garbage" / name,
         root / "missing" / name,
         root / "unknown" / "notes.ipynb",
+        root / "v3" / name,
+        root / "bad_metadata" / name,
     ]
     (root / "empty").mkdir()
     nbformat.write(nbformat.v4.new_notebook(), root / "empty" / name)
@@ -128,73 +158,169 @@ def batch(course, tmp_path_factory):
     (root / "garbage" / name).write_text("this is not JSON")
     (root / "unknown").mkdir()
     nbformat.write(nbformat.v4.new_notebook(cells=[C(GOOD_HVP)]), root / "unknown" / "notes.ipynb")
-    out = root / "grades.csv"
+    (root / "v3").mkdir()
+    (root / "v3" / name).write_text(json.dumps({"nbformat": 3, "nbformat_minor": 0, "metadata": {"metagrad": {"notebook": "00"}},
+                                                "worksheets": [{"cells": [{"cell_type": "code", "input": GOOD_HVP}]}]}))
+    bad = json.loads((root / "honest" / name).read_text())
+    bad["metadata"] = ["not", "a", "dict"]
+    (root / "bad_metadata").mkdir()
+    (root / "bad_metadata" / name).write_text(json.dumps(bad))
     snapshots = []
 
     def on_row(row):
         snapshots.append(out.read_text(encoding="utf-8"))
 
     rows = grade.grade(paths, out, course=course, jobs=2, cell_timeout=120, notebook_timeout=600,
-                       memory_mb=3072, on_row=on_row)
+                       memory_mb=3072, tmpfs_mb=64, on_row=on_row)
     assert [row["file"] for row in rows] == [str(p) for p in paths]
-    return _read(out), snapshots, root
+    time.sleep(6)  # the vandal's background process would rewrite the grade book after 4 s
+    return _read(out), snapshots, root, facts
 
 
 def _scores(row):
-    return row["magic_box"], row["hvp"], row["total"], row["possible"]
+    return row["magic_box"], row["hvp"], row["total"], row["max"]
 
 
-def test_honest_and_stub(batch):
-    rows, _, _ = batch
-    assert _scores(rows["honest"]) == ("1", "1", "2", "2") and rows["honest"]["status"] == "ok"
-    assert _scores(rows["stub"]) == ("0", "0", "0", "2") and rows["stub"]["status"] == "ok"
+NOTHING = ("0", "0", "0", "2")
 
 
-@pytest.mark.parametrize("student", ["results_update", "noop_checks", "fake_marker"])
+def test_honest_wrong_and_the_message_the_student_saw(batch):
+    from metagrad.course import checks
+
+    rows, _, _, _ = batch
+    assert _scores(rows["honest"]) == ("1", "1", "2", "2") and rows["honest"]["status"] == "graded"
+    assert rows["honest"]["student"] == "00_tiny"
+    assert _scores(rows["wrong"]) == NOTHING and rows["wrong"]["status"] == "graded"
+    # The diagnosis is the one the check gives in the student's own notebook.
+    import jax
+
+    def wrong(f, x, v):
+        return jax.grad(f)(x) * v
+
+    def stub(x):
+        raise NotImplementedError
+
+    seen = []
+    for check, fn in ((checks.check_magic_box, stub), (checks.check_hvp, wrong)):
+        with pytest.raises(checks.ExerciseCheckFailed) as failure:
+            check(fn)
+        seen.append(str(failure.value))
+    assert "differentiate the gradient, not f" in seen[1]
+    assert rows["wrong"]["messages"].split(" | ")[:2] == seen
+
+
+@pytest.mark.parametrize("student", ["old_cheats", "input_transformer", "meta_path", "frame", "proc_memory", "alias"])
 def test_a_submission_cannot_write_its_own_score(batch, student):
-    rows, _, _ = batch
-    assert _scores(rows[student]) == ("0", "0", "0", "2")
+    rows, _, _, _ = batch
+    assert _scores(rows[student]) == NOTHING, rows[student]
+    assert rows[student]["status"] == "graded"
 
 
-def test_tampering_is_flagged_for_review(batch):
-    rows, _, _ = batch
-    assert "cell 4 (magic_box) review: " in rows["results_update"]["notes"]
-    for flag in ("uses checks", "modifies checks._RESULTS.__setitem__"):
-        assert flag in rows["results_update"]["notes"]
-    assert "modifies c.check_magic_box" in rows["noop_checks"]["notes"]
-    assert "review" not in rows["honest"]["notes"]
+def test_reference_solutions_are_not_importable_from_the_kernel(batch):
+    rows, _, _, _ = batch
+    row = rows["reference"]
+    assert (row["notebook"], row["reward_to_go"], row["total"], row["max"]) == ("02", "0", "0", "1"), row
+    assert "`reward_to_go` is not defined" in row["messages"] and "exercise cell 1 (reward_to_go): ImportError" in row["messages"]
+
+
+def test_the_alias_attack_has_no_review_flag_and_still_gets_nothing(batch):
+    rows, _, _, _ = batch
+    assert "review" not in rows["alias"]["messages"] and _scores(rows["alias"]) == NOTHING
+
+
+@pytest.mark.skipif(sandbox.isolation() != "bwrap", reason="needs the bubblewrap sandbox")
+def test_a_student_cannot_harm_the_course_the_package_the_grade_book_or_other_students(batch, course):
+    rows, _, root, facts = batch
+    # Killing the grader, sibling workers and kernels: every other row is graded as usual.
+    assert rows["vandal"]["status"] == "graded" and _scores(rows["vandal"]) == NOTHING
+    assert _scores(rows["honest"]) == ("1", "1", "2", "2")
+    # The course (check cells, no jax.py) and the package are unchanged.
+    assert _digest(course) == facts["course"] and not (course / "jax.py").exists()
+    assert _digest(PACKAGE) == facts["package"] and not (PACKAGE / "jax.py").exists()
+    # /dev/shm of the machine got nothing; the background process died with the kernel.
+    assert not Path(f"/dev/shm/metagrad-attack-{facts['token']}").exists()
+    assert not Path(f"/tmp/metagrad-attack-{facts['token']}-alive").exists()
+    assert "hacked" not in facts["out"].read_text()
+    # The next student is graded as usual (and the grade book merges: earlier rows are kept).
+    nxt = _submission(course, root / "next", "00_tiny.ipynb", replace={"magic_box": GOOD_MAGIC_BOX, "hvp": GOOD_HVP})
+    grade.grade([nxt], facts["out"], course=course, tmpfs_mb=64)
+    merged = _read(facts["out"])
+    assert _scores(merged["next"]) == ("1", "1", "2", "2")
+    assert len(merged) == len(rows) + 1 and merged["vandal"] == rows["vandal"]
 
 
 def test_deleted_or_moved_check_and_exercise_cells_change_nothing(batch):
-    rows, _, _ = batch
+    rows, _, _, _ = batch
     assert _scores(rows["deleted_checks"]) == ("1", "0", "1", "2")
     assert _scores(rows["moved"]) == ("1", "1", "2", "2")
     # Code outside the exercise cells is not run.
-    assert _scores(rows["outside"]) == ("0", "0", "0", "2")
-    assert _scores(rows["empty"]) == ("0", "0", "0", "2") and rows["empty"]["status"] == "ok"
-    assert "cell 4 (magic_box): no such exercise cell in the submission" in rows["empty"]["notes"]
+    assert _scores(rows["outside"]) == NOTHING
+    assert _scores(rows["empty"]) == NOTHING and rows["empty"]["status"] == "graded"
+    assert "cell 4 (magic_box): no such exercise cell in the submission" in rows["empty"]["messages"]
 
 
 def test_a_dead_kernel_or_the_memory_limit_costs_only_what_comes_after(batch):
-    rows, _, _ = batch
+    rows, _, _, _ = batch
     assert _scores(rows["exit"]) == ("1", "0", "1", "2")
-    assert rows["exit"]["status"] == "kernel died (cell 6, exit code 3)"
+    assert rows["exit"]["status"].startswith("crashed (kernel died in cell 6"), rows["exit"]
+    assert "not checked: crashed" in rows["exit"]["messages"]
     assert _scores(rows["memory"]) == ("1", "1", "2", "2")  # MemoryError is raised; the kernel lives on
-    assert rows["memory"]["status"] == "memory (cell 6, limit 3072 MB)"
+    assert "exercise cell 6 (hvp): MemoryError" in rows["memory"]["messages"]
 
 
 def test_bad_files_get_a_row_and_never_lose_the_others(batch):
-    rows, snapshots, _ = batch
-    assert rows["garbage"]["status"] == "not a notebook" and _scores(rows["garbage"]) == ("0", "0", "0", "2")
+    rows, _, _, _ = batch
+    assert rows["garbage"]["status"] == "not a notebook" and _scores(rows["garbage"]) == NOTHING
     assert rows["missing"]["status"] == "not found"
-    assert rows["unknown"]["status"] == "unknown notebook" and rows["unknown"]["possible"] == ""
-    assert len(rows) == 14
+    assert rows["unknown"]["status"] == "unknown notebook" and rows["unknown"]["max"] == ""
+    assert rows["v3"]["status"] == "unsupported format" and _scores(rows["v3"]) == NOTHING
+    assert "nbformat 3" in rows["v3"]["messages"]
+    assert rows["bad_metadata"]["status"] == "not a notebook" and _scores(rows["bad_metadata"]) == NOTHING
+    assert len(rows) == 21
 
 
 def test_the_csv_is_rewritten_atomically_after_every_row(batch):
-    _, snapshots, root = batch
-    assert [len(s.strip().splitlines()) - 1 for s in snapshots] == list(range(1, 15))
+    _, snapshots, root, _ = batch
+    assert [len(s.strip().splitlines()) - 1 for s in snapshots] == list(range(1, 22))
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_feedback_lists_each_exercise_and_points_at_the_exercise_cell(batch):
+    rows, _, root, _ = batch
+    text = (root / "feedback" / "wrong-00.md").read_text()
+    html = (root / "feedback" / "wrong-00.html").read_text()
+    message = rows["wrong"]["messages"].split(" | ")[1]
+    # Each exercise with its points, result and the check's message; the link goes to the exercise cell.
+    assert f"| `hvp` | 0 / 1 | failed | {message} | [exercise cell 6 (id tiny-4)](../wrong/00_tiny.ipynb#tiny-4) |" in text
+    assert "| `magic_box` | 0 / 1 | failed |" in text and "Points: **0 / 2**" in text
+    assert "<code>hvp</code>" in html and "href='../wrong/00_tiny.ipynb#tiny-4'" in html
+    assert "Points: **2 / 2**" in (root / "feedback" / "honest-00.md").read_text()
+    assert "demo cell" not in text
+
+
+def _course_of(root):
+    return grade.Course(next(Path(root).parent.glob("grading*/course")))
+
+
+def test_config_points_columns_and_student_ids(batch, tmp_path):
+    rows, _, root, _ = batch
+    course = _course_of(root)
+    config_file = tmp_path / "grading.toml"
+    config_file.write_text('[points]\nhvp = 2.5\n[columns]\nstudent = "Username"\ntotal = "Points"\nhvp = "HVP (2.5)"\n'
+                           '[student]\npattern = "([^/]+)/00_tiny"\n')
+    config = grade.Config.load(config_file, course)
+    row = grade._row(root / "alice" / "00_tiny.ipynb", "00", "graded", course,
+                     {"magic_box": (True, "ok"), "hvp": (True, "ok")})
+    out = tmp_path / "lms.csv"
+    grade.write_csv(out, [row], course, config)
+    record = next(csv.DictReader(out.open()))
+    assert record["Username"] == "alice" and record["HVP (2.5)"] == "2.5" and record["Points"] == "3.5"
+    assert record["max"] == "3.5" and record["magic_box"] == "1"
+    for bad, words in (('[points]\nnope = 1\n', "'nope' is not an exercise"), ('[points]\nhvp = -1\n', "hvp must be"),
+                       ('[student]\npattern = "(["\n', "not a regular expression"), ('[extra]\n', "unknown section")):
+        config_file.write_text(bad)
+        with pytest.raises(grade.GradeError, match=words):
+            grade.Config.load(config_file, course)
 
 
 def test_an_uninterruptible_loop_is_killed_at_the_cell_and_the_notebook_timeout(course, tmp_path):
@@ -204,10 +330,11 @@ def test_an_uninterruptible_loop_is_killed_at_the_cell_and_the_notebook_timeout(
                 "        except:  # noqa: E722\n            pass"})
     out = tmp_path / "grades.csv"
     row = grade.grade([loop], out, course=course, cell_timeout=3, notebook_timeout=100)[0]
-    assert row["notebook"] == "01" and row["status"] == "timeout (cell 4 over 3 s)", row
-    assert _read(out)["loop"]["possible"] == "0" and _read(out)["loop"]["magic_box"] == ""
+    assert row["notebook"] == "01" and row["status"] == "timed out (cell 2 over 3 s)", row
+    assert _read(out)["loop"]["max"] == "0" and _read(out)["loop"]["magic_box"] == ""
     row = grade.grade([loop], out, course=course, cell_timeout=100, notebook_timeout=4)[0]
-    assert row["status"] == "timeout (notebook over 4 s, in cell 4)"
+    assert row["status"].startswith("timed out (cell 2, the notebook's 4 s over"), row
+    assert len(_read(out)) == 1  # the same student and notebook: replaced, not added
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,7 +368,7 @@ def test_out_is_validated_before_grading(course, tmp_path, capsys):
 def test_a_kernel_that_cannot_start_is_a_row(course, tmp_path):
     submission = _submission(course, tmp_path / "s", "00_tiny.ipynb")
     row = grade.grade([submission], tmp_path / "g.csv", course=course, memory_mb=100)[0]
-    assert row["status"].startswith("kernel died (at start, memory limit 100 MB"), row
+    assert row["status"].startswith("crashed (the kernel did not start, memory limit 100 MB"), row
     assert row["passed"] == {"magic_box": False, "hvp": False}
 
 
@@ -301,4 +428,36 @@ def test_match_by_metadata_then_file_name(course):
     assert grade.match_notebook(Path("whatever.ipynb"), nb, loaded) == "00"
     assert grade.match_notebook(Path("alice_01_plain (1).ipynb"), None, loaded) == "01"
     assert grade.match_notebook(Path("notes.ipynb"), nbformat.v4.new_notebook(), loaded) is None
-    assert json.loads(json.dumps(loaded.columns)) == ["magic_box", "hvp"]
+    assert json.loads(json.dumps(loaded.columns)) == ["magic_box", "hvp", "reward_to_go"]
+
+
+def test_the_kernel_sees_no_reference_solution():
+    from metagrad.course.checks import nb02, nb07
+
+    public = sandbox.public_source(Path(nb02.__file__).read_text())
+    assert "reference" not in public.split("\n", 1)[1] and "def check_reward_to_go" in public
+    compile(public, "nb02", "exec")
+    assert "reference_choose_estimator" not in sandbox.public_source(Path(nb07.__file__).read_text())
+
+
+def test_answers_from_the_kernel_are_plain_data():
+    import numpy as np
+
+    from metagrad.course import _serve
+
+    value = {"a": (np.float32(1.5), [np.arange(3), "s", None]), "b": object()}
+    back = _serve.decode(json.loads(json.dumps(_serve.encode(value))))
+    assert back["a"][0].dtype == np.float32 and back["a"][1][0].tolist() == [0, 1, 2] and back["a"][1][1:] == ["s", None]
+    assert type(back["b"]).__name__ == "object"
+    with pytest.raises(ValueError):  # an object array would need pickle
+        _serve.decode({"t": "array", "v": __import__("base64").b64encode(_pickled_array()).decode()})
+
+
+def _pickled_array() -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([object()], dtype=object), allow_pickle=True)
+    return buffer.getvalue()

@@ -79,13 +79,17 @@ def _cmd_grade(args) -> int:
             cell_timeout=args.cell_timeout,
             notebook_timeout=args.notebook_timeout,
             memory_mb=args.memory_mb,
+            tmpfs_mb=args.tmpfs_mb,
             kernel_name=args.kernel,
+            config=Path(args.config) if args.config else None,
+            feedback_dir=Path(args.feedback) if args.feedback else None,
             on_row=report,
+            on_start=lambda line: print(line, flush=True),
         )
     except GradeError as err:
         print(f"metagrad course grade: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and feedback files in {args.feedback or Path(args.out).parent / 'feedback'}")
     return 0
 
 
@@ -126,14 +130,21 @@ def register(subparsers) -> None:
         "grade",
         help="run student notebooks against the course's checks and tabulate the results",
         description=(
-            "Grade each submission against the course notebook it belongs to: the course's check cells and "
-            "every cell other than the exercises are re-inserted, the notebook runs in a fresh kernel under "
-            "time and memory limits, and the grader decides each check. One CSV row per submission, "
-            "rewritten after each."
+            "Grade each submission against the course notebook it belongs to: every cell other than the "
+            "exercises comes from the course, the notebook runs in a fresh sandboxed kernel (bubblewrap when "
+            "installed) under time and memory limits, and the grader runs each check in its own process on "
+            "the outputs of the student's functions. Writes a grade book (one row per student and notebook, "
+            "merged into an existing --out) and a feedback file per submission (Markdown and HTML). "
+            "See docs/grading.md."
         ),
     )
     p.add_argument("submissions", nargs="+", help="student notebooks (.ipynb)")
-    p.add_argument("--out", default="grades.csv", help="CSV file to write (default: grades.csv)")
+    p.add_argument("--out", default="grades.csv",
+                   help="grade book CSV; rows of an existing file are kept unless regraded (default: grades.csv)")
+    p.add_argument("--config", default=None,
+                   help="TOML file: [points] per exercise (default 1), [columns] names, [student] id pattern")
+    p.add_argument("--feedback", default=None,
+                   help="folder for the per-student feedback files (default: feedback/ next to --out)")
     p.add_argument("--course", default="course", help="the released course notebooks (default: course)")
     p.add_argument("--jobs", type=_positive(int), default=1, help="submissions graded in parallel (default: 1)")
     p.add_argument("--cell-timeout", type=_positive(float), default=120,
@@ -142,5 +153,7 @@ def register(subparsers) -> None:
                    help="seconds per notebook before the kernel is killed (default: 900)")
     p.add_argument("--memory-mb", type=_positive(int), default=8192,
                    help="address-space limit of each kernel in MiB (RLIMIT_AS; default: 8192)")
+    p.add_argument("--tmpfs-mb", type=_positive(int), default=256,
+                   help="size of the sandbox's /tmp and of its /dev/shm in MiB each (default: 256)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     p.set_defaults(func=_cmd_grade)

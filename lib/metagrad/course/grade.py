@@ -88,6 +88,7 @@ class Course:
             raise GradeError(f"--course {folder}: no course notebooks ({NOTEBOOK_GLOB}) there.")
         self.folder = folder.resolve()
         self.notebooks: dict[str, nbformat.NotebookNode] = {}
+        self.files = {path.name for path in paths}
         self.checks: dict[str, list[str]] = {}
         for path in paths:
             try:
@@ -675,10 +676,14 @@ class Config:
         student = "Username"
         total = "Points"
         [student]
-        pattern = '^(?P<id>[^_]+)_'   # regular expression on the file name; default: the file name without .ipynb
+        pattern = '([^/]+)/[^/]*$'    # regular expression searched in the submission's path as given; its
+                                      # group `id` (else group 1) is the student id. Default: the folder's
+                                      # name when the file has a course notebook's name (a folder per
+                                      # student), else the file name without .ipynb
     """
 
     def __init__(self, points=None, columns=None, pattern: str | None = None):
+        self.course_files: set[str] = set()  # file names of the course notebooks (set by :func:`grade`)
         self.points = dict(points or {})
         self.columns = dict(DEFAULT_COLUMNS)
         unknown = set(columns or {}) - set(DEFAULT_COLUMNS) - {"student"}
@@ -694,8 +699,8 @@ class Config:
             self.pattern = re.compile(pattern) if pattern else None
         except re.error as err:
             raise GradeError(f"--config: [student] pattern is not a regular expression ({err}).") from None
-        if self.pattern is not None and "id" not in self.pattern.groupindex:
-            raise GradeError("--config: [student] pattern needs a named group (?P<id>...).")
+        if self.pattern is not None and "id" not in self.pattern.groupindex and self.pattern.groups < 1:
+            raise GradeError("--config: [student] pattern needs a group, e.g. (?P<id>...).")
 
     @classmethod
     def load(cls, path: Path | None, course: Course | None = None) -> "Config":
@@ -720,9 +725,12 @@ class Config:
     def student_id(self, path) -> str:
         name = Path(path).name
         if self.pattern is not None:
-            match = self.pattern.search(name)
-            if match and match.group("id"):
-                return match.group("id")
+            match = self.pattern.search(str(path))
+            found = match and (match.group("id") if "id" in self.pattern.groupindex else match.group(1))
+            if found:
+                return found
+        if name in self.course_files and Path(path).parent.name:
+            return Path(path).parent.name
         return name[:-6] if name.endswith(".ipynb") else name
 
     def weight(self, exercise: str) -> float:
@@ -883,6 +891,7 @@ def grade(
             raise GradeError(f"{name} must be positive, got {value!r}.")
     course = course if isinstance(course, Course) else Course(Path(course))
     config = config if isinstance(config, Config) else Config.load(config, course)
+    config.course_files = course.files
     previous = validate_out(out, course, config)
     feedback_dir = Path(feedback_dir) if feedback_dir is not None else Path(out).parent / "feedback"
     isolation = sandbox.isolation()
