@@ -3,7 +3,7 @@
 INPUT_TRANSFORMER = '''def hvp(f, x, v):
     raise NotImplementedError
 # Rewrite every later check cell into its own last line (the old grader's "passed" marker print).
-get_ipython().input_transformers_cleaned.append(
+get_ipython().input_transformers_post.append(
     lambda lines: [l for l in lines if l.startswith("print(")] if any("check_" in l for l in lines) else lines)
 '''
 
@@ -75,7 +75,7 @@ def _forge():
                 chunk = mem.read(end - start)
             except (OSError, OverflowError, ValueError):
                 continue
-            secrets |= set(re.findall(rb'"result_secret": "([0-9a-f]{32})"', chunk))
+            secrets |= set(re.findall(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])", chunk))
             markers |= set(re.findall(rb"metagrad-grade [0-9a-f]{32} (\d+) \w+ passed", chunk))
             markers |= {m.group(0) for m in re.finditer(rb"metagrad-grade [0-9a-f]{32} \d+ \w+ passed", chunk)}
         full = {m for m in markers if m.startswith(b"metagrad-grade")}
@@ -87,7 +87,7 @@ def _forge():
             for i in range(size)]}
         result = {"status": "ok", "replies": {str(i): "ok" for i in cells}, "notebook": json.dumps(nb),
                   "checks": {str(i): [True, "forged"] for i in range(size)}, "errors": {}}
-        for secret in secrets:
+        for secret in list(secrets)[:5000]:  # which one is the result line's secret is unknown: try them all
             try:
                 with open(f"/proc/{pid}/fd/1", "w") as out:
                     out.write(secret.decode() + json.dumps(result) + "\n")
@@ -98,7 +98,17 @@ def _forge():
 _forge()
 '''
 
-REFERENCE_IMPORT = "from metagrad.course.checks import reference_reward_to_go as reward_to_go\n"
+REFERENCE_IMPORT = '''import jax
+import numpy as np
+
+from metagrad.course.checks import reference_reward_to_go
+
+
+def reward_to_go(rewards, gamma, bootstrap=0.0):  # the reference, made to work under jax.jit and jax.vmap
+    return jax.pure_callback(lambda r, g, b: np.asarray(reference_reward_to_go(r, g, b), r.dtype),
+                             jax.ShapeDtypeStruct(rewards.shape, rewards.dtype), rewards, gamma, bootstrap,
+                             vmap_method="sequential")
+'''
 
 ALIAS = '''import numpy as numerics
 

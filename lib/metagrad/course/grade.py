@@ -318,7 +318,9 @@ class KernelRunner:
             raise _Abort(f"crashed (the kernel did not start, memory limit {memory_mb} MB: {_first_line(err)[:120]})") from None
 
     def run(self, code: str, timeout: float, where: str, *, user_expressions=None) -> dict:
-        """Execute ``code``; the reply's content. Raises :class:`_Abort` on timeout or a dead kernel."""
+        """Execute ``code``; the reply's content. Raises :class:`_Abort` on timeout or a dead kernel.
+
+        ``where`` names the cell and the limit, e.g. ``("cell 4", "cell 4 over 3 s")``."""
         msg_id = self.kc.execute(code, silent=user_expressions is not None, store_history=False,
                                  user_expressions=user_expressions or {}, allow_stdin=False)
         deadline = time.monotonic() + timeout
@@ -334,15 +336,15 @@ class KernelRunner:
                 if not self.km.is_alive():
                     code_ = getattr(self.process, "returncode", None)
                     how = f", signal {-code_}" if isinstance(code_, int) and code_ < 0 else ""
-                    raise _Abort(f"crashed (kernel died in {where}{how})") from None
+                    raise _Abort(f"crashed (kernel died in {where[0]}{how})") from None
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise _Abort(f"timed out ({where} over {timeout:g} s)") from None
+                    raise _Abort(f"timed out ({where[1]})") from None
                 continue
             if reply.get("parent_header", {}).get("msg_id") == msg_id:
                 return reply["content"]
 
-    def evaluate(self, expression: str, timeout: float, where: str) -> str:
+    def evaluate(self, expression: str, timeout: float, where) -> str:
         """The value of ``expression`` in the kernel, which must be a ``str`` (read with ``ast.literal_eval``)."""
         content = self.run("", timeout, where, user_expressions={"r": expression})
         result = content.get("user_expressions", {}).get("r", {})
@@ -411,7 +413,7 @@ def dumps(obj) -> bytes:
     return buffer.getvalue()
 
 
-def _executor(runner: KernelRunner, deadline: float, where: str):
+def _executor(runner: KernelRunner, deadline: float, where):
     """The ``_diagnose._EXECUTOR`` of one check: ``fn(*args)`` runs in the kernel; returns the decoded output."""
     import base64
 
@@ -441,7 +443,7 @@ def _executor(runner: KernelRunner, deadline: float, where: str):
     return execute
 
 
-def _verdict(module, name: str, arguments: list[str], runner: KernelRunner, timeout: float, where: str):
+def _verdict(module, name: str, arguments: list[str], runner: KernelRunner, timeout: float, where):
     """``(passed, message)`` of check ``name`` run here on the kernel's functions ``arguments``."""
     from metagrad.course.checks import _diagnose
 
@@ -501,7 +503,8 @@ def execute(nb, *, checks_module: str, x64: bool, kernel_name: str, cell_timeout
                 if remaining <= 0:
                     raise _Abort(f"timed out (notebook over {notebook_timeout:g} s, before cell {index})")
                 limit = min(cell_timeout, remaining)
-                where = f"cell {index}" if limit == cell_timeout else f"cell {index}, the notebook's {notebook_timeout:g} s"
+                where = (f"cell {index}", f"cell {index} over {cell_timeout:g} s" if limit == cell_timeout
+                         else f"notebook over {notebook_timeout:g} s, in cell {index}")
                 if index in calls:
                     name, arguments = calls[index]
                     checks[index] = list(_verdict(module, name, arguments, runner, limit, where))
