@@ -337,8 +337,8 @@ def test_grade_the_real_course(tmp_path):
     rows = grade.grade([solution, stub], out, course=COURSE, jobs=2)
     names = grade.course_checks(nbformat.read(COURSE / NOTEBOOKS[0].name, as_version=4))
     assert len(names) >= 2
-    assert rows[0]["status"] == "ok" and rows[0]["passed"] == dict.fromkeys(names, True), rows[0]
-    assert rows[1]["status"] == "ok" and rows[1]["passed"] == dict.fromkeys(names, False), rows[1]
+    assert rows[0]["status"] == "graded" and rows[0]["passed"] == dict.fromkeys(names, True), rows[0]
+    assert rows[1]["status"] == "graded" and rows[1]["passed"] == dict.fromkeys(names, False), rows[1]
 
 
 def test_course_readme_explains_grading():

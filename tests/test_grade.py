@@ -106,6 +106,8 @@ def _digest(folder: Path) -> str:
 
 
 PACKAGE = Path(grade.__file__).resolve().parent.parent  # lib/metagrad
+SANDBOX = sandbox.isolation() == "bwrap"
+NEEDS_SANDBOX = pytest.mark.skipif(not SANDBOX, reason="needs the bubblewrap sandbox (docs/grading.md)")
 WRONG_HVP = "def hvp(f, x, v):\n    return jax.grad(f)(x) * v"  # a known mistake, named by the check
 
 
@@ -129,8 +131,6 @@ def batch(course, tmp_path_factory):
         _submission(course, root / "alias", name, replace={"hvp": attacks.ALIAS}),
         _submission(course, root / "reference", "02_ref.ipynb", notebook="02_ref.ipynb",
                     replace={"reward_to_go": attacks.REFERENCE_IMPORT}),
-        _submission(course, root / "vandal", name, replace={"magic_box": attacks.vandal(
-            str(course), str(out), token, str(PACKAGE.parent), kill_grader=sandbox.isolation() == "bwrap")}),
         # Delete the check cells: the old grader then scored only what was left.
         _submission(course, root / "deleted_checks", name, replace={"magic_box": GOOD_MAGIC_BOX}, drop=("check",)),
         # The exercise cells deleted and both functions written in one new cell: found by their `def`.
@@ -152,6 +152,9 @@ def batch(course, tmp_path_factory):
         root / "v3" / name,
         root / "bad_metadata" / name,
     ]
+    if SANDBOX:  # without it the vandal would harm this test run (docs/grading.md: what holds without a sandbox)
+        paths.insert(1, _submission(course, root / "vandal", name, replace={"magic_box": attacks.vandal(
+            str(course), str(out), token, str(PACKAGE.parent), kill_grader=True)}))
     (root / "empty").mkdir()
     nbformat.write(nbformat.v4.new_notebook(), root / "empty" / name)
     (root / "garbage").mkdir()
@@ -209,13 +212,15 @@ def test_honest_wrong_and_the_message_the_student_saw(batch):
     assert rows["wrong"]["messages"].split(" | ")[:2] == seen
 
 
-@pytest.mark.parametrize("student", ["old_cheats", "input_transformer", "meta_path", "frame", "proc_memory", "alias"])
+@pytest.mark.parametrize("student", ["old_cheats", "input_transformer", "meta_path", "frame", "alias",
+                                     pytest.param("proc_memory", marks=NEEDS_SANDBOX)])
 def test_a_submission_cannot_write_its_own_score(batch, student):
     rows, _, _, _ = batch
     assert _scores(rows[student]) == NOTHING, rows[student]
     assert rows[student]["status"] == "graded"
 
 
+@NEEDS_SANDBOX
 def test_reference_solutions_are_not_importable_from_the_kernel(batch):
     rows, _, _, _ = batch
     row = rows["reference"]
@@ -228,7 +233,7 @@ def test_the_alias_attack_has_no_review_flag_and_still_gets_nothing(batch):
     assert "review" not in rows["alias"]["messages"] and _scores(rows["alias"]) == NOTHING
 
 
-@pytest.mark.skipif(sandbox.isolation() != "bwrap", reason="needs the bubblewrap sandbox")
+@NEEDS_SANDBOX
 def test_a_student_cannot_harm_the_course_the_package_the_grade_book_or_other_students(batch, course):
     rows, _, root, facts = batch
     # Killing the grader, sibling workers and kernels: every other row is graded as usual.
@@ -276,12 +281,12 @@ def test_bad_files_get_a_row_and_never_lose_the_others(batch):
     assert rows["v3"]["status"] == "unsupported format" and _scores(rows["v3"]) == NOTHING
     assert "nbformat 3" in rows["v3"]["messages"]
     assert rows["bad_metadata"]["status"] == "not a notebook" and _scores(rows["bad_metadata"]) == NOTHING
-    assert len(rows) == 21
+    assert len(rows) == 20 + SANDBOX
 
 
 def test_the_csv_is_rewritten_atomically_after_every_row(batch):
     _, snapshots, root, _ = batch
-    assert [len(s.strip().splitlines()) - 1 for s in snapshots] == list(range(1, 22))
+    assert [len(s.strip().splitlines()) - 1 for s in snapshots] == list(range(1, 21 + SANDBOX))
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -321,6 +326,14 @@ def test_config_points_columns_and_student_ids(batch, tmp_path):
         config_file.write_text(bad)
         with pytest.raises(grade.GradeError, match=words):
             grade.Config.load(config_file, course)
+
+
+def test_without_a_sandbox_the_grader_still_decides(course, tmp_path):
+    # The fallback (no bubblewrap): the kernel runs as this user, but the checks still run in the grader.
+    frame = _submission(course, tmp_path / "frame", "00_tiny.ipynb", replace={"magic_box": GOOD_MAGIC_BOX, "hvp": attacks.FRAME})
+    row = grade.grade_submission(frame, grade.Course(course), isolation="none", cell_timeout=120, notebook_timeout=600)
+    assert row["status"] == "graded" and row["passed"] == {"magic_box": True, "hvp": False}, row
+    assert "NONE" in sandbox.describe("none") and "reference solutions" in sandbox.describe("none")
 
 
 def test_an_uninterruptible_loop_is_killed_at_the_cell_and_the_notebook_timeout(course, tmp_path):

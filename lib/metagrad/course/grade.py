@@ -1,40 +1,29 @@
-"""Grade student notebooks against the course's own notebooks, with results decided by the grader.
+"""Grade student notebooks against the course's own notebooks, with every check decided by the grader.
 
 What is graded comes from the **course** (``course/NN_name.ipynb``, written by ``metagrad course build``),
-never from the submission:
+never from the submission (docs/grading.md has the whole story, and what holds with and without a sandbox):
 
-1. **Match.** A submission is matched to a course notebook by its notebook metadata
-   (``metadata.metagrad.notebook``, written by the build) or else by the ``NN_`` in its file name.
-2. **Assemble** (nbgrader-style). The graded notebook is the course notebook with each *exercise cell*
-   replaced by the student's version of that cell (found by the cell's ``metadata.metagrad.exercise``, its
-   cell id, or else the ``def`` of the exercise's function). Every other cell — set-up, demonstrations
-   and the *check cells* — is the course's, so deleting or editing a check cell changes nothing, code a
-   student wrote outside the exercise cells is not run, and ``possible`` is the course's number of checks.
-3. **Run** in a separate worker process that starts a fresh kernel through a launcher setting an
-   address-space limit (``RLIMIT_AS``, ``memory_mb``) and a death signal tied to the worker. Each cell has
-   ``cell_timeout`` seconds and the whole notebook ``notebook_timeout``; past either, the kernel is
-   killed (SIGKILL, not an interrupt a bare ``except:`` could swallow) and the remaining checks fail. The
-   parent kills the worker's process group if the worker itself overruns.
-4. **Decide** pass/fail on the grader's side. Before a check cell runs, the grader prefixes it with a
-   fresh import of ``metagrad.course``'s check modules (so ``checks.check_x = no-op``,
-   ``checks._RESULTS.update(...)`` and other patches of the check module made by earlier cells are
-   discarded) and appends a ``print`` of a per-run secret marker. An exercise passes when its check cell
-   completes without error and its last output is that marker. The secret is generated per submission
-   and first sent to the kernel inside the check cell, so code that ran before cannot print it.
-   ``checks.results()`` in the kernel is not read.
+1. **Read.** Only valid nbformat-4 notebooks are graded (:func:`read_submission`): anything else is
+   ``not a notebook`` or ``unsupported format`` (nbformat 3), never run with stubs in place of exercises.
+2. **Match and assemble** (nbgrader-style). A submission is matched to a course notebook by its metadata
+   (``metadata.metagrad.notebook``) or the ``NN_`` in its file name; the graded notebook is the course
+   notebook with each *exercise cell* replaced by the student's version (found by the cell's
+   ``metadata.metagrad.exercise``, its cell id, or the ``def`` of the exercise's function).
+3. **Run** in a worker process (``python -m metagrad.course.grade``, killed with the grader by a death
+   signal) that starts a fresh kernel — in a bubblewrap sandbox when :mod:`metagrad.course.sandbox` finds
+   one — and runs every code cell except the check cells, within ``cell_timeout`` / ``notebook_timeout``
+   (past either, or when the kernel dies, it is SIGKILLed and the remaining checks fail).
+4. **Decide in the worker.** At a check cell the worker runs the check itself, with a
+   :class:`~metagrad.course.checks._diagnose.RemoteFunction` in place of the student's function: each
+   call is sent to the kernel (cloudpickle, grader → kernel only) and the output comes back as plain data
+   (:mod:`metagrad.course._serve`), so references, diagnoses and verdicts never enter the student's process
+   and the message recorded is the check's own diagnosis.
 
-What it cannot prevent, because the student's function and the check share one Python process: code in
-an exercise cell that patches numpy/JAX/the library itself (e.g. replaces ``np.allclose`` or the
-reference ``metagrad.exact.policy_evaluation`` used by a check), or that inspects the running check
-cell's frame or installs IPython hooks to read the secret. Such code needs constructs that ordinary
-solutions do not use; :func:`review_flags` lists them per submission (``notes`` column) for a human to
-read. A student can always call the library instead of writing the function.
-
-The CSV has one row per submission, in the order given, rewritten atomically after each finished row:
-``file``, ``notebook``, ``status`` (``ok``, ``not found``, ``not a notebook``, ``unknown notebook``,
-``timeout …``, ``kernel died …``, ``memory …``, ``grader error …``), one column per check of the whole
-course (1 passed, 0 failed or not reached, empty when that notebook has no such check), ``total``,
-``possible`` and ``notes`` (errors by cell, review flags).
+The grade book (:func:`write_csv`) has one row per student and notebook, merged into an existing file:
+student id, file, notebook, status (``graded``, ``timed out …``, ``crashed …``, ``not a notebook``,
+``unsupported format``, ``unknown notebook``, ``not found``, ``grader error …``), points per exercise
+(weights from :class:`Config`), total, maximum and the failure messages; :func:`feedback` writes each
+student's Markdown and HTML feedback.
 """
 
 from __future__ import annotations
@@ -66,7 +55,6 @@ NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 _FILE_ID = re.compile(r"(?<![0-9])([0-9]{2})_")
 _DEF = re.compile(r"^def\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(", re.MULTILINE)
 LAUNCHER = Path(__file__).with_name("_kernel_launcher.py")
-OUTPUT_LIMIT = 1_000_000  # characters of output kept per cell; the rest is dropped (output floods)
 STARTUP_ALLOWANCE = 120  # seconds the parent grants a worker on top of notebook_timeout (kernel start)
 
 
@@ -523,7 +511,13 @@ def execute(nb, *, checks_module: str, x64: bool, kernel_name: str, cell_timeout
 
 
 def _run_worker() -> None:
-    """Entry of ``python -m metagrad.course.grade``: request JSON on stdin, result line on stdout."""
+    """Entry of ``python -m metagrad.course.grade PARENT_PID``: request JSON on stdin, result line on stdout.
+
+    The worker first asks Linux to SIGKILL it when the grader dies (and exits if that already happened), so
+    killing the grader leaves no worker, and through the worker's own death signals no kernel either."""
+    _arm_death_signal()
+    if len(sys.argv) > 1 and os.getppid() != int(sys.argv[1]):
+        sys.exit(1)
     request = json.loads(sys.stdin.read())
     nb = nbformat.reads(request.pop("notebook"), as_version=4)
     secret = request.pop("result_secret")
@@ -548,7 +542,7 @@ def _first_line(err) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _arm_death_signal() -> None:  # runs in the worker between fork and exec
+def _arm_death_signal() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -558,9 +552,8 @@ def _arm_death_signal() -> None:  # runs in the worker between fork and exec
 def _spawn_worker(request: dict, *, limit: float) -> dict:
     """Run the worker; it is SIGKILLed with the grader (death signal) and when it overruns ``limit``."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "metagrad.course.grade"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True, text=True, preexec_fn=_arm_death_signal,  # noqa: PLW1509
+        [sys.executable, "-m", "metagrad.course.grade", str(os.getpid())],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True,
     )
     try:
         stdout, stderr = process.communicate(json.dumps(request), timeout=limit)
