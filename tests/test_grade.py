@@ -336,6 +336,49 @@ def test_without_a_sandbox_the_grader_still_decides(course, tmp_path):
     assert "NONE" in sandbox.describe("none") and "reference solutions" in sandbox.describe("none")
 
 
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_killing_the_grader_leaves_no_worker_kernel_or_background_process(course, tmp_path):
+    loop = _submission(course, tmp_path / "loop", "01_plain.ipynb", notebook="01_plain.ipynb", replace={
+        "wait": "import subprocess\nsubprocess.Popen(['setsid', 'sleep', '300'])\n"
+                "def wait(seconds):\n    while True:\n        pass"})
+    grader = subprocess.Popen([sys.executable, "-m", "metagrad", "course", "grade", str(loop), "--course", str(course),
+                               "--out", str(tmp_path / "g.csv")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    tree: set[int] = set()
+    while time.monotonic() < deadline and not any(b"sleep" in Path(f"/proc/{p}/cmdline").read_bytes()
+                                                  for p in tree if _alive(p)):
+        time.sleep(0.5)
+        tree |= _descendants(grader.pid)
+    assert len(tree) >= 3, "the worker, the kernel and the student's background process were not seen"
+    grader.kill()
+    grader.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    assert not [p for p in tree if _alive(p)]
+
+
 def test_an_uninterruptible_loop_is_killed_at_the_cell_and_the_notebook_timeout(course, tmp_path):
     # A loop that swallows the interrupt: the old grader hung forever.
     loop = _submission(course, tmp_path / "loop", "01_plain.ipynb", notebook="01_plain.ipynb", replace={
