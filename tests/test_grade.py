@@ -517,3 +517,12 @@ def _pickled_array() -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.array([object()], dtype=object), allow_pickle=True)
     return buffer.getvalue()
+
+
+def test_the_sandbox_shows_no_folder_above_the_course_or_the_solutions(course):
+    # What the worker binds read-only into the sandbox (it runs in "/", as grade._spawn_worker starts it).
+    shown = subprocess.run([sys.executable, "-c", "from metagrad.course import sandbox; print(*sandbox._ro_paths(), sep='\\n')"],
+                           cwd="/", capture_output=True, text=True, check=True).stdout.split()
+    root = PACKAGE.parent.parent
+    for hidden in (course, root / "course", root / "solutions", root / "README.md"):
+        assert not [p for p in shown if Path(hidden).resolve().is_relative_to(p)], (hidden, shown)

@@ -554,6 +554,7 @@ def _spawn_worker(request: dict, *, limit: float) -> dict:
     process = subprocess.Popen(
         [sys.executable, "-m", "metagrad.course.grade", str(os.getpid())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True,
+        cwd="/",  # `-m` puts the current folder on sys.path, and the sandbox shows every import path
     )
     try:
         stdout, stderr = process.communicate(json.dumps(request), timeout=limit)

@@ -69,7 +69,7 @@ def describe(kind: str) -> str:
 def _ro_paths() -> list[str]:
     """Folders the kernel must read: the Python installation, the environment and every import path."""
     candidates = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]
-    candidates += [p for p in sys.path if p and os.path.isdir(p)]
+    candidates += [p for p in sys.path if p and os.path.isdir(p) and os.path.abspath(p) != os.getcwd()]
     paths: list[str] = []
     for path in sorted({os.path.realpath(p) for p in candidates} | {os.path.abspath(p) for p in candidates}, key=len):
         if path in ("/", "/usr") or path.startswith("/usr/"):
