@@ -86,7 +86,7 @@ class RemoteTracedError(BaseException):
 
 
 def _run(fn: Callable, args: Sequence):
-    """``fn(*args)``: in the grader's kernel when grading, here otherwise."""
+    """``fn(*args)``: in the student's kernel when grading (``_EXECUTOR`` set), here otherwise."""
     return _EXECUTOR(fn, tuple(args)) if _EXECUTOR is not None else fn(*args)
 
 #: Exercise name -> notebook number, in course order (the columns of ``metagrad course grade``).
