@@ -334,12 +334,14 @@ class KernelRunner:
 
     def evaluate(self, expression: str, timeout: float, where) -> str:
         """The value of ``expression`` in the kernel, which must be a ``str`` (read with ``ast.literal_eval``)."""
+        from metagrad.course import _serve
+
         content = self.run("", timeout, where, user_expressions={"r": expression})
         result = content.get("user_expressions", {}).get("r", {})
         if result.get("status") != "ok":
             raise KernelAnswerError(f"the kernel could not answer ({result.get('ename', 'no reply')})")
         text = result.get("data", {}).get("text/plain", "")
-        if len(text) > 4 * _serve_limit():
+        if len(text) > _serve.MAX_BYTES:
             raise KernelAnswerError("the answer is too large")
         try:
             value = ast.literal_eval(text)
@@ -373,12 +375,6 @@ class KernelRunner:
 
 class KernelAnswerError(Exception):
     """The kernel's answer to a check's call could not be read (counts against the submission)."""
-
-
-def _serve_limit() -> int:
-    from metagrad.course import _serve
-
-    return _serve.MAX_BYTES
 
 
 def dumps(obj) -> bytes:
