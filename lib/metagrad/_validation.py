@@ -167,7 +167,8 @@ def write_json_atomic(path: str, data) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``: a complete file or none.
 
     ``allow_nan=False``: a NaN or infinity raises ``ValueError`` before anything is written (JSON has no NaN,
-    and a NaN in a results file is a wrong number).
+    and a NaN in a results file is a wrong number). The file gets the permissions of any new file of the user
+    (0666 less the umask), not the 0600 of the temporary file it is renamed from.
     """
     import tempfile
 
@@ -177,8 +178,23 @@ def write_json_atomic(path: str, data) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (read from ``/proc`` where it can be, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # the only portable way to read it; restored at once
+    os.umask(mask)
+    return mask

@@ -391,6 +391,21 @@ def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
     return tuple(dict.fromkeys((*config.epsilons, config.sweep_epsilon)))
 
 
+def _executable_tags(programs: _Programs, config: ReproduceConfig) -> dict:
+    """The executable cache's ``(tag, devices)`` of the two programs (the options, ``progress`` aside)."""
+    tag = f"metagrad reproduce {dataclasses.replace(config, progress=True)!r}"
+    return {"prepare": (tag + " prepare", programs.devices[:1]), "panels": (tag + " panels", programs.devices)}
+
+
+def _compile_note(programs: _Programs, config: ReproduceConfig) -> str:
+    """What the first, uncounted step of the progress line is doing: compiling, or loading from the cache."""
+    from metagrad._cache import has_executable
+
+    if all(has_executable(*tag) for tag in _executable_tags(programs, config).values()):
+        return "loading the compiled estimators from the cache…"
+    return "compiling the estimators (first run only, ~10 s)…"
+
+
 def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
     """``(trial data, compiled panels program)``: the panels program compiles in a second thread meanwhile.
 
@@ -405,8 +420,7 @@ def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
 
     from metagrad._cache import executable, has_executable
 
-    tag = f"metagrad reproduce {dataclasses.replace(config, progress=True)!r}"
-    tags = {"prepare": (tag + " prepare", programs.devices[:1]), "panels": (tag + " panels", programs.devices)}
+    tags = _executable_tags(programs, config)
     # Trace `prepare` once, here, before the second thread needs its output shapes (it then finds the trace).
     lowered = None if has_executable(*tags["prepare"]) else programs.prepare.lower(programs.keys)
 
@@ -441,7 +455,7 @@ def run(config: ReproduceConfig) -> dict:
     units = 1 + len(names) + (len(config.third_order_estimators) if config.order >= 3 else 0)
 
     results: dict = {"panels": {}}
-    with Progress(units, "reproduce", enabled=config.progress) as bar:
+    with Progress(units, "reproduce", note=_compile_note(programs, config), enabled=config.progress) as bar:
         data, panels = _prepare_and_compile(programs, config)
         bar.update(1, "trial data + exact derivatives")
 
@@ -598,7 +612,10 @@ _LAYOUT = dict(left=0.045, right=0.99, bottom=0.22, top=0.83, wspace=0.26)
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
-    """Write ``figure1.png`` (panels a–c, as in the paper) and ``beyond.png`` (panels d–f)."""
+    """Write ``figure1.png`` (panels a–c, as in the paper) and ``beyond.png`` (those of panels d–f computed).
+
+    A figure has one axes per panel with data (none left empty) and a title naming what it draws.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -610,10 +627,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
     settings = results["settings"]
 
     def draw(ax, key, metric, title, ylabel, logx=False, logy=False):
-        panel = panels.get(key)
-        if panel is None:
-            ax.set_visible(False)
-            return
+        panel = panels[key]
         for name, metrics in panel["estimators"].items():
             if metric not in metrics:
                 continue
@@ -632,56 +646,70 @@ def plot(results: dict, out_dir: str) -> list[str]:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
 
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    n = settings["num_trajectories"]
-    draw(axes[0], "a_gradient_vs_epsilon", "correlation", f"(a) gradient, N = {n}", "correlation with exact ∇J")
-    draw(axes[1], "b_hessian_vs_epsilon", "correlation", f"(b) Hessian, N = {n}", "correlation with exact ∇²J")
-    draw(
-        axes[2], "c_hessian_vs_trajectories", "correlation", f"(c) Hessian, ε = {settings['sweep_epsilon']:g}",
-        "correlation with exact ∇²J", logx=True,
-    )
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.suptitle(
-        f"Derivative estimates vs the exact derivatives: {settings['states']} states, {settings['actions']} actions, "
-        f"T = {settings['horizon']}, {settings['trials']} trials (mean ± s.e.)",
-        fontsize=11,
-    )
-    fig.subplots_adjust(**_LAYOUT)
-    paths.append(os.path.join(out_dir, "figure1.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    def draw_identity(ax, key, *_):
+        metric = panels[key]["estimators"]["dr_vs_taypo2"]["relative_difference"]
+        ax.errorbar(panels[key]["x"], metric["mean"], yerr=metric["se"], marker="o", capsize=3, color="k")
+        ax.set_yscale("log")
+        ax.set_title("(e) same trajectories: DR vs TayPO-2 Hessians", fontsize=10)
+        ax.set_xlabel("off-policyness ε")
+        ax.set_ylabel("‖Ĥ_DR − Ĥ_TayPO-2‖ / ‖Ĥ_DR‖")
+        ax.grid(alpha=0.3)
 
-    if any(k in panels for k in ("d_third_vs_epsilon", "e_dr_vs_taypo2")):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-        draw(
-            axes[0], "d_third_vs_epsilon", "correlation",
-            f"(d) third derivative, N = {settings['third_order_trajectories']}", "correlation with exact ∇³J",
-        )
-        panel = panels.get("e_dr_vs_taypo2")
-        if panel:
-            metric = panel["estimators"]["dr_vs_taypo2"]["relative_difference"]
-            axes[1].errorbar(panel["x"], metric["mean"], yerr=metric["se"], marker="o", capsize=3, color="k")
-            axes[1].set_yscale("log")
-            axes[1].set_title("(e) same trajectories: DR vs TayPO-2 Hessians", fontsize=10)
-            axes[1].set_xlabel("off-policyness ε")
-            axes[1].set_ylabel("‖Ĥ_DR − Ĥ_TayPO-2‖ / ‖Ĥ_DR‖")
-            axes[1].grid(alpha=0.3)
-        else:
-            axes[1].set_visible(False)
-        draw(axes[2], "b_hessian_vs_epsilon", "relative_error", f"(f) Hessian error, N = {n}", "‖Ĥ − H‖ / ‖H‖", logy=True)
-        legend = {}  # every estimator of panels (d) and (f), once
-        for ax in (axes[0], axes[2]):
+    def figure(specs, title, name):
+        """One figure of the panels of ``specs`` whose data exist (no empty axes); ``None`` if none do."""
+        specs = [spec for spec in specs if spec[1] in panels]
+        if not specs:
+            return None
+        fig, axes = plt.subplots(1, len(specs), figsize=(5 * len(specs), 4.4), squeeze=False)
+        legend = {}  # every estimator drawn, once
+        for ax, (drawer, *args) in zip(axes[0], specs):
+            drawer(ax, *args)
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 legend.setdefault(label, handle)
-        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
-        fig.suptitle("Beyond the paper: third order, the on-policy identity DR = TayPO-2, and errors", fontsize=11)
-        fig.subplots_adjust(**_LAYOUT)
-        paths.append(os.path.join(out_dir, "beyond.png"))
-        fig.savefig(paths[-1], dpi=120)
+        columns = max(1, min(len(legend), 2 * len(specs) + 1))  # what fits the figure's width in one row
+        rows = -(-len(legend) // columns)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=columns, fontsize=9,
+                       frameon=False)
+        fig.suptitle(title([spec[1] for spec in specs]), fontsize=11)
+        fig.subplots_adjust(**{**_LAYOUT, "left": _LAYOUT["left"] * 3 / len(specs),
+                               "bottom": _LAYOUT["bottom"] + 0.06 * (rows - 1)})
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=120)
         plt.close(fig)
-    return paths
+        return path
+
+    n = settings["num_trajectories"]
+    figure1 = figure(
+        [(draw, "a_gradient_vs_epsilon", "correlation", f"(a) gradient, N = {n}", "correlation with exact ∇J"),
+         (draw, "b_hessian_vs_epsilon", "correlation", f"(b) Hessian, N = {n}", "correlation with exact ∇²J"),
+         (draw, "c_hessian_vs_trajectories", "correlation", f"(c) Hessian, ε = {settings['sweep_epsilon']:g}",
+          "correlation with exact ∇²J", True)],
+        lambda _: (f"Derivative estimates vs the exact derivatives: {settings['states']} states, "
+                   f"{settings['actions']} actions, T = {settings['horizon']}, {settings['trials']} trials "
+                   "(mean ± s.e.)"),
+        "figure1.png",
+    )
+    beyond = None
+    if any(k in panels for k in ("d_third_vs_epsilon", "e_dr_vs_taypo2")):
+        beyond = figure(
+            [(draw, "d_third_vs_epsilon", "correlation", f"(d) third derivative, N = "
+              f"{settings['third_order_trajectories']}", "correlation with exact ∇³J"),
+             (draw_identity, "e_dr_vs_taypo2"),
+             (draw, "b_hessian_vs_epsilon", "relative_error", f"(f) Hessian error, N = {n}", "‖Ĥ − H‖ / ‖H‖",
+              False, True)],
+            _beyond_title, "beyond.png",
+        )
+    return [path for path in (figure1, beyond) if path]
+
+
+def _beyond_title(keys) -> str:
+    """The title of ``beyond.png``, naming only the panels drawn."""
+    parts = {"d_third_vs_epsilon": "third derivatives", "e_dr_vs_taypo2": "the on-policy identity DR = TayPO-2",
+             "b_hessian_vs_epsilon": "Hessian errors"}
+    named = [parts[k] for k in keys]
+    listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    return f"Beyond the paper: {listed}"
 
 
 # --------------------------------------------------------------------------------------------------------
