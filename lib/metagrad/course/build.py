@@ -18,7 +18,9 @@ outputs. The student version ``course/NN_name.ipynb`` is derived from it by thre
 4. **Access.** A first markdown cell with "Open in Colab" and Binder badges, and, right before the first
    code cell, a cell that installs the library when it is not importable (on Colab) and does nothing
    otherwise. Both are made from one setting, ``Repository`` in ``[project.urls]`` of ``pyproject.toml``
-   (:func:`repository_url`), so a fork changes one line.
+   (:func:`repository_url`), so a fork changes one line. The install cell installs the release the
+   notebook was built with: the tag ``v<version>`` of that repository, ``version`` in ``[project]`` of
+   ``pyproject.toml`` (:func:`project_version`), never the moving head of a branch.
 5. **Grading metadata.** ``metadata.metagrad`` records the notebook id (``"00"``), and on each exercise
    cell (``{"exercise": [names]}``) and each check cell (``{"check": name}``): the grader
    (:mod:`metagrad.course.grade`) takes the exercises and checks from the course notebook, not from a
@@ -53,6 +55,7 @@ _DEF = re.compile(r"^\s*def\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _NEAR_MARKER = re.compile(r"(BEGIN|END)[\s_-]*SOLUTION", re.IGNORECASE)
 _CHECK_CALL = re.compile(r"\bchecks\.check_([A-Za-z0-9_]+)\s*\(")
 _GITHUB = re.compile(r"^https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
+_VERSION = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?")  # a release number (PEP 440), the tag v<version>
 BRANCH = "main"
 COURSE_DIR = "course"  # where the student notebooks live in the repository (badge links point there)
 
@@ -115,11 +118,12 @@ def _reject_markers_outside_code(cell, where: str) -> None:
 
 
 def student_notebook(
-    nb: nbformat.NotebookNode, *, name: str = "notebook", repository: str | None = None
+    nb: nbformat.NotebookNode, *, name: str = "notebook", repository: str | None = None, version: str | None = None
 ) -> nbformat.NotebookNode:
     """The student version of a solution notebook (see the module docstring for the rules).
 
     ``repository`` is the GitHub address for the badges and the install cell; ``None`` leaves both out.
+    ``version`` is the release the install cell installs (default: :func:`project_version`).
     """
     nb = copy.deepcopy(nb)
     nb.metadata.pop("widgets", None)  # saved widget state can hold values computed by the solutions
@@ -148,7 +152,7 @@ def student_notebook(
     nb.metadata["metagrad"] = {"notebook": notebook_id}
     if repository is not None:
         first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
-        nb.cells.insert(first_code, install_cell(repository))
+        nb.cells.insert(first_code, install_cell(repository, project_version() if version is None else version))
         nb.cells.insert(0, badge_cell(repository, name))
     return nb
 
@@ -215,47 +219,72 @@ def updated_readme(text: str, repository: str, first_notebook: str) -> str | Non
     return text[:start] + readme_badges(repository, first_notebook) + text[end + len(README_END):]
 
 
-def install_source(repository: str) -> str:
-    """Source of the install cell: ``pip install`` from ``repository`` only when metagrad is not importable.
+def install_requirement(repository: str, version: str) -> str:
+    """The pip requirement of release ``version``: the tag ``v<version>`` of ``repository``."""
+    _github(repository)
+    if not _VERSION.fullmatch(version):
+        raise BuildError(f"version {version!r} ([project] version in pyproject.toml) is not a release number like 0.1.0.")
+    return f"metagrad@git+{repository.strip()}@v{version}"
+
+
+def install_source(repository: str, version: str) -> str:
+    """Source of the install cell: ``pip install`` of release ``version`` only when metagrad is not importable.
 
     ``importlib.util.find_spec`` does not import the package (so the next cell can still switch JAX to
     float64 before any array exists); ``%pip`` installs into the running kernel's environment.
     """
-    _github(repository)
     return (
-        "# On Colab (or anywhere metagrad is not installed) this installs it from the repository;\n"
-        "# where metagrad is importable (a local install, Binder) it does nothing.\n"
+        f"# On Colab (or anywhere metagrad is not installed) this installs metagrad {version}, the release\n"
+        "# this notebook was written for; where metagrad is importable (a local install, Binder) it does nothing.\n"
         "import importlib.util\n"
         "\n"
         'if importlib.util.find_spec("metagrad") is None:\n'
-        f'    get_ipython().run_line_magic("pip", "install --quiet metagrad@git+{repository.strip()}")'
+        f'    get_ipython().run_line_magic("pip", "install --quiet {install_requirement(repository, version)}")'
     )
 
 
-def install_cell(repository: str) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell(install_source(repository))
+def install_cell(repository: str, version: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(install_source(repository, version))
     cell.metadata["metagrad"] = {"access": "install"}
     cell.id = "metagrad-install"
     return cell
 
 
-def repository_url(solutions: Path | None = None) -> str:
-    """The repository address: ``Repository`` in ``[project.urls]`` of the ``pyproject.toml`` next to
-    ``solutions/`` (or of this source tree), else the installed package's metadata."""
+def _pyproject(solutions: Path | None) -> tuple[Path, dict] | None:
+    """``(path, [project] table)`` of the ``pyproject.toml`` next to ``solutions/`` (or of this source tree)."""
     candidates = []
     if solutions is not None:
         candidates.append(Path(solutions).resolve().parent / "pyproject.toml")
     candidates.append(Path(__file__).resolve().parents[3] / "pyproject.toml")
     for path in candidates:
         if path.is_file():
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                break
-            urls = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {}).get("urls", {})
-            if "Repository" in urls:
-                return urls["Repository"]
-            raise BuildError(f"{path} has no `Repository` in [project.urls].")
+            import tomllib
+
+            return path, tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
+    return None
+
+
+def project_version(solutions: Path | None = None) -> str:
+    """The release the course is built for: ``version`` in ``[project]`` of the ``pyproject.toml`` next to
+    ``solutions/`` (or of this source tree), else the installed package's version."""
+    found = _pyproject(solutions)
+    if found is not None:
+        path, project = found
+        if "version" not in project:
+            raise BuildError(f"{path} has no `version` in [project].")
+        return project["version"]
+    return _metadata.version("metagrad")
+
+
+def repository_url(solutions: Path | None = None) -> str:
+    """The repository address: ``Repository`` in ``[project.urls]`` of the ``pyproject.toml`` next to
+    ``solutions/`` (or of this source tree), else the installed package's metadata."""
+    found = _pyproject(solutions)
+    if found is not None:
+        path, project = found
+        if "Repository" in project.get("urls", {}):
+            return project["urls"]["Repository"]
+        raise BuildError(f"{path} has no `Repository` in [project.urls].")
     try:
         for entry in _metadata.metadata("metagrad").get_all("Project-URL") or []:
             label, _, url = entry.partition(",")
@@ -310,13 +339,14 @@ def solution_notebooks(solutions: Path) -> list[Path]:
 def expected_outputs(solutions: Path, *, repository: str | None = None) -> dict[str, bytes]:
     """File name -> bytes that :func:`build` writes for every notebook in ``solutions``.
 
-    ``repository`` defaults to :func:`repository_url`.
+    ``repository`` defaults to :func:`repository_url`; the install cells install :func:`project_version`.
     """
     repository = repository_url(solutions) if repository is None else repository
+    version = project_version(solutions)
     out = {}
     for path in solution_notebooks(solutions):
         nb = nbformat.read(path, as_version=4)
-        out[path.name] = render(student_notebook(nb, name=path.name, repository=repository))
+        out[path.name] = render(student_notebook(nb, name=path.name, repository=repository, version=version))
     return out
 
 
