@@ -8,12 +8,12 @@ import time
 
 
 class Progress:
-    """``with Progress(total, "label") as bar: ... bar.update(k)`` prints ``label [####    ] 3/8 1.2s note``.
+    """`with Progress(total, "label") as bar: ... bar.update(k)` prints `label [####    ] 3/8 1.2s note`.
 
     On a terminal the line is redrawn in place, and its clock every half second, so a long step (a
     compilation) does not look stuck; otherwise (CI logs, notebooks capturing stderr) each new state
-    prints one line, never the same line twice. ``note`` says what happens before the first unit is
-    counted; ``enabled=False`` silences it.
+    prints one line, never the same line twice. `note` says what happens before the first unit is
+    counted; `enabled=False` silences it.
 
     Example:
         ```python
@@ -45,7 +45,7 @@ class Progress:
         return self
 
     def update(self, n: int = 1, note: str = "") -> None:
-        """Count ``n`` units done; ``note`` names what was just done."""
+        """Count `n` units done; `note` names what was just done."""
         self.count = min(self.count + n, self.total)
         self.note = note
         self._draw(final=False)

@@ -1,25 +1,25 @@
-"""``metagrad reproduce``: the paper's tabular study (Tang et al. 2021, Fig. 1a–c) and what lies beyond it.
+"""`metagrad reproduce`: the paper's tabular study (Tang et al. 2021, Fig. 1a–c) and what lies beyond it.
 
 Protocol (paper-notes §5, the authors' released-code settings by default). Each trial draws
 
 * a random MDP (20 states, 5 actions, Dirichlet(0.001) transitions, rewards U[0, 1), start state 0, γ = 0.8),
 * a random deterministic policy π_d, and the target π_ε = (1 − ε) μ + ε π_d for the uniform behaviour μ,
   with logits θ = log π_ε (so ε is the "off-policyness"),
-* a noisy critic V = V^μ + σ · (‖V^μ‖₂ / |X|) · z, z ~ N(0, I) per state (σ = ``noise``),
+* a noisy critic V = V^μ + σ · (‖V^μ‖₂ / |X|) · z, z ~ N(0, I) per state (σ = `noise`),
 * N trajectories of T = 20 steps from μ, bootstrapped with V at the last state.
 
 For every estimator the batch-mean derivative estimates (off-policy: log μ is the behaviour's) are compared
-with the exact derivatives of J(θ) (:mod:`metagrad.exact`, float64) by the Pearson correlation of the
+with the exact derivatives of J(θ) ([`metagrad.exact`][metagrad.exact], float64) by the Pearson correlation of the
 flattened arrays and by the relative error ‖D̂ − D‖ / ‖D‖; the figure shows mean ± standard error over trials.
 
 Panels: (a) gradient accuracy vs ε at N = 1000; (b) Hessian accuracy vs ε at N = 1000; (c) Hessian accuracy vs
-N at ε = 0.5. Beyond the paper (``beyond.png``): (d) third-derivative accuracy vs ε; (e) on the same
+N at ε = 0.5. Beyond the paper (`beyond.png`): (d) third-derivative accuracy vs ε; (e) on the same
 trajectories, the relative difference of the DR and TayPO-2 Hessian estimates vs ε (zero on-policy, by the
 identity of paper-notes §4.4, then separating); (f) Hessian relative error vs ε.
 
 Trajectories come from μ whatever ε is, so each trial samples them once and every ε and N reuses them
 (common random numbers: differences between ε are not sampling noise). The N-sweep uses prefixes of one
-batch of ``max(sweep)`` trajectories.
+batch of `max(sweep)` trajectories.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class ReproduceConfig:
     progress: bool = field(default=True, compare=False)
 
     def validate(self) -> "ReproduceConfig":
-        """Raise ``ValueError`` naming the option and the expected form for any bad setting."""
+        """Raise `ValueError` naming the option and the expected form for any bad setting."""
         from metagrad.estimators import get, valid_names
 
         def positive_int(name, value):
@@ -145,7 +145,7 @@ class ReproduceConfig:
 
         P = states · actions parameters; the exact Hessians (float64) of every trial and ε, the trajectories,
         the per-trajectory Hessians [N, T, T] and the Hessian accumulators of every prefix size; with
-        ``order = 3`` the exact third derivatives [P, P, P] and the per-trajectory [N, T, T, T] ones.
+        `order = 3` the exact third derivatives [P, P, P] and the per-trajectory [N, T, T, T] ones.
         """
         p, t, trials = self.states * self.actions, self.horizon, self.trials
         n_eps = len(set((*self.epsilons, self.sweep_epsilon)))
@@ -209,9 +209,9 @@ def _metrics(estimate, exact):
 
 
 def _objective(names: tuple[str, ...], index, gamma: float):
-    """The per-trajectory objective of estimator ``names[index]``, selected by ``lax.switch``.
+    """The per-trajectory objective of estimator `names[index]`, selected by `lax.switch`.
 
-    ``index`` may be traced (it is not batched), so one compiled program serves every estimator: far less
+    `index` may be traced (it is not batched), so one compiled program serves every estimator: far less
     compilation than one program per estimator.
     """
     import jax
@@ -230,11 +230,11 @@ def _objective(names: tuple[str, ...], index, gamma: float):
 
 
 def _first_order_zeroed(estimates, names: tuple[str, ...], index):
-    """Set the derivatives above the first to zero for first-order estimators (``fomaml``).
+    """Set the derivatives above the first to zero for first-order estimators (`fomaml`).
 
     The chain-rule assembly differentiates the per-trajectory surrogate, and first-order MAML's surrogate is
-    MAML's: its higher derivatives are zero by definition (:func:`metagrad.prior.first_order`), not
-    MAML's. ``index`` may be traced (the ``lax.switch`` index of :func:`_objective`).
+    MAML's: its higher derivatives are zero by definition ([`metagrad.prior.first_order`][metagrad.prior.first_order]), not
+    MAML's. `index` may be traced (the `lax.switch` index of `_objective`).
     """
     import jax.numpy as jnp
 
@@ -260,7 +260,7 @@ def _estimate(fn, config, logits, batch, critic, weights, order):
 
 @dataclass(frozen=True)
 class _Programs:
-    """The jitted programs of panels (a)–(c) and the layout of their outputs (see :func:`_programs`)."""
+    """The jitted programs of panels (a)–(c) and the layout of their outputs (see `_programs`)."""
 
     keys: object  # [trials] PRNG keys, one per trial
     devices: tuple  # the devices `panels` runs on (its mesh over trials); `prepare` runs on the first
@@ -273,18 +273,18 @@ class _Programs:
 def _programs(config: ReproduceConfig) -> _Programs:
     """Build (not run) the two jitted programs of panels (a)–(c).
 
-    One batch per trial serves every panel, cut into chunks of ``num_trajectories`` = N trajectories (the
+    One batch per trial serves every panel, cut into chunks of `num_trajectories` = N trajectories (the
     last one padded with zero-weight copies). One *work item* is an estimate from one chunk at one ε with
     the prefix weightings of every size of the sweep (batch means of the first n trajectories, restricted to
-    the chunk): the items are chunk 0 at every ε of ``config.epsilons`` (panels a, b: the weighting of size
-    N) and, for panel (c), chunk 0 and every further chunk at ``sweep_epsilon`` only, whose estimates sum to
+    the chunk): the items are chunk 0 at every ε of `config.epsilons` (panels a, b: the weighting of size
+    N) and, for panel (c), chunk 0 and every further chunk at `sweep_epsilon` only, whose estimates sum to
     the sweep's batch means (the estimates are linear in the weights). Every item has the same shapes, so
-    one traced ``_estimate`` serves them all (a ``lax.map``), and ``lax.switch`` over the estimator index lets
+    one traced `_estimate` serves them all (a `lax.map`), and `lax.switch` over the estimator index lets
     one compiled program serve every estimator. Chunks keep the per-trajectory Hessians ([N, T, T]) small.
 
-    ``panels(index, logits, batch, critic, exact)`` returns, for estimator ``config.estimators[index]``:
-    ``ab [trials, len(epsilons), order, (corr, rel)]``, the top-order estimates at N
-    ``[trials, len(epsilons), ...]`` and ``sweep [trials, len(sizes), order, (corr, rel)]`` at ``sweep_epsilon``.
+    `panels(index, logits, batch, critic, exact)` returns, for estimator `config.estimators[index]`:
+    `ab [trials, len(epsilons), order, (corr, rel)]`, the top-order estimates at N
+    `[trials, len(epsilons), ...]` and `sweep [trials, len(sizes), order, (corr, rel)]` at `sweep_epsilon`.
     """
     import jax
     import jax.numpy as jnp
@@ -325,7 +325,7 @@ def _programs(config: ReproduceConfig) -> _Programs:
         return jax.vmap(one)(keys)
 
     def panels(index_fn, logits, batch, critic, exact_derivs):
-        """Metrics of estimator ``config.estimators[index_fn]`` for every trial (see the layout above)."""
+        """Metrics of estimator `config.estimators[index_fn]` for every trial (see the layout above)."""
         fn = _objective(config.estimators, index_fn, config.gamma)
 
         def metrics(est, ex):  # est: orders 1..order, each [rows, ...]; ex: the exact derivatives
@@ -376,7 +376,7 @@ PREPARE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fu
 
 
 def compile_prepare(lowered):
-    """Compile the lowered ``prepare`` program with :data:`PREPARE_COMPILER_OPTIONS` (XLA's defaults where this
+    """Compile the lowered `prepare` program with `PREPARE_COMPILER_OPTIONS` (XLA's defaults where this
     XLA does not know one of them)."""
     try:
         return lowered.compile(PREPARE_COMPILER_OPTIONS)
@@ -387,12 +387,12 @@ def compile_prepare(lowered):
 
 
 def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
-    """The ε values evaluated: ``config.epsilons`` then the sweep's ε if it is not among them."""
+    """The ε values evaluated: `config.epsilons` then the sweep's ε if it is not among them."""
     return tuple(dict.fromkeys((*config.epsilons, config.sweep_epsilon)))
 
 
 def _executable_tags(programs: _Programs, config: ReproduceConfig) -> dict:
-    """The executable cache's ``(tag, devices)`` of the two programs (the options, ``progress`` aside)."""
+    """The executable cache's `(tag, devices)` of the two programs (the options, `progress` aside)."""
     tag = f"metagrad reproduce {dataclasses.replace(config, progress=True)!r}"
     return {"prepare": (tag + " prepare", programs.devices[:1]), "panels": (tag + " panels", programs.devices)}
 
@@ -407,12 +407,12 @@ def _compile_note(programs: _Programs, config: ReproduceConfig) -> str:
 
 
 def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
-    """``(trial data, compiled panels program)``: the panels program compiles in a second thread meanwhile.
+    """`(trial data, compiled panels program)`: the panels program compiles in a second thread meanwhile.
 
     XLA compiles outside Python's global lock, so on two or more cores the two largest compilations of the
     command overlap instead of adding up (the panels program needs only the shapes of the trial data). Both
     programs come from the executable cache when a previous run with the same options stored them
-    (:func:`metagrad._cache.executable`: no tracing, no compilation).
+    (`metagrad._cache.executable`: no tracing, no compilation).
     """
     import concurrent.futures
 
@@ -440,7 +440,7 @@ def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
 
 
 def run(config: ReproduceConfig) -> dict:
-    """Run the study and return every number (the content of ``figure1.json``)."""
+    """Run the study and return every number (the content of `figure1.json`)."""
     import jax
     import jax.numpy as jnp
 
@@ -516,10 +516,10 @@ def run(config: ReproduceConfig) -> dict:
 
 
 def _mean_se(values: np.ndarray) -> tuple[list, list]:
-    """Mean and standard error over trials (axis 0); ``None`` where a trial's value is undefined (NaN).
+    """Mean and standard error over trials (axis 0); `None` where a trial's value is undefined (NaN).
 
     A correlation is undefined when the estimate is constant (first-order MAML's zero Hessian); it is
-    reported as ``None`` (JSON ``null``, "n/a" in the table), never as a number. ``--trials`` ≥ 2 is
+    reported as `None` (JSON `null`, "n/a" in the table), never as a number. `--trials` ≥ 2 is
     enforced, so the standard error always exists.
     """
     values = np.asarray(values, dtype=np.float64)
@@ -612,7 +612,7 @@ _LAYOUT = dict(left=0.045, right=0.99, bottom=0.22, top=0.83, wspace=0.26)
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
-    """Write ``figure1.png`` (panels a–c, as in the paper) and ``beyond.png`` (those of panels d–f computed).
+    """Write `figure1.png` (panels a–c, as in the paper) and `beyond.png` (those of panels d–f computed).
 
     A figure has one axes per panel with data (none left empty) and a title naming what it draws.
     """
@@ -656,7 +656,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
         ax.grid(alpha=0.3)
 
     def figure(specs, title, name):
-        """One figure of the panels of ``specs`` whose data exist (no empty axes); ``None`` if none do."""
+        """One figure of the panels of `specs` whose data exist (no empty axes); `None` if none do."""
         specs = [spec for spec in specs if spec[1] in panels]
         if not specs:
             return None
@@ -704,7 +704,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
 
 
 def _beyond_title(keys) -> str:
-    """The title of ``beyond.png``, naming only the panels drawn."""
+    """The title of `beyond.png`, naming only the panels drawn."""
     parts = {"d_third_vs_epsilon": "third derivatives", "e_dr_vs_taypo2": "the on-policy identity DR = TayPO-2",
              "b_hessian_vs_epsilon": "Hessian errors"}
     named = [parts[k] for k in keys]
@@ -735,7 +735,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers) -> None:
-    """Add the ``reproduce`` subcommand."""
+    """Add the `reproduce` subcommand."""
     d = ReproduceConfig()
     p = subparsers.add_parser(
         "reproduce",
@@ -768,7 +768,7 @@ def register(subparsers) -> None:
 
 
 def _check_options(args) -> ReproduceConfig:
-    """Every option checked before any computation; :class:`~metagrad._validation.OptionError` names the bad one."""
+    """Every option checked before any computation; `OptionError` names the bad one."""
     from metagrad._validation import OptionError, check_memory, check_out_dir
 
     config = ReproduceConfig(
@@ -789,7 +789,7 @@ def _check_options(args) -> ReproduceConfig:
 
 
 def main(args) -> int:
-    """Entry point of ``metagrad reproduce``: options checked, then the study run, then the files written."""
+    """Entry point of `metagrad reproduce`: options checked, then the study run, then the files written."""
     import jax
 
     from metagrad._validation import check_device, write_json_atomic
