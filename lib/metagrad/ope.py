@@ -16,7 +16,7 @@ Shapes and conventions (the same for every function; `rlax` style):
 * `log_ratios [T]`, `rewards [T]` — steps t = 0 … T−1;
 * `values [T+1]` — the critic at the **visited states**, V(x_0) … V(x_T), V(x_T) the bootstrap. The
   caller indexes its critic by state (`critic[observations]`), never by time: a time-indexed critic is
-  a different (and biased) estimator — see paper-notes §6;
+  a different (and biased) estimator (`tests/test_unbiasedness.py` shows the bias);
 * `discounts` — a scalar γ or per-step discounts `[T]`, γ_t = γ·(1 − done_t): zero at and after
   termination, so a terminated trajectory is never bootstrapped;
 * Γ_t = Π_{s<t} γ_s (= γ^t without termination); G_t = r_t + γ_t G_{t+1}, G_T = V(x_T); Â_t = G_t − V(x_t).

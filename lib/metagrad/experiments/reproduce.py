@@ -1,6 +1,6 @@
 """`metagrad reproduce`: the paper's tabular study (Tang et al. 2021, Fig. 1a–c) and what lies beyond it.
 
-Protocol (paper-notes §5, the authors' released-code settings by default). Each trial draws
+Protocol (the settings of the authors' released code by default). Each trial draws
 
 * a random MDP (20 states, 5 actions, Dirichlet(0.001) transitions, rewards U[0, 1), start state 0, γ = 0.8),
 * a random deterministic policy π_d, and the target π_ε = (1 − ε) μ + ε π_d for the uniform behaviour μ,
@@ -14,8 +14,9 @@ flattened arrays and by the relative error ‖D̂ − D‖ / ‖D‖; the figure
 
 Panels: (a) gradient accuracy vs ε at N = 1000; (b) Hessian accuracy vs ε at N = 1000; (c) Hessian accuracy vs
 N at ε = 0.5. Beyond the paper (`beyond.png`): (d) third-derivative accuracy vs ε; (e) on the same
-trajectories, the relative difference of the DR and TayPO-2 Hessian estimates vs ε (zero on-policy, by the
-identity of paper-notes §4.4, then separating); (f) Hessian relative error vs ε.
+trajectories, the relative difference of the DR and TayPO-2 Hessian estimates vs ε (zero on-policy, where the
+two estimators have the same Hessian, then separating); (f) Hessian relative error vs ε. Panel (d) needs
+`--order 3`; without it `beyond.png` holds (e) and (f).
 
 Trajectories come from μ whatever ε is, so each trial samples them once and every ε and N reuses them
 (common random numbers: differences between ε are not sampling noise). The N-sweep uses prefixes of one
