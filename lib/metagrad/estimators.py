@@ -13,26 +13,24 @@ An estimator is a per-trajectory objective f(ℓ_0, …, ℓ_{T−1}) of the log
 
 Names (see [`valid_names`][metagrad.estimators.valid_names]; options are keyword arguments, static under `jit`):
 
-=============== ====================================================== ==========================
-name            estimator                                              options
-=============== ====================================================== ==========================
-`is`          step-wise importance sampling (= DiCE)                 —
-`dr`          doubly robust, state-value critic (= Loaded DiCE λ=1)  —
-`vtrace`      V-trace / truncated DR                                 `rho_bar`, `c_bar` (1.0)
-`taypo1`      TayPO-1 (= LVC)                                        —
-`taypo2`      TayPO-2, the paper's second-order estimator            —
-`taypo3`      TayPO-3                                                —
-`taypo`       TayPO-K (also spelled `"taypo<K>"`, e.g. `taypo5`)  `order` (required)
-`maml`        Finn et al.'s surrogate Σ Γ_t ℓ_t Â_t                  —
-`fomaml`      first-order MAML (derivatives above order 1 are zero)  —
-`dice`        DiCE                                                   `baseline` (False)
-`loaded_dice` Loaded DiCE                                            `lam` (1.0), `tau` (1.0)
-`lvc`         ProMP's LVC                                            —
-=============== ====================================================== ==========================
+| name | estimator | options |
+|---|---|---|
+| `is` | step-wise importance sampling (= DiCE) | — |
+| `dr` | doubly robust, state-value critic (= Loaded DiCE λ=1) | — |
+| `vtrace` | V-trace / truncated DR | `rho_bar`, `c_bar` (1.0) |
+| `taypo1` | TayPO-1 (= LVC) | — |
+| `taypo2` | TayPO-2, the paper's second-order estimator | — |
+| `taypo3` | TayPO-3 | — |
+| `taypo` | TayPO-K (also spelled `"taypo<K>"`, e.g. `taypo5`) | `order` (required) |
+| `maml` | Finn et al.'s surrogate Σ Γ_t ℓ_t Â_t | — |
+| `fomaml` | first-order MAML (derivatives above order 1 are zero) | — |
+| `dice` | DiCE | `baseline` (False) |
+| `loaded_dice` | Loaded DiCE | `lam` (1.0), `tau` (1.0) |
+| `lvc` | ProMP's LVC | — |
 
 References:
-  Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
-  off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
+  - Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
+    off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
 """
 
 from __future__ import annotations
@@ -196,7 +194,7 @@ def trajectory_objective(name: str, log_pi, log_mu, rewards, values, discounts, 
     Returns:
       A scalar.
 
-    Example:
+    Examples:
       >>> lp = jnp.log(jnp.array([0.5, 0.5]))
       >>> jax.grad(trajectory_objective, argnums=1)("dr", lp, jax.lax.stop_gradient(lp), jnp.ones(2), jnp.zeros(3), 0.9)
       Array([1.9, 0.9], dtype=float32)

@@ -51,7 +51,7 @@ class TabularMDP:
       initial (array of shape [S]): start-state distribution.
       gamma: discount factor, a scalar in [0, 1).
 
-    Example:
+    Examples:
       >>> mdp = TabularMDP(jnp.ones((2, 1, 2)) / 2, jnp.zeros((2, 1)), jnp.array([1.0, 0.0]), 0.9)
       >>> mdp.num_states, mdp.num_actions
       (2, 1)

@@ -25,8 +25,8 @@ Backward recursions run as `lax.scan(..., reverse=True)`. Every function is pure
 and dtype checks always run, value checks (finite rewards, discounts in [0, 1]) only on concrete arrays.
 
 References:
-  Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning
-  via off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
+  - Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning
+    via off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def step_importance_sampling(log_ratios, rewards, values, discounts) -> jax.Arra
     π = μ it is DiCE (Foerster et al. 2018).
 
     References:
-      Precup, Sutton, Singh. Eligibility traces for off-policy policy evaluation. ICML 2000.
-      Tang et al. NeurIPS 2021, Table 1.
+      - Precup, Sutton, Singh. Eligibility traces for off-policy policy evaluation. ICML 2000.
+      - Tang et al. NeurIPS 2021, Table 1.
 
     Args:
       log_ratios (array of shape [T]): log π_θ(a_t|x_t) − log μ(a_t|x_t).
@@ -144,7 +144,7 @@ def step_importance_sampling(log_ratios, rewards, values, discounts) -> jax.Arra
     Returns:
       The scalar estimate.
 
-    Example:
+    Examples:
       >>> step_importance_sampling(jnp.zeros(2), jnp.ones(2), jnp.zeros(3), 0.5)  # 1 + 0.5
       Array(1.5, dtype=float32)
     """
@@ -173,8 +173,8 @@ def doubly_robust(log_ratios, rewards, values, discounts) -> jax.Array:
     (Farquhar et al. 2019) and DiCE with the baseline of Mao et al. (2019).
 
     References:
-      Jiang, Li. Doubly robust off-policy value evaluation for reinforcement learning. ICML 2016.
-      Tang et al. NeurIPS 2021, Eq. 3 and Prop. 3.2.
+      - Jiang, Li. Doubly robust off-policy value evaluation for reinforcement learning. ICML 2016.
+      - Tang et al. NeurIPS 2021, Eq. 3 and Prop. 3.2.
 
     Args:
       log_ratios (array of shape [T]): log π_θ(a_t|x_t) − log μ(a_t|x_t).
@@ -185,7 +185,7 @@ def doubly_robust(log_ratios, rewards, values, discounts) -> jax.Array:
     Returns:
       The scalar estimate.
 
-    Example:
+    Examples:
       >>> doubly_robust(jnp.zeros(2), jnp.ones(2), jnp.array([5.0, 5.0, 2.0]), 0.5)  # on-policy: G_0
       Array(2., dtype=float32)
     """
@@ -212,7 +212,7 @@ def doubly_robust_q(log_ratios, rewards, actions, q_values, target_probs, discou
     `q_values[t, a] = V(x_t)` for every a it reduces to [`doubly_robust`][metagrad.ope.doubly_robust].
 
     References:
-      Jiang, Li. ICML 2016. Tang et al. NeurIPS 2021, Eq. 3.
+      - Jiang, Li. ICML 2016. Tang et al. NeurIPS 2021, Eq. 3.
 
     Args:
       log_ratios (array of shape [T]):
@@ -270,8 +270,8 @@ def vtrace(log_ratios, rewards, values, discounts, *, rho_bar=1.0, c_bar=1.0) ->
     truncation biases the estimate (it evaluates a policy between μ and π) but lowers its variance.
 
     References:
-      Espeholt et al. IMPALA: scalable distributed deep-RL with importance weighted actor-learner
-      architectures. ICML 2018. Tang et al. NeurIPS 2021, Sec. 5 ("truncated DR").
+      - Espeholt et al. IMPALA: scalable distributed deep-RL with importance weighted actor-learner
+        architectures. ICML 2018. Tang et al. NeurIPS 2021, Sec. 5 ("truncated DR").
 
     Args:
       log_ratios, rewards, values, discounts: as in [`doubly_robust`][metagrad.ope.doubly_robust].
@@ -318,9 +318,9 @@ def taylor_expansion(log_ratios, rewards, values, discounts, *, order: int) -> j
     G_0 stands for Û_0 = V^μ(x_0): it is constant in θ and does not affect any derivative.
 
     References:
-      Tang, Valko, Munos. Taylor expansion policy optimization. ICML 2020.
-      Kakade, Langford. Approximately optimal approximate reinforcement learning. ICML 2002 (K = 1).
-      Tang et al. NeurIPS 2021, Eq. 6.
+      - Tang, Valko, Munos. Taylor expansion policy optimization. ICML 2020.
+      - Kakade, Langford. Approximately optimal approximate reinforcement learning. ICML 2002 (K = 1).
+      - Tang et al. NeurIPS 2021, Eq. 6.
 
     Args:
       log_ratios, rewards, values, discounts: as in [`doubly_robust`][metagrad.ope.doubly_robust].

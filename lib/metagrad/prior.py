@@ -4,15 +4,13 @@ Each function is a per-trajectory **surrogate objective** in the log-probabiliti
 whose derivatives in θ, at π = μ, are the estimator of the paper it comes from. Tang et al. (2021,
 Table 1) show that each one is a differentiated off-policy evaluation estimate of [`metagrad.ope`][metagrad.ope]:
 
-=========================  =============================================  ===========================
-function                   paper                                          OPE form (same derivatives)
-=========================  =============================================  ===========================
-[`maml_surrogate`][metagrad.prior.maml_surrogate]     Finn et al. 2017 (MAML)                        none (biased Hessian)
-[`dice_objective`][metagrad.prior.dice_objective]     Foerster et al. 2018 (DiCE)                    step-wise IS (DR with baseline)
-[`loaded_dice_objective`][metagrad.prior.loaded_dice_objective]  Farquhar et al. 2019 (Loaded DiCE)         DR (λ = 1, τ = 1); TayPO-1 (λ = 0)
-[`lvc_objective`][metagrad.prior.lvc_objective]      Rothfuss et al. 2019 (ProMP's LVC)             TayPO-1
-[`first_order`][metagrad.prior.first_order]        Finn et al. 2017, first-order MAML             gradient only
-=========================  =============================================  ===========================
+| function | paper | OPE form (same derivatives) |
+|---|---|---|
+| [`maml_surrogate`][metagrad.prior.maml_surrogate] | Finn et al. 2017 (MAML) | none (biased Hessian) |
+| [`dice_objective`][metagrad.prior.dice_objective] | Foerster et al. 2018 (DiCE) | step-wise IS (DR with baseline) |
+| [`loaded_dice_objective`][metagrad.prior.loaded_dice_objective] | Farquhar et al. 2019 (Loaded DiCE) | DR (λ = 1, τ = 1); TayPO-1 (λ = 0) |
+| [`lvc_objective`][metagrad.prior.lvc_objective] | Rothfuss et al. 2019 (ProMP's LVC) | TayPO-1 |
+| [`first_order`][metagrad.prior.first_order] | Finn et al. 2017, first-order MAML | gradient only |
 
 Shapes: `log_pi [T]`, `rewards [T]`, `values [T+1]` (critic at the visited states, V(x_T) the
 bootstrap), `discounts` a scalar γ or `[T]` per-step discounts γ_t (zero at and after termination);
@@ -78,7 +76,7 @@ def maml_surrogate(log_pi, rewards, values, discounts) -> jax.Array:
     (Tang et al. 2021, Sec. 3; Rothfuss et al. 2019).
 
     References:
-      Finn, Abbeel, Levine. Model-agnostic meta-learning for fast adaptation of deep networks. ICML 2017.
+      - Finn, Abbeel, Levine. Model-agnostic meta-learning for fast adaptation of deep networks. ICML 2017.
 
     Args:
       log_pi (array of shape [T]): ℓ_t (the path for θ).
@@ -135,10 +133,10 @@ def dice_objective(log_pi, rewards, values, discounts, *, baseline: bool = False
     ([`metagrad.ope.step_importance_sampling`][metagrad.ope.step_importance_sampling], Tang et al. Table 1).
 
     References:
-      Foerster, Farquhar, Al-Shedivat, Rocktäschel, Xing, Whiteson. DiCE: the infinitely differentiable
-      Monte Carlo estimator. ICML 2018.
-      Mao, Foerster, Rocktäschel, Al-Shedivat, Farquhar, Whiteson. A baseline for any order gradient
-      estimation in stochastic computation graphs. ICML 2019.
+      - Foerster, Farquhar, Al-Shedivat, Rocktäschel, Xing, Whiteson. DiCE: the infinitely differentiable
+        Monte Carlo estimator. ICML 2018.
+      - Mao, Foerster, Rocktäschel, Al-Shedivat, Farquhar, Whiteson. A baseline for any order gradient
+        estimation in stochastic computation graphs. ICML 2019.
 
     Args:
       log_pi, rewards, values, discounts: see the module docstring.
@@ -195,9 +193,9 @@ def loaded_dice_objective(log_pi, rewards, values, discounts, *, lam=1.0, tau=1.
     The value of L is 0 on-policy (only the derivatives are estimates).
 
     References:
-      Farquhar, Whiteson, Foerster. Loaded DiCE: trading off bias and variance in any-order score
-      function gradient estimators for reinforcement learning. NeurIPS 2019.
-      Schulman et al. High-dimensional continuous control using generalized advantage estimation. ICLR 2016.
+      - Farquhar, Whiteson, Foerster. Loaded DiCE: trading off bias and variance in any-order score
+        function gradient estimators for reinforcement learning. NeurIPS 2019.
+      - Schulman et al. High-dimensional continuous control using generalized advantage estimation. ICLR 2016.
 
     Args:
       log_pi, rewards, values, discounts: see the module docstring.
@@ -230,7 +228,7 @@ def lvc_objective(log_pi, rewards, values, discounts, *, log_mu=None) -> jax.Arr
     V^π(x_0) (the quantity every estimator here and the exact oracle target), and TayPO-1 = LVC exactly.
 
     References:
-      Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: proximal meta-policy search. ICLR 2019.
+      - Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: proximal meta-policy search. ICLR 2019.
 
     Args:
       log_pi, rewards, values, discounts: see the module docstring.
