@@ -7,6 +7,7 @@ import ast
 import json
 import shutil
 import subprocess
+import tomllib
 import re
 from pathlib import Path
 
@@ -158,7 +159,9 @@ def test_course_notebooks_open_in_colab_and_binder_and_install_on_colab(path):
     assert f"https://colab.research.google.com/github/{owner_repo}/blob/main/course/{path.name}" in badges.source
     assert f"https://mybinder.org/v2/gh/{owner_repo}/main?urlpath=lab/tree/course/{path.name}" in badges.source
     first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert first_code.source == build.install_source(url) and f"metagrad@git+{url}" in first_code.source
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert first_code.source == build.install_source(url, version)
+    assert f'"install --quiet metagrad@git+{url}@v{version}"' in first_code.source  # the release, not a branch
 
 
 def test_a_fork_changes_one_setting(tmp_path):
@@ -196,7 +199,7 @@ def test_install_cell_installs_only_where_metagrad_is_missing(monkeypatch):
         def run_line_magic(self, name, line):
             calls.append((name, line))
 
-    source = build.install_source(url)
+    source = build.install_source(url, "0.1.0")
     exec(compile(source, "install", "exec"), {"get_ipython": Shell})  # noqa: S102 — metagrad is importable here
     assert calls == []
     import importlib.util
@@ -204,7 +207,9 @@ def test_install_cell_installs_only_where_metagrad_is_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "metagrad" else real(name, *a))
     exec(compile(source, "install", "exec"), {"get_ipython": Shell})  # noqa: S102 — as on Colab
-    assert calls == [("pip", f"install --quiet metagrad@git+{url}")]
+    assert calls == [("pip", f"install --quiet metagrad@git+{url}@v0.1.0")]
+    with pytest.raises(build.BuildError, match="not a release number"):
+        build.install_source(url, "main")
 
 
 def test_student_notebook_clears_outputs_from_the_first_exercise_on():

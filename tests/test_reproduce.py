@@ -7,7 +7,10 @@ variance reduction of a critic (DR's gradient beats step-wise IS on every trial)
 written files.
 """
 
+import contextlib
+import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,14 +20,18 @@ from metagrad.experiments import reproduce
 
 MINI = [
     "reproduce", "--trials", "3", "--epsilons", "0,0.5", "--num-trajectories", "300", "--sweep", "10,300",
-    "--estimators", "is,dr,taypo1,taypo2", "--quiet",
+    "--estimators", "is,dr,taypo1,taypo2",
 ]
+
+
+STDERR = io.StringIO()  # the mini run's progress line: not a terminal, as in CI logs
 
 
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    assert main([*MINI, "--out", str(out)]) == 0
+    with contextlib.redirect_stderr(STDERR):
+        assert main([*MINI, "--out", str(out)]) == 0
     return out, json.loads((out / "figure1.json").read_text())
 
 
@@ -43,6 +50,50 @@ def test_writes_figure_json_and_table(mini_run, capsys):
         "a_gradient_vs_epsilon", "b_hessian_vs_epsilon", "c_hessian_vs_trajectories", "e_dr_vs_taypo2",
     }
     assert _panel(results, "c_hessian_vs_trajectories", "dr").shape == (3, 2)
+
+
+def test_progress_says_it_compiles_then_counts_without_repeating_a_line(mini_run):
+    lines = STDERR.getvalue().splitlines()
+    # The suite runs without the compilation cache: nothing to load, so the first line says it compiles.
+    assert "compiling the estimators (first run only" in lines[0] and " 0/5 " in lines[0], lines
+    assert [line.split("] ")[1].split()[0] for line in lines] == [f"{k}/5" for k in range(6)], lines  # one line per unit
+    assert len(set(lines)) == len(lines)
+
+
+def test_output_files_get_the_users_permissions(mini_run):
+    out, _ = mini_run
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("figure1.png", "beyond.png", "figure1.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_figures_have_no_empty_panel_and_say_what_they_draw(mini_run, tmp_path, monkeypatch):
+    """Without ``--order 3`` there is no panel (d): ``beyond.png`` draws (e) and (f) only, and its title
+    does not promise third derivatives."""
+    import matplotlib.figure
+
+    _, results = mini_run
+    drawn = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        drawn[os.path.basename(path)] = ([ax.get_title() for ax in fig.axes if ax.get_visible() and ax.has_data()],
+                                         len(fig.axes), fig._suptitle.get_text())
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    reproduce.plot(results, str(tmp_path))
+    titles, axes, suptitle = drawn["figure1.png"]
+    assert axes == 3 and [t[:3] for t in titles] == ["(a)", "(b)", "(c)"]
+    titles, axes, suptitle = drawn["beyond.png"]
+    assert axes == 2 and [t[:3] for t in titles] == ["(e)", "(f)"], titles
+    assert "third" not in suptitle and "DR = TayPO-2" in suptitle and "Hessian errors" in suptitle
+    with_d = {**results, "panels": {**results["panels"], "d_third_vs_epsilon": results["panels"]["a_gradient_vs_epsilon"]},
+              "settings": {**results["settings"], "third_order_trajectories": 300}}
+    reproduce.plot(with_d, str(tmp_path))
+    titles, axes, suptitle = drawn["beyond.png"]
+    assert axes == 3 and [t[:3] for t in titles] == ["(d)", "(e)", "(f)"] and "third derivatives" in suptitle
 
 
 def test_on_policy_identities(mini_run):

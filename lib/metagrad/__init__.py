@@ -3,8 +3,8 @@
 Tang, Kozuno, Rowland, Munos, Valko. "Unifying Gradient Estimators for Meta-Reinforcement Learning via
 Off-Policy Evaluation", NeurIPS 2021 (arXiv:2106.13125).
 
-Importing the package registers its Gymnasium environments (``metagrad/TabularMDP-v0``,
-``metagrad/Navigation2D-v0``, ``metagrad/Navigation2DCorners-v0``; see :mod:`metagrad.envs`); it imports
+Importing the package registers its Gymnasium environments (`metagrad/TabularMDP-v0`,
+`metagrad/Navigation2D-v0`, `metagrad/Navigation2DCorners-v0`; see [`metagrad.envs`][metagrad.envs]); it imports
 Gymnasium, not JAX.
 """
 

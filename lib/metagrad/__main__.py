@@ -1,4 +1,4 @@
-"""``python -m metagrad``: the same as the ``metagrad`` command."""
+"""`python -m metagrad`: the same as the `metagrad` command."""
 
 import sys
 

@@ -1,27 +1,27 @@
-"""JAX's persistent compilation cache, on by default for the ``metagrad`` command and ``import metagrad``.
+"""JAX's persistent compilation cache, on by default for the `metagrad` command and `import metagrad`.
 
-XLA compilation dominates a first run of ``metagrad reproduce`` or of a notebook on a small machine; with
+XLA compilation dominates a first run of `metagrad reproduce` or of a notebook on a small machine; with
 the cache a second run loads the compiled executables from disk instead. JAX keys every entry by the
 program, the JAX/jaxlib versions, the backend, the devices and the XLA flags, so a stale or foreign entry is
-never used (it is recompiled instead). For the large programs of a command, :func:`executable` goes one step
-further and stores the whole executable under ``<cache directory>/executables``, so that a second run skips
+never used (it is recompiled instead). For the large programs of a command, `executable` goes one step
+further and stores the whole executable under `<cache directory>/executables`, so that a second run skips
 tracing and lowering too (JAX needs both to compute its own key).
 
 Where (first match wins):
 
-* ``METAGRAD_NO_CACHE=1`` (any value but ``""``/``0``), or ``METAGRAD_CACHE_DIR=off`` (or ``none``, ``0``,
-  ``false``): no cache;
-* ``METAGRAD_CACHE_DIR=/some/path``: that directory;
-* a cache directory already configured for JAX (``JAX_COMPILATION_CACHE_DIR`` or
-  ``jax.config.jax_compilation_cache_dir``): left as it is;
-* otherwise ``$XDG_CACHE_HOME/metagrad/jax`` (default ``~/.cache/metagrad/jax``).
+* `METAGRAD_NO_CACHE=1` (any value but `""`/`0`), or `METAGRAD_CACHE_DIR=off` (or `none`, `0`,
+  `false`): no cache;
+* `METAGRAD_CACHE_DIR=/some/path`: that directory;
+* a cache directory already configured for JAX (`JAX_COMPILATION_CACHE_DIR` or
+  `jax.config.jax_compilation_cache_dir`): left as it is;
+* otherwise `$XDG_CACHE_HOME/metagrad/jax` (default `~/.cache/metagrad/jax`).
 
-Every program is cached, however small or quick to compile (``jax_persistent_cache_min_compile_time_secs``
-= 0 and ``jax_persistent_cache_min_entry_size_bytes`` = -1): the course and ``reproduce`` compile many
+Every program is cached, however small or quick to compile (`jax_persistent_cache_min_compile_time_secs`
+= 0 and `jax_persistent_cache_min_entry_size_bytes` = -1): the course and `reproduce` compile many
 programs of well under a second each, which JAX's default threshold of 1 s would skip. The directory is not
 size-limited; delete it to reclaim the space.
 
-While the cache is on, XLA's C++ log is limited to fatal messages unless ``TF_CPP_MIN_LOG_LEVEL`` is set:
+While the cache is on, XLA's C++ log is limited to fatal messages unless `TF_CPP_MIN_LOG_LEVEL` is set:
 jaxlib 0.9 logs a spurious error ("Target machine feature +prefer-no-gather is not supported on the host
 machine") on every CPU cache hit, because it takes LLVM tuning preferences for CPU features
 (jax-ml/jax#38445, openxla/xla#44565); the cached programs load and run correctly (the tests compare
@@ -41,9 +41,9 @@ _OFF = ("off", "none", "0", "false", "no", "")
 
 
 def cache_dir(environ=None) -> str | None:
-    """The directory the cache should use under ``environ`` (default ``os.environ``), or ``None`` for no cache.
+    """The directory the cache should use under `environ` (default `os.environ`), or `None` for no cache.
 
-    ``None`` is also returned when JAX already has a cache directory configured by the user (it is kept).
+    `None` is also returned when JAX already has a cache directory configured by the user (it is kept).
     """
     environ = os.environ if environ is None else environ
     if environ.get("METAGRAD_NO_CACHE", "").strip() not in ("", "0"):
@@ -58,10 +58,10 @@ def cache_dir(environ=None) -> str | None:
 
 
 def install(environ=None) -> str | None:
-    """Point JAX's persistent compilation cache at :func:`cache_dir`; returns the directory (``None``: off).
+    """Point JAX's persistent compilation cache at `cache_dir`; returns the directory (`None`: off).
 
-    Cheap and idempotent. Before ``jax`` is imported it only sets JAX's environment variables (read at
-    import), so ``import metagrad`` stays free of a JAX import; afterwards it updates ``jax.config``.
+    Cheap and idempotent. Before `jax` is imported it only sets JAX's environment variables (read at
+    import), so `import metagrad` stays free of a JAX import; afterwards it updates `jax.config`.
     Never raises: a cache is an optimisation, and an unusable directory only means recompiling.
     """
     path = cache_dir(environ)
@@ -104,7 +104,7 @@ def _quiet_xla_log() -> None:
     """XLA's C++ log at fatal messages only, now and before every cached compilation (after jax is imported).
 
     jaxlib resets the C++ log level when its backend starts, so setting it once here would not survive a
-    backend that starts later; a ``jax.monitoring`` listener re-applies it before each cache lookup.
+    backend that starts later; a `jax.monitoring` listener re-applies it before each cache lookup.
     """
     global _LISTENING
     import jax.monitoring
@@ -126,7 +126,7 @@ _COUNTING = False
 
 
 def _count_cache_hits() -> None:
-    """Count JAX's compilation-cache hits per thread (a ``jax.monitoring`` listener, registered once)."""
+    """Count JAX's compilation-cache hits per thread (a `jax.monitoring` listener, registered once)."""
     global _COUNTING
     import jax.monitoring
 
@@ -157,7 +157,7 @@ def source_fingerprint() -> str:
 
 
 def _executable_entry(tag: str, devices) -> tuple[str, str]:
-    """``(key, path)`` of ``tag``'s entry in the executable cache (see :func:`executable`)."""
+    """`(key, path)` of `tag`'s entry in the executable cache (see `executable`)."""
     import jax
     import jaxlib
 
@@ -167,27 +167,27 @@ def _executable_entry(tag: str, devices) -> tuple[str, str]:
 
 
 def has_executable(tag: str, devices) -> bool:
-    """Whether the executable cache has an entry for ``tag`` on ``devices`` (see :func:`executable`)."""
+    """Whether the executable cache has an entry for `tag` on `devices` (see `executable`)."""
     return DIRECTORY is not None and os.path.exists(_executable_entry(tag, devices)[1])
 
 
 def executable(tag: str, devices, build):
-    """A compiled program (``jax.stages.Compiled``), from the executable cache when it holds ``tag``'s.
+    """A compiled program (`jax.stages.Compiled`), from the executable cache when it holds `tag`'s.
 
     JAX's compilation cache skips XLA compilation on a second run, but not tracing the Python function and
-    lowering it to StableHLO, which JAX needs to compute its key: for ``metagrad reproduce`` those take
+    lowering it to StableHLO, which JAX needs to compute its key: for `metagrad reproduce` those take
     longer than the warm run's execution. This cache stores the whole executable
-    (``jax.experimental.serialize_executable``) under ``<cache directory>/executables``, keyed by ``tag``,
-    a fingerprint of metagrad's sources, the JAX and jaxlib versions, every ``jax.config`` value, ``XLA_FLAGS``
-    and ``devices``; on a hit nothing is traced or compiled. ``tag`` must name the program and every option it
-    is traced with (e.g. the command and its whole configuration). ``build()`` traces and compiles it on a miss;
-    ``devices`` are the devices it runs on, in its mesh order. Off when the cache is off (:func:`cache_dir`)
+    (`jax.experimental.serialize_executable`) under `<cache directory>/executables`, keyed by `tag`,
+    a fingerprint of metagrad's sources, the JAX and jaxlib versions, every `jax.config` value, `XLA_FLAGS`
+    and `devices`; on a hit nothing is traced or compiled. `tag` must name the program and every option it
+    is traced with (e.g. the command and its whole configuration). `build()` traces and compiles it on a miss;
+    `devices` are the devices it runs on, in its mesh order. Off when the cache is off (`cache_dir`)
     and for programs on other devices than CPUs; an unreadable entry is never trusted: it is rebuilt. Entries
     are pickles of native code, like JAX's own cache entries: the directory must be as trusted as the code.
 
     Only an executable that XLA compiled in this process is stored: jaxlib cannot re-serialise one it loaded
     from JAX's compilation cache (the copy lacks the program's functions), so a build that JAX's cache served
-    is used for this run only. Name the jitted function after :func:`source_fingerprint` (JAX's key includes
+    is used for this run only. Name the jitted function after `source_fingerprint` (JAX's key includes
     the name), so that JAX's cache misses whenever this one does after a change to the sources.
     """
     import jax

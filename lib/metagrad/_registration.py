@@ -1,4 +1,4 @@
-"""Gymnasium registration of metagrad's environments, run by ``import metagrad``.
+"""Gymnasium registration of metagrad's environments, run by `import metagrad`.
 
 Only Gymnasium (and with it NumPy) is imported here; the environments, and JAX with them, are
 imported by Gymnasium from the entry points the first time one is made.
@@ -20,7 +20,7 @@ ENVIRONMENTS = {
 
 
 def register_environments() -> None:
-    """Register every id of :data:`ENVIRONMENTS` that Gymnasium does not know yet."""
+    """Register every id of `ENVIRONMENTS` that Gymnasium does not know yet."""
     for env_id, (entry_point, vector_entry_point, steps) in ENVIRONMENTS.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point,
@@ -28,12 +28,12 @@ def register_environments() -> None:
 
 
 def avoid_fork_start_method() -> None:
-    """Make new processes start by ``forkserver`` where the platform default is ``fork``.
+    """Make new processes start by `forkserver` where the platform default is `fork`.
 
     JAX is multithreaded: a process forked after JAX started can deadlock (it did here:
-    ``gymnasium.make_vec(..., vectorization_mode="async")`` hung in its first ``reset``). Python 3.14
-    changed the Linux default to ``forkserver`` for this reason; this applies that default on older
-    Pythons. A start method the program already chose (``multiprocessing.set_start_method``) is kept.
+    `gymnasium.make_vec(..., vectorization_mode="async")` hung in its first `reset`). Python 3.14
+    changed the Linux default to `forkserver` for this reason; this applies that default on older
+    Pythons. A start method the program already chose (`multiprocessing.set_start_method`) is kept.
     """
     if multiprocessing.get_start_method(allow_none=True) is None and multiprocessing.get_all_start_methods()[0] == "fork":
         multiprocessing.set_start_method("forkserver")

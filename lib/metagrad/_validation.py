@@ -21,25 +21,25 @@ def is_concrete(*xs) -> bool:
 
 
 def check_rank(name: str, x, rank: int, form: str) -> None:
-    """Raise ``ValueError`` unless ``x`` has exactly ``rank`` dimensions."""
+    """Raise `ValueError` unless `x` has exactly `rank` dimensions."""
     if np.ndim(x) != rank:
         raise ValueError(f"`{name}` must have shape {form} (rank {rank}); got shape {tuple(np.shape(x))}.")
 
 
 def check_shape(name: str, x, shape: tuple, form: str) -> None:
-    """Raise ``ValueError`` unless ``x`` has exactly ``shape``."""
+    """Raise `ValueError` unless `x` has exactly `shape`."""
     if tuple(np.shape(x)) != tuple(shape):
         raise ValueError(f"`{name}` must have shape {form} = {tuple(shape)}; got {tuple(np.shape(x))}.")
 
 
 def check_finite(name: str, x) -> None:
-    """Raise ``ValueError`` if a concrete ``x`` holds NaN or infinite values (no-op under tracing)."""
+    """Raise `ValueError` if a concrete `x` holds NaN or infinite values (no-op under tracing)."""
     if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"`{name}` must be finite; it contains NaN or infinite values.")
 
 
 def check_index_range(name: str, x, size: int, what: str) -> None:
-    """Raise ``ValueError`` if a concrete integer array ``x`` has entries outside ``[0, size)``.
+    """Raise `ValueError` if a concrete integer array `x` has entries outside `[0, size)`.
 
     JAX clamps out-of-range gather indices without an error, so indices that come from users are
     checked here, where they enter the library.
@@ -55,7 +55,7 @@ def check_index_range(name: str, x, size: int, what: str) -> None:
 
 
 def check_discount(name: str, gamma) -> None:
-    """Raise ``ValueError`` unless a concrete discount lies in [0, 1)."""
+    """Raise `ValueError` unless a concrete discount lies in [0, 1)."""
     if is_concrete(gamma):
         g = np.asarray(gamma)
         if not np.all(np.isfinite(g)) or np.any(g < 0) or np.any(g >= 1):
@@ -64,14 +64,14 @@ def check_discount(name: str, gamma) -> None:
 
 # ------------------------------------------------------------------------------------------ command line
 class OptionError(ValueError):
-    """A bad command-line option. :func:`metagrad.cli.main` prints ``metagrad COMMAND: error: MESSAGE`` on one
+    """A bad command-line option. `metagrad.cli.main` prints `metagrad COMMAND: error: MESSAGE` on one
     line and exits with status 2 (argparse's convention), before any computation or file is made."""
 
 
 def check_out_dir(option: str, path: str) -> None:
-    """Raise :class:`OptionError` unless ``path`` is a writable folder or can be created as one.
+    """Raise `OptionError` unless `path` is a writable folder or can be created as one.
 
-    Writability is probed by creating (and at once removing) a temporary file in ``path`` or in its nearest
+    Writability is probed by creating (and at once removing) a temporary file in `path` or in its nearest
     existing parent, which also catches read-only file systems and root-owned places. Nothing is left behind.
     """
     import tempfile
@@ -97,13 +97,13 @@ def check_out_dir(option: str, path: str) -> None:
 
 
 def check_seed(option: str, seed, largest: int, why: str) -> None:
-    """Raise :class:`OptionError` unless ``seed`` is an integer in [0, ``largest``] (``why``: what breaks above)."""
+    """Raise `OptionError` unless `seed` is an integer in [0, `largest`] (`why`: what breaks above)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= largest:
         raise OptionError(f"{option} must be an integer in [0, {largest}] ({why}); got {seed!r}.")
 
 
 def check_choices(option: str, values, valid, *, what: str = "value") -> None:
-    """Raise :class:`OptionError` for an empty list, an unknown entry or a repeated entry."""
+    """Raise `OptionError` for an empty list, an unknown entry or a repeated entry."""
     values = list(values)
     if not values:
         raise OptionError(f"{option} needs at least one {what}; valid: {', '.join(valid)}.")
@@ -116,7 +116,7 @@ def check_choices(option: str, values, valid, *, what: str = "value") -> None:
 
 
 def physical_memory_bytes() -> int | None:
-    """The machine's physical memory, or ``None`` where the OS does not say."""
+    """The machine's physical memory, or `None` where the OS does not say."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
@@ -124,9 +124,9 @@ def physical_memory_bytes() -> int | None:
 
 
 def check_memory(options: str, estimate_bytes: float, available: int | None = None) -> None:
-    """Raise :class:`OptionError` when a run needs at least ``estimate_bytes`` and the machine has less.
+    """Raise `OptionError` when a run needs at least `estimate_bytes` and the machine has less.
 
-    ``estimate_bytes`` is a lower bound (the largest arrays the run must hold at once), so a refused run
+    `estimate_bytes` is a lower bound (the largest arrays the run must hold at once), so a refused run
     could not have fitted; an accepted one may still need more.
     """
     available = physical_memory_bytes() if available is None else available
@@ -142,7 +142,7 @@ def _gib(n: float) -> str:
 
 
 def check_device(option: str, device: str) -> None:
-    """Select the JAX platform for ``--device`` (``cpu``, ``gpu`` or ``auto``); :class:`OptionError` if absent.
+    """Select the JAX platform for `--device` (`cpu`, `gpu` or `auto`); `OptionError` if absent.
 
     Run it before JAX starts its backends. If JAX already runs on another platform (backends start once per
     process), that is an error too, and the setting is restored.
@@ -164,10 +164,11 @@ def check_device(option: str, device: str) -> None:
 
 
 def write_json_atomic(path: str, data) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``: a complete file or none.
+    """Write `data` as JSON to `path` via a temporary file and `os.replace`: a complete file or none.
 
-    ``allow_nan=False``: a NaN or infinity raises ``ValueError`` before anything is written (JSON has no NaN,
-    and a NaN in a results file is a wrong number).
+    `allow_nan=False`: a NaN or infinity raises `ValueError` before anything is written (JSON has no NaN,
+    and a NaN in a results file is a wrong number). The file gets the permissions of any new file of the user
+    (0666 less the umask), not the 0600 of the temporary file it is renamed from.
     """
     import tempfile
 
@@ -177,8 +178,23 @@ def write_json_atomic(path: str, data) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (read from `/proc` where it can be, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # the only portable way to read it; restored at once
+    os.umask(mask)
+    return mask

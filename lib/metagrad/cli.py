@@ -1,4 +1,4 @@
-"""The ``metagrad`` command line: ``metagrad --version``, ``metagrad info`` and the experiment subcommands."""
+"""The `metagrad` command line: `metagrad --version`, `metagrad info` and the experiment subcommands."""
 
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ _SUBCOMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``metagrad COMMAND: error: MESSAGE`` and exit status 2 (``--help`` for usage).
+    """argparse with one-line errors: `metagrad COMMAND: error: MESSAGE` and exit status 2 (`--help` for usage).
 
-    Subcommand parsers inherit the class (argparse's ``add_subparsers`` uses the parent's class)."""
+    Subcommand parsers inherit the class (argparse's `add_subparsers` uses the parent's class)."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")

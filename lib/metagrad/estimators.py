@@ -4,35 +4,33 @@ An estimator is a per-trajectory objective f(ℓ_0, …, ℓ_{T−1}) of the log
 ℓ_t = log π_θ(a_t|x_t); its K-th derivative in θ, averaged over a batch, is the estimator's estimate of
 ∇^K V^{π_θ}(x_0) (Tang et al. 2021: differentiate an off-policy evaluation estimate).
 
-* :func:`trajectory_objective` — one trajectory, by registry name;
-* :func:`surrogate` — a batch of trajectories and any policy ``log_prob_fn(params, obs, actions)``,
-  reduced by a weighted mean **before** differentiation (so ``jax.grad``/``jax.hessian`` of it are the
+* [`trajectory_objective`][metagrad.estimators.trajectory_objective] — one trajectory, by registry name;
+* [`surrogate`][metagrad.estimators.surrogate] — a batch of trajectories and any policy `log_prob_fn(params, obs, actions)`,
+  reduced by a weighted mean **before** differentiation (so `jax.grad`/`jax.hessian` of it are the
   batch-mean estimates);
-* :func:`tabular_derivatives` — tabular softmax logits: the batch-mean gradient, Hessian and third
-  derivative by autodiff of :func:`surrogate` (the reference implementation).
+* [`tabular_derivatives`][metagrad.estimators.tabular_derivatives] — tabular softmax logits: the batch-mean gradient, Hessian and third
+  derivative by autodiff of [`surrogate`][metagrad.estimators.surrogate] (the reference implementation).
 
-Names (see :func:`valid_names`; options are keyword arguments, static under ``jit``):
+Names (see [`valid_names`][metagrad.estimators.valid_names]; options are keyword arguments, static under `jit`):
 
-=============== ====================================================== ==========================
-name            estimator                                              options
-=============== ====================================================== ==========================
-``is``          step-wise importance sampling (= DiCE)                 —
-``dr``          doubly robust, state-value critic (= Loaded DiCE λ=1)  —
-``vtrace``      V-trace / truncated DR                                 ``rho_bar``, ``c_bar`` (1.0)
-``taypo1``      TayPO-1 (= LVC)                                        —
-``taypo2``      TayPO-2, the paper's second-order estimator            —
-``taypo3``      TayPO-3                                                —
-``taypo``       TayPO-K (also spelled ``"taypo<K>"``, e.g. ``taypo5``)  ``order`` (required)
-``maml``        Finn et al.'s surrogate Σ Γ_t ℓ_t Â_t                  —
-``fomaml``      first-order MAML (derivatives above order 1 are zero)  —
-``dice``        DiCE                                                   ``baseline`` (False)
-``loaded_dice`` Loaded DiCE                                            ``lam`` (1.0), ``tau`` (1.0)
-``lvc``         ProMP's LVC                                            —
-=============== ====================================================== ==========================
+| name | estimator | options |
+|---|---|---|
+| `is` | step-wise importance sampling (= DiCE) | — |
+| `dr` | doubly robust, state-value critic (= Loaded DiCE λ=1) | — |
+| `vtrace` | V-trace / truncated DR | `rho_bar`, `c_bar` (1.0) |
+| `taypo1` | TayPO-1 (= LVC) | — |
+| `taypo2` | TayPO-2, the paper's second-order estimator | — |
+| `taypo3` | TayPO-3 | — |
+| `taypo` | TayPO-K (also spelled `"taypo<K>"`, e.g. `taypo5`) | `order` (required) |
+| `maml` | Finn et al.'s surrogate Σ Γ_t ℓ_t Â_t | — |
+| `fomaml` | first-order MAML (derivatives above order 1 are zero) | — |
+| `dice` | DiCE | `baseline` (False) |
+| `loaded_dice` | Loaded DiCE | `lam` (1.0), `tau` (1.0) |
+| `lvc` | ProMP's LVC | — |
 
 References:
-  Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
-  off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
+  - Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
+    off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
 """
 
 from __future__ import annotations
@@ -67,10 +65,10 @@ class Estimator:
 
     Attributes:
       name: the registry name.
-      objective: ``objective(log_pi, log_mu, rewards, values, discounts, **options) -> scalar``.
-      options: keyword options with their defaults (``_REQUIRED`` marks a required one).
+      objective: `objective(log_pi, log_mu, rewards, values, discounts, **options) -> scalar`.
+      options: keyword options with their defaults (`_REQUIRED` marks a required one).
       first_order_only: derivatives above order 1 are zero (first-order MAML).
-      kind: ``"ope"`` (a differentiated OPE estimate, valid for any μ) or ``"prior"`` (a prior-work
+      kind: `"ope"` (a differentiated OPE estimate, valid for any μ) or `"prior"` (a prior-work
         surrogate, defined at π = μ).
       description: one line, with the paper.
     """
@@ -83,7 +81,7 @@ class Estimator:
     description: str
 
     def resolve(self, options: Mapping[str, Any]) -> dict:
-        """The full option dict, or a ``ValueError`` naming unknown or missing options."""
+        """The full option dict, or a `ValueError` naming unknown or missing options."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             valid = ", ".join(self.options) or "none"
@@ -159,11 +157,11 @@ def valid_names() -> list[str]:
 
 
 def get(name: str) -> Estimator:
-    """The :class:`Estimator` called ``name``; ``ValueError`` listing the valid names otherwise.
+    """The [`Estimator`][metagrad.estimators.Estimator] called `name`; `ValueError` listing the valid names otherwise.
 
-    Besides the registry names, ``"taypo<K>"`` for any integer K ≥ 1 (e.g. ``"taypo7"``) is TayPO-K: the
-    way to choose the Taylor order where the keyword ``order`` already means the derivative order
-    (:func:`tabular_derivatives`).
+    Besides the registry names, `"taypo<K>"` for any integer K ≥ 1 (e.g. `"taypo7"`) is TayPO-K: the
+    way to choose the Taylor order where the keyword `order` already means the derivative order
+    ([`tabular_derivatives`][metagrad.estimators.tabular_derivatives]).
     """
     if isinstance(name, str) and name in ESTIMATORS:
         return ESTIMATORS[name]
@@ -176,27 +174,27 @@ def get(name: str) -> Estimator:
 
 
 def trajectory_objective(name: str, log_pi, log_mu, rewards, values, discounts, **options) -> jax.Array:
-    """The per-trajectory surrogate of estimator ``name``; its θ-derivatives are the estimates.
+    """The per-trajectory surrogate of estimator `name`; its θ-derivatives are the estimates.
 
-    θ enters **only** through ``log_pi``. ``log_mu`` is used as given (no ``stop_gradient`` is applied
-    here): pass ``stop_gradient(log_pi)`` for on-policy data. OPE names differentiate the estimate of
-    :mod:`metagrad.ope` at log-ratios λ_t = ℓ_t − log μ_t; prior-work names evaluate the surrogates of
-    :mod:`metagrad.prior` with the magic box □(Σ ℓ_s) replaced by exp(Σ (ℓ_s − log μ_s)) — identical at
-    π = μ, which is where those papers define them (``maml``/``fomaml`` do not use ``log_mu``).
+    θ enters **only** through `log_pi`. `log_mu` is used as given (no `stop_gradient` is applied
+    here): pass `stop_gradient(log_pi)` for on-policy data. OPE names differentiate the estimate of
+    [`metagrad.ope`][metagrad.ope] at log-ratios λ_t = ℓ_t − log μ_t; prior-work names evaluate the surrogates of
+    [`metagrad.prior`][metagrad.prior] with the magic box □(Σ ℓ_s) replaced by exp(Σ (ℓ_s − log μ_s)) — identical at
+    π = μ, which is where those papers define them (`maml`/`fomaml` do not use `log_mu`).
 
     Args:
-      name: a registry name (:func:`valid_names`); static.
-      log_pi: ``[T]`` ℓ_t = log π_θ(a_t|x_t).
-      log_mu: ``[T]`` behaviour log-probabilities log μ(a_t|x_t).
-      rewards: ``[T]``.
-      values: ``[T+1]`` critic at the visited states (V(x_T) the bootstrap).
-      discounts: scalar γ or ``[T]`` per-step discounts.
+      name: a registry name ([`valid_names`][metagrad.estimators.valid_names]); static.
+      log_pi (array of shape [T]): ℓ_t = log π_θ(a_t|x_t).
+      log_mu (array of shape [T]): behaviour log-probabilities log μ(a_t|x_t).
+      rewards (array of shape [T]):
+      values (array of shape [T+1]): critic at the visited states (V(x_T) the bootstrap).
+      discounts: scalar γ or `[T]` per-step discounts.
       **options: the estimator's options (static), see the module docstring.
 
     Returns:
       A scalar.
 
-    Example:
+    Examples:
       >>> lp = jnp.log(jnp.array([0.5, 0.5]))
       >>> jax.grad(trajectory_objective, argnums=1)("dr", lp, jax.lax.stop_gradient(lp), jnp.ones(2), jnp.zeros(3), 0.9)
       Array([1.9, 0.9], dtype=float32)
@@ -224,24 +222,24 @@ def surrogate(
     weights=None,
     **options,
 ) -> jax.Array:
-    """The batch surrogate Σ_i w_i f_name(ℓ_i; μ_i, r_i, V_i); its K-th derivative in ``params`` is the estimate.
+    """The batch surrogate Σ_i w_i f_name(ℓ_i; μ_i, r_i, V_i); its K-th derivative in `params` is the estimate.
 
-    ℓ = ``log_prob_fn(params, trajectories.observations[:, :-1], trajectories.actions)`` (``[N, T]``);
-    μ = ``stop_gradient(ℓ)`` (on-policy) unless ``behaviour_log_probs`` is given (e.g.
-    ``trajectories.log_probs``); discounts γ_t from ``trajectories.discounts(gamma)`` (zero at and after
-    termination). The batch is reduced **before** differentiation, so ``jax.grad(surrogate, argnums=2)``
-    and ``jax.hessian`` are batch-mean estimates. For ``"fomaml"`` the surrogate is wrapped by
-    :func:`metagrad.prior.first_order` (same value and gradient, zero higher derivatives).
+    ℓ = `log_prob_fn(params, trajectories.observations[:, :-1], trajectories.actions)` (`[N, T]`);
+    μ = `stop_gradient(ℓ)` (on-policy) unless `behaviour_log_probs` is given (e.g.
+    `trajectories.log_probs`); discounts γ_t from `trajectories.discounts(gamma)` (zero at and after
+    termination). The batch is reduced **before** differentiation, so `jax.grad(surrogate, argnums=2)`
+    and `jax.hessian` are batch-mean estimates. For `"fomaml"` the surrogate is wrapped by
+    [`metagrad.prior.first_order`][metagrad.prior.first_order] (same value and gradient, zero higher derivatives).
 
     Args:
       name: registry name (static).
-      log_prob_fn: ``log_prob_fn(params, observations [N, T, ...], actions [N, T, ...]) -> [N, T]``.
+      log_prob_fn: `log_prob_fn(params, observations [N, T, ...], actions [N, T, ...]) -> [N, T]`.
       params: the policy parameters (any pytree).
-      trajectories: a :class:`metagrad.rollout.Trajectories` batch of N trajectories of horizon T.
-      values: ``[N, T+1]`` critic values at the visited states (x_0 … x_T of each trajectory).
+      trajectories: a [`metagrad.rollout.Trajectories`][metagrad.rollout.Trajectories] batch of N trajectories of horizon T.
+      values (array of shape [N, T+1]): critic values at the visited states (x_0 … x_T of each trajectory).
       gamma: the discount γ.
-      behaviour_log_probs: ``None`` or ``[N, T]`` log μ(a_t|x_t).
-      weights: ``None`` (uniform 1/N) or ``[N]`` batch weights.
+      behaviour_log_probs: `None` or `[N, T]` log μ(a_t|x_t).
+      weights: `None` (uniform 1/N) or `[N]` batch weights.
       **options: the estimator's options (static).
 
     Returns:
@@ -346,31 +344,31 @@ def tabular_derivatives_autodiff(
     order: int = 2,
     **options,
 ) -> tuple[jax.Array, ...]:
-    """Batch-mean derivative estimates for tabular softmax logits by autodiff of :func:`surrogate`.
+    """Batch-mean derivative estimates for tabular softmax logits by autodiff of [`surrogate`][metagrad.estimators.surrogate].
 
-    π_θ(a|x) = softmax(θ[x])[a]; values V(x_t) = ``critic[x_t]`` (indexed by **state**, bootstrap at x_T);
-    μ = π_θ (on-policy, ``stop_gradient``) or softmax(``behaviour_logits``). Returns the first ``order``
-    derivatives of the mean surrogate: ``jax.grad``, then ``jax.jacfwd`` per further order (forward over
-    reverse), sharing one evaluation per order through ``has_aux``.
+    π_θ(a|x) = softmax(θ[x])[a]; values V(x_t) = `critic[x_t]` (indexed by **state**, bootstrap at x_T);
+    μ = π_θ (on-policy, `stop_gradient`) or softmax(`behaviour_logits`). Returns the first `order`
+    derivatives of the mean surrogate: `jax.grad`, then `jax.jacfwd` per further order (forward over
+    reverse), sharing one evaluation per order through `has_aux`.
 
     Concrete inputs are validated (JAX would clamp out-of-range indices silently): integer observations in
-    [0, S) and actions in [0, A), ``critic [S]``, finite rewards, ``discount`` in [0, 1),
-    ``behaviour_logits [S, A]``. Under ``jit``/``vmap`` only the shape checks run. Jittable and vmappable
-    with ``name``, ``order`` and the options static.
+    [0, S) and actions in [0, A), `critic [S]`, finite rewards, `discount` in [0, 1),
+    `behaviour_logits [S, A]`. Under `jit`/`vmap` only the shape checks run. Jittable and vmappable
+    with `name`, `order` and the options static.
 
     Args:
       name: registry name.
-      logits: ``[S, A]`` θ.
-      trajectories: :class:`metagrad.rollout.Trajectories` with integer ``observations [N, T+1]`` and
-        ``actions [N, T]``.
-      critic: ``[S]`` state-value table.
+      logits (array of shape [S, A]): θ.
+      trajectories: [`metagrad.rollout.Trajectories`][metagrad.rollout.Trajectories] with integer `observations [N, T+1]` and
+        `actions [N, T]`.
+      critic (array of shape [S]): state-value table.
       discount: γ ∈ [0, 1).
-      behaviour_logits: ``None`` or ``[S, A]``.
+      behaviour_logits: `None` or `[S, A]`.
       order: 1, 2 or 3.
       **options: the estimator's options.
 
     Returns:
-      ``(gradient [S, A], hessian [S, A, S, A], third [S, A, S, A, S, A])`` truncated to ``order`` entries.
+      `(gradient [S, A], hessian [S, A, S, A], third [S, A, S, A, S, A])` truncated to `order` entries.
     """
     _validate_tabular(logits, trajectories, critic, discount, behaviour_logits, order)
     logits = jnp.asarray(logits)
@@ -414,31 +412,31 @@ def tabular_derivatives(
 ) -> tuple[jax.Array, ...]:
     """Batch-mean estimates of ∇V, ∇²V (and ∇³V) for tabular softmax logits θ.
 
-    The same numbers as :func:`tabular_derivatives_autodiff` (the tests check it to float precision), but
-    computed by the chain rule through the log-probabilities (:func:`metagrad.tabular.derivatives`): each
+    The same numbers as [`tabular_derivatives_autodiff`][metagrad.estimators.tabular_derivatives_autodiff] (the tests check it to float precision), but
+    computed by the chain rule through the log-probabilities ([`metagrad.tabular.derivatives`][metagrad.tabular.derivatives]): each
     trajectory's objective is differentiated in its T log-probabilities and the result is assembled in
     θ-space with the softmax Jacobian. For the Hessians of the paper's Figure 1 (N = 1000, T = 20, 20 × 5;
-    ``benchmarks/estimators.py``, RESULTS.md) that is 3–15× faster than differentiating the batch surrogate
+    `benchmarks/estimators.py`, RESULTS.md) that is 3–15× faster than differentiating the batch surrogate
     in θ for the OPE and DiCE-family estimators, as fast for LVC, and 5× slower for MAML's surrogate.
 
-    π_θ(a|x) = softmax(θ[x])[a]; values V(x_t) = ``critic[x_t]`` (indexed by **state**, bootstrap at x_T);
-    μ = π_θ (on-policy, ``stop_gradient``) when ``behaviour_logits`` is ``None``, else
-    softmax(``behaviour_logits``). Concrete inputs are validated as in :func:`tabular_derivatives_autodiff`.
+    π_θ(a|x) = softmax(θ[x])[a]; values V(x_t) = `critic[x_t]` (indexed by **state**, bootstrap at x_T);
+    μ = π_θ (on-policy, `stop_gradient`) when `behaviour_logits` is `None`, else
+    softmax(`behaviour_logits`). Concrete inputs are validated as in [`tabular_derivatives_autodiff`][metagrad.estimators.tabular_derivatives_autodiff].
 
     Args:
-      name: registry name (see :func:`valid_names`).
-      logits: ``[S, A]`` θ.
-      trajectories: :class:`metagrad.rollout.Trajectories` with integer ``observations [N, T+1]`` and
-        ``actions [N, T]``; termination is honoured through ``trajectories.discounts(discount)``.
-      critic: ``[S]`` state-value table.
+      name: registry name (see [`valid_names`][metagrad.estimators.valid_names]).
+      logits (array of shape [S, A]): θ.
+      trajectories: [`metagrad.rollout.Trajectories`][metagrad.rollout.Trajectories] with integer `observations [N, T+1]` and
+        `actions [N, T]`; termination is honoured through `trajectories.discounts(discount)`.
+      critic (array of shape [S]): state-value table.
       discount: γ ∈ [0, 1).
-      behaviour_logits: ``None`` (on-policy) or ``[S, A]``.
+      behaviour_logits: `None` (on-policy) or `[S, A]`.
       order: 1, 2 or 3.
       **options: the estimator's options.
 
     Returns:
-      ``(gradient [S, A], hessian [S, A, S, A])`` for ``order=2``, plus ``third [S, A, S, A, S, A]`` for
-      ``order=3``, ``(gradient,)`` for ``order=1``.
+      `(gradient [S, A], hessian [S, A, S, A])` for `order=2`, plus `third [S, A, S, A, S, A]` for
+      `order=3`, `(gradient,)` for `order=1`.
     """
     from metagrad.tabular import derivatives
 

@@ -1,20 +1,20 @@
 """Tabular Markov decision processes and exact policy evaluation.
 
-A tabular MDP is the pytree :class:`TabularMDP` with
+A tabular MDP is the pytree [`TabularMDP`][metagrad.mdp.TabularMDP] with
 
-* ``transitions [S, A, S]``: P(x' | x, a),
-* ``rewards [S, A]``: r(x, a),
-* ``initial [S]``: the start-state distribution p_0(x),
-* ``gamma []``: the discount γ ∈ [0, 1).
+* `transitions [S, A, S]`: P(x' | x, a),
+* `rewards [S, A]`: r(x, a),
+* `initial [S]`: the start-state distribution p_0(x),
+* `gamma []`: the discount γ ∈ [0, 1).
 
-For a policy π given as a table ``[S, A]`` the exact values solve the Bellman equations
+For a policy π given as a table `[S, A]` the exact values solve the Bellman equations
 V^π = r^π + γ P^π V^π, i.e. V^π = (I − γ P^π)⁻¹ r^π, with P^π(x'|x) = Σ_a π(a|x) P(x'|x, a) and
 r^π(x) = Σ_a π(a|x) r(x, a). This module provides that solve and the discounted occupancy; the
-derivatives with respect to softmax logits live in :mod:`metagrad.exact`.
+derivatives with respect to softmax logits live in [`metagrad.exact`][metagrad.exact].
 
 The tabular setting of Tang et al. (2021), Sec. 5 (as in the authors' released code): 20 states,
 5 actions, Dirichlet(0.001) transition rows, rewards U[0, 1), start state 0, γ = 0.8. The paper's
-text says 10 states. :func:`random_mdp` reproduces both.
+text says 10 states. [`random_mdp`][metagrad.mdp.random_mdp] reproduces both.
 """
 
 from __future__ import annotations
@@ -37,21 +37,21 @@ _PRECISION = "highest"
 
 @jax.tree_util.register_pytree_node_class
 class TabularMDP:
-    """A finite MDP as a JAX pytree (all four fields are leaves, so ``jax.vmap`` over tasks works).
+    """A finite MDP as a JAX pytree (all four fields are leaves, so `jax.vmap` over tasks works).
 
-    Calling ``TabularMDP(transitions, rewards, initial, gamma)`` validates concrete inputs and raises a
-    ``ValueError`` naming the argument: shapes agree (``transitions [S, A, S]``, ``rewards [S, A]``,
-    ``initial [S]``, scalar ``gamma``); probabilities are non-negative and sum to 1 within
-    :data:`PROBABILITY_ATOL`; ``0 <= gamma < 1``; rewards are finite. Value checks are skipped for
-    traced arguments (inside ``jit``/``vmap``); :meth:`unchecked` skips all checks.
+    Calling `TabularMDP(transitions, rewards, initial, gamma)` validates concrete inputs and raises a
+    `ValueError` naming the argument: shapes agree (`transitions [S, A, S]`, `rewards [S, A]`,
+    `initial [S]`, scalar `gamma`); probabilities are non-negative and sum to 1 within
+    `PROBABILITY_ATOL`; `0 <= gamma < 1`; rewards are finite. Value checks are skipped for
+    traced arguments (inside `jit`/`vmap`); [`unchecked`][metagrad.mdp.TabularMDP.unchecked] skips all checks.
 
     Args:
-      transitions: ``[S, A, S]`` transition probabilities P(x'|x, a).
-      rewards: ``[S, A]`` expected rewards r(x, a).
-      initial: ``[S]`` start-state distribution.
+      transitions (array of shape [S, A, S]): transition probabilities P(x'|x, a).
+      rewards (array of shape [S, A]): expected rewards r(x, a).
+      initial (array of shape [S]): start-state distribution.
       gamma: discount factor, a scalar in [0, 1).
 
-    Example:
+    Examples:
       >>> mdp = TabularMDP(jnp.ones((2, 1, 2)) / 2, jnp.zeros((2, 1)), jnp.array([1.0, 0.0]), 0.9)
       >>> mdp.num_states, mdp.num_actions
       (2, 1)
@@ -176,24 +176,24 @@ def random_mdp(
 ) -> TabularMDP:
     """Sample a random tabular MDP as in Tang et al. (2021), Sec. 5.
 
-    Transition rows P(·|x, a) ~ Dirichlet(``dirichlet`` · 1_S); rewards r(x, a) ~ U[0, ``reward_scale``);
-    a deterministic start state ``start_state`` (or the uniform start distribution when ``None``).
-    Small ``dirichlet`` (the paper uses 0.001) gives near-deterministic transitions. Dirichlet samples
-    are normalised in log space (``jax.random.loggamma``), so tiny concentrations never produce NaNs.
+    Transition rows P(·|x, a) ~ Dirichlet(`dirichlet` · 1_S); rewards r(x, a) ~ U[0, `reward_scale`);
+    a deterministic start state `start_state` (or the uniform start distribution when `None`).
+    Small `dirichlet` (the paper uses 0.001) gives near-deterministic transitions. Dirichlet samples
+    are normalised in log space (`jax.random.loggamma`), so tiny concentrations never produce NaNs.
 
-    The paper's released-code setting is the default: ``random_mdp(key)`` has 20 states, 5 actions,
-    Dirichlet(0.001), γ = 0.8, start state 0; the paper's text uses ``num_states=10``.
+    The paper's released-code setting is the default: `random_mdp(key)` has 20 states, 5 actions,
+    Dirichlet(0.001), γ = 0.8, start state 0; the paper's text uses `num_states=10`.
 
     Args:
-      key: a ``jax.random`` key.
+      key: a `jax.random` key.
       num_states, num_actions: S and A (positive integers, static).
       gamma: discount in [0, 1).
-      dirichlet: Dirichlet concentration of each transition row, in [:data:`MIN_DIRICHLET`, ∞).
+      dirichlet: Dirichlet concentration of each transition row, in [`MIN_DIRICHLET`, ∞).
       reward_scale: rewards are uniform on [0, reward_scale).
-      start_state: index of the start state, or ``None`` for a uniform start distribution.
+      start_state: index of the start state, or `None` for a uniform start distribution.
 
     Returns:
-      A :class:`TabularMDP` (built without value checks, so this function can be ``vmap``-ed over keys).
+      A [`TabularMDP`][metagrad.mdp.TabularMDP] (built without value checks, so this function can be `vmap`-ed over keys).
     """
     if int(num_states) < 1 or int(num_actions) < 1:
         raise ValueError(f"`num_states` and `num_actions` must be positive; got {num_states}, {num_actions}.")
@@ -221,7 +221,7 @@ def random_mdp(
 
 
 def softmax_policy(logits: jax.Array) -> jax.Array:
-    """π_θ(a|x) = exp θ[x, a] / Σ_b exp θ[x, b]; ``logits [S, A] -> policy [S, A]``."""
+    """π_θ(a|x) = exp θ[x, a] / Σ_b exp θ[x, b]; `logits [S, A] -> policy [S, A]`."""
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -235,7 +235,7 @@ def policy_transitions(mdp: TabularMDP, policy: jax.Array) -> tuple[jax.Array, j
 
 @jax.custom_jvp
 def resolvent(a: jax.Array) -> jax.Array:
-    """(I − a)⁻¹ for a square ``a`` with spectral radius below one (here a = γ P^π), shape ``[S, S]``.
+    """(I − a)⁻¹ for a square `a` with spectral radius below one (here a = γ P^π), shape `[S, S]`.
 
     Differentiable to any order by matrix products only: d(I − a)⁻¹ = (I − a)⁻¹ da (I − a)⁻¹. Autodiff
     through a linear solve would instead run one triangular solve per tangent direction; with the rule
@@ -254,19 +254,21 @@ def _resolvent_jvp(primals, tangents):
 
 
 def policy_evaluation(mdp: TabularMDP, policy: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Exact values of a tabular policy by one linear solve.
+    r"""Exact values of a tabular policy by one linear solve.
 
-    V^π = (I − γ P^π)⁻¹ r^π  and  Q^π(x, a) = r(x, a) + γ Σ_x' P(x'|x, a) V^π(x').
+    $$
+    V^π = (I - γ P^π)^{-1} r^π  \text{ and }  Q^π(x, a) = r(x, a) + γ \sum _x' P(x'|x, a) V^π(x').
+    $$
 
-    Differentiable in ``policy`` (and in the MDP). Computed at the highest matmul precision so GPU and
+    Differentiable in `policy` (and in the MDP). Computed at the highest matmul precision so GPU and
     CPU agree.
 
     Args:
-      mdp: a :class:`TabularMDP` with S states and A actions.
-      policy: ``[S, A]`` action probabilities π(a|x) (rows sum to one).
+      mdp: a [`TabularMDP`][metagrad.mdp.TabularMDP] with S states and A actions.
+      policy (array of shape [S, A]): action probabilities π(a|x) (rows sum to one).
 
     Returns:
-      ``(v [S], q [S, A])``.
+      `(v [S], q [S, A])`.
     """
     if jnp.shape(policy) != jnp.shape(mdp.rewards):
         raise ValueError(
@@ -286,7 +288,7 @@ def discounted_occupancy(mdp: TabularMDP, policy: jax.Array) -> jax.Array:
     for softmax logits reads ∂J/∂θ[x, a] = d^π(x) π(a|x) A^π(x, a).
 
     Returns:
-      ``[S]``.
+      `[S]`.
     """
     p_pi, _ = policy_transitions(mdp, policy)
     with jax.default_matmul_precision(_PRECISION):
@@ -294,10 +296,10 @@ def discounted_occupancy(mdp: TabularMDP, policy: jax.Array) -> jax.Array:
 
 
 def state_action_occupancy(mdp: TabularMDP, policy: jax.Array) -> jax.Array:
-    """Unnormalised discounted state-action occupancy d^π(x) π(a|x), shape ``[S, A]``."""
+    """Unnormalised discounted state-action occupancy d^π(x) π(a|x), shape `[S, A]`."""
     return discounted_occupancy(mdp, policy)[:, None] * policy
 
 
 def stack(mdps: list[TabularMDP] | Any) -> TabularMDP:
-    """Stack MDPs of equal size into one batched :class:`TabularMDP` (leading task axis) for ``vmap``."""
+    """Stack MDPs of equal size into one batched [`TabularMDP`][metagrad.mdp.TabularMDP] (leading task axis) for `vmap`."""
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *mdps)

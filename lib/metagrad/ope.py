@@ -1,30 +1,32 @@
-"""Off-policy evaluation (OPE) estimates of V^π(x_0) from one trajectory, as explicit functions of θ.
+r"""Off-policy evaluation (OPE) estimates of V^π(x_0) from one trajectory, as explicit functions of θ.
 
 Tang et al. (2021) obtain every derivative estimator of meta-RL by differentiating an OPE estimate
 V̂^{π_θ} in θ. The functions here compute those estimates for **one trajectory**; batch them with
-``jax.vmap``. θ enters only through the per-step **log-ratios**
+`jax.vmap`. θ enters only through the per-step **log-ratios**
 
-    λ_t = log π_θ(a_t|x_t) − log μ(a_t|x_t),   ρ_t = exp(λ_t),   d_t = ρ_t − 1 = expm1(λ_t),
+$$
+λ_t = \log  π_θ(a_t|x_t) - \log  μ(a_t|x_t), \qquad ρ_t = \exp (λ_t), \qquad d_t = ρ_t - 1 = \mathrm{expm1}(λ_t),
+$$
 
 so derivatives flow through log π_θ (never through a ratio π/(μ + ε)). At π = μ pass
-``log_pi − stop_gradient(log_pi)``: ρ_t = 1 in value, not in derivatives (DiCE's "magic box").
+`log_pi − stop_gradient(log_pi)`: ρ_t = 1 in value, not in derivatives (DiCE's "magic box").
 
-Shapes and conventions (the same for every function; ``rlax`` style):
+Shapes and conventions (the same for every function; `rlax` style):
 
-* ``log_ratios [T]``, ``rewards [T]`` — steps t = 0 … T−1;
-* ``values [T+1]`` — the critic at the **visited states**, V(x_0) … V(x_T), V(x_T) the bootstrap. The
-  caller indexes its critic by state (``critic[observations]``), never by time: a time-indexed critic is
-  a different (and biased) estimator — see paper-notes §6;
-* ``discounts`` — a scalar γ or per-step discounts ``[T]``, γ_t = γ·(1 − done_t): zero at and after
+* `log_ratios [T]`, `rewards [T]` — steps t = 0 … T−1;
+* `values [T+1]` — the critic at the **visited states**, V(x_0) … V(x_T), V(x_T) the bootstrap. The
+  caller indexes its critic by state (`critic[observations]`), never by time: a time-indexed critic is
+  a different (and biased) estimator (`tests/test_unbiasedness.py` shows the bias);
+* `discounts` — a scalar γ or per-step discounts `[T]`, γ_t = γ·(1 − done_t): zero at and after
   termination, so a terminated trajectory is never bootstrapped;
 * Γ_t = Π_{s<t} γ_s (= γ^t without termination); G_t = r_t + γ_t G_{t+1}, G_T = V(x_T); Â_t = G_t − V(x_t).
 
-Backward recursions run as ``lax.scan(..., reverse=True)``. Every function is pure and jittable; shape
+Backward recursions run as `lax.scan(..., reverse=True)`. Every function is pure and jittable; shape
 and dtype checks always run, value checks (finite rewards, discounts in [0, 1]) only on concrete arrays.
 
 References:
-  Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning
-  via off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
+  - Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning
+    via off-policy evaluation. NeurIPS 2021 (arXiv:2106.13125).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _floating(name: str, x, form: str):
 
 
 def _check_inputs(log_ratios, rewards, values, discounts, *, values_name="values", values_form="[T+1]"):
-    """Rank, length and dtype checks shared by the estimators; returns arrays with discounts as ``[T]``."""
+    """Rank, length and dtype checks shared by the estimators; returns arrays with discounts as `[T]`."""
     log_ratios = _floating("log_ratios", log_ratios, "[T]")
     rewards = _floating("rewards", rewards, "[T]")
     values = _floating(values_name, values, values_form)
@@ -99,13 +101,13 @@ def _check_inputs(log_ratios, rewards, values, discounts, *, values_name="values
 
 # ------------------------------------------------------------------------------------------ building blocks
 def cumulative_discounts(discounts) -> jax.Array:
-    """Γ_t = Π_{s<t} γ_s for t = 0 … T (``[T]`` discounts -> ``[T+1]``; Γ_0 = 1)."""
+    """Γ_t = Π_{s<t} γ_s for t = 0 … T (`[T]` discounts -> `[T+1]`; Γ_0 = 1)."""
     discounts = jnp.asarray(discounts)
     return jnp.concatenate([jnp.ones((1,), discounts.dtype), jnp.cumprod(discounts)])
 
 
 def returns(rewards, values, discounts) -> jax.Array:
-    """Bootstrapped returns G_t = r_t + γ_t G_{t+1}, G_T = V(x_T); ``[T]`` (a backward ``lax.scan``)."""
+    """Bootstrapped returns G_t = r_t + γ_t G_{t+1}, G_T = V(x_T); `[T]` (a backward `lax.scan`)."""
 
     def step(g_next, inputs):
         r, gamma = inputs
@@ -118,29 +120,31 @@ def returns(rewards, values, discounts) -> jax.Array:
 
 # -------------------------------------------------------------------------------------------- estimators
 def step_importance_sampling(log_ratios, rewards, values, discounts) -> jax.Array:
-    """Step-wise (per-decision) importance sampling estimate of V^π(x_0).
+    r"""Step-wise (per-decision) importance sampling estimate of V^π(x_0).
 
-    V̂_IS = Σ_t Γ_t (Π_{s≤t} ρ_s) r_t + Γ_T (Π_{s<T} ρ_s) V(x_T),
+    $$
+    \hat{V}_{\mathrm{IS}} = \sum _t Γ_t (\prod _{s\le t} ρ_s) r_t + Γ_T (\prod _{s<T} ρ_s) V(x_T),
+    $$
 
     computed by the backward recursion V̂_t = ρ_t (r_t + γ_t V̂_{t+1}), V̂_T = V(x_T). Only the bootstrap
-    entry ``values[T]`` is used (pass zeros for a plain Monte Carlo estimate). Unbiased for every π (all
+    entry `values[T]` is used (pass zeros for a plain Monte Carlo estimate). Unbiased for every π (all
     derivatives too, Prop. 3.1 of Tang et al.); highest variance (products of ratios). Differentiated at
     π = μ it is DiCE (Foerster et al. 2018).
 
     References:
-      Precup, Sutton, Singh. Eligibility traces for off-policy policy evaluation. ICML 2000.
-      Tang et al. NeurIPS 2021, Table 1.
+      - Precup, Sutton, Singh. Eligibility traces for off-policy policy evaluation. ICML 2000.
+      - Tang et al. NeurIPS 2021, Table 1.
 
     Args:
-      log_ratios: ``[T]`` log π_θ(a_t|x_t) − log μ(a_t|x_t).
-      rewards: ``[T]`` r_t.
-      values: ``[T+1]`` critic at the visited states (only V(x_T) is used; may be all zero).
-      discounts: scalar γ or ``[T]`` per-step discounts γ_t.
+      log_ratios (array of shape [T]): log π_θ(a_t|x_t) − log μ(a_t|x_t).
+      rewards (array of shape [T]): r_t.
+      values (array of shape [T+1]): critic at the visited states (only V(x_T) is used; may be all zero).
+      discounts: scalar γ or `[T]` per-step discounts γ_t.
 
     Returns:
       The scalar estimate.
 
-    Example:
+    Examples:
       >>> step_importance_sampling(jnp.zeros(2), jnp.ones(2), jnp.zeros(3), 0.5)  # 1 + 0.5
       Array(1.5, dtype=float32)
     """
@@ -156,30 +160,32 @@ def step_importance_sampling(log_ratios, rewards, values, discounts) -> jax.Arra
 
 
 def doubly_robust(log_ratios, rewards, values, discounts) -> jax.Array:
-    """Doubly robust estimate of V^π(x_0) with a state-value critic.
+    r"""Doubly robust estimate of V^π(x_0) with a state-value critic.
 
-    V̂_t = V(x_t) + ρ_t (r_t + γ_t V̂_{t+1} − V(x_t)),   V̂_T = V(x_T);   returns V̂_0.
+    $$
+    \hat{V}_t = V(x_t) + ρ_t (r_t + γ_t \hat{V}_{t+1} - V(x_t)), \qquad \hat{V}_T = V(x_T); \qquad \text{ returns } \hat{V}_0.
+    $$
 
-    This is Eq. 3 of Tang et al. with Q(x, a) ≡ V(x) (see :func:`doubly_robust_q` for the state-action
+    This is Eq. 3 of Tang et al. with Q(x, a) ≡ V(x) (see [`doubly_robust_q`][metagrad.ope.doubly_robust_q] for the state-action
     form). Unbiased for every π and every critic (so are all its derivatives); the critic is a control
     variate that lowers the variance when V ≈ V^π. A zero critic (with V(x_T) kept) gives
-    :func:`step_importance_sampling`. Differentiated at π = μ it is Loaded DiCE with λ = 1
+    [`step_importance_sampling`][metagrad.ope.step_importance_sampling]. Differentiated at π = μ it is Loaded DiCE with λ = 1
     (Farquhar et al. 2019) and DiCE with the baseline of Mao et al. (2019).
 
     References:
-      Jiang, Li. Doubly robust off-policy value evaluation for reinforcement learning. ICML 2016.
-      Tang et al. NeurIPS 2021, Eq. 3 and Prop. 3.2.
+      - Jiang, Li. Doubly robust off-policy value evaluation for reinforcement learning. ICML 2016.
+      - Tang et al. NeurIPS 2021, Eq. 3 and Prop. 3.2.
 
     Args:
-      log_ratios: ``[T]`` log π_θ(a_t|x_t) − log μ(a_t|x_t).
-      rewards: ``[T]``.
-      values: ``[T+1]`` critic V(x_0) … V(x_T) at the visited states.
-      discounts: scalar γ or ``[T]``.
+      log_ratios (array of shape [T]): log π_θ(a_t|x_t) − log μ(a_t|x_t).
+      rewards (array of shape [T]):
+      values (array of shape [T+1]): critic V(x_0) … V(x_T) at the visited states.
+      discounts: scalar γ or `[T]`.
 
     Returns:
       The scalar estimate.
 
-    Example:
+    Examples:
       >>> doubly_robust(jnp.zeros(2), jnp.ones(2), jnp.array([5.0, 5.0, 2.0]), 0.5)  # on-policy: G_0
       Array(2., dtype=float32)
     """
@@ -200,21 +206,21 @@ def doubly_robust_q(log_ratios, rewards, actions, q_values, target_probs, discou
     V̂_t = Q(x_t, π_θ) + ρ_t (r_t + γ_t V̂_{t+1} − Q(x_t, a_t)),   V̂_T = Q(x_T, π_θ),
     Q(x, π_θ) = Σ_a π_θ(a|x) Q(x, a).
 
-    θ enters through ``log_ratios`` and through ``target_probs`` (the expected critic Q(x, π_θ)): pass a
+    θ enters through `log_ratios` and through `target_probs` (the expected critic Q(x, π_θ)): pass a
     differentiable π_θ(·|x_t) to get the derivatives of Eq. 3 (the control variate then also carries
     gradient, which is what makes this form lower-variance than the state-value one). With
-    ``q_values[t, a] = V(x_t)`` for every a it reduces to :func:`doubly_robust`.
+    `q_values[t, a] = V(x_t)` for every a it reduces to [`doubly_robust`][metagrad.ope.doubly_robust].
 
     References:
-      Jiang, Li. ICML 2016. Tang et al. NeurIPS 2021, Eq. 3.
+      - Jiang, Li. ICML 2016. Tang et al. NeurIPS 2021, Eq. 3.
 
     Args:
-      log_ratios: ``[T]``.
-      rewards: ``[T]``.
-      actions: ``[T]`` integer actions a_t (checked to lie in [0, A) on concrete input).
-      q_values: ``[T+1, A]`` critic Q(x_t, ·) at the visited states (row T: the bootstrap state).
-      target_probs: ``[T+1, A]`` π_θ(·|x_t) at the visited states.
-      discounts: scalar γ or ``[T]``.
+      log_ratios (array of shape [T]):
+      rewards (array of shape [T]):
+      actions (array of shape [T]): integer actions a_t (checked to lie in [0, A) on concrete input).
+      q_values (array of shape [T+1, A]): critic Q(x_t, ·) at the visited states (row T: the bootstrap state).
+      target_probs (array of shape [T+1, A]): π_θ(·|x_t) at the visited states.
+      discounts: scalar γ or `[T]`.
 
     Returns:
       The scalar estimate.
@@ -247,7 +253,7 @@ def doubly_robust_q(log_ratios, rewards, actions, q_values, target_probs, discou
 
 
 def _truncate(rho, level):
-    """min(ρ, level) with the tie ρ = level sent to the untruncated branch (value ``level``, derivative ∂ρ)."""
+    """min(ρ, level) with the tie ρ = level sent to the untruncated branch (value `level`, derivative ∂ρ)."""
     return jnp.where(rho <= level, rho, level)
 
 
@@ -258,17 +264,17 @@ def vtrace(log_ratios, rewards, values, discounts, *, rho_bar=1.0, c_bar=1.0) ->
     δ_t = r_t + γ_t V(x_{t+1}) − V(x_t),   ρ̄_t = min(ρ_t, ρ̄),   c̄_t = min(ρ_t, c̄).
 
     **Tie convention.** min(ρ, 1) has a kink exactly on-policy (ρ = 1). We take the untruncated branch
-    at ties: ``where(ρ <= ρ̄, ρ, ρ̄)``, so the value is ρ̄ and every derivative flows through ρ. With
-    ρ̄ = c̄ = 1 the on-policy derivatives of V-trace then equal those of :func:`doubly_robust` (of all
-    orders); ``jnp.minimum`` would instead split the derivative in half at the tie. Off-policy the
+    at ties: `where(ρ <= ρ̄, ρ, ρ̄)`, so the value is ρ̄ and every derivative flows through ρ. With
+    ρ̄ = c̄ = 1 the on-policy derivatives of V-trace then equal those of [`doubly_robust`][metagrad.ope.doubly_robust] (of all
+    orders); `jnp.minimum` would instead split the derivative in half at the tie. Off-policy the
     truncation biases the estimate (it evaluates a policy between μ and π) but lowers its variance.
 
     References:
-      Espeholt et al. IMPALA: scalable distributed deep-RL with importance weighted actor-learner
-      architectures. ICML 2018. Tang et al. NeurIPS 2021, Sec. 5 ("truncated DR").
+      - Espeholt et al. IMPALA: scalable distributed deep-RL with importance weighted actor-learner
+        architectures. ICML 2018. Tang et al. NeurIPS 2021, Sec. 5 ("truncated DR").
 
     Args:
-      log_ratios, rewards, values, discounts: as in :func:`doubly_robust`.
+      log_ratios, rewards, values, discounts: as in [`doubly_robust`][metagrad.ope.doubly_robust].
       rho_bar: truncation level ρ̄ of the TD-error weights.
       c_bar: truncation level c̄ of the traces.
 
@@ -293,30 +299,32 @@ def vtrace(log_ratios, rewards, values, discounts, *, rho_bar=1.0, c_bar=1.0) ->
 
 
 def taylor_expansion(log_ratios, rewards, values, discounts, *, order: int) -> jax.Array:
-    """TayPO-K: the K-th order Taylor expansion of V^π around μ (Eq. 6 of Tang et al.).
+    r"""TayPO-K: the K-th order Taylor expansion of V^π around μ (Eq. 6 of Tang et al.).
 
-    V̂_K = G_0 + Σ_{k=1}^{K} Û_k,   Û_k = Σ_t Γ_t d_t Â_t e_{k−1}(d_0, …, d_{t−1}),
+    $$
+    \hat{V}_K = G_0 + \sum _{k=1}^{K} \hat{U}_k, \qquad \hat{U}_k = \sum _t Γ_t d_t \hat{A}_t e_{k-1}(d_0, \dots , d_{t-1}),
+    $$
 
-    with d_t = ρ_t − 1, Â_t = G_t − V(x_t) (``stop_gradient``: a weight, never a path for θ), and e_j the
+    with d_t = ρ_t − 1, Â_t = G_t − V(x_t) (`stop_gradient`: a weight, never a path for θ), and e_j the
     elementary symmetric polynomials of the prefix d_0 … d_{t−1}. They are computed exactly by the
     recursion e_j ← e_j + d_t e_{j−1} (e_0 = 1) in one pass: O(T·K) time, no sub-sampling of index tuples.
 
     * K = 1: G_0 + Σ_t Γ_t d_t Â_t (TayPO-1; its derivatives at π = μ are LVC's, Rothfuss et al. 2019).
     * K = 2: G_0 + Σ_t Γ_t d_t Â_t (1 + Σ_{s<t} d_s) (TayPO-2, the paper's second-order estimator).
-    * K ≥ T: Σ_j e_j = Π_{s<t}(1 + d_s), so V̂_K equals :func:`doubly_robust` exactly.
+    * K ≥ T: Σ_j e_j = Π_{s<t}(1 + d_s), so V̂_K equals [`doubly_robust`][metagrad.ope.doubly_robust] exactly.
 
     On-policy, the derivatives of order m ≤ K are unbiased (Eq. 10); order m > K are biased.
     Off-policy the estimate is biased (Eq. 9) but has fewer ratio products than DR (lower variance).
     G_0 stands for Û_0 = V^μ(x_0): it is constant in θ and does not affect any derivative.
 
     References:
-      Tang, Valko, Munos. Taylor expansion policy optimization. ICML 2020.
-      Kakade, Langford. Approximately optimal approximate reinforcement learning. ICML 2002 (K = 1).
-      Tang et al. NeurIPS 2021, Eq. 6.
+      - Tang, Valko, Munos. Taylor expansion policy optimization. ICML 2020.
+      - Kakade, Langford. Approximately optimal approximate reinforcement learning. ICML 2002 (K = 1).
+      - Tang et al. NeurIPS 2021, Eq. 6.
 
     Args:
-      log_ratios, rewards, values, discounts: as in :func:`doubly_robust`.
-      order: K ≥ 1, a Python int (static under ``jit``).
+      log_ratios, rewards, values, discounts: as in [`doubly_robust`][metagrad.ope.doubly_robust].
+      order: K ≥ 1, a Python int (static under `jit`).
 
     Returns:
       The scalar estimate.

@@ -2,27 +2,25 @@
 
 Each function is a per-trajectory **surrogate objective** in the log-probabilities ℓ_t = log π_θ(a_t|x_t)
 whose derivatives in θ, at π = μ, are the estimator of the paper it comes from. Tang et al. (2021,
-Table 1) show that each one is a differentiated off-policy evaluation estimate of :mod:`metagrad.ope`:
+Table 1) show that each one is a differentiated off-policy evaluation estimate of [`metagrad.ope`][metagrad.ope]:
 
-=========================  =============================================  ===========================
-function                   paper                                          OPE form (same derivatives)
-=========================  =============================================  ===========================
-:func:`maml_surrogate`     Finn et al. 2017 (MAML)                        none (biased Hessian)
-:func:`dice_objective`     Foerster et al. 2018 (DiCE)                    step-wise IS (DR with baseline)
-:func:`loaded_dice_objective`  Farquhar et al. 2019 (Loaded DiCE)         DR (λ = 1, τ = 1); TayPO-1 (λ = 0)
-:func:`lvc_objective`      Rothfuss et al. 2019 (ProMP's LVC)             TayPO-1
-:func:`first_order`        Finn et al. 2017, first-order MAML             gradient only
-=========================  =============================================  ===========================
+| function | paper | OPE form (same derivatives) |
+|---|---|---|
+| [`maml_surrogate`][metagrad.prior.maml_surrogate] | Finn et al. 2017 (MAML) | none (biased Hessian) |
+| [`dice_objective`][metagrad.prior.dice_objective] | Foerster et al. 2018 (DiCE) | step-wise IS (DR with baseline) |
+| [`loaded_dice_objective`][metagrad.prior.loaded_dice_objective] | Farquhar et al. 2019 (Loaded DiCE) | DR (λ = 1, τ = 1); TayPO-1 (λ = 0) |
+| [`lvc_objective`][metagrad.prior.lvc_objective] | Rothfuss et al. 2019 (ProMP's LVC) | TayPO-1 |
+| [`first_order`][metagrad.prior.first_order] | Finn et al. 2017, first-order MAML | gradient only |
 
-Shapes: ``log_pi [T]``, ``rewards [T]``, ``values [T+1]`` (critic at the visited states, V(x_T) the
-bootstrap), ``discounts`` a scalar γ or ``[T]`` per-step discounts γ_t (zero at and after termination);
+Shapes: `log_pi [T]`, `rewards [T]`, `values [T+1]` (critic at the visited states, V(x_T) the
+bootstrap), `discounts` a scalar γ or `[T]` per-step discounts γ_t (zero at and after termination);
 Γ_t = Π_{s<t} γ_s; Â_t = G_t − V(x_t) with G_t = r_t + γ_t G_{t+1}, G_T = V(x_T), always a
-``stop_gradient``-ed weight.
+`stop_gradient`-ed weight.
 
 The "magic box" □(w) = exp(w − stop_gradient(w)) equals 1 but has derivative □(w)·∇w. The surrogates
-accept an optional behaviour ``log_mu [T]``: ``None`` (default) is the papers' on-policy form, which uses
-the box; with ``log_mu`` given, □(Σ ℓ_s) becomes exp(Σ (ℓ_s − log μ_s)) — identical when
-``log_mu = stop_gradient(log_pi)``, and the natural importance-weighted form otherwise (e.g. ProMP's
+accept an optional behaviour `log_mu [T]`: `None` (default) is the papers' on-policy form, which uses
+the box; with `log_mu` given, □(Σ ℓ_s) becomes exp(Σ (ℓ_s − log μ_s)) — identical when
+`log_mu = stop_gradient(log_pi)`, and the natural importance-weighted form otherwise (e.g. ProMP's
 later inner steps with μ = π_old).
 """
 
@@ -66,7 +64,7 @@ def _prepare(log_pi, rewards, values, discounts, log_mu):
 
 
 def _advantages(rewards, values, discounts):
-    """Â_t = G_t − V(x_t), a weight (``stop_gradient``)."""
+    """Â_t = G_t − V(x_t), a weight (`stop_gradient`)."""
     return jax.lax.stop_gradient(returns(rewards, values, discounts) - values[:-1])
 
 
@@ -78,10 +76,10 @@ def maml_surrogate(log_pi, rewards, values, discounts) -> jax.Array:
     (Tang et al. 2021, Sec. 3; Rothfuss et al. 2019).
 
     References:
-      Finn, Abbeel, Levine. Model-agnostic meta-learning for fast adaptation of deep networks. ICML 2017.
+      - Finn, Abbeel, Levine. Model-agnostic meta-learning for fast adaptation of deep networks. ICML 2017.
 
     Args:
-      log_pi: ``[T]`` ℓ_t (the path for θ).
+      log_pi (array of shape [T]): ℓ_t (the path for θ).
       rewards, values, discounts: see the module docstring.
 
     Returns:
@@ -93,22 +91,22 @@ def maml_surrogate(log_pi, rewards, values, discounts) -> jax.Array:
 
 
 def fomaml_surrogate(log_pi, rewards, values, discounts) -> jax.Array:
-    """First-order MAML's per-trajectory surrogate: the :func:`maml_surrogate` (same value and gradient).
+    """First-order MAML's per-trajectory surrogate: the [`maml_surrogate`][metagrad.prior.maml_surrogate] (same value and gradient).
 
     First-order MAML (Finn et al. 2017, Sec. 5.2) drops every second derivative of the inner objective.
     In θ that cannot be expressed through ℓ_t alone (∇²ℓ_t depends on the parametrisation), so it is
-    applied at the parameter level by :func:`first_order`, which :func:`metagrad.estimators.surrogate`
-    and :func:`metagrad.estimators.tabular_derivatives` use for the ``"fomaml"`` estimator.
+    applied at the parameter level by [`first_order`][metagrad.prior.first_order], which [`metagrad.estimators.surrogate`][metagrad.estimators.surrogate]
+    and [`metagrad.estimators.tabular_derivatives`][metagrad.estimators.tabular_derivatives] use for the `"fomaml"` estimator.
     """
     return maml_surrogate(log_pi, rewards, values, discounts)
 
 
 def first_order(fn: Callable) -> Callable:
-    """Wrap ``fn(params, *args)`` so that its value and gradient are kept and all higher derivatives are zero.
+    """Wrap `fn(params, *args)` so that its value and gradient are kept and all higher derivatives are zero.
 
     f̃(θ) = sg(f(θ)) + ⟨sg(∇f(θ)), θ − sg(θ)⟩: f̃ = f, ∇f̃ = ∇f, ∇²f̃ = 0 — the first-order
     approximation of MAML (Finn et al. 2017, Sec. 5.2; "FOMAML"), which treats the inner gradient as a
-    constant. ``params`` may be any pytree of arrays.
+    constant. `params` may be any pytree of arrays.
     """
 
     def wrapped(params, *args, **kwargs):
@@ -125,25 +123,25 @@ def dice_objective(log_pi, rewards, values, discounts, *, baseline: bool = False
     """DiCE, the infinitely differentiable Monte Carlo estimator.
 
     L = Σ_t Γ_t □(Σ_{s≤t} ℓ_s) r_t + Γ_T □(Σ_{s<T} ℓ_s) V(x_T)
-        [+ Σ_t Γ_t (1 − □(ℓ_t)) □(Σ_{s<t} ℓ_s) V(x_t)   if ``baseline``].
+        [+ Σ_t Γ_t (1 − □(ℓ_t)) □(Σ_{s<t} ℓ_s) V(x_t)   if `baseline`].
 
     Every derivative of L is an unbiased estimate of the derivative of V^π. The bootstrap term (absent in
-    the paper, whose trajectories end) weights V(x_T) like step-wise IS does; pass ``values[T] = 0`` for the
+    the paper, whose trajectories end) weights V(x_T) like step-wise IS does; pass `values[T] = 0` for the
     paper's form. The baseline term (Mao et al. 2019, the "DiCE baseline") is zero in value and in
     expectation; with it L has the derivatives of the doubly robust estimate — in fact L *is*
-    :func:`metagrad.ope.doubly_robust` with ρ replaced by □. Without it, L is step-wise IS
-    (:func:`metagrad.ope.step_importance_sampling`, Tang et al. Table 1).
+    [`metagrad.ope.doubly_robust`][metagrad.ope.doubly_robust] with ρ replaced by □. Without it, L is step-wise IS
+    ([`metagrad.ope.step_importance_sampling`][metagrad.ope.step_importance_sampling], Tang et al. Table 1).
 
     References:
-      Foerster, Farquhar, Al-Shedivat, Rocktäschel, Xing, Whiteson. DiCE: the infinitely differentiable
-      Monte Carlo estimator. ICML 2018.
-      Mao, Foerster, Rocktäschel, Al-Shedivat, Farquhar, Whiteson. A baseline for any order gradient
-      estimation in stochastic computation graphs. ICML 2019.
+      - Foerster, Farquhar, Al-Shedivat, Rocktäschel, Xing, Whiteson. DiCE: the infinitely differentiable
+        Monte Carlo estimator. ICML 2018.
+      - Mao, Foerster, Rocktäschel, Al-Shedivat, Farquhar, Whiteson. A baseline for any order gradient
+        estimation in stochastic computation graphs. ICML 2019.
 
     Args:
       log_pi, rewards, values, discounts: see the module docstring.
       baseline: add the baseline term with b_t = V(x_t).
-      log_mu: optional ``[T]`` behaviour log-probabilities (see the module docstring).
+      log_mu: optional `[T]` behaviour log-probabilities (see the module docstring).
     """
     _, rewards, values, discounts, exponents = _prepare(log_pi, rewards, values, discounts, log_mu)
     log_gammas = _log_cumulative_discounts(discounts)
@@ -162,12 +160,12 @@ def dice_objective(log_pi, rewards, values, discounts, *, baseline: bool = False
 
 
 def _log_cumulative_discounts(discounts) -> jax.Array:
-    """log Γ_t for t = 0 … T (``[T+1]``; −∞ after a zero discount, so exp gives Γ_t = 0 exactly)."""
+    """log Γ_t for t = 0 … T (`[T+1]`; −∞ after a zero discount, so exp gives Γ_t = 0 exactly)."""
     return jnp.log(cumulative_discounts(discounts))
 
 
 def gae_advantages(rewards, values, discounts, tau) -> jax.Array:
-    """GAE(τ) advantages A_t = δ_t + γ_t τ A_{t+1}, A_T = 0, δ_t = r_t + γ_t V(x_{t+1}) − V(x_t); ``[T]``.
+    """GAE(τ) advantages A_t = δ_t + γ_t τ A_{t+1}, A_T = 0, δ_t = r_t + γ_t V(x_{t+1}) − V(x_t); `[T]`.
 
     τ = 1 gives Â_t = G_t − V(x_t). (Schulman et al. 2016 call τ "λ"; here λ is Loaded DiCE's.)
     """
@@ -183,9 +181,11 @@ def gae_advantages(rewards, values, discounts, tau) -> jax.Array:
 
 
 def loaded_dice_objective(log_pi, rewards, values, discounts, *, lam=1.0, tau=1.0, log_mu=None) -> jax.Array:
-    """Loaded DiCE: DiCE with GAE advantages and discounted distant dependencies.
+    r"""Loaded DiCE: DiCE with GAE advantages and discounted distant dependencies.
 
-    w_t = λ w_{t−1} + ℓ_t (w_{−1} = 0),   L = Σ_t A_t (□(w_t) − □(w_t − ℓ_t)),   A_t = Γ_t · GAE_τ(t).
+    $$
+    w_t = λ w_{t-1} + \ell _t (w_{-1} = 0), \qquad L = \sum _t A_t (\square (w_t) - \square (w_t - \ell _t)), \qquad A_t = Γ_t \cdot  \mathrm{GAE}_τ(t).
+    $$
 
     λ = 1, τ = 1: the derivatives are those of the doubly robust estimate (all orders, unbiased).
     λ = 0: □(ℓ_t) − 1, the derivatives of TayPO-1 / LVC (Hessian biased even on-policy).
@@ -193,15 +193,15 @@ def loaded_dice_objective(log_pi, rewards, values, discounts, *, lam=1.0, tau=1.
     The value of L is 0 on-policy (only the derivatives are estimates).
 
     References:
-      Farquhar, Whiteson, Foerster. Loaded DiCE: trading off bias and variance in any-order score
-      function gradient estimators for reinforcement learning. NeurIPS 2019.
-      Schulman et al. High-dimensional continuous control using generalized advantage estimation. ICLR 2016.
+      - Farquhar, Whiteson, Foerster. Loaded DiCE: trading off bias and variance in any-order score
+        function gradient estimators for reinforcement learning. NeurIPS 2019.
+      - Schulman et al. High-dimensional continuous control using generalized advantage estimation. ICLR 2016.
 
     Args:
       log_pi, rewards, values, discounts: see the module docstring.
       lam: λ ∈ [0, 1], the discount of distant dependencies.
       tau: GAE τ ∈ [0, 1] for the advantages.
-      log_mu: optional ``[T]`` behaviour log-probabilities (see the module docstring).
+      log_mu: optional `[T]` behaviour log-probabilities (see the module docstring).
     """
     _, rewards, values, discounts, exponents = _prepare(log_pi, rewards, values, discounts, log_mu)
     gae = jax.lax.stop_gradient(gae_advantages(rewards, values, discounts, tau))
@@ -228,11 +228,11 @@ def lvc_objective(log_pi, rewards, values, discounts, *, log_mu=None) -> jax.Arr
     V^π(x_0) (the quantity every estimator here and the exact oracle target), and TayPO-1 = LVC exactly.
 
     References:
-      Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: proximal meta-policy search. ICLR 2019.
+      - Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: proximal meta-policy search. ICLR 2019.
 
     Args:
       log_pi, rewards, values, discounts: see the module docstring.
-      log_mu: optional ``[T]`` behaviour log-probabilities: ρ_t = π/μ instead of π/sg(π).
+      log_mu: optional `[T]` behaviour log-probabilities: ρ_t = π/μ instead of π/sg(π).
     """
     _, rewards, values, discounts, exponents = _prepare(log_pi, rewards, values, discounts, log_mu)
     gammas = cumulative_discounts(discounts)[:-1]

@@ -1,21 +1,37 @@
-"""Batch-mean derivative estimates for tabular softmax policies by the chain rule through log π.
+r"""Batch-mean derivative estimates for tabular softmax policies by the chain rule through log π.
 
 Every estimator of the library is a per-trajectory function f(ℓ_0, …, ℓ_{T−1}) of the log-probabilities
 ℓ_t = log π_θ(a_t|x_t) (everything else — rewards, critic values, behaviour log-probabilities — is constant
 in θ). For a tabular softmax policy ℓ_t = θ[x_t, a_t] − logsumexp θ[x_t, :], so with P = S·A parameters
 
-    ∇_θ ℓ_t   = e_{k_t}ᵀ M,               k_t = (x_t, a_t),  M[(x,a),(y,b)] = [x = y]([a = b] − π(b|x)),
-    ∇²_θ ℓ_t  = −∇² lse(θ[x_t]),          ∇³_θ ℓ_t = −∇³ lse(θ[x_t])  (blocks on the state x_t only).
+$$
+\nabla _θ \ell _t \qquad = e_{k_t}^\top  M, \qquad k_t = (x_t, a_t),  M[(x,a),(y,b)] = [x = y]([a = b] - π(b|x)),
+$$
+
+$$
+\nabla ^2_θ \ell _t  = -\nabla ^2 \mathrm{lse}(θ[x_t]), \qquad \nabla ^3_θ \ell _t = -\nabla ^3 \mathrm{lse}(θ[x_t])  (\text{ blocks on the state } x_t \mathrm{only}).
+$$
 
 By Faà di Bruno, with g = ∂f/∂ℓ, H = ∂²f/∂ℓ², T₃ = ∂³f/∂ℓ³ (per trajectory, by autodiff in ℓ — T inputs
 instead of P) and the batch weights w_i,
 
-    ∇_θ F   = Mᵀ C₁,                 C₁ = Σ_i w_i Σ_t g_t e_{k_t}
-    ∇²_θ F  = Mᵀ C₂ M + Σ_x n_x ∇²ℓ_x,   C₂ = Σ_i w_i Σ_{s,t} H[s,t] e_{k_s} e_{k_t}ᵀ,  n_x = Σ_a C₁[x, a]
-    ∇³_θ F  = C₃ ×₁M ×₂M ×₃M + Σ_{3 placements} Σ_x ∇²ℓ_x ⊗ (B M)[x] + Σ_x n_x ∇³ℓ_x,
-              C₃ = Σ_i w_i Σ_{s,t,u} T₃[s,t,u] e_{k_s}⊗e_{k_t}⊗e_{k_u},  B[x] = Σ_i w_i Σ_{s,t} H[s,t] [x_s = x] e_{k_t}.
+$$
+\nabla _θ F \qquad = M^\top  C_1, \qquad C_1 = \sum _i w_i \sum _t g_t e_{k_t}
+$$
 
-This is exactly the derivative that ``jax.hessian`` of the batch-mean surrogate returns (the tests check it
+$$
+\nabla ^2_θ F  = M^\top  C_2 M + \sum _x n_x \nabla ^2\ell _x, \qquad C_2 = \sum _i w_i \sum _{s,t} H[s,t] e_{k_s} e_{k_t}^\top ,  n_x = \sum _a C_1[x, a]
+$$
+
+$$
+\nabla ^3_θ F  = C_3 \times _1M \times _2M \times _3M + \sum _{3 \mathrm{placements}} \sum _x \nabla ^2\ell _x \otimes  (B M)[x] + \sum _x n_x \nabla ^3\ell _x,
+$$
+
+$$
+C_3 = \sum _i w_i \sum _{s,t,u} T_3[s,t,u] e_{k_s}\otimes e_{k_t}\otimes e_{k_u},  B[x] = \sum _i w_i \sum _{s,t} H[s,t] [x_s = x] e_{k_t}.
+$$
+
+This is exactly the derivative that `jax.hessian` of the batch-mean surrogate returns (the tests check it
 to float precision), but it costs O(N·T²) scatter work plus two P×P matmuls instead of P forward passes
 over the whole batch — the difference between seconds and milliseconds for the paper's Figure 1.
 """
@@ -34,12 +50,12 @@ _PRECISION = "highest"
 
 
 def log_policy(logits: jax.Array, states: jax.Array, actions: jax.Array) -> jax.Array:
-    """ℓ[n, t] = log softmax(θ[x_{n,t}])[a_{n,t}] for integer ``states``/``actions`` of equal shape."""
+    """ℓ[n, t] = log softmax(θ[x_{n,t}])[a_{n,t}] for integer `states`/`actions` of equal shape."""
     return jax.nn.log_softmax(logits, axis=-1)[states, actions]
 
 
 def _log_partition_derivatives(logits: jax.Array, order: int) -> list[jax.Array]:
-    """Per-state derivatives of logsumexp: orders 2..``order``, shapes ``[S, A, A]``, ``[S, A, A, A]``."""
+    """Per-state derivatives of logsumexp: orders 2..`order`, shapes `[S, A, A]`, `[S, A, A, A]`."""
     lse = jax.nn.logsumexp
     out, fn = [], jax.grad(lse)
     for _ in range(order - 1):
@@ -49,7 +65,7 @@ def _log_partition_derivatives(logits: jax.Array, order: int) -> list[jax.Array]
 
 
 def _per_trajectory_derivatives(fn, log_pi, args, order):
-    """Derivatives of fn in log_pi for each trajectory: ``[N, T]``, ``[N, T, T]``, ``[N, T, T, T]``."""
+    """Derivatives of fn in log_pi for each trajectory: `[N, T]`, `[N, T, T]`, `[N, T, T, T]`."""
     derivs, d = [], jax.grad(fn)
     derivs.append(d)
     for _ in range(order - 1):
@@ -68,21 +84,21 @@ def derivatives(
     weights: jax.Array | None = None,
     order: int = 2,
 ) -> tuple[jax.Array, ...]:
-    """∇^k_θ Σ_i w_i fn(ℓ_i, *args_i) for k = 1..``order`` (≤ 3), tabular softmax logits θ.
+    """∇^k_θ Σ_i w_i fn(ℓ_i, *args_i) for k = 1..`order` (≤ 3), tabular softmax logits θ.
 
     Args:
-      fn: the per-trajectory objective ``fn(log_pi [T], *args_i) -> scalar``; θ enters only through
-        ``log_pi`` (stop-gradients inside ``fn`` are honoured, so on-policy estimators work).
-      logits: ``[S, A]`` softmax logits θ.
-      states, actions: ``[N, T]`` integer indices of the visited state-action pairs (checked by the caller).
-      args: per-trajectory arrays with leading axis N, passed to ``fn`` after ``log_pi``.
-      weights: ``[N]`` batch weights (default 1/N: the batch mean), or ``[K, N]`` for K weightings of the
+      fn: the per-trajectory objective `fn(log_pi [T], *args_i) -> scalar`; θ enters only through
+        `log_pi` (stop-gradients inside `fn` are honoured, so on-policy estimators work).
+      logits (array of shape [S, A]): softmax logits θ.
+      states, actions: `[N, T]` integer indices of the visited state-action pairs (checked by the caller).
+      args: per-trajectory arrays with leading axis N, passed to `fn` after `log_pi`.
+      weights (array of shape [N]): batch weights (default 1/N: the batch mean), or `[K, N]` for K weightings of the
         same per-trajectory derivatives (e.g. batch means over prefixes of several sizes); the outputs
         then have a leading axis K.
       order: highest derivative order, 1, 2 or 3.
 
     Returns:
-      ``(gradient [S, A], hessian [S, A, S, A], third [S, A, S, A, S, A])`` up to ``order``.
+      `(gradient [S, A], hessian [S, A, S, A], third [S, A, S, A, S, A])` up to `order`.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"`order` must be 1, 2 or 3 for the chain-rule assembly; got {order!r}.")
@@ -104,9 +120,9 @@ def assemble_derivatives(per_traj, logits, states, actions, weights) -> tuple[ja
     """The θ-space derivatives from per-trajectory derivatives in ℓ (see the module docstring).
 
     Args:
-      per_traj: ``[g [N, T], H [N, T, T], (T₃ [N, T, T, T])]``, derivatives of each trajectory's objective
+      per_traj: `[g [N, T], H [N, T, T], (T₃ [N, T, T, T])]`, derivatives of each trajectory's objective
         with respect to its log-probabilities ℓ_0..ℓ_{T−1}.
-      logits, states, actions, weights: as in :func:`derivatives` (``weights [N]``).
+      logits, states, actions, weights: as in [`derivatives`][metagrad.tabular.derivatives] (`weights [N]`).
     """
     order = len(per_traj)
     num_states, num_actions = logits.shape

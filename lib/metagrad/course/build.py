@@ -1,37 +1,41 @@
-"""Generate the student notebooks (``course/``) from the solution notebooks (``solutions/``).
+"""Generate the student notebooks (`course/`) from the solution notebooks (`solutions/`).
 
-``solutions/NN_name.ipynb`` is the source of truth: it holds exercises *and* their solutions, with
-outputs. The student version ``course/NN_name.ipynb`` is derived from it by three rules:
+`solutions/NN_name.ipynb` is the source of truth: it holds exercises *and* their solutions, with
+outputs. The student version `course/NN_name.ipynb` is derived from it by three rules:
 
-1. **Solution regions.** Every region between a line ``### BEGIN SOLUTION`` and a line
-   ``### END SOLUTION`` (nbgrader's markers) is replaced, at the indentation of the ``BEGIN`` line, by::
+1. **Solution regions.** Every region between a line `### BEGIN SOLUTION` and a line
+   `### END SOLUTION` (nbgrader's markers) is replaced, at the indentation of the `BEGIN` line, by:
 
-       # YOUR CODE HERE
-       raise NotImplementedError("Exercise: implement `<name>`")
+   ```
+   # YOUR CODE HERE
+   raise NotImplementedError("Exercise: implement `<name>`")
+   ```
 
-   where ``<name>`` is the function whose body holds the region. Keep the ``def`` line (and the
+   where `<name>` is the function whose body holds the region. Keep the `def` line (and the
    docstring) outside the region, so the stub stays valid Python.
 2. **Outputs.** Outputs of every code cell *from the first exercise cell on* are cleared: everything
    after an exercise may depend on the student's code, while the outputs before it (set-up, first
-   demonstrations) stay as a guide. Cells tagged ``clear-output`` are cleared wherever they are.
-3. **Execution state.** Execution counts and the per-cell ``execution`` timing metadata are removed.
+   demonstrations) stay as a guide. Cells tagged `clear-output` are cleared wherever they are.
+3. **Execution state.** Execution counts and the per-cell `execution` timing metadata are removed.
 4. **Access.** A first markdown cell with "Open in Colab" and Binder badges, and, right before the first
    code cell, a cell that installs the library when it is not importable (on Colab) and does nothing
-   otherwise. Both are made from one setting, ``Repository`` in ``[project.urls]`` of ``pyproject.toml``
-   (:func:`repository_url`), so a fork changes one line.
-5. **Grading metadata.** ``metadata.metagrad`` records the notebook id (``"00"``), and on each exercise
-   cell (``{"exercise": [names]}``) and each check cell (``{"check": name}``): the grader
-   (:mod:`metagrad.course.grade`) takes the exercises and checks from the course notebook, not from a
+   otherwise. Both are made from one setting, `Repository` in `[project.urls]` of `pyproject.toml`
+   ([`repository_url`][metagrad.course.build.repository_url]), so a fork changes one line. The install cell installs the release the
+   notebook was built with: the tag `v<version>` of that repository, `version` in `[project]` of
+   `pyproject.toml` ([`project_version`][metagrad.course.build.project_version]), never the moving head of a branch.
+5. **Grading metadata.** `metadata.metagrad` records the notebook id (`"00"`), and on each exercise
+   cell (`{"exercise": [names]}`) and each check cell (`{"check": name}`): the grader
+   ([`metagrad.course.grade`][metagrad.course.grade]) takes the exercises and checks from the course notebook, not from a
    submission.
 
-The build is strict about solution markers: a line that mentions ``BEGIN SOLUTION`` / ``END SOLUTION``
-but is not exactly one of the two markers (``### BEGIN SOLUTION:``, ``# BEGIN SOLUTION``, a marker after
-code), and any marker in a markdown or raw cell, is a :class:`BuildError`, because the build could not
+The build is strict about solution markers: a line that mentions `BEGIN SOLUTION` / `END SOLUTION`
+but is not exactly one of the two markers (`### BEGIN SOLUTION:`, `# BEGIN SOLUTION`, a marker after
+code), and any marker in a markdown or raw cell, is a [`BuildError`][metagrad.course.build.BuildError], because the build could not
 know what to remove. It refuses to write into its own source folder.
 
 The build is deterministic: the same solutions give byte-identical course notebooks (nbformat's
-sorted-key JSON with one-space indentation, UTF-8, a final newline). :func:`stale` lists what differs
-between ``course/`` and what :func:`build` would write; ``metagrad course check`` and the tests use it.
+sorted-key JSON with one-space indentation, UTF-8, a final newline). [`stale`][metagrad.course.build.stale] lists what differs
+between `course/` and what [`build`][metagrad.course.build.build] would write; `metagrad course check` and the tests use it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ _DEF = re.compile(r"^\s*def\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _NEAR_MARKER = re.compile(r"(BEGIN|END)[\s_-]*SOLUTION", re.IGNORECASE)
 _CHECK_CALL = re.compile(r"\bchecks\.check_([A-Za-z0-9_]+)\s*\(")
 _GITHUB = re.compile(r"^https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
+_VERSION = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?")  # a release number (PEP 440), the tag v<version>
 BRANCH = "main"
 COURSE_DIR = "course"  # where the student notebooks live in the repository (badge links point there)
 
@@ -62,10 +67,10 @@ class BuildError(ValueError):
 
 
 def strip_solutions(source: str, *, where: str = "cell") -> tuple[str, int]:
-    """Replace each solution region of ``source`` by a ``NotImplementedError`` stub.
+    """Replace each solution region of `source` by a `NotImplementedError` stub.
 
-    Returns ``(new_source, number_of_regions)``. Raises :class:`BuildError` naming ``where`` when a
-    ``BEGIN`` has no matching ``END`` (or the other way round), or when regions are nested.
+    Returns `(new_source, number_of_regions)`. Raises [`BuildError`][metagrad.course.build.BuildError] naming `where` when a
+    `BEGIN` has no matching `END` (or the other way round), or when regions are nested.
     """
     lines = source.split("\n")
     out: list[str] = []
@@ -115,11 +120,12 @@ def _reject_markers_outside_code(cell, where: str) -> None:
 
 
 def student_notebook(
-    nb: nbformat.NotebookNode, *, name: str = "notebook", repository: str | None = None
+    nb: nbformat.NotebookNode, *, name: str = "notebook", repository: str | None = None, version: str | None = None
 ) -> nbformat.NotebookNode:
     """The student version of a solution notebook (see the module docstring for the rules).
 
-    ``repository`` is the GitHub address for the badges and the install cell; ``None`` leaves both out.
+    `repository` is the GitHub address for the badges and the install cell; `None` leaves both out.
+    `version` is the release the install cell installs (default: [`project_version`][metagrad.course.build.project_version]).
     """
     nb = copy.deepcopy(nb)
     nb.metadata.pop("widgets", None)  # saved widget state can hold values computed by the solutions
@@ -148,13 +154,13 @@ def student_notebook(
     nb.metadata["metagrad"] = {"notebook": notebook_id}
     if repository is not None:
         first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
-        nb.cells.insert(first_code, install_cell(repository))
+        nb.cells.insert(first_code, install_cell(repository, project_version() if version is None else version))
         nb.cells.insert(0, badge_cell(repository, name))
     return nb
 
 
 def _region_names(source: str) -> list[str]:
-    """Names of the functions holding the solution regions of one cell (``cell`` for a region outside a def)."""
+    """Names of the functions holding the solution regions of one cell (`cell` for a region outside a def)."""
     names, last_def = [], None
     for line in source.split("\n"):
         match = _DEF.match(line)
@@ -176,7 +182,7 @@ def _github(repository: str) -> tuple[str, str]:
 
 
 def badge_cell(repository: str, name: str) -> nbformat.NotebookNode:
-    """Markdown cell with "Open in Colab" and Binder badges for ``course/<name>`` of ``repository``."""
+    """Markdown cell with "Open in Colab" and Binder badges for `course/<name>` of `repository`."""
     owner, repo = _github(repository)
     colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{COURSE_DIR}/{name}"
     binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?urlpath=lab/tree/{COURSE_DIR}/{name}"
@@ -194,7 +200,7 @@ README_END = "<!-- badges:end -->"
 
 
 def readme_badges(repository: str, first_notebook: str) -> str:
-    """The README's badge block: Colab opens ``first_notebook``, Binder opens the course folder in JupyterLab."""
+    """The README's badge block: Colab opens `first_notebook`, Binder opens the course folder in JupyterLab."""
     owner, repo = _github(repository)
     colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{COURSE_DIR}/{first_notebook}"
     binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?urlpath=lab/tree/{COURSE_DIR}"
@@ -207,55 +213,80 @@ def readme_badges(repository: str, first_notebook: str) -> str:
 
 
 def updated_readme(text: str, repository: str, first_notebook: str) -> str | None:
-    """``text`` with its badge block (between :data:`README_START` and :data:`README_END`) rewritten;
-    ``None`` when the README has no such block."""
+    """`text` with its badge block (between `README_START` and `README_END`) rewritten;
+    `None` when the README has no such block."""
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         return None
     return text[:start] + readme_badges(repository, first_notebook) + text[end + len(README_END):]
 
 
-def install_source(repository: str) -> str:
-    """Source of the install cell: ``pip install`` from ``repository`` only when metagrad is not importable.
-
-    ``importlib.util.find_spec`` does not import the package (so the next cell can still switch JAX to
-    float64 before any array exists); ``%pip`` installs into the running kernel's environment.
-    """
+def install_requirement(repository: str, version: str) -> str:
+    """The pip requirement of release `version`: the tag `v<version>` of `repository`."""
     _github(repository)
+    if not _VERSION.fullmatch(version):
+        raise BuildError(f"version {version!r} ([project] version in pyproject.toml) is not a release number like 0.1.0.")
+    return f"metagrad@git+{repository.strip()}@v{version}"
+
+
+def install_source(repository: str, version: str) -> str:
+    """Source of the install cell: `pip install` of release `version` only when metagrad is not importable.
+
+    `importlib.util.find_spec` does not import the package (so the next cell can still switch JAX to
+    float64 before any array exists); `%pip` installs into the running kernel's environment.
+    """
     return (
-        "# On Colab (or anywhere metagrad is not installed) this installs it from the repository;\n"
-        "# where metagrad is importable (a local install, Binder) it does nothing.\n"
+        f"# On Colab (or anywhere metagrad is not installed) this installs metagrad {version}, the release\n"
+        "# this notebook was written for; where metagrad is importable (a local install, Binder) it does nothing.\n"
         "import importlib.util\n"
         "\n"
         'if importlib.util.find_spec("metagrad") is None:\n'
-        f'    get_ipython().run_line_magic("pip", "install --quiet metagrad@git+{repository.strip()}")'
+        f'    get_ipython().run_line_magic("pip", "install --quiet {install_requirement(repository, version)}")'
     )
 
 
-def install_cell(repository: str) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell(install_source(repository))
+def install_cell(repository: str, version: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(install_source(repository, version))
     cell.metadata["metagrad"] = {"access": "install"}
     cell.id = "metagrad-install"
     return cell
 
 
-def repository_url(solutions: Path | None = None) -> str:
-    """The repository address: ``Repository`` in ``[project.urls]`` of the ``pyproject.toml`` next to
-    ``solutions/`` (or of this source tree), else the installed package's metadata."""
+def _pyproject(solutions: Path | None) -> tuple[Path, dict] | None:
+    """`(path, [project] table)` of the `pyproject.toml` next to `solutions/` (or of this source tree)."""
     candidates = []
     if solutions is not None:
         candidates.append(Path(solutions).resolve().parent / "pyproject.toml")
     candidates.append(Path(__file__).resolve().parents[3] / "pyproject.toml")
     for path in candidates:
         if path.is_file():
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                break
-            urls = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {}).get("urls", {})
-            if "Repository" in urls:
-                return urls["Repository"]
-            raise BuildError(f"{path} has no `Repository` in [project.urls].")
+            import tomllib
+
+            return path, tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
+    return None
+
+
+def project_version(solutions: Path | None = None) -> str:
+    """The release the course is built for: `version` in `[project]` of the `pyproject.toml` next to
+    `solutions/` (or of this source tree), else the installed package's version."""
+    found = _pyproject(solutions)
+    if found is not None:
+        path, project = found
+        if "version" not in project:
+            raise BuildError(f"{path} has no `version` in [project].")
+        return project["version"]
+    return _metadata.version("metagrad")
+
+
+def repository_url(solutions: Path | None = None) -> str:
+    """The repository address: `Repository` in `[project.urls]` of the `pyproject.toml` next to
+    `solutions/` (or of this source tree), else the installed package's metadata."""
+    found = _pyproject(solutions)
+    if found is not None:
+        path, project = found
+        if "Repository" in project.get("urls", {}):
+            return project["urls"]["Repository"]
+        raise BuildError(f"{path} has no `Repository` in [project.urls].")
     try:
         for entry in _metadata.metadata("metagrad").get_all("Project-URL") or []:
             label, _, url = entry.partition(",")
@@ -308,15 +339,16 @@ def solution_notebooks(solutions: Path) -> list[Path]:
 
 
 def expected_outputs(solutions: Path, *, repository: str | None = None) -> dict[str, bytes]:
-    """File name -> bytes that :func:`build` writes for every notebook in ``solutions``.
+    """File name -> bytes that [`build`][metagrad.course.build.build] writes for every notebook in `solutions`.
 
-    ``repository`` defaults to :func:`repository_url`.
+    `repository` defaults to [`repository_url`][metagrad.course.build.repository_url]; the install cells install [`project_version`][metagrad.course.build.project_version].
     """
     repository = repository_url(solutions) if repository is None else repository
+    version = project_version(solutions)
     out = {}
     for path in solution_notebooks(solutions):
         nb = nbformat.read(path, as_version=4)
-        out[path.name] = render(student_notebook(nb, name=path.name, repository=repository))
+        out[path.name] = render(student_notebook(nb, name=path.name, repository=repository, version=version))
     return out
 
 
@@ -357,10 +389,10 @@ def execute_solutions(solutions: Path, *, cell_timeout: int = 600, kernel_name: 
 
 
 def build(solutions: Path, course: Path, *, repository: str | None = None) -> list[Path]:
-    """Write ``course/NN_name.ipynb`` for every ``solutions/NN_name.ipynb``; remove stale course notebooks.
+    """Write `course/NN_name.ipynb` for every `solutions/NN_name.ipynb`; remove stale course notebooks.
 
     Only files changed on disk are rewritten. Returns the paths written or removed. Every notebook is
-    converted before anything is written, so a malformed one leaves ``course/`` as it was.
+    converted before anything is written, so a malformed one leaves `course/` as it was.
     """
     solutions, course = Path(solutions), Path(course)
     _refuse_own_source(solutions, course)

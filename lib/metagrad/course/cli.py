@@ -1,4 +1,4 @@
-"""``metagrad course build | check | grade`` (registered by :mod:`metagrad.cli`)."""
+"""`metagrad course build | check | grade` (registered by [`metagrad.cli`][metagrad.cli])."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _readme(solutions: Path):
-    """``(README path, the text it should have)`` for the repository of ``solutions``, or ``None``."""
+    """`(README path, the text it should have)` for the repository of `solutions`, or `None`."""
     from metagrad.course.build import repository_url, solution_notebooks, updated_readme
 
     readme = Path(solutions).resolve().parent / "README.md"
@@ -94,7 +94,7 @@ def _cmd_grade(args) -> int:
 
 
 def _positive(kind):
-    """argparse type: a positive ``kind`` (int or float); argparse names the option in its error."""
+    """argparse type: a positive `kind` (int or float); argparse names the option in its error."""
 
     def parse(text: str):
         try:

@@ -1,25 +1,26 @@
-"""``metagrad reproduce``: the paper's tabular study (Tang et al. 2021, Fig. 1a–c) and what lies beyond it.
+"""`metagrad reproduce`: the paper's tabular study (Tang et al. 2021, Fig. 1a–c) and what lies beyond it.
 
-Protocol (paper-notes §5, the authors' released-code settings by default). Each trial draws
+Protocol (the settings of the authors' released code by default). Each trial draws
 
 * a random MDP (20 states, 5 actions, Dirichlet(0.001) transitions, rewards U[0, 1), start state 0, γ = 0.8),
 * a random deterministic policy π_d, and the target π_ε = (1 − ε) μ + ε π_d for the uniform behaviour μ,
   with logits θ = log π_ε (so ε is the "off-policyness"),
-* a noisy critic V = V^μ + σ · (‖V^μ‖₂ / |X|) · z, z ~ N(0, I) per state (σ = ``noise``),
+* a noisy critic V = V^μ + σ · (‖V^μ‖₂ / |X|) · z, z ~ N(0, I) per state (σ = `noise`),
 * N trajectories of T = 20 steps from μ, bootstrapped with V at the last state.
 
 For every estimator the batch-mean derivative estimates (off-policy: log μ is the behaviour's) are compared
-with the exact derivatives of J(θ) (:mod:`metagrad.exact`, float64) by the Pearson correlation of the
+with the exact derivatives of J(θ) ([`metagrad.exact`][metagrad.exact], float64) by the Pearson correlation of the
 flattened arrays and by the relative error ‖D̂ − D‖ / ‖D‖; the figure shows mean ± standard error over trials.
 
 Panels: (a) gradient accuracy vs ε at N = 1000; (b) Hessian accuracy vs ε at N = 1000; (c) Hessian accuracy vs
-N at ε = 0.5. Beyond the paper (``beyond.png``): (d) third-derivative accuracy vs ε; (e) on the same
-trajectories, the relative difference of the DR and TayPO-2 Hessian estimates vs ε (zero on-policy, by the
-identity of paper-notes §4.4, then separating); (f) Hessian relative error vs ε.
+N at ε = 0.5. Beyond the paper (`beyond.png`): (d) third-derivative accuracy vs ε; (e) on the same
+trajectories, the relative difference of the DR and TayPO-2 Hessian estimates vs ε (zero on-policy, where the
+two estimators have the same Hessian, then separating); (f) Hessian relative error vs ε. Panel (d) needs
+`--order 3`; without it `beyond.png` holds (e) and (f).
 
 Trajectories come from μ whatever ε is, so each trial samples them once and every ε and N reuses them
 (common random numbers: differences between ε are not sampling noise). The N-sweep uses prefixes of one
-batch of ``max(sweep)`` trajectories.
+batch of `max(sweep)` trajectories.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ReproduceConfig:
     progress: bool = field(default=True, compare=False)
 
     def validate(self) -> "ReproduceConfig":
-        """Raise ``ValueError`` naming the option and the expected form for any bad setting."""
+        """Raise `ValueError` naming the option and the expected form for any bad setting."""
         from metagrad.estimators import get, valid_names
 
         def positive_int(name, value):
@@ -145,7 +146,7 @@ class ReproduceConfig:
 
         P = states · actions parameters; the exact Hessians (float64) of every trial and ε, the trajectories,
         the per-trajectory Hessians [N, T, T] and the Hessian accumulators of every prefix size; with
-        ``order = 3`` the exact third derivatives [P, P, P] and the per-trajectory [N, T, T, T] ones.
+        `order = 3` the exact third derivatives [P, P, P] and the per-trajectory [N, T, T, T] ones.
         """
         p, t, trials = self.states * self.actions, self.horizon, self.trials
         n_eps = len(set((*self.epsilons, self.sweep_epsilon)))
@@ -209,9 +210,9 @@ def _metrics(estimate, exact):
 
 
 def _objective(names: tuple[str, ...], index, gamma: float):
-    """The per-trajectory objective of estimator ``names[index]``, selected by ``lax.switch``.
+    """The per-trajectory objective of estimator `names[index]`, selected by `lax.switch`.
 
-    ``index`` may be traced (it is not batched), so one compiled program serves every estimator: far less
+    `index` may be traced (it is not batched), so one compiled program serves every estimator: far less
     compilation than one program per estimator.
     """
     import jax
@@ -230,11 +231,11 @@ def _objective(names: tuple[str, ...], index, gamma: float):
 
 
 def _first_order_zeroed(estimates, names: tuple[str, ...], index):
-    """Set the derivatives above the first to zero for first-order estimators (``fomaml``).
+    """Set the derivatives above the first to zero for first-order estimators (`fomaml`).
 
     The chain-rule assembly differentiates the per-trajectory surrogate, and first-order MAML's surrogate is
-    MAML's: its higher derivatives are zero by definition (:func:`metagrad.prior.first_order`), not
-    MAML's. ``index`` may be traced (the ``lax.switch`` index of :func:`_objective`).
+    MAML's: its higher derivatives are zero by definition ([`metagrad.prior.first_order`][metagrad.prior.first_order]), not
+    MAML's. `index` may be traced (the `lax.switch` index of `_objective`).
     """
     import jax.numpy as jnp
 
@@ -260,7 +261,7 @@ def _estimate(fn, config, logits, batch, critic, weights, order):
 
 @dataclass(frozen=True)
 class _Programs:
-    """The jitted programs of panels (a)–(c) and the layout of their outputs (see :func:`_programs`)."""
+    """The jitted programs of panels (a)–(c) and the layout of their outputs (see `_programs`)."""
 
     keys: object  # [trials] PRNG keys, one per trial
     devices: tuple  # the devices `panels` runs on (its mesh over trials); `prepare` runs on the first
@@ -273,18 +274,18 @@ class _Programs:
 def _programs(config: ReproduceConfig) -> _Programs:
     """Build (not run) the two jitted programs of panels (a)–(c).
 
-    One batch per trial serves every panel, cut into chunks of ``num_trajectories`` = N trajectories (the
+    One batch per trial serves every panel, cut into chunks of `num_trajectories` = N trajectories (the
     last one padded with zero-weight copies). One *work item* is an estimate from one chunk at one ε with
     the prefix weightings of every size of the sweep (batch means of the first n trajectories, restricted to
-    the chunk): the items are chunk 0 at every ε of ``config.epsilons`` (panels a, b: the weighting of size
-    N) and, for panel (c), chunk 0 and every further chunk at ``sweep_epsilon`` only, whose estimates sum to
+    the chunk): the items are chunk 0 at every ε of `config.epsilons` (panels a, b: the weighting of size
+    N) and, for panel (c), chunk 0 and every further chunk at `sweep_epsilon` only, whose estimates sum to
     the sweep's batch means (the estimates are linear in the weights). Every item has the same shapes, so
-    one traced ``_estimate`` serves them all (a ``lax.map``), and ``lax.switch`` over the estimator index lets
+    one traced `_estimate` serves them all (a `lax.map`), and `lax.switch` over the estimator index lets
     one compiled program serve every estimator. Chunks keep the per-trajectory Hessians ([N, T, T]) small.
 
-    ``panels(index, logits, batch, critic, exact)`` returns, for estimator ``config.estimators[index]``:
-    ``ab [trials, len(epsilons), order, (corr, rel)]``, the top-order estimates at N
-    ``[trials, len(epsilons), ...]`` and ``sweep [trials, len(sizes), order, (corr, rel)]`` at ``sweep_epsilon``.
+    `panels(index, logits, batch, critic, exact)` returns, for estimator `config.estimators[index]`:
+    `ab [trials, len(epsilons), order, (corr, rel)]`, the top-order estimates at N
+    `[trials, len(epsilons), ...]` and `sweep [trials, len(sizes), order, (corr, rel)]` at `sweep_epsilon`.
     """
     import jax
     import jax.numpy as jnp
@@ -325,7 +326,7 @@ def _programs(config: ReproduceConfig) -> _Programs:
         return jax.vmap(one)(keys)
 
     def panels(index_fn, logits, batch, critic, exact_derivs):
-        """Metrics of estimator ``config.estimators[index_fn]`` for every trial (see the layout above)."""
+        """Metrics of estimator `config.estimators[index_fn]` for every trial (see the layout above)."""
         fn = _objective(config.estimators, index_fn, config.gamma)
 
         def metrics(est, ex):  # est: orders 1..order, each [rows, ...]; ex: the exact derivatives
@@ -376,7 +377,7 @@ PREPARE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fu
 
 
 def compile_prepare(lowered):
-    """Compile the lowered ``prepare`` program with :data:`PREPARE_COMPILER_OPTIONS` (XLA's defaults where this
+    """Compile the lowered `prepare` program with `PREPARE_COMPILER_OPTIONS` (XLA's defaults where this
     XLA does not know one of them)."""
     try:
         return lowered.compile(PREPARE_COMPILER_OPTIONS)
@@ -387,17 +388,32 @@ def compile_prepare(lowered):
 
 
 def _all_epsilons(config: ReproduceConfig) -> tuple[float, ...]:
-    """The ε values evaluated: ``config.epsilons`` then the sweep's ε if it is not among them."""
+    """The ε values evaluated: `config.epsilons` then the sweep's ε if it is not among them."""
     return tuple(dict.fromkeys((*config.epsilons, config.sweep_epsilon)))
 
 
+def _executable_tags(programs: _Programs, config: ReproduceConfig) -> dict:
+    """The executable cache's `(tag, devices)` of the two programs (the options, `progress` aside)."""
+    tag = f"metagrad reproduce {dataclasses.replace(config, progress=True)!r}"
+    return {"prepare": (tag + " prepare", programs.devices[:1]), "panels": (tag + " panels", programs.devices)}
+
+
+def _compile_note(programs: _Programs, config: ReproduceConfig) -> str:
+    """What the first, uncounted step of the progress line is doing: compiling, or loading from the cache."""
+    from metagrad._cache import has_executable
+
+    if all(has_executable(*tag) for tag in _executable_tags(programs, config).values()):
+        return "loading the compiled estimators from the cache…"
+    return "compiling the estimators (first run only, ~10 s)…"
+
+
 def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
-    """``(trial data, compiled panels program)``: the panels program compiles in a second thread meanwhile.
+    """`(trial data, compiled panels program)`: the panels program compiles in a second thread meanwhile.
 
     XLA compiles outside Python's global lock, so on two or more cores the two largest compilations of the
     command overlap instead of adding up (the panels program needs only the shapes of the trial data). Both
     programs come from the executable cache when a previous run with the same options stored them
-    (:func:`metagrad._cache.executable`: no tracing, no compilation).
+    (`metagrad._cache.executable`: no tracing, no compilation).
     """
     import concurrent.futures
 
@@ -405,8 +421,7 @@ def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
 
     from metagrad._cache import executable, has_executable
 
-    tag = f"metagrad reproduce {dataclasses.replace(config, progress=True)!r}"
-    tags = {"prepare": (tag + " prepare", programs.devices[:1]), "panels": (tag + " panels", programs.devices)}
+    tags = _executable_tags(programs, config)
     # Trace `prepare` once, here, before the second thread needs its output shapes (it then finds the trace).
     lowered = None if has_executable(*tags["prepare"]) else programs.prepare.lower(programs.keys)
 
@@ -426,7 +441,7 @@ def _prepare_and_compile(programs: _Programs, config: ReproduceConfig):
 
 
 def run(config: ReproduceConfig) -> dict:
-    """Run the study and return every number (the content of ``figure1.json``)."""
+    """Run the study and return every number (the content of `figure1.json`)."""
     import jax
     import jax.numpy as jnp
 
@@ -441,7 +456,7 @@ def run(config: ReproduceConfig) -> dict:
     units = 1 + len(names) + (len(config.third_order_estimators) if config.order >= 3 else 0)
 
     results: dict = {"panels": {}}
-    with Progress(units, "reproduce", enabled=config.progress) as bar:
+    with Progress(units, "reproduce", note=_compile_note(programs, config), enabled=config.progress) as bar:
         data, panels = _prepare_and_compile(programs, config)
         bar.update(1, "trial data + exact derivatives")
 
@@ -502,10 +517,10 @@ def run(config: ReproduceConfig) -> dict:
 
 
 def _mean_se(values: np.ndarray) -> tuple[list, list]:
-    """Mean and standard error over trials (axis 0); ``None`` where a trial's value is undefined (NaN).
+    """Mean and standard error over trials (axis 0); `None` where a trial's value is undefined (NaN).
 
     A correlation is undefined when the estimate is constant (first-order MAML's zero Hessian); it is
-    reported as ``None`` (JSON ``null``, "n/a" in the table), never as a number. ``--trials`` ≥ 2 is
+    reported as `None` (JSON `null`, "n/a" in the table), never as a number. `--trials` ≥ 2 is
     enforced, so the standard error always exists.
     """
     values = np.asarray(values, dtype=np.float64)
@@ -598,7 +613,10 @@ _LAYOUT = dict(left=0.045, right=0.99, bottom=0.22, top=0.83, wspace=0.26)
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
-    """Write ``figure1.png`` (panels a–c, as in the paper) and ``beyond.png`` (panels d–f)."""
+    """Write `figure1.png` (panels a–c, as in the paper) and `beyond.png` (those of panels d–f computed).
+
+    A figure has one axes per panel with data (none left empty) and a title naming what it draws.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -610,10 +628,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
     settings = results["settings"]
 
     def draw(ax, key, metric, title, ylabel, logx=False, logy=False):
-        panel = panels.get(key)
-        if panel is None:
-            ax.set_visible(False)
-            return
+        panel = panels[key]
         for name, metrics in panel["estimators"].items():
             if metric not in metrics:
                 continue
@@ -632,56 +647,70 @@ def plot(results: dict, out_dir: str) -> list[str]:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
 
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    n = settings["num_trajectories"]
-    draw(axes[0], "a_gradient_vs_epsilon", "correlation", f"(a) gradient, N = {n}", "correlation with exact ∇J")
-    draw(axes[1], "b_hessian_vs_epsilon", "correlation", f"(b) Hessian, N = {n}", "correlation with exact ∇²J")
-    draw(
-        axes[2], "c_hessian_vs_trajectories", "correlation", f"(c) Hessian, ε = {settings['sweep_epsilon']:g}",
-        "correlation with exact ∇²J", logx=True,
-    )
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.suptitle(
-        f"Derivative estimates vs the exact derivatives: {settings['states']} states, {settings['actions']} actions, "
-        f"T = {settings['horizon']}, {settings['trials']} trials (mean ± s.e.)",
-        fontsize=11,
-    )
-    fig.subplots_adjust(**_LAYOUT)
-    paths.append(os.path.join(out_dir, "figure1.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    def draw_identity(ax, key, *_):
+        metric = panels[key]["estimators"]["dr_vs_taypo2"]["relative_difference"]
+        ax.errorbar(panels[key]["x"], metric["mean"], yerr=metric["se"], marker="o", capsize=3, color="k")
+        ax.set_yscale("log")
+        ax.set_title("(e) same trajectories: DR vs TayPO-2 Hessians", fontsize=10)
+        ax.set_xlabel("off-policyness ε")
+        ax.set_ylabel("‖Ĥ_DR − Ĥ_TayPO-2‖ / ‖Ĥ_DR‖")
+        ax.grid(alpha=0.3)
 
-    if any(k in panels for k in ("d_third_vs_epsilon", "e_dr_vs_taypo2")):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-        draw(
-            axes[0], "d_third_vs_epsilon", "correlation",
-            f"(d) third derivative, N = {settings['third_order_trajectories']}", "correlation with exact ∇³J",
-        )
-        panel = panels.get("e_dr_vs_taypo2")
-        if panel:
-            metric = panel["estimators"]["dr_vs_taypo2"]["relative_difference"]
-            axes[1].errorbar(panel["x"], metric["mean"], yerr=metric["se"], marker="o", capsize=3, color="k")
-            axes[1].set_yscale("log")
-            axes[1].set_title("(e) same trajectories: DR vs TayPO-2 Hessians", fontsize=10)
-            axes[1].set_xlabel("off-policyness ε")
-            axes[1].set_ylabel("‖Ĥ_DR − Ĥ_TayPO-2‖ / ‖Ĥ_DR‖")
-            axes[1].grid(alpha=0.3)
-        else:
-            axes[1].set_visible(False)
-        draw(axes[2], "b_hessian_vs_epsilon", "relative_error", f"(f) Hessian error, N = {n}", "‖Ĥ − H‖ / ‖H‖", logy=True)
-        legend = {}  # every estimator of panels (d) and (f), once
-        for ax in (axes[0], axes[2]):
+    def figure(specs, title, name):
+        """One figure of the panels of `specs` whose data exist (no empty axes); `None` if none do."""
+        specs = [spec for spec in specs if spec[1] in panels]
+        if not specs:
+            return None
+        fig, axes = plt.subplots(1, len(specs), figsize=(5 * len(specs), 4.4), squeeze=False)
+        legend = {}  # every estimator drawn, once
+        for ax, (drawer, *args) in zip(axes[0], specs):
+            drawer(ax, *args)
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 legend.setdefault(label, handle)
-        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
-        fig.suptitle("Beyond the paper: third order, the on-policy identity DR = TayPO-2, and errors", fontsize=11)
-        fig.subplots_adjust(**_LAYOUT)
-        paths.append(os.path.join(out_dir, "beyond.png"))
-        fig.savefig(paths[-1], dpi=120)
+        columns = max(1, min(len(legend), 2 * len(specs) + 1))  # what fits the figure's width in one row
+        rows = -(-len(legend) // columns)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=columns, fontsize=9,
+                       frameon=False)
+        fig.suptitle(title([spec[1] for spec in specs]), fontsize=11)
+        fig.subplots_adjust(**{**_LAYOUT, "left": _LAYOUT["left"] * 3 / len(specs),
+                               "bottom": _LAYOUT["bottom"] + 0.06 * (rows - 1)})
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=120)
         plt.close(fig)
-    return paths
+        return path
+
+    n = settings["num_trajectories"]
+    figure1 = figure(
+        [(draw, "a_gradient_vs_epsilon", "correlation", f"(a) gradient, N = {n}", "correlation with exact ∇J"),
+         (draw, "b_hessian_vs_epsilon", "correlation", f"(b) Hessian, N = {n}", "correlation with exact ∇²J"),
+         (draw, "c_hessian_vs_trajectories", "correlation", f"(c) Hessian, ε = {settings['sweep_epsilon']:g}",
+          "correlation with exact ∇²J", True)],
+        lambda _: (f"Derivative estimates vs the exact derivatives: {settings['states']} states, "
+                   f"{settings['actions']} actions, T = {settings['horizon']}, {settings['trials']} trials "
+                   "(mean ± s.e.)"),
+        "figure1.png",
+    )
+    beyond = None
+    if any(k in panels for k in ("d_third_vs_epsilon", "e_dr_vs_taypo2")):
+        beyond = figure(
+            [(draw, "d_third_vs_epsilon", "correlation", f"(d) third derivative, N = "
+              f"{settings['third_order_trajectories']}", "correlation with exact ∇³J"),
+             (draw_identity, "e_dr_vs_taypo2"),
+             (draw, "b_hessian_vs_epsilon", "relative_error", f"(f) Hessian error, N = {n}", "‖Ĥ − H‖ / ‖H‖",
+              False, True)],
+            _beyond_title, "beyond.png",
+        )
+    return [path for path in (figure1, beyond) if path]
+
+
+def _beyond_title(keys) -> str:
+    """The title of `beyond.png`, naming only the panels drawn."""
+    parts = {"d_third_vs_epsilon": "third derivatives", "e_dr_vs_taypo2": "the on-policy identity DR = TayPO-2",
+             "b_hessian_vs_epsilon": "Hessian errors"}
+    named = [parts[k] for k in keys]
+    listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    return f"Beyond the paper: {listed}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -707,7 +736,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers) -> None:
-    """Add the ``reproduce`` subcommand."""
+    """Add the `reproduce` subcommand."""
     d = ReproduceConfig()
     p = subparsers.add_parser(
         "reproduce",
@@ -740,7 +769,7 @@ def register(subparsers) -> None:
 
 
 def _check_options(args) -> ReproduceConfig:
-    """Every option checked before any computation; :class:`~metagrad._validation.OptionError` names the bad one."""
+    """Every option checked before any computation; `OptionError` names the bad one."""
     from metagrad._validation import OptionError, check_memory, check_out_dir
 
     config = ReproduceConfig(
@@ -761,7 +790,7 @@ def _check_options(args) -> ReproduceConfig:
 
 
 def main(args) -> int:
-    """Entry point of ``metagrad reproduce``: options checked, then the study run, then the files written."""
+    """Entry point of `metagrad reproduce`: options checked, then the study run, then the files written."""
     import jax
 
     from metagrad._validation import check_device, write_json_atomic
