@@ -23,3 +23,15 @@ def test_package_copy_equals_docs_figures(name):
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="name must be one of"):
         published.load("figure2")
+
+
+@pytest.mark.parametrize("name", ["07_bias_variance.ipynb", "08_maml_end_to_end.ipynb"])
+def test_notebooks_read_no_file_of_the_repository(name):
+    """On Colab only the installed package exists: the code of 07 and 08 opens nothing under docs/ (issue 22 §4)."""
+    import nbformat
+
+    nb = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    assert "published.load(" in code
+    for needle in ("docs/", "Path(", "open(", "Image(filename"):
+        assert needle not in code, f"{name} reads a repository file ({needle!r}); ship it in metagrad.course.published"
