@@ -117,7 +117,7 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
                                         "the estimator's Hessian must flow through θ', so pass `estimator` on.")
         _fail(
             "sampled_inner_step",
-            f"θ' is right, but its derivative in θ (estimator {estimator!r}) is not: keep the inner gradient "
+            f"θ' is right, but its derivative in θ is not (estimator {estimator!r}): keep the inner gradient "
             "differentiable (no stop_gradient, no NumPy conversion), since the meta-gradient needs (I + η ∇²V̂) from it.",
         )
     return ("matches θ + η ∇(batch surrogate) for 'dr', 'taypo2' and 'is' (incl. η = 0), and its derivative in θ for "
