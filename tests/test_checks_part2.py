@@ -292,6 +292,109 @@ def off_policy_step_trainable_behaviour(logits, batch, critic, behaviour_logits,
     return logits + step_size * jax.grad(surrogate)(logits)
 
 
+# Third edition: mistakes that only extreme or separating inputs reveal (order three, underflow, long horizons,
+# an ignored argument).
+
+
+def _second_order_box(x):
+    u = x - jax.lax.stop_gradient(x)
+    return 1.0 + u + 0.5 * u**2  # exp(u) to second order: right up to the Hessian only
+
+
+def on_policy_is_ratio_of_probabilities(log_pi, rewards, values, gamma):
+    ratios = jnp.exp(log_pi) / jax.lax.stop_gradient(jnp.exp(log_pi))  # 0/0 once π underflows
+    weights = jnp.cumprod(ratios)
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[-1]
+
+
+def on_policy_is_second_order_ratio(log_pi, rewards, values, gamma):
+    weights = jnp.cumprod(_second_order_box(log_pi))
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[-1]
+
+
+def dice_second_order_box(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * _second_order_box(w) * rewards) + gamma ** rewards.shape[0] * _second_order_box(w[-1]) * values[-1]
+
+
+def dice_ratio_of_exponentials(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    box = jnp.exp(w) / jax.lax.stop_gradient(jnp.exp(w))  # 0/0 once the cumulative log-probability underflows
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * box * rewards) + gamma ** rewards.shape[0] * box[-1] * values[-1]
+
+
+def loaded_dice_ignores_lambda(log_pi, states, rewards, critic, gamma, lam):
+    return prior.loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
+
+
+def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states]
+    discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * jax.lax.stop_gradient(ope.returns(rewards, values, discounts) - values[:-1])
+    w = jax.lax.scan(lambda c, x: (lam * c + x, lam * c + x), jnp.zeros((), log_pi.dtype), log_pi)[1]
+    box = lambda x: jnp.exp(x) / jax.lax.stop_gradient(jnp.exp(x))  # noqa: E731
+    return jnp.sum(weights * (box(w) - box(w - log_pi)))
+
+
+def taypo2_without_g0(log_ratios, rewards, values, gamma):
+    discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
+
+
+def taypo_k_top_term_only(log_ratios, rewards, values, gamma, order):
+    full = ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order)
+    if order == 1:
+        return full
+    g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))[0]
+    return full - ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
+
+
+def taypo_k_fixed_buffer(log_ratios, rewards, values, gamma, order):
+    horizon = min(rewards.shape[0], 64)  # the mistake: a buffer sized for the short examples
+    return ope.taylor_expansion(log_ratios[:horizon], rewards[:horizon],
+                                jnp.concatenate([values[:horizon], values[-1:]]), gamma, order=order)
+
+
+def inner_step_ignores_estimator(logits, batch, critic, gamma, step_size, estimator):
+    return logits + step_size * _inner_gradient(logits, batch, critic[batch.observations], gamma, "dr")
+
+
+def meta_gradient_ignores_estimator(theta, mdp, batch, critic, gamma, step_size, estimator):
+    def adapted(th):
+        return th + step_size * _inner_gradient(th, batch, critic[batch.observations], gamma, "dr")
+
+    return jax.grad(lambda th: exact.value(mdp, adapted(th)))(theta)
+
+
+def meta_gradient_downhill(theta, mdp, batch, critic, gamma, step_size, estimator):
+    return jax.grad(lambda th: exact.value(mdp, inner_step_downhill(th, batch, critic, gamma, step_size, estimator)))(theta)
+
+
+def taypo_terms_shifted(log_ratios, rewards, values, gamma, order):
+    g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))[:1]
+    previous = g0[0]
+    terms = [g0[0]]
+    for k in range(1, order):
+        current = ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k)
+        terms.append(current - previous)
+        previous = current
+    return jnp.stack(terms)  # the mistake: Û_0 … Û_{K−1}
+
+
+def off_policy_step_swapped(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    log_mu = tabular.log_policy(logits, batch.observations[:, :-1], batch.actions)  # the mistake: μ from θ's logits ...
+
+    def surrogate(theta):
+        return estimators.surrogate(estimator, tabular.log_policy, theta, batch, critic[batch.observations], gamma,
+                                    behaviour_log_probs=log_mu)
+
+    return logits + step_size * jax.grad(surrogate)(behaviour_logits)  # ... and π at the behaviour's logits
+
+
 WRONG_ANSWERS = [
     ("on_policy_importance_sampling", on_policy_is_without_stop_gradient, "ℓ_t − stop_gradient(ℓ_t)"),
     ("on_policy_importance_sampling", on_policy_is_constant_ratios, "derivatives are all zero"),
@@ -338,6 +441,20 @@ WRONG_ANSWERS = [
     ("taypo_terms", taypo_terms_updates_before_use, "off by one"),
     ("off_policy_inner_step", off_policy_step_on_policy, "on-policy"),
     ("off_policy_inner_step", off_policy_step_trainable_behaviour, "unchanged"),
+    ("on_policy_importance_sampling", on_policy_is_ratio_of_probabilities, "underflows"),
+    ("on_policy_importance_sampling", on_policy_is_second_order_ratio, "third derivative is wrong"),
+    ("dice_objective", dice_second_order_box, "only up to the Hessian"),
+    ("dice_objective", dice_ratio_of_exponentials, "underflows"),
+    ("loaded_dice", loaded_dice_ignores_lambda, "ignores λ"),
+    ("loaded_dice", loaded_dice_ratio_of_exponentials, "underflows"),
+    ("taypo2", taypo2_without_g0, "zeroth-order term"),
+    ("taypo_k", taypo_k_top_term_only, "top term"),
+    ("taypo_k", taypo_k_fixed_buffer, "fixed length"),
+    ("sampled_inner_step", inner_step_ignores_estimator, "whatever `estimator` says"),
+    ("task_meta_gradient", meta_gradient_ignores_estimator, "whatever `estimator` says"),
+    ("task_meta_gradient", meta_gradient_downhill, "downhill"),
+    ("taypo_terms", taypo_terms_shifted, "shifted by one order"),
+    ("off_policy_inner_step", off_policy_step_swapped, "swaps the roles"),
 ]
 
 

@@ -42,6 +42,17 @@ _ALIASES: dict[str, str] = {
 }
 
 
+#: Colours for quantities that are not estimators (a bias, a spread, a policy before adaptation, a goal): greys
+#: and black, so that no estimator's colour is ever reused for something else.
+OTHER: dict[str, str] = {
+    "bias": "#000000",
+    "spread": "#6e6e6e",
+    "before": "#b4b4b4",
+    "goal": "#000000",
+    "reference": "#000000",
+}
+
+
 def style(name: str) -> dict[str, Any]:
     """``{"color", "marker", "label"}`` for an estimator or method name (unknown names get grey)."""
     family = _ALIASES.get(name, name)
@@ -65,6 +76,7 @@ def use_course_style() -> None:
             "axes.labelsize": 10,
             "legend.fontsize": 9,
             "legend.framealpha": 0.85,
+            "legend.loc": "best",  # placed where it covers the fewest data points
             "axes.grid": True,
             "grid.alpha": 0.3,
         }

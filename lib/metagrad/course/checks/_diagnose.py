@@ -471,3 +471,42 @@ def _random_policy(rng: np.random.Generator, num_states: int, num_actions: int):
 def all_exercises() -> list[str]:
     """Every registered exercise, in course order (notebook, then order of definition)."""
     return sorted(CHECKS, key=lambda name: (CHECKS[name], list(CHECKS).index(name)))
+
+
+def _with_third_derivative(fn: Callable, argnum: int = 0) -> Callable:
+    """[value, gradient, Hessian, third derivative (each flattened)] of ``fn`` in its ``[T]`` argument ``argnum``.
+
+    For exercises whose contract is *every* order of derivative (DiCE, step-wise IS at μ = sg(π)): a form that is
+    right up to the Hessian but not beyond (a magic box expanded to second order) fails here. Jitted.
+    """
+
+    @jax.jit
+    def all_orders(*args):
+        def f(x):
+            return fn(*args[:argnum], x, *args[argnum + 1 :])
+
+        x = args[argnum]
+        third = jax.jacfwd(jax.hessian(f))(x)
+        return jnp.concatenate([jnp.reshape(f(x), (1,)), jax.grad(f)(x), jax.hessian(f)(x).ravel(), third.ravel()])
+
+    return all_orders
+
+
+def value_to_third_parts(size: int) -> list[tuple[str, slice]]:
+    """Names and slices of a flat ``[value, gradient (n), Hessian (n²), third derivative (n³)]`` vector."""
+    n = next((k for k in range(1, 64) if 1 + k + k**2 + k**3 == size), None)
+    if n is None:
+        return [("value and derivatives", slice(0, size))]
+    return [("value", slice(0, 1)), ("gradient", slice(1, 1 + n)), ("Hessian", slice(1 + n, 1 + n + n * n)),
+            ("third derivative", slice(1 + n + n * n, size))]
+
+
+def _refuse_non_finite(exercise: str, student_fn: Callable, args: Sequence, label: str, hint: str) -> None:
+    """Fail with ``hint`` when the student's output on a valid but extreme input (``args``) is NaN or infinite."""
+    got = _call(exercise, student_fn, args, label)
+    try:
+        finite = bool(np.all(np.isfinite(np.asarray(got, dtype=np.float64))))
+    except (TypeError, ValueError):
+        return  # not numeric: _compare names the type problem
+    if not finite:
+        _fail(exercise, f"on {label} it returns NaN or infinite values. {hint}")

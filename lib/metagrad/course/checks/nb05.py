@@ -10,11 +10,30 @@ import jax.numpy as jnp
 from metagrad.course.checks._diagnose import (
     _compare,
     _float,
+    _refuse_non_finite,
     _register,
     _with_derivatives,
+    _with_third_derivative,
     _trajectory,
     _returns,
+    value_to_third_parts,
 )
+
+#: Where an exponential appears, log-probabilities far below 0 separate exp(ℓ − sg(ℓ)) from exp(ℓ) / exp(sg(ℓ)).
+_UNDERFLOW_HINT = ("exp(ℓ) underflows to 0 here and a ratio of exponentials is 0/0: form the ratio from the log-ratio, "
+                   "exp(ℓ − stop_gradient(ℓ)).")
+
+
+def _underflow_case(cases):
+    """The first case with its log-probabilities shifted by −1000 (valid: π ≈ e^−1000 is a legal probability)."""
+    _, (log_pi, *rest) = cases[0]
+    return "the same trajectory with log-probabilities near −1000 (π ≈ e^−1000)", (log_pi - 1000.0, *rest)
+
+
+def _second_order_box(x):
+    """exp(x − sg(x)) expanded to second order: right in value, gradient and Hessian, wrong at order three."""
+    u = x - jax.lax.stop_gradient(x)
+    return 1.0 + u + 0.5 * u**2
 
 __all__ = ['check_on_policy_importance_sampling', 'check_dice_objective', 'check_loaded_dice']
 
@@ -64,6 +83,12 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
     def undiscounted(lp, r, v, g):
         return _step_is(lp - jax.lax.stop_gradient(lp), r, v, 1.0)
 
+    def second_order_ratio(lp, r, v, g):
+        ratios = _second_order_box(lp)
+        weights = jnp.cumprod(ratios)
+        t = jnp.arange(r.shape[0])
+        return jnp.sum(g**t * weights * r) + g ** r.shape[0] * weights[-1] * v[-1]
+
     mistakes = [
         (no_stop_gradient, "Its value is the IS estimate at μ = 1 (ratios π, not 1): the log-ratio is ℓ_t − stop_gradient(ℓ_t)."),
         (constant_ratios, "Its derivatives are all zero: the log-ratios must depend on θ through ℓ_t (only log μ is stopped)."),
@@ -71,17 +96,21 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
         (no_bootstrap, "It ignores the bootstrap term γ^T (Π_{s<T} ρ_s) V(x_T)."),
         (trajectory_weight, "It weights every reward with the whole trajectory's ratio: step-wise IS weights r_t with Π_{s≤t} ρ_s only."),
         (undiscounted, "It drops the discount γ^t."),
+        (second_order_ratio, "A ratio expanded to second order is right only up to the Hessian: use the exponential "
+                             "itself."),
     ]
-    _compare(
-        "on_policy_importance_sampling",
-        _with_derivatives(on_policy_importance_sampling),
-        _with_derivatives(reference),
-        _dice_cases(),
-        expected_form="(value, gradient and Hessian in log_pi, flattened)",
-        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
-    )
-    return ("matches step-wise IS at log ρ_t = ℓ_t − sg(ℓ_t) in value, gradient and Hessian on 4 trajectories "
-            "(incl. T = 1, zero critic), under jax.jit.")
+    exercise = "on_policy_importance_sampling"
+    student = _with_third_derivative(on_policy_importance_sampling)
+    _compare(exercise, student, _with_third_derivative(reference), _dice_cases(),
+             expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
+             mistakes=[(_with_third_derivative(m), hint) for m, hint in mistakes], parts=value_to_third_parts)
+    extreme = _underflow_case(_dice_cases())
+    _refuse_non_finite(exercise, student, extreme[1], extreme[0], _UNDERFLOW_HINT)
+    _compare(exercise, student, _with_third_derivative(reference), [extreme],
+             expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
+             parts=value_to_third_parts)
+    return ("matches step-wise IS at log ρ_t = ℓ_t − sg(ℓ_t) in value and derivatives of orders 1–3 on 4 trajectories "
+            "(incl. T = 1, zero critic) and with log-probabilities near −1000.")
 
 
 @_register("05", "dice_objective")
@@ -112,22 +141,32 @@ def check_dice_objective(dice_objective: Callable) -> str:
     def no_bootstrap(lp, r, v, g):
         return prior.dice_objective(lp, r, jnp.zeros_like(v), g)
 
+    def second_order(lp, r, v, g):
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        return jnp.sum(g**t * _second_order_box(w) * r) + g ** r.shape[0] * _second_order_box(w[-1]) * v[-1]
+
     mistakes = [
         (no_stop_gradient, "It matches exp(Σ ℓ_s) without stop_gradient: the magic box is exp(w − stop_gradient(w)), 1 in value."),
         (constant_box, "Its derivatives are all zero: without stop_gradient, w − w is the constant 0 for autodiff too."),
         (per_step_box, "It boxes ℓ_t alone: r_t depends on every action up to t, so the box holds Σ_{s≤t} ℓ_s."),
         (exclusive_box, "Its box holds Σ_{s<t} ℓ_s (off by one): the action a_t that earned r_t belongs in the box."),
         (no_bootstrap, "It ignores the bootstrap term γ^T □(Σ_{s<T} ℓ_s) V(x_T)."),
+        (second_order, "A box expanded to second order (1 + u + u²/2) is right only up to the Hessian: DiCE "
+                       "promises every order, so use the exponential itself."),
     ]
-    _compare(
-        "dice_objective",
-        _with_derivatives(dice_objective),
-        _with_derivatives(prior.dice_objective),
-        _dice_cases(),
-        expected_form="(value, gradient and Hessian in log_pi, flattened)",
-        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
-    )
-    return "matches metagrad.prior.dice_objective in value, gradient and Hessian on 4 trajectories (incl. T = 1, zero critic)."
+    exercise = "dice_objective"
+    student = _with_third_derivative(dice_objective)
+    _compare(exercise, student, _with_third_derivative(prior.dice_objective), _dice_cases(),
+             expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
+             mistakes=[(_with_third_derivative(m), hint) for m, hint in mistakes], parts=value_to_third_parts)
+    extreme = _underflow_case(_dice_cases())
+    _refuse_non_finite(exercise, student, extreme[1], extreme[0], _UNDERFLOW_HINT)
+    _compare(exercise, student, _with_third_derivative(prior.dice_objective), [extreme],
+             expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
+             parts=value_to_third_parts)
+    return ("matches metagrad.prior.dice_objective in value and derivatives of orders 1–3 on 4 trajectories "
+            "(incl. T = 1, zero critic) and with log-probabilities near −1000.")
 
 
 def _loaded_dice_cases():
@@ -172,15 +211,22 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         (_undiscounted, "It weights Â_t without γ^t: Loaded DiCE's A_t = γ^t Â_t, like the policy-gradient theorem."),
         (ignores_lambda, "It ignores λ: the exponent is w_t = λ w_{t−1} + ℓ_t."),
     ]
+    student = _with_derivatives(loaded_dice)
     _compare(
         "loaded_dice",
-        _with_derivatives(loaded_dice),
+        student,
         _with_derivatives(reference),
         _loaded_dice_cases(),
         expected_form="(value, gradient and Hessian in log_pi, flattened)",
         mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
     )
-    return "matches metagrad.prior.loaded_dice_objective in value, gradient and Hessian for λ = 1, 0.5, 0 (incl. T = 1)."
+    _, (log_pi, *rest) = _loaded_dice_cases()[2]
+    extreme = ("λ = 0.5 with log-probabilities near −1000 (π ≈ e^−1000)", (log_pi - 1000.0, *rest))
+    _refuse_non_finite("loaded_dice", student, extreme[1], extreme[0], _UNDERFLOW_HINT)
+    _compare("loaded_dice", student, _with_derivatives(reference), [extreme],
+             expected_form="(value, gradient and Hessian in log_pi, flattened)")
+    return ("matches metagrad.prior.loaded_dice_objective in value, gradient and Hessian for λ = 1, 0.5, 0 (incl. T = 1) "
+            "and with log-probabilities near −1000.")
 
 
 def _undiscounted(lp, states, r, critic, g, lam):

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    ExerciseCheckFailed,
+    _fail,
     _compare,
     _float,
     _register,
@@ -90,6 +92,7 @@ def check_taypo_k(taypo_k: Callable) -> str:
         ("K = 3 with large log-ratios and γ = 0.5", (*base[3][1], 3)),
         ("K = 3, a single step (T = 1)", (*base[2][1], 3)),
     ]
+    long_case = ("K = 4 on a long trajectory (T = 300, small log-ratios)", (*_long_trajectory(), 0.99, 4))
 
     def reference(lr, r, v, g, k):
         return ope.taylor_expansion(lr, r, v, g, order=k)
@@ -128,7 +131,17 @@ def check_taypo_k(taypo_k: Callable) -> str:
         expected_form="(value and gradient in log_ratios)",
         mistakes=[(with_d(m), hint) for m, hint in mistakes],
     )
-    return "matches metagrad.ope.taylor_expansion for K = 1, 3, T and K > T (= doubly robust) in value and gradient (incl. T = 1)."
+    _long_case_with_hint("taypo_k", lambda: _compare("taypo_k", with_d(taypo_k), with_d(reference), [long_case],
+                                                     expected_form="(value and gradient in log_ratios)"))
+    return ("matches metagrad.ope.taylor_expansion for K = 1, 3, T and K > T (= doubly robust) in value and gradient "
+            "(incl. T = 1 and T = 300).")
+
+
+def _long_trajectory():
+    """A trajectory of 300 steps with log-ratios of scale 0.05: long enough that a fixed-size buffer or a horizon
+    written into the code shows, with ratio products that stay finite."""
+    log_ratios, rewards, values = _trajectory(jax.random.PRNGKey(61), 300, scale=0.05)
+    return log_ratios, rewards, values
 
 
 def reference_taypo1_dropped_terms(scores, advantages, gamma) -> np.ndarray:
@@ -195,3 +208,12 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
         mistakes=mistakes,
     )
     return "matches ∇²V̂_2 − ∇²V̂_1 at π = μ on 4 cases (incl. T = 1 and a scalar parameter)."
+
+
+def _long_case_with_hint(exercise, compare):
+    """Run ``compare()`` on the T = 300 case; a failure there, after the short cases passed, names the horizon."""
+    try:
+        compare()
+    except ExerciseCheckFailed as err:
+        _fail(exercise, err.message + " It is right on the short trajectories: nothing may depend on a fixed length "
+                                      "(a buffer, a loop bound); use the trajectory's own T.")

@@ -61,6 +61,9 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
         ("12 trajectories, η = 0.5, estimator 'dr'", (logits, batch, critic, 0.8, 0.5, "dr")),
         ("estimator 'taypo2', η = 1.0", (logits, batch, critic, 0.8, 1.0, "taypo2")),
         ("η = 0 (θ' = θ)", (logits, batch, critic, 0.8, 0.0, "dr")),
+        # On-policy every estimator with a critic has the same gradient; IS (no baseline) does not, so an ignored
+        # `estimator` argument shows here (and in the derivative of θ' below, where 'taypo1' differs from 'dr').
+        ("estimator 'is' (step-wise IS: no baseline, a different gradient), η = 0.5", (logits, batch, critic, 0.8, 0.5, "is")),
     ]
 
     def descent(logits, batch, critic, gamma, step_size, estimator):
@@ -77,7 +80,11 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
 
         return logits + step_size * jax.grad(inner)(logits)
 
+    def always_dr(logits, batch, critic, gamma, step_size, estimator):
+        return _reference_inner_step(logits, batch, critic, gamma, step_size, "dr")
+
     mistakes = [
+        (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
         (descent, "It steps downhill: the inner step is gradient *ascent* on the estimated value, θ + η ∇V̂."),
         (time_indexed, "It matches a critic indexed by time, critic[t]: index it by the visited state, critic[observations]."),
     ]
@@ -91,22 +98,30 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
     )
 
     # θ' must stay differentiable in θ: the meta-gradient direction through it carries the Hessian.
-    def meta(fn):
+    def meta(fn, estimator):
         def outer(theta):
-            adapted = fn(theta, batch, critic, 0.8, 0.5, "dr")
+            adapted = fn(theta, batch, critic, 0.8, 0.5, estimator)
             return jnp.sum(jax.nn.log_softmax(adapted)[:, 0])
 
         return jax.grad(outer)(logits)
 
-    expected = meta(_reference_inner_step)
-    got = _call("sampled_inner_step", meta, (sampled_inner_step,), "the derivative of θ' in θ")
-    if not _close(got, expected):
+    # 'dr' and 'taypo1' share θ' on-policy but not its derivative in θ (TayPO-1's Hessian lacks the cross terms).
+    for estimator in ("dr", "taypo1"):
+        expected = meta(_reference_inner_step, estimator)
+        got = _call("sampled_inner_step", meta, (sampled_inner_step, estimator),
+                    f"the derivative of θ' in θ (estimator {estimator!r})")
+        if _close(got, expected):
+            continue
+        if estimator != "dr" and _close(got, meta(_reference_inner_step, "dr")):
+            _fail("sampled_inner_step", f"θ' is right, but its derivative in θ for estimator {estimator!r} is DR's: "
+                                        "the estimator's Hessian must flow through θ', so pass `estimator` on.")
         _fail(
             "sampled_inner_step",
-            "θ' is right, but its derivative in θ is not: keep the inner gradient differentiable (no stop_gradient, "
-            "no NumPy conversion), since the meta-gradient needs (I + η ∇²V̂) from it.",
+            f"θ' is right, but its derivative in θ is not (estimator {estimator!r}): keep the inner gradient "
+            "differentiable (no stop_gradient, no NumPy conversion), since the meta-gradient needs (I + η ∇²V̂) from it.",
         )
-    return "matches θ + η ∇(batch surrogate) for 'dr' and 'taypo2' (incl. η = 0), and is differentiable in θ."
+    return ("matches θ + η ∇(batch surrogate) for 'dr', 'taypo2' and 'is' (incl. η = 0), and its derivative in θ for "
+            "'dr' and 'taypo1'.")
 
 
 def _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, estimator):
@@ -141,7 +156,12 @@ def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
     def descent(theta, mdp, batch, critic, gamma, step_size, estimator):
         return _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, -step_size, estimator)
 
+    def always_dr(theta, mdp, batch, critic, gamma, step_size, estimator):
+        return _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, "dr")
+
     mistakes = [
+        (always_dr, "It gives DR's meta-gradient whatever `estimator` says: pass `estimator` on to your inner step, "
+                    "whose Hessian is the estimator's."),
         (first_order, "It equals ∇V(θ') alone (first-order MAML): differentiate V(θ'(θ)) through the inner step, "
                       "which multiplies ∇V(θ') by (I + η ∇²V̂_in); do not stop_gradient the inner gradient."),
         (unadapted, "It equals ∇V(θ), the gradient before adaptation: evaluate V at θ' = θ + η ∇V̂_in(θ)."),

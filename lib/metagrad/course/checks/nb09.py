@@ -15,7 +15,7 @@ from metagrad.course.checks._diagnose import (
     _register,
     _returns,
 )
-from metagrad.course.checks.nb06 import _taylor_cases
+from metagrad.course.checks.nb06 import _long_case_with_hint, _long_trajectory, _taylor_cases
 from metagrad.course.checks.nb08 import _inner_step_data, _jit_estimator, _reference_inner_step
 
 __all__ = ['check_taypo_terms', 'check_off_policy_inner_step']
@@ -43,6 +43,7 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         ("K = 3 with large log-ratios and γ = 0.5", (*base[3][1], 3)),
         ("K = 2, a single step (T = 1)", (*base[2][1], 2)),
     ]
+    long_case = ("K = 3 on a long trajectory (T = 300, small log-ratios)", (*_long_trajectory(), 0.99, 3))
 
     def with_jacobian(fn):
         @functools.partial(jax.jit, static_argnums=(4,))
@@ -82,7 +83,11 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         expected_form="([K] terms, then their Jacobian in log_ratios)",
         mistakes=[(with_jacobian(m), hint) for m, hint in mistakes],
     )
-    return "matches the differences of metagrad.ope.taylor_expansion for K = 1, 2, 3, 4 and K > T, in value and Jacobian."
+    _long_case_with_hint("taypo_terms", lambda: _compare(
+        "taypo_terms", with_jacobian(taypo_terms), with_jacobian(_reference_taypo_terms), [long_case],
+        expected_form="([K] terms, then their Jacobian in log_ratios)"))
+    return ("matches the differences of metagrad.ope.taylor_expansion for K = 1, 2, 3, 4 and K > T, in value and Jacobian "
+            "(incl. T = 1 and T = 300).")
 
 
 def _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
