@@ -76,5 +76,7 @@ def nav_config(method: str, *, quick: bool = False, env: str = "navigation-corne
     fields.update({k: v for k, v in sizes.items() if v is not None})
     if iterations is not None:
         fields["num_iterations"] = iterations
+    if outer == "trpo":  # TRPO has no learning rate (MAMLConfig refuses one)
+        del fields["outer_lr"]
     return maml.MAMLConfig(env=env, outer=outer, inner_estimator=inner, checkpoint_every=min(10, fields["num_iterations"]),
                            shard=False, **fields)

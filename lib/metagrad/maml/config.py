@@ -11,7 +11,7 @@ import numpy as np
 
 from metagrad import critics as critics_lib
 from metagrad import outer as outer_lib
-from metagrad.policies import GaussianMLP, TabularSoftmax
+from metagrad.policies import TabularSoftmax, default_policy
 
 #: Environments of :class:`MAMLConfig`.
 ENVS = ("navigation", "navigation-corners", "tabular")
@@ -40,11 +40,20 @@ class MAMLConfig:
 
     Attributes:
       env: ``"navigation"`` (MAML's goals in a square), ``"navigation-corners"`` (ProMP's four corners,
-        Fig. 1d) or ``"tabular"`` (random MDPs, ``num_states`` × ``num_actions``, tabular softmax policy).
+        Fig. 1d), ``"tabular"`` (random MDPs, ``num_states`` × ``num_actions``, tabular softmax policy) or
+        ``None``: your own environment, passed as ``env=`` to :class:`MAML` / :func:`train`
+        (:mod:`metagrad.envs.protocol`); a named family together with ``env=`` is refused.
+      hidden_sizes: the default MLP policy's hidden layers (a custom ``policy=`` refuses a non-default value).
       inner_estimator: see :func:`valid_inner_estimators`; ``inner_options`` its keyword options as
         ``((name, value), ...)``.
-      inner_step_size: η > 0; inner_steps: K ≥ 0.
+      inner_step_size: η > 0; inner_steps: K ≥ 0. The step size that works depends on ``objective``: the
+        paper's surrogates sum Γ_t Â_t over the T steps of a trajectory with raw advantages, ProMP's take a
+        ``reduce_mean`` over all N·T samples of normalised advantages, so the same update needs an η about T ×
+        (advantage scale) times smaller with ``"paper"`` than with ``"promp"`` (ProMP's η = 0.1 for navigation is
+        a ``"promp"`` value; ``examples/maml_bring_your_own.py`` sets its ``"paper"`` η for T = 20).
       outer: ``"pg"``, ``"promp"`` or ``"trpo"``; outer_estimator: the surrogate J_out (a registry name).
+      outer_lr: the Adam step of ``"pg"`` and ``"promp"``; TRPO has no learning rate (its step is set by
+        ``max_kl``), so ``outer="trpo"`` refuses a non-default ``outer_lr``.
       critic: ``"linear"``, ``"none"`` or ``"exact"`` (tabular only); ``None``: exact for tabular, else linear.
       num_tasks, num_trajectories, horizon: M tasks × N trajectories × T steps per batch.
       num_iterations: meta-iterations of :func:`train`; checkpoint_every: iterations per jitted
@@ -52,7 +61,7 @@ class MAMLConfig:
       shard: shard the meta-batch over ``jax.devices()``.
     """
 
-    env: str = "navigation"
+    env: str | None = "navigation"
     num_states: int = 10
     num_actions: int = 5
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -84,8 +93,8 @@ class MAMLConfig:
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         object.__setattr__(self, "inner_options", tuple(tuple(kv) for kv in dict(self.inner_options).items()))
-        if self.env not in ENVS:
-            raise ValueError(f"Unknown env {self.env!r}; valid envs are {list(ENVS)}.")
+        if self.env is not None and self.env not in ENVS:
+            raise ValueError(f"Unknown env {self.env!r}; valid envs are {list(ENVS)} or None (pass your own `env=`).")
         if self.outer not in OUTERS:
             raise ValueError(f"Unknown outer optimiser {self.outer!r}; valid ones are {list(OUTERS)}.")
         valid = valid_inner_estimators()
@@ -125,6 +134,10 @@ class MAMLConfig:
                 np.isfinite(value) and value >= 0
             ):
                 raise ValueError(f"`{name}` must be a non-negative finite number; got {value!r}.")
+        default_lr = type(self).__dataclass_fields__["outer_lr"].default
+        if self.outer == "trpo" and self.outer_lr != default_lr:
+            raise ValueError(f"`outer_lr` = {self.outer_lr} is unused by outer='trpo' (its step is set by `max_kl`); "
+                             f"leave it at {default_lr}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}; valid forms are {list(OBJECTIVES)}.")
         if self.objective == "promp":
@@ -149,13 +162,16 @@ class MAMLConfig:
 
 
 def make_env(config: MAMLConfig):
-    """``(env, policy)`` for the config: the ``FuncEnv`` whose ``params`` are the tasks, and the policy."""
+    """``(env, policy)`` of a named task family: the ``FuncEnv`` whose ``params`` are the tasks, and the policy
+    (tabular softmax, or :func:`metagrad.policies.default_policy` of the environment's spaces and ``hidden_sizes``)."""
     from metagrad.envs import Navigation2D, TabularMDPEnv
 
+    if config.env is None:
+        raise ValueError("`MAMLConfig.env` is None (your own environment): pass it as `env=` to MAML / train.")
     if config.env == "tabular":
         return TabularMDPEnv(config.num_states, config.num_actions), TabularSoftmax(config.num_states, config.num_actions)
-    goal_sampler = "square" if config.env == "navigation" else "corners"
-    return Navigation2D(goal_sampler), GaussianMLP(2, 2, config.hidden_sizes)
+    env = Navigation2D("square" if config.env == "navigation" else "corners")
+    return env, default_policy(env.observation_space, env.action_space, config.hidden_sizes)
 
 
 def sample_tasks(config: MAMLConfig, key: jax.Array, n: int):

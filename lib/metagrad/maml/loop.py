@@ -24,29 +24,27 @@ from metagrad.maml.checkpoint import CHECKPOINT, checkpoint_lock, key_data, load
 from metagrad.maml.config import MAMLConfig, make_env, sample_tasks
 from metagrad.maml.sampling import TaskData, mean_return, observations
 from metagrad.maml.sharding import task_sharding
+from metagrad.envs.protocol import as_env
+from metagrad.policies import FunctionalPolicy, default_policy
 from metagrad.rollout import sample
 
-_ENV_METHODS = ("initial", "transition", "observation", "reward", "terminal", "sample_tasks")
 _POLICY_METHODS = ("init", "log_prob", "sample", "kl")
 
 
-def _check_env(env):
-    from gymnasium.experimental.functional import FuncEnv
-
-    missing = [m for m in _ENV_METHODS if not callable(getattr(env, m, None))]
-    if not isinstance(env, FuncEnv) or missing:
-        raise ValueError(
-            "`env` must be a gymnasium FuncEnv whose methods take the task as `params` and that has "
-            f"`sample_tasks(key, n)`; got {type(env).__name__}" + (f" without {missing}" if missing else "") + "."
-        )
-    return env
-
-
-def _check_policy(policy):
-    missing = [m for m in _POLICY_METHODS if not callable(getattr(policy, m, None))]
-    if missing:
-        raise ValueError(f"`policy` must have methods {list(_POLICY_METHODS)}; {type(policy).__name__} lacks {missing}.")
-    return policy
+def _as_policy(policy, env, task):
+    """A policy object of the loop: ``policy`` itself when it has :data:`_POLICY_METHODS`, else the ``(init, apply)``
+    pair (a tuple, or an object with ``init`` and ``apply``) bound to ``env``'s spaces (``FunctionalPolicy``)."""
+    if all(callable(getattr(policy, m, None)) for m in _POLICY_METHODS):
+        return policy
+    if isinstance(policy, tuple) and len(policy) == 2 and all(callable(f) for f in policy):
+        init_fn, apply_fn = policy
+    elif callable(getattr(policy, "init", None)) and callable(getattr(policy, "apply", None)):
+        init_fn, apply_fn = policy.init, policy.apply
+    else:
+        raise TypeError(f"`policy` must be an (init, apply) pair of functions — init(key, observation_space, "
+                        f"action_space) -> params, apply(params, obs) -> distribution — or an object with "
+                        f"{list(_POLICY_METHODS)}; got {type(policy).__name__}.")
+    return FunctionalPolicy.bind(init_fn, apply_fn, env.observation_space(task), env.action_space(task))
 
 
 def _check_callable(name, value):
@@ -62,10 +60,8 @@ def _check_optimizer(optimizer):
     return optimizer
 
 
-
 def _tree_axpy(a, x, y):
     return jax.tree_util.tree_map(lambda xi, yi: yi + a * xi, x, y)
-
 
 
 class MAML:
@@ -76,39 +72,77 @@ class MAML:
     Meta-batch: :meth:`meta_gradient`, :meth:`iteration` (one full meta-iteration).
     """
 
-    def __init__(self, config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None):
-        """``env``, ``policy``, ``critic``, ``optimizer`` replace the config's named ones (the open API).
+    def __init__(self, config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, sample_tasks=None):
+        """``env``, ``policy``, ``critic``, ``optimizer``, ``sample_tasks`` replace the config's named ones (the open API).
 
-        * ``env`` — any task-pytree environment: a Gymnasium ``FuncEnv`` whose pure JAX methods take the task
-          as ``params`` (``initial``, ``transition``, ``observation``, ``reward``, ``terminal``) plus
-          ``sample_tasks(key, n)`` returning ``n`` tasks stacked along a leading axis (``config.env`` is then
-          ignored);
-        * ``policy`` — any object with ``init(key)``, ``log_prob(params, obs, actions) -> [...]``,
-          ``sample(params, key, obs) -> (action, log_prob)`` and ``kl(params_a, params_b, obs) -> [...]``;
+        * ``env`` — any environment of :mod:`metagrad.envs.protocol` (``reset``/``step``/spaces, the task a params
+          pytree; no base class), a Gymnasium ``FuncEnv`` or a Gymnasium id of a functional JAX environment; needs
+          ``MAMLConfig(env=None)`` (a named ``config.env`` would be unused, so it is refused);
+        * ``sample_tasks`` — ``sample_tasks(key, n) -> params`` with a leading axis n (default: ``env.sample_tasks``);
+        * ``policy`` — an ``(init, apply)`` pair of pure functions, ``init(key, observation_space, action_space) ->
+          params`` and ``apply(params, obs) -> distribution`` for one observation (:mod:`metagrad.distributions`;
+          log-probability, KL and entropy come from it), or an object with ``init(key)``, ``log_prob``, ``sample``,
+          ``kl`` (:mod:`metagrad.policies`). Default: :func:`metagrad.policies.default_policy` of the environment's
+          spaces with ``config.hidden_sizes`` (a custom policy refuses a non-default ``hidden_sizes``);
         * ``critic`` — ``critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]`` (used
           under ``stop_gradient``; ``config.critic`` is then ignored);
         * ``optimizer`` — any ``optax.GradientTransformation`` for the outer step of ``"pg"`` and ``"promp"``
-          (default ``optax.adam(config.outer_lr)``).
+          (default ``optax.adam(config.outer_lr)``). Refused with ``outer="trpo"`` (no optimiser there), and
+          together with a non-default ``outer_lr`` (which it would replace).
+
+        Raises ``ValueError`` naming the argument or field for each combination above that would leave something
+        unused, ``TypeError`` (naming the missing members) for an ``env`` or ``policy`` that does not fit.
         """
         from metagrad import estimators
 
+        fields = type(config).__dataclass_fields__
         self.config = config
-        default_env, default_policy = make_env(config) if env is None or policy is None else (None, None)
-        self.env = default_env if env is None else _check_env(env)
-        self.policy = default_policy if policy is None else _check_policy(policy)
+        if env is None:
+            if sample_tasks is not None:
+                raise ValueError("`sample_tasks` draws tasks of a custom `env`; the config's task family has its own.")
+            func_env, default = make_env(config)
+            self.env = as_env(func_env)
+        else:
+            if config.env is not None:
+                raise ValueError(f"`MAMLConfig.env` = {config.env!r} would be unused with a custom `env=`; set "
+                                 "MAMLConfig(env=None).")
+            if sample_tasks is not None and not callable(sample_tasks):
+                raise ValueError(f"`sample_tasks` must be a function (key, n) -> tasks; got {type(sample_tasks).__name__}.")
+            self.env = as_env(env, sample_tasks=sample_tasks is None)
+            default = None
+        self._sample_tasks = sample_tasks if sample_tasks is not None else getattr(self.env, "sample_tasks", None)
         self.custom_env = env is not None
+        if policy is not None and config.hidden_sizes != fields["hidden_sizes"].default:
+            raise ValueError(f"`hidden_sizes` = {config.hidden_sizes} is used only by the default policy; a custom "
+                             "`policy=` brings its own network.")
+        if policy is None and default is not None:
+            self.policy = default
+        else:
+            task = jax.tree_util.tree_map(lambda x: x[0], self.sample_tasks(jax.random.PRNGKey(0), 1))
+            if policy is None:
+                self.policy = default_policy(self.env.observation_space(task), self.env.action_space(task),
+                                             config.hidden_sizes)
+            else:
+                self.policy = _as_policy(policy, self.env, task)
         self.critic = critics_lib.make_critic(config.critic) if critic is None else _check_callable("critic", critic)
         self._surrogate = estimators.surrogate
         name = config.inner_estimator
         self.inner_name = "maml" if name == "emaml" else name
         self.first_order = name == "fomaml"
         self.inner_options = dict(config.inner_options)
+        if optimizer is not None:
+            if config.outer == "trpo":
+                raise ValueError("`optimizer` is unused by outer='trpo' (conjugate gradient and a line search to "
+                                 "`max_kl`); pass it with outer='pg' or 'promp'.")
+            if config.outer_lr != fields["outer_lr"].default:
+                raise ValueError(f"`outer_lr` = {config.outer_lr} would be unused: the `optimizer` passed sets its own "
+                                 "learning rate.")
         self.optimizer = optax.adam(config.outer_lr) if optimizer is None else _check_optimizer(optimizer)
 
     def sample_tasks(self, key: jax.Array, n: int):
-        """``n`` tasks stacked along a leading axis (the custom env's ``sample_tasks`` or :func:`sample_tasks`)."""
+        """``n`` tasks stacked along a leading axis (the custom ``sample_tasks`` / env's, or :func:`sample_tasks`)."""
         if self.custom_env:
-            return self.env.sample_tasks(key, n)
+            return self._sample_tasks(key, n)
         return sample_tasks(self.config, key, n)
 
     # ---------------------------------------------------------------- per task
@@ -275,7 +309,8 @@ class MAML:
 
 
 
-def make_train(config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, num_seeds: int | None = None):
+def make_train(config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, sample_tasks=None,
+               num_seeds: int | None = None):
     """``train_chunk(state, iterations) -> (state, metrics)`` (jitted ``lax.scan``) and ``init(key) -> state``.
 
     ``state = {"params", "opt_state", "key"}``; iteration i uses ``fold_in(key, i)``, so results do not
@@ -284,7 +319,7 @@ def make_train(config: MAMLConfig, *, env=None, policy=None, critic=None, optimi
     ``num_seeds``: ``init`` takes ``[S]`` keys and ``train_chunk`` runs the S independent runs in one jitted
     program (``jax.vmap`` over the state; no meta-batch sharding), metrics with a leading seed axis.
     """
-    extras = (env, policy, critic, optimizer)
+    extras = (env, policy, critic, optimizer, sample_tasks)
     try:
         hash(extras)
     except TypeError:  # unhashable custom objects: build without the cache
@@ -293,9 +328,9 @@ def make_train(config: MAMLConfig, *, env=None, policy=None, critic=None, optimi
 
 
 @functools.lru_cache(maxsize=16)
-def _make_train(config: MAMLConfig, devices: tuple, extras: tuple = (None,) * 4, num_seeds: int | None = None):
-    env, policy, critic, optimizer = extras
-    maml = MAML(config, env=env, policy=policy, critic=critic, optimizer=optimizer)
+def _make_train(config: MAMLConfig, devices: tuple, extras: tuple = (None,) * 5, num_seeds: int | None = None):
+    env, policy, critic, optimizer, sample_tasks = extras
+    maml = MAML(config, env=env, policy=policy, critic=critic, optimizer=optimizer, sample_tasks=sample_tasks)
     sharding = task_sharding(config) if num_seeds is None else None
 
     def init(key):
@@ -320,7 +355,7 @@ def _make_train(config: MAMLConfig, devices: tuple, extras: tuple = (None,) * 4,
 
 
 def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, critic=None, optimizer=None,
-                progress: bool = True, label: str = "maml") -> tuple[Any, dict]:
+                sample_tasks=None, progress: bool = True, label: str = "maml") -> tuple[Any, dict]:
     """S independent meta-training runs, one per key of ``keys [S]``, inside one jitted program (``vmap``).
 
     Returns ``(params, history)`` with a leading seed axis on every parameter leaf and every history array
@@ -330,7 +365,7 @@ def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, c
     keys = jnp.asarray(keys)
     num_seeds = int(keys.shape[0])
     init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
-                                   num_seeds=num_seeds)
+                                   sample_tasks=sample_tasks, num_seeds=num_seeds)
     state, history = _run_chunks(config, train_chunk, init(keys), {}, 0, progress, label)
     return state["params"], history
 
@@ -376,6 +411,7 @@ def train(
     policy=None,
     critic=None,
     optimizer=None,
+    sample_tasks=None,
 ) -> tuple[Any, dict]:
     """Meta-train for ``config.num_iterations`` iterations; returns ``(params, history)``.
 
@@ -387,25 +423,27 @@ def train(
     progress bar advances and, with ``checkpoint_dir``, a checkpoint is written atomically. ``resume=True``
     continues from ``checkpoint_dir`` (same config and key required) and yields bit-identical parameters
     and returns to an uninterrupted run (``wall_time`` aside). ``env``, ``policy``, ``critic``,
-    ``optimizer``: custom objects replacing the config's (see :class:`MAML`; the open API).
+    ``optimizer``, ``sample_tasks``: custom objects replacing the config's (see :class:`MAML`; the open API).
 
     A ``checkpoint_dir`` is locked for the run (:func:`checkpoint_lock`): a second run on the same folder
     raises ``RuntimeError``. With ``resume=False`` a folder that already holds a checkpoint is refused
     (``ValueError``) unless ``overwrite=True``, so a finished run is never replaced by accident.
     """
     if checkpoint_dir is None:
-        return _train(config, key, None, resume, progress, label, env, policy, critic, optimizer)
+        return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
     with checkpoint_lock(checkpoint_dir):
         if not resume and not overwrite and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
             raise ValueError(
                 f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it or overwrite=True "
                 "to start again."
             )
-        return _train(config, key, checkpoint_dir, resume, progress, label, env, policy, critic, optimizer)
+        return _train(config, key, checkpoint_dir, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
 
 
-def _train(config, key, checkpoint_dir, resume, progress, label, env, policy, critic, optimizer):
-    init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer)
+def _train(config, key, checkpoint_dir, resume, progress, label, extras):
+    env, policy, critic, optimizer, sample_tasks = extras
+    init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
+                                   sample_tasks=sample_tasks)
     state = init(key)
     history: dict[str, np.ndarray] = {}
     start = 0
