@@ -17,10 +17,13 @@ from metagrad.maml.sampling import TaskData, observations
 
 
 def post_kl(maml, old_adapted, adapted, data: TaskData):
-    """mean_g mean_{n,t} KL(π_θ'_g,old ‖ π_θ'_g) on the post-update batches (leading task axis everywhere)."""
-    kls = jax.vmap(lambda old, new, d: jnp.mean(maml.policy.kl(old, new, observations(d.post))))(
-        old_adapted, adapted, data
-    )
+    """mean_g KL_g on the post-update batches (leading task axis everywhere), KL_g = Σ_{n,t} m_t KL_t / Σ m_t the mean
+    of KL(π_θ'_g,old(·|x_t) ‖ π_θ'_g(·|x_t)) over the *valid* steps (m = ``data.post.mask()``: padding after a
+    termination excluded; ProMP's ``reduce_mean`` over its stacked paths). The Fisher-vector product and the line
+    search's KL are this function, so both see the valid steps only."""
+    kls = jax.vmap(
+        lambda old, new, d: outer_lib.masked_mean(maml.policy.kl(old, new, observations(d.post)), d.post.mask())
+    )(old_adapted, adapted, data)
     return jnp.mean(kls)
 
 
