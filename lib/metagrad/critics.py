@@ -63,7 +63,8 @@ def linear_feature_baseline(trajectories: Trajectories, gamma, *, reg_coeff: flo
     returns-to-go G (no bootstrap), w = lstsq(ΦᵀΦ + c I, ΦᵀG) (least squares with singular values below machine
     precision cut, numpy's ``rcond=-1``) with c = ``reg_coeff``; if w has a NaN, c ← 10 c and solve again, at most
     five solves in all. Padding steps are zero rows of Φ, so they add nothing to ΦᵀΦ or ΦᵀG (ProMP concatenates
-    the valid steps of its paths). The ridge c is absolute, as in ProMP: it matters only when ΦᵀΦ is nearly singular.
+    the valid steps of its paths). The ridge c is absolute, as in ProMP: it matters only when ΦᵀΦ is nearly
+    singular.
 
     Args:
       trajectories: a batch with ``observations [N, T+1, D]`` (float) or state indices ``[N, T+1]`` for one task.
