@@ -23,6 +23,7 @@ __all__ = [
     'reference_missing_hessian_terms',
     'check_missing_hessian_terms',
     'reference_expected_surrogate_hessian',
+    'reference_expected_lvc_hessian',
     'check_expected_surrogate_hessian',
 ]
 
@@ -149,6 +150,24 @@ def reference_expected_surrogate_hessian(mdp, logits_fn: Callable, params) -> ja
     weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
     return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
 
+
+
+def reference_expected_lvc_hessian(mdp, logits_fn: Callable, params) -> jax.Array:
+    """E[Σ_t γ^t Â_t (∇²ℓ_t + ∇ℓ_t∇ℓ_tᵀ)], the LVC (TayPO-1) Hessian in expectation (exact critic, on-policy).
+
+    Notebook 03 compares it with the sampled LVC Hessian; kept here so that the notebook does not print the
+    weights of Exercise 3's answer.
+    """
+    from metagrad import mdp as mdp_lib
+
+    def log_pi(p):
+        return jax.nn.log_softmax(logits_fn(p), axis=-1)
+
+    pi = jnp.exp(log_pi(params))
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
+    scores = jax.jacobian(log_pi)(params)
+    return reference_expected_surrogate_hessian(mdp, logits_fn, params) + jnp.einsum("sa,sap,saq->pq", weights, scores, scores)
 
 def _policy_classes(num_states: int, num_actions: int, seed: int):
     """(name, logits_fn, params) for a tabular softmax, a log-linear policy and a small tanh network."""
