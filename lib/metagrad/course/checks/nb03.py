@@ -48,6 +48,14 @@ def check_inner_step(inner_step: Callable) -> str:
             lambda m, th, eta: th - eta * exact.gradient(m, th),
             "It steps downhill: MAML's inner step is gradient ascent on the value, θ + η ∇J.",
         ),
+        (
+            lambda m, th, eta: th + exact.gradient(m, th),
+            "It ignores `step_size`: the step is η ∇J(θ) (with η = 0, θ' = θ).",
+        ),
+        (
+            lambda m, th, eta: eta * exact.gradient(m, th),
+            "It returns only the step η ∇J(θ): θ' starts from θ.",
+        ),
     ]
     _compare(
         "inner_step",
@@ -120,7 +128,11 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
             past = past + g
         return out
 
+    def undiscounted(scores, adv, gamma):
+        return reference_missing_hessian_terms(scores, adv, 1.0)
+
     mistakes = [
+        (undiscounted, "It ignores γ: each step's terms carry the same factor γ^t as its ∇²ℓ_t term in the surrogate."),
         (outer_only, "It has only the g_t g_tᵀ terms (what LVC keeps): the cross terms with S_{<t} = Σ_{s<t} g_s are missing."),
         (inclusive_past, "Its past sum includes step t itself (off by one): S_{<t} runs over s < t only."),
         (one_sided, "It is not symmetric: add both g_t S_{<t}ᵀ and its transpose S_{<t} g_tᵀ."),

@@ -36,6 +36,15 @@ def _ope_cases():
             "large ratios and γ = 0.5",
             (_float(jax.random.normal(keys[3], (4,)) + 1.0), _float(jax.random.normal(keys[4], (4,))), _float(jax.random.normal(keys[5], (5,))), 0.5),
         ),
+        (
+            "a long trajectory (T = 300, γ = 0.99)",
+            (
+                _float(0.1 * jax.random.normal(jax.random.PRNGKey(70), (300,))),
+                _float(jax.random.uniform(jax.random.PRNGKey(71), (300,))),
+                _float(jax.random.uniform(jax.random.PRNGKey(72), (301,))),
+                0.99,
+            ),
+        ),
     ]
 
 
@@ -72,7 +81,7 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
         parts=value_gradient_parts,
     )
     return (
-        f"matches {name} in value on 5 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1), "
+        f"matches {name} in value on 6 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1, T = 300), "
         "also under jax.jit and jax.vmap."
     )
 
