@@ -632,3 +632,30 @@ def test_every_exercise_of_part_one_has_three_named_wrong_answers():
     part_one = [name for name, notebook in checks.CHECKS.items() if notebook in ("00", "01", "02", "03", "04")]
     tried = [name for name, _, _ in WRONG_ANSWERS + PART_ONE_MORE]
     assert {name: tried.count(name) for name in part_one if tried.count(name) < 3} == {}
+
+
+def dr_one_step_targets(log_ratios, rewards, values, gamma):  # V(x_{t+1}) where V̂_{t+1} belongs
+    def step(v_next, inputs):
+        log_ratio, reward, value, next_value = inputs
+        return value + jnp.exp(log_ratio) * (reward + gamma * next_value - value), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1], values[1:]), reverse=True)[0]
+
+
+def dr_flipped_control_variate(log_ratios, rewards, values, gamma):
+    def step(v_next, inputs):
+        log_ratio, reward, value = inputs
+        return -value + jnp.exp(log_ratio) * (reward + gamma * v_next + value), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+PART_ONE_DR = [
+    ("doubly_robust", dr_one_step_targets, "next estimate V̂_{t+1}"),
+    ("doubly_robust", dr_flipped_control_variate, "wrong sign"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", PART_ONE_DR, ids=[w.__name__ for _, w, _ in PART_ONE_DR])
+def test_doubly_robust_check_names_the_mistake(name, wrong, explanation):
+    assert_check_explains(checks, name, wrong, explanation)
