@@ -114,7 +114,7 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
 
 @_register("00", "score_function_hessian")
 def check_score_function_hessian(score_function_hessian: Callable) -> str:
-    """``score_function_hessian(logits [A], actions [N], rewards [N])`` -> (1/N) Σ r_i (∇²ℓ_i + ∇ℓ_i ∇ℓ_iᵀ) [A, A]."""
+    """``score_function_hessian(logits [A], actions [N], rewards [N])`` -> an unbiased estimate of ∇²J, [A, A] (derived in notebook 00)."""
 
     def log_pi(th, a):
         return jax.nn.log_softmax(th)[a]

@@ -84,7 +84,7 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
 
 @_register("01", "discounted_occupancy")
 def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
-    """``discounted_occupancy(mdp, policy)`` -> d^π [S] = Σ_t γ^t Pr(x_t = x), solving d = p₀ + γ (P^π)ᵀ d."""
+    """``discounted_occupancy(mdp, policy)`` -> d^π [S] = Σ_t γ^t Pr(x_t = x), exactly (infinite horizon)."""
     from metagrad import mdp as mdp_lib
 
     def not_transposed(mdp, policy):

@@ -181,7 +181,7 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
 
 @_register("02", "occupancy_policy_gradient")
 def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
-    """``occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])`` -> occupancy(x) π(a|x) A^π(x, a), [S, A]."""
+    """``occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])`` -> the [S, A] policy-gradient field (∂J/∂θ for d^π)."""
     from metagrad import exact
     from metagrad import mdp as mdp_lib
 

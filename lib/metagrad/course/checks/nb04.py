@@ -143,7 +143,7 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
 
 @_register("04", "dr_log_ratio_gradient")
 def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
-    """``dr_log_ratio_gradient(rewards [T], values [T+1], gamma)`` -> ∂V̂_DR/∂κ at κ = 0, i.e. γ^t Â_t [T]."""
+    """``dr_log_ratio_gradient(rewards [T], values [T+1], gamma)`` -> ∂V̂_DR/∂κ_t at κ = 0 in closed form, [T]."""
     from metagrad import ope
 
     def reference(r, v, gamma):
