@@ -458,3 +458,204 @@ def test_compare_names_shape_and_dtype_problems():
         d._compare("toy", lambda x: jnp.array([1, 2]), lambda x: x, cases, expected_form="")
     with pytest.raises(checks.ExerciseCheckFailed, match="shape .*transpose"):
         d._compare("toy", lambda x: x[:, None], lambda x: x, cases, expected_form="")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Third edition (issue 19): at least three wrong answers per exercise of notebooks 00–04, each named.
+
+
+def hvp_gradient_only(f, x, v):
+    return jax.grad(f)(x)
+
+
+def hvp_diagonal_only(f, x, v):  # right whenever the Hessian is diagonal
+    return jnp.diag(jax.hessian(f)(x)) * v
+
+
+def score_gradient_summed(logits, actions, rewards):
+    return jax.grad(lambda th: jnp.sum(rewards * jax.nn.log_softmax(th)[actions]))(logits)
+
+
+def score_gradient_of_logit(logits, actions, rewards):  # forgets the softmax normaliser
+    return jax.grad(lambda th: jnp.mean(rewards * th[actions]))(logits)
+
+
+def magic_box_flipped(x):
+    return jnp.exp(jax.lax.stop_gradient(x) - x)
+
+
+def magic_box_first_order(x):  # value 1, first derivative right, nothing beyond
+    return 1.0 + x - jax.lax.stop_gradient(x)
+
+
+def magic_box_second_order(x):  # a Taylor polynomial: right up to the second derivative, wrong at the third
+    y = x - jax.lax.stop_gradient(x)
+    return 1.0 + y + 0.5 * y**2
+
+
+def policy_evaluation_one_step(mdp, policy):
+    return _policy_transitions(mdp, policy)[1]
+
+
+def policy_evaluation_float32(mdp, policy):
+    p_pi, r_pi = _policy_transitions(mdp, policy)
+    a = (jnp.eye(mdp.num_states) - mdp.gamma * p_pi).astype(jnp.float32)
+    return jnp.linalg.solve(a, r_pi.astype(jnp.float32))
+
+
+def occupancy_normalised(mdp, policy):
+    p_pi, _ = _policy_transitions(mdp, policy)
+    return (1 - mdp.gamma) * jnp.linalg.solve(jnp.eye(mdp.num_states) - mdp.gamma * p_pi.T, mdp.initial)
+
+
+def occupancy_loop_200(mdp, policy):  # a loop where a linear solve is needed
+    p_pi, _ = _policy_transitions(mdp, policy)
+    p, out = mdp.initial, jnp.zeros(mdp.num_states)
+    for t in range(200):
+        out = out + mdp.gamma**t * p
+        p = p_pi.T @ p
+    return out
+
+
+def truncated_occupancy_capped(mdp, policy, horizon):  # a fixed buffer of 100 steps
+    p_pi, _ = _policy_transitions(mdp, policy)
+    p, out = mdp.initial, jnp.zeros(mdp.num_states)
+    for t in range(min(horizon, 100)):
+        out = out + mdp.gamma**t * p
+        p = p_pi.T @ p
+    return out
+
+
+def reward_to_go_no_bootstrap(rewards, gamma, bootstrap=0.0):
+    def step(g, r):
+        return r + gamma * g, r + gamma * g
+
+    return jax.lax.scan(step, jnp.zeros((), rewards.dtype), rewards, reverse=True)[1]
+
+
+def reward_to_go_buffer_128(rewards, gamma, bootstrap=0.0):  # sums at most 128 rewards ahead
+    t = jnp.arange(rewards.shape[0])
+    window = jnp.arange(128)
+    idx = t[:, None] + window[None, :]
+    padded = jnp.concatenate([rewards, jnp.zeros(128, rewards.dtype)])
+    tail = jnp.where(t + 128 >= rewards.shape[0], gamma ** (rewards.shape[0] - t) * bootstrap, 0.0)
+    return jnp.sum(gamma**window * padded[idx], axis=1) + tail
+
+
+def _reinforce(logits, trajectories, critic, gamma, *, baseline=True, bootstrap=True, mean=True, discount=True):
+    from metagrad.tabular import log_policy
+
+    states, actions, rewards = trajectories.observations, trajectories.actions, trajectories.rewards
+    values = critic[states]
+    last = values[:, -1] if bootstrap else jnp.zeros(rewards.shape[0])
+
+    def one(r, b):
+        return jax.lax.scan(lambda g, x: (x + gamma * g, x + gamma * g), b, r, reverse=True)[1]
+
+    returns = jax.vmap(one)(rewards, last)
+    advantages = jax.lax.stop_gradient(returns - values[:, :-1] if baseline else returns)
+    weights = gamma ** jnp.arange(rewards.shape[1]) if discount else jnp.ones(rewards.shape[1])
+
+    def surrogate(theta):
+        per = jnp.sum(weights * advantages * log_policy(theta, states[:, :-1], actions), axis=1)
+        return jnp.mean(per) if mean else jnp.sum(per)
+
+    return jax.grad(surrogate)(logits)
+
+
+def reinforce_no_baseline(logits, trajectories, critic, gamma):
+    return _reinforce(logits, trajectories, critic, gamma, baseline=False)
+
+
+def reinforce_no_bootstrap(logits, trajectories, critic, gamma):
+    return _reinforce(logits, trajectories, critic, gamma, bootstrap=False)
+
+
+def reinforce_summed(logits, trajectories, critic, gamma):
+    return _reinforce(logits, trajectories, critic, gamma, mean=False)
+
+
+def reinforce_undiscounted(logits, trajectories, critic, gamma):
+    return _reinforce(logits, trajectories, critic, gamma, discount=False)
+
+
+def inner_step_ignores_step_size(mdp, logits, step_size):
+    from metagrad import exact
+
+    return logits + exact.gradient(mdp, logits)
+
+
+def missing_terms_undiscounted(scores, advantages, gamma):
+    past = jnp.cumsum(scores, axis=0) - scores
+    outer = jnp.einsum("t,ti,tj->ij", advantages, scores, scores)
+    cross = jnp.einsum("t,ti,tj->ij", advantages, scores, past)
+    return outer + cross + cross.T
+
+
+def missing_terms_one_sided(scores, advantages, gamma):
+    past = jnp.cumsum(scores, axis=0) - scores
+    weights = gamma ** jnp.arange(scores.shape[0]) * advantages
+    return jnp.einsum("t,ti,tj->ij", weights, scores, scores) + jnp.einsum("t,ti,tj->ij", weights, scores, past)
+
+
+PART_ONE_MORE = [
+    ("hvp", hvp_gradient_only, "direction v is missing"),
+    ("hvp", hvp_diagonal_only, "only the diagonal of the Hessian"),
+    ("score_function_gradient", score_gradient_summed, "N times too large"),
+    ("score_function_gradient", score_gradient_of_logit, "normaliser"),
+    ("magic_box", magic_box_flipped, "sign is flipped"),
+    ("magic_box", magic_box_first_order, "right to first order only"),
+    ("magic_box", magic_box_second_order, "right to second order only"),
+    ("policy_evaluation", policy_evaluation_one_step, "one-step reward"),
+    ("policy_evaluation", policy_evaluation_float32, "float32"),
+    ("discounted_occupancy", occupancy_normalised, "normalised occupancy"),
+    ("discounted_occupancy", occupancy_loop_200, "stopped after 200 steps"),
+    ("truncated_occupancy", truncated_occupancy_capped, "stops after 100 steps on T = 400"),
+    ("reward_to_go", reward_to_go_no_bootstrap, "ignores `bootstrap`"),
+    ("reward_to_go", reward_to_go_buffer_128, "caps the horizon at 128"),
+    ("reinforce_gradient", reinforce_no_baseline, "ignores the baseline"),
+    ("reinforce_gradient", reinforce_no_bootstrap, "does not bootstrap"),
+    ("reinforce_gradient", reinforce_summed, "sums over the trajectories"),
+    ("reinforce_gradient", reinforce_undiscounted, "γ^t weight"),
+    ("inner_step", inner_step_ignores_step_size, "ignores `step_size`"),
+    ("missing_hessian_terms", missing_terms_undiscounted, "ignores γ"),
+    ("missing_hessian_terms", missing_terms_one_sided, "not symmetric"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", PART_ONE_MORE, ids=[w.__name__ for _, w, _ in PART_ONE_MORE])
+def test_check_names_the_mistake(name, wrong, explanation):
+    assert_check_explains(checks, name, wrong, explanation)
+
+
+def test_every_exercise_of_part_one_has_three_named_wrong_answers():
+    part_one = [name for name, notebook in checks.CHECKS.items() if notebook in ("00", "01", "02", "03", "04")]
+    tried = [name for name, _, _ in WRONG_ANSWERS + PART_ONE_MORE]
+    assert {name: tried.count(name) for name in part_one if tried.count(name) < 3} == {}
+
+
+def dr_one_step_targets(log_ratios, rewards, values, gamma):  # V(x_{t+1}) where V̂_{t+1} belongs
+    def step(v_next, inputs):
+        log_ratio, reward, value, next_value = inputs
+        return value + jnp.exp(log_ratio) * (reward + gamma * next_value - value), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1], values[1:]), reverse=True)[0]
+
+
+def dr_flipped_control_variate(log_ratios, rewards, values, gamma):
+    def step(v_next, inputs):
+        log_ratio, reward, value = inputs
+        return -value + jnp.exp(log_ratio) * (reward + gamma * v_next + value), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+PART_ONE_DR = [
+    ("doubly_robust", dr_one_step_targets, "next estimate V̂_{t+1}"),
+    ("doubly_robust", dr_flipped_control_variate, "wrong sign"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", PART_ONE_DR, ids=[w.__name__ for _, w, _ in PART_ONE_DR])
+def test_doubly_robust_check_names_the_mistake(name, wrong, explanation):
+    assert_check_explains(checks, name, wrong, explanation)

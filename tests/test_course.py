@@ -102,13 +102,13 @@ def test_markers_outside_code_cells_are_errors(cell_type):
 def test_build_refuses_its_own_source_folder(tmp_path, capsys):
     solutions = tmp_path / "solutions"
     shutil.copytree(SOLUTIONS, solutions, ignore=shutil.ignore_patterns("conftest.py", "__pycache__"))
-    before = {p.name: p.read_bytes() for p in solutions.iterdir() if p.is_file()}  # solutions/claims/ is a folder
+    before = {p.name: p.read_bytes() for p in solutions.rglob("*") if p.is_file()}
     for course in (solutions, solutions / "course", tmp_path):
         with pytest.raises(build.BuildError, match="overlap"):
             build.build(solutions, course)
         assert cli.main(["course", "build", "--solutions", str(solutions), "--course", str(course)]) == 1
         assert "overlap" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in solutions.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in solutions.rglob("*") if p.is_file()} == before
     assert not (solutions / "course").exists()
 
 

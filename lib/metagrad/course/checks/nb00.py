@@ -50,6 +50,11 @@ def check_hvp(hvp: Callable) -> str:
     mistakes = [
         (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise: differentiate the gradient, not f."),
         (lambda f, x, v: jax.grad(f)(x), "It equals the gradient ∇f(x): the direction v is missing."),
+        (
+            lambda f, x, v: jnp.diag(jax.hessian(f)(x)) * v,
+            "It uses only the diagonal of the Hessian: right for Σ sin(x)·x³ (diagonal Hessian) but not for a function "
+            "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0; differentiate the whole gradient along v.",
+        ),
     ]
     _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
     return "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions and points, v = 0), also under jax.jit."
@@ -85,6 +90,11 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             lambda th, a, r: jax.grad(lambda t: jnp.sum(r * jax.nn.log_softmax(t)[a]))(th),
             "It is N times too large: average over the samples instead of summing.",
         ),
+        (
+            lambda th, a, r: jax.grad(lambda t: jnp.mean(r * t[a]))(th),
+            "It differentiates the logit θ[a] instead of log softmax(θ)[a]: the normaliser log Σ_b exp θ_b depends "
+            "on θ too (jax.nn.log_softmax includes it).",
+        ),
     ]
     _compare(
         "score_function_gradient",
@@ -104,7 +114,7 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
 
 @_register("00", "score_function_hessian")
 def check_score_function_hessian(score_function_hessian: Callable) -> str:
-    """``score_function_hessian(logits [A], actions [N], rewards [N])`` -> (1/N) Σ r_i (∇²ℓ_i + ∇ℓ_i ∇ℓ_iᵀ) [A, A]."""
+    """``score_function_hessian(logits [A], actions [N], rewards [N])`` -> an unbiased estimate of ∇²J, [A, A] (derived in notebook 00)."""
 
     def log_pi(th, a):
         return jax.nn.log_softmax(th)[a]
@@ -150,7 +160,12 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
 
 @_register("00", "magic_box")
 def check_magic_box(magic_box: Callable) -> str:
-    """``magic_box(x)`` = exp(x − stop_gradient(x)): value 1, derivatives those of exp at 0 times x's."""
+    """``magic_box(x)``: value 1 elementwise, and ∇□(w) = □(w)∇w at every order (checked up to the third).
+
+    Mistake classes: plain exp(x) (value not 1); no stop_gradient (derivative 0); flipped sign
+    exp(sg(x) − x); right to first order only (1 + x − sg(x)); right to second order only (a truncated
+    Taylor series); not jit-compatible.
+    """
     exercise = "magic_box"
     x = _float([0.3, -1.2, 2.0])
     value = np.asarray(_call(exercise, magic_box, (x,), "x = [0.3, -1.2, 2.0]"), dtype=np.float64)
@@ -164,24 +179,48 @@ def check_magic_box(magic_box: Callable) -> str:
         return jnp.sin(theta) + theta**2
 
     theta = _float(0.7)
-    first = _call(exercise, jax.grad(lambda t: magic_box(w(t))), (theta,), "θ = 0.7 (first derivative)")
-    expected_first = jax.grad(w)(theta)
+
+    def box(t):
+        return magic_box(w(t))
+
+    d1 = float(jax.grad(w)(theta))
+    d2 = float(jax.grad(jax.grad(w))(theta))
+    d3 = float(jax.grad(jax.grad(jax.grad(w)))(theta))
+    first = _call(exercise, jax.grad(box), (theta,), "θ = 0.7 (first derivative)")
     if _close(first, 0.0):
         _fail(
             exercise,
             "the derivative of magic_box(w(θ)) is 0, but it must be w'(θ): without stop_gradient, "
             "x − x is the constant 0 for autodiff too.",
         )
-    if not _close(first, expected_first):
-        _fail(exercise, f"d/dθ magic_box(w(θ)) should be w'(θ) = {float(expected_first):.4f}; got {float(first):.4f}.")
-    second = _call(exercise, jax.grad(jax.grad(lambda t: magic_box(w(t)))), (theta,), "θ = 0.7 (second derivative)")
-    expected_second = jax.grad(jax.grad(w))(theta) + jax.grad(w)(theta) ** 2
-    if not _close(second, expected_second):
+    if _close(first, -d1):
+        _fail(exercise, "d/dθ magic_box(w(θ)) is −w'(θ): the sign is flipped; the exponent must be x − stop_gradient(x).")
+    if not _close(first, d1):
+        _fail(exercise, f"d/dθ magic_box(w(θ)) should be w'(θ) = {d1:.4f}; got {float(first):.4f}.")
+    second = _call(exercise, jax.grad(jax.grad(box)), (theta,), "θ = 0.7 (second derivative)")
+    if not _close(second, d2 + d1**2):
+        hint = ""
+        if _close(second, d2):
+            hint = (
+                " It is right to first order only (like 1 + x − stop_gradient(x)): the w'² term needs a function "
+                "that is its own derivative."
+            )
+        _fail(exercise, f"d²/dθ² magic_box(w(θ)) should be w'' + w'² = {d2 + d1**2:.4f}; got {float(second):.4f}.{hint}")
+    third = _call(exercise, jax.grad(jax.grad(jax.grad(box))), (theta,), "θ = 0.7 (third derivative)")
+    expected_third = d3 + 3 * d1 * d2 + d1**3
+    if not _close(third, expected_third):
+        hint = ""
+        if _close(third, d3 + 3 * d1 * d2):
+            hint = (
+                " It is right to second order only (like the Taylor polynomial 1 + y + y²/2, y = x − stop_gradient(x)):"
+                " DiCE needs every order, so use the exponential itself."
+            )
         _fail(
             exercise,
-            f"d²/dθ² magic_box(w(θ)) should be w'' + w'² = {float(expected_second):.4f}; got {float(second):.4f}.",
+            "its first two derivatives are right, but the third derivative of magic_box(w(θ)) should be "
+            f"w‴ + 3w′w″ + w′³ = {expected_third:.4f}; got {float(third):.4f}.{hint}",
         )
     jitted = _call(exercise, jax.jit(magic_box), (x,), "x = [0.3, -1.2, 2.0] under jax.jit")
     if not _close(jitted, np.ones(3)):
         _fail(exercise, "it is right when called directly but not under jax.jit: avoid NumPy and Python side effects inside.")
-    return "value 1 everywhere (also under jax.jit), first derivative w'(θ), second derivative w''(θ) + w'(θ)²."
+    return "value 1 everywhere (also under jax.jit); first, second and third derivatives w′, w″ + w′², w‴ + 3w′w″ + w′³."

@@ -84,7 +84,7 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
 
 @_register("01", "discounted_occupancy")
 def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
-    """``discounted_occupancy(mdp, policy)`` -> d^π [S] = Σ_t γ^t Pr(x_t = x), solving d = p₀ + γ (P^π)ᵀ d."""
+    """``discounted_occupancy(mdp, policy)`` -> d^π [S] = Σ_t γ^t Pr(x_t = x), exactly (infinite horizon)."""
     from metagrad import mdp as mdp_lib
 
     def not_transposed(mdp, policy):
@@ -97,19 +97,24 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
     mistakes = [
         (not_transposed, "It matches solving with P^π instead of (P^π)ᵀ: probability flows from x to x', so transpose."),
         (normalised, "It is the normalised occupancy (1 − γ) d^π; here we want the unnormalised one, summing to 1/(1 − γ)."),
+        *_capped_loops("It matches the sum stopped after {K} steps: d^π is the infinite sum (with γ = 0.99, even 1000 "
+                       "steps miss γ^K/(1 − γ)); derive the linear equation d^π satisfies and solve it once."),
     ]
+    cases = _mdp_cases()
+    long_memory = _random_mdp(np.random.default_rng(12), 5, 3, 0.99)
+    cases.append(("γ = 0.99 (an effective horizon of about 100 steps)", (long_memory, _random_policy(np.random.default_rng(13), 5, 3))))
     _compare(
         "discounted_occupancy",
         discounted_occupancy,
         jax.jit(mdp_lib.discounted_occupancy),
-        _mdp_cases(),
+        cases,
         expected_form="(one entry per state)",
         mistakes=mistakes,
         jit=True,
     )
     return (
-        "matches metagrad.mdp.discounted_occupancy on 6 MDPs (random, near-deterministic, γ = 0, one state, "
-        "deterministic policy, random start), also under jax.jit."
+        "matches metagrad.mdp.discounted_occupancy on 7 MDPs (random, near-deterministic, γ = 0, one state, "
+        "deterministic policy, random start, γ = 0.99), also under jax.jit."
     )
 
 
@@ -117,6 +122,18 @@ def _full_occupancy(mdp, policy):
     from metagrad import mdp as mdp_lib
 
     return mdp_lib.discounted_occupancy(mdp, policy)
+
+
+def _capped_loops(hint: str, caps=(50, 64, 100, 128, 200, 256, 500, 1000)):
+    """Mistakes "the loop over time stops after K steps" (a fixed-size buffer or loop), one per usual K."""
+
+    def capped(cap):
+        def wrong(mdp, policy, horizon=None):
+            return reference_truncated_occupancy(mdp, policy, cap if horizon is None else min(horizon, cap))
+
+        return wrong
+
+    return [(capped(cap), hint.format(K=cap)) for cap in caps]
 
 
 def reference_truncated_occupancy(mdp, policy, horizon: int) -> np.ndarray:
@@ -134,6 +151,8 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
     """``truncated_occupancy(mdp, policy [S, A], horizon)`` -> Σ_{t<T} γ^t p_t [S]."""
     cases = [(f"{label}, T = {T}", (m, pi, T)) for (label, (m, pi)), T in zip(_mdp_cases(), (7, 3, 2, 4, 5, 6))]
     cases.append(("T = 1 (only p_0)", (cases[0][1][0], cases[0][1][1], 1)))
+    rng = np.random.default_rng(14)
+    cases.append(("T = 400 with γ = 0.99", (_random_mdp(rng, 5, 3, 0.99), _random_policy(rng, 5, 3), 400)))
 
     def variant(kind):
         def wrong(mdp, policy, horizon):
@@ -158,6 +177,8 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
         (variant("inclusive"), "It sums T + 1 terms (off by one): t runs over 0, …, T − 1."),
         (variant("skip_first"), "It starts from p_1 instead of p_0 (off by one): the start distribution counts at t = 0."),
         (lambda m, pi, T: _full_occupancy(m, pi), "It is the full d^π: sum only the first `horizon` terms."),
+        *_capped_loops("It is right for short horizons but stops after {K} steps on T = 400: a fixed-size array or "
+                       "loop caps the horizon; run the loop (or lax.scan) `horizon` times."),
     ]
     _compare(
         "truncated_occupancy",
@@ -168,4 +189,4 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
         mistakes=mistakes,
         jit=True,
     )
-    return "matches Σ_{t<T} γ^t p_t on 7 inputs (T = 1 … 7, incl. a random start distribution), also under jax.jit."
+    return "matches Σ_{t<T} γ^t p_t on 8 inputs (T = 1 … 7 and T = 400, incl. a random start distribution), also under jax.jit."

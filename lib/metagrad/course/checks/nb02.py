@@ -40,7 +40,23 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
         ("7 random rewards, γ = 0.5, bootstrap 2.0", (rewards, 0.5, 2.0)),
         ("a single step (T = 1), γ = 0.9, bootstrap 1.0", (_float([0.3]), 0.9, 1.0)),
         ("γ = 0 (G_t = r_t)", (rewards, 0.0, 5.0)),
+        ("a long trajectory (T = 300, γ = 0.99, bootstrap 1.0)", (_float(jax.random.uniform(jax.random.PRNGKey(30), (300,))), 0.99, 1.0)),
     ]
+
+    def capped(cap):
+        def wrong(rewards, gamma, bootstrap):  # a window of `cap` rewards ahead, the bootstrap only within reach
+            rewards = np.asarray(rewards, dtype=np.float64)
+            horizon = len(rewards)
+            out = np.zeros(horizon)
+            for t in range(horizon):
+                ahead = rewards[t : t + cap]
+                out[t] = np.sum(gamma ** np.arange(len(ahead)) * ahead)
+                if t + cap >= horizon:
+                    out[t] += gamma ** (horizon - t) * bootstrap
+            return out
+
+        return wrong
+
 
     def skips_current(rewards, gamma, bootstrap):
         return reference_reward_to_go(rewards, gamma, bootstrap) - np.asarray(rewards)
@@ -63,6 +79,8 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
         (undiscounted, "It ignores γ: each step further away is worth one more factor of γ."),
         (forward_sum, "It sums the past (r_0 … r_t) instead of the future (r_t … r_{T−1})."),
         (no_bootstrap, "It ignores `bootstrap`: the tail after the last step is worth γ^(T−t) · bootstrap."),
+        *[(capped(cap), f"It is right on short trajectories but wrong on T = 300: something caps the horizon at {cap} "
+                        "steps (a fixed-size buffer or loop); scan over all the rewards.") for cap in (64, 100, 128, 200, 256)],
     ]
     _compare(
         "reward_to_go",
@@ -74,24 +92,30 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
         jit=True,
         vmap_in_axes=(0, None, 0),  # reinforce_gradient vmaps it over trajectories
     )
-    return "matches G_t = r_t + γ G_{t+1} on 4 inputs (γ = 0.9, 0.5 and 0, T = 1, with and without bootstrap), also under jax.jit and jax.vmap."
+    return "matches G_t = r_t + γ G_{t+1} on 5 inputs (γ = 0.9, 0.5, 0 and 0.99, T = 1 and T = 300, with and without bootstrap), also under jax.jit and jax.vmap."
 
 
-def _reinforce_reference(logits, trajectories, critic, gamma, *, time_indexed=False, discount_weights=True):
+def _reinforce_reference(
+    logits, trajectories, critic, gamma, *, time_indexed=False, discount_weights=True, baseline=True, bootstrap=True, mean=True
+):
     from metagrad.tabular import log_policy
 
     states, actions, rewards = trajectories.observations, trajectories.actions, trajectories.rewards
     horizon = rewards.shape[1]
     returns = jnp.stack(
-        [_float(reference_reward_to_go(r, gamma, critic[s[-1]])) for r, s in zip(np.asarray(rewards), np.asarray(states))]
+        [
+            _float(reference_reward_to_go(r, gamma, critic[s[-1]] if bootstrap else 0.0))
+            for r, s in zip(np.asarray(rewards), np.asarray(states))
+        ]
     )
-    baseline = critic[jnp.arange(horizon)][None, :] if time_indexed else critic[states[:, :-1]]
-    advantages = returns - baseline
+    subtracted = critic[jnp.arange(horizon)][None, :] if time_indexed else critic[states[:, :-1]]
+    advantages = returns - subtracted if baseline else returns
     weights = gamma ** jnp.arange(horizon) if discount_weights else jnp.ones(horizon)
 
     def surrogate(theta):
         log_pi = log_policy(theta, states[:, :-1], actions)
-        return jnp.mean(jnp.sum(weights * advantages * log_pi, axis=1))
+        per_trajectory = jnp.sum(weights * advantages * log_pi, axis=1)
+        return jnp.mean(per_trajectory) if mean else jnp.sum(per_trajectory)
 
     return jax.grad(surrogate)(logits)
 
@@ -130,6 +154,18 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
             "It is missing the γ^t weight in front of each term: the policy-gradient theorem discounts "
             "the time at which the action is taken.",
         ),
+        (
+            lambda *a: _reinforce_reference(*a, baseline=False),
+            "It ignores the baseline: the weight is Â_t = G_t − critic[x_t], not the return G_t alone (right only for a zero critic).",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, bootstrap=False),
+            "It does not bootstrap: G_t must continue with γ^(T−t) · critic[x_T] after the last reward (right only for a zero critic).",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, mean=False),
+            "It sums over the trajectories instead of averaging: the estimate is the batch mean (right for one trajectory only).",
+        ),
     ]
     _compare(
         "reinforce_gradient",
@@ -145,7 +181,7 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
 
 @_register("02", "occupancy_policy_gradient")
 def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
-    """``occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])`` -> occupancy(x) π(a|x) A^π(x, a), [S, A]."""
+    """``occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])`` -> the [S, A] policy-gradient field (∂J/∂θ for d^π)."""
     from metagrad import exact
     from metagrad import mdp as mdp_lib
 

@@ -23,6 +23,7 @@ __all__ = [
     'reference_missing_hessian_terms',
     'check_missing_hessian_terms',
     'reference_expected_surrogate_hessian',
+    'reference_expected_lvc_hessian',
     'check_expected_surrogate_hessian',
 ]
 
@@ -46,6 +47,14 @@ def check_inner_step(inner_step: Callable) -> str:
         (
             lambda m, th, eta: th - eta * exact.gradient(m, th),
             "It steps downhill: MAML's inner step is gradient ascent on the value, θ + η ∇J.",
+        ),
+        (
+            lambda m, th, eta: th + exact.gradient(m, th),
+            "It ignores `step_size`: the step is η ∇J(θ) (with η = 0, θ' = θ).",
+        ),
+        (
+            lambda m, th, eta: eta * exact.gradient(m, th),
+            "It returns only the step η ∇J(θ): θ' starts from θ.",
         ),
     ]
     _compare(
@@ -119,7 +128,11 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
             past = past + g
         return out
 
+    def undiscounted(scores, adv, gamma):
+        return reference_missing_hessian_terms(scores, adv, 1.0)
+
     mistakes = [
+        (undiscounted, "It ignores γ: each step's terms carry the same factor γ^t as its ∇²ℓ_t term in the surrogate."),
         (outer_only, "It has only the g_t g_tᵀ terms (what LVC keeps): the cross terms with S_{<t} = Σ_{s<t} g_s are missing."),
         (inclusive_past, "Its past sum includes step t itself (off by one): S_{<t} runs over s < t only."),
         (one_sided, "It is not symmetric: add both g_t S_{<t}ᵀ and its transpose S_{<t} g_tᵀ."),
@@ -149,6 +162,24 @@ def reference_expected_surrogate_hessian(mdp, logits_fn: Callable, params) -> ja
     weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
     return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
 
+
+
+def reference_expected_lvc_hessian(mdp, logits_fn: Callable, params) -> jax.Array:
+    """E[Σ_t γ^t Â_t (∇²ℓ_t + ∇ℓ_t∇ℓ_tᵀ)], the LVC (TayPO-1) Hessian in expectation (exact critic, on-policy).
+
+    Notebook 03 compares it with the sampled LVC Hessian; kept here so that the notebook does not print the
+    weights of Exercise 3's answer.
+    """
+    from metagrad import mdp as mdp_lib
+
+    def log_pi(p):
+        return jax.nn.log_softmax(logits_fn(p), axis=-1)
+
+    pi = jnp.exp(log_pi(params))
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
+    scores = jax.jacobian(log_pi)(params)
+    return reference_expected_surrogate_hessian(mdp, logits_fn, params) + jnp.einsum("sa,sap,saq->pq", weights, scores, scores)
 
 def _policy_classes(num_states: int, num_actions: int, seed: int):
     """(name, logits_fn, params) for a tabular softmax, a log-linear policy and a small tanh network."""

@@ -36,6 +36,15 @@ def _ope_cases():
             "large ratios and γ = 0.5",
             (_float(jax.random.normal(keys[3], (4,)) + 1.0), _float(jax.random.normal(keys[4], (4,))), _float(jax.random.normal(keys[5], (5,))), 0.5),
         ),
+        (
+            "a long trajectory (T = 300, γ = 0.99)",
+            (
+                _float(0.1 * jax.random.normal(jax.random.PRNGKey(70), (300,))),
+                _float(jax.random.uniform(jax.random.PRNGKey(71), (300,))),
+                _float(jax.random.uniform(jax.random.PRNGKey(72), (301,))),
+                0.99,
+            ),
+        ),
     ]
 
 
@@ -72,7 +81,7 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
         parts=value_gradient_parts,
     )
     return (
-        f"matches {name} in value on 5 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1), "
+        f"matches {name} in value on 6 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1, T = 300), "
         "also under jax.jit and jax.vmap."
     )
 
@@ -108,26 +117,33 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
     """``doubly_robust(log_ratios [T], rewards [T], values [T+1], gamma)`` -> scalar."""
     from metagrad import ope
 
-    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False):
+    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False, one_step=False, sign=1.0):
         g = 1.0 if undiscounted else gamma
         est = v[-1]
         for t in reversed(range(r.shape[0])):
             rho = jnp.exp(lr[t])
-            base = v[t + 1] if shift else v[t]
-            est = rho * (r[t] + g * est) if rho_on_value else base + rho * (r[t] + g * est - base)
+            base = sign * (v[t + 1] if shift else v[t])
+            after = v[t + 1] if one_step else est
+            est = rho * (r[t] + g * after) if rho_on_value else base + rho * (r[t] + g * after - base)
         return est
 
     mistakes = [
         (lambda *a: loop(*a, shift=True), "It uses V(x_{t+1}) as the control variate at step t (off by one): use V(x_t)."),
         (lambda *a: loop(*a, rho_on_value=True), "It matches step-wise IS: the critic terms V(x_t) − ρ_t V(x_t) are missing."),
-        (lambda *a: loop(*a, undiscounted=True), "It ignores γ in the recursion V̂_t = V(x_t) + ρ_t (r_t + γ V̂_{t+1} − V(x_t))."),
+        (lambda *a: loop(*a, undiscounted=True), "It ignores γ: the next step's estimate V̂_{t+1} is discounted inside the recursion."),
+        (
+            lambda *a: loop(*a, one_step=True),
+            "It uses the critic V(x_{t+1}) where the recursion needs the next estimate V̂_{t+1}: only one step of "
+            "corrections survives (that is a one-step, V-trace-like target with c̄ = 0).",
+        ),
+        (lambda *a: loop(*a, sign=-1.0), "The control variate has the wrong sign: add V(x_t) − ρ_t V(x_t), not its negative."),
     ]
     return _check_ope("doubly_robust", doubly_robust, ope.doubly_robust, mistakes, "metagrad.ope.doubly_robust")
 
 
 @_register("04", "dr_log_ratio_gradient")
 def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
-    """``dr_log_ratio_gradient(rewards [T], values [T+1], gamma)`` -> ∂V̂_DR/∂κ at κ = 0, i.e. γ^t Â_t [T]."""
+    """``dr_log_ratio_gradient(rewards [T], values [T+1], gamma)`` -> ∂V̂_DR/∂κ_t at κ = 0 in closed form, [T]."""
     from metagrad import ope
 
     def reference(r, v, gamma):
