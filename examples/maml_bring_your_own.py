@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from metagrad import maml
-from metagrad.distributions import DiagGaussian
+from metagrad.policies import DiagGaussian
 
 HORIZON = 20
 INNER_STEP_SIZE = 0.02

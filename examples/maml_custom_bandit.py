@@ -1,9 +1,9 @@
 """Plug your own task family into :func:`metagrad.maml.train` (issue 12 §3): a 2-D continuous bandit.
 
 Each task is a random optimum c ~ U[−1, 1]²; one step per episode; reward r = −‖a − c‖². The task family is the
-class below (a Gymnasium ``FuncEnv`` whose methods take the task as ``params``, plus ``sample_tasks``; any object
-of :mod:`metagrad.envs.protocol` works too, see ``maml_bring_your_own.py``); the policy, critic and outer optimiser
-are passed the same way, with ``MAMLConfig(env=None)``. Run: ``python examples/maml_custom_bandit.py``.
+class below (a Gymnasium ``FuncEnv`` whose methods take the task as ``params``, plus ``sample_tasks``; any
+object of :mod:`metagrad.envs.protocol` works too, see ``maml_bring_your_own.py``); the policy, critic and outer
+optimiser are passed the same way, with ``MAMLConfig(env=None)``. Run: ``python examples/maml_custom_bandit.py``.
 """
 
 import gymnasium
@@ -49,8 +49,9 @@ def mean_reward_critic(trajectories, gamma, *, task=None, policy=None, params=No
 
 
 def train(iterations=40, seed=0):
-    config = maml.MAMLConfig(env=None, inner_estimator="dr", outer="pg", inner_steps=1, inner_step_size=0.5, num_tasks=8,
-                             num_trajectories=20, horizon=1, num_iterations=iterations, checkpoint_every=iterations)
+    config = maml.MAMLConfig(env=None, inner_estimator="dr", outer="pg", inner_steps=1, inner_step_size=0.5,
+                             num_tasks=8, num_trajectories=20, horizon=1, num_iterations=iterations,
+                             checkpoint_every=iterations)
     return maml.train(config, jax.random.PRNGKey(seed), env=Bandit2D(), policy=GaussianMLP(1, 2, (16,)),
                       critic=mean_reward_critic, optimizer=optax.adam(3e-2), progress=False)
 

@@ -137,7 +137,7 @@ def test_emaml_adds_promps_exploration_term(tabular):
 
 
 def test_critics_linear_baseline_exact_values_and_no_gradient():
-    """Linear: ridge least squares of the returns-to-go on φ(x, t) over the valid steps (padding ignored),
+    """Linear: ridge least squares (ridge 1e-5) of the returns-to-go on φ(x, t) over the valid steps (padding ignored),
     V(x_T) = 0. Exact: V^π of the sampling policy. None: 0. No critic passes a gradient."""
     rng = np.random.default_rng(0)
     n, t, gamma = 4, 6, 0.9
@@ -160,7 +160,7 @@ def test_critics_linear_baseline_exact_values_and_no_gradient():
     steps = np.broadcast_to((np.arange(t + 1) / 100.0)[None, :, None], (n, t + 1, 1))
     phi = np.concatenate([o, o**2, steps, steps**2, steps**3, np.ones_like(steps)], axis=-1)
     x, y = phi[:, :-1][valid], returns[valid]
-    ridge = 1e-5 * (np.trace(x.T @ x) / x.shape[1] + 1.0)
+    ridge = 1e-5  # ProMP's absolute reg_coeff (baselines/linear_baseline.py; test_maml_masks.py has its fit)
     w = np.linalg.lstsq(np.vstack([x, np.sqrt(ridge) * np.eye(x.shape[1])]),
                         np.concatenate([y, np.zeros(x.shape[1])]), rcond=None)[0]
     expected = phi @ w

@@ -110,3 +110,63 @@ def test_policy_size_errors():
         TabularSoftmax(3, 0)
     with pytest.raises(ValueError, match="num_actions"):
         CategoricalMLP(2, 1.5)
+
+
+# ------------------------------------------------------------------ distributions and init/apply policies (issue 20 §1)
+def test_diag_gaussian_of_any_action_shape_against_naive_formulas():
+    from metagrad.policies import DiagGaussian
+
+    key = jax.random.PRNGKey(0)
+    mean, log_std = jax.random.normal(key, (4, 2, 3)), 0.3 * jax.random.normal(jax.random.fold_in(key, 1), (2, 3))
+    other = DiagGaussian(mean + 0.5, log_std - 0.2, event_ndim=2)
+    dist = DiagGaussian(mean, log_std, event_ndim=2)
+    action = jax.random.normal(jax.random.fold_in(key, 2), (4, 2, 3))
+    m, s, a = np.asarray(mean), np.exp(np.asarray(log_std)), np.asarray(action)
+    for b in range(4):
+        log_p = sum(-0.5 * ((a[b, i, j] - m[b, i, j]) / s[i, j]) ** 2 - np.log(s[i, j]) - 0.5 * np.log(2 * np.pi)
+                    for i in range(2) for j in range(3))
+        np.testing.assert_allclose(dist.log_prob(action)[b], log_p, rtol=1e-10)
+        s_b, m_b = s * np.exp(-0.2), m + 0.5
+        kl = sum(np.log(s_b[i, j] / s[i, j]) + (s[i, j] ** 2 + (m[b, i, j] - m_b[b, i, j]) ** 2) / (2 * s_b[i, j] ** 2)
+                 - 0.5 for i in range(2) for j in range(3))
+        np.testing.assert_allclose(dist.kl(other)[b], kl, rtol=1e-10)
+        np.testing.assert_allclose(dist.entropy()[b], np.sum(np.log(s) + 0.5 * np.log(2 * np.pi * np.e)), rtol=1e-10)
+    sample, log_p = dist.sample_and_log_prob(jax.random.PRNGKey(3))
+    assert sample.shape == (4, 2, 3)
+    np.testing.assert_allclose(log_p, dist.log_prob(sample), rtol=1e-10)
+
+
+def test_categorical_against_naive_formulas():
+    from metagrad.policies import Categorical
+
+    logits = jnp.array([[0.1, 2.0, -1.0], [0.0, 0.0, 0.0]])
+    p = np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(-1, keepdims=True)
+    q = np.full((2, 3), 1 / 3)
+    dist, uniform = Categorical(logits), Categorical(jnp.zeros((2, 3)))
+    np.testing.assert_allclose(dist.log_prob(jnp.array([1, 2])), np.log([p[0, 1], p[1, 2]]), rtol=1e-10)
+    np.testing.assert_allclose(dist.kl(uniform), [sum(p[b, a] * np.log(p[b, a] / q[b, a]) for a in range(3))
+                                                  for b in range(2)], rtol=1e-10)
+    np.testing.assert_allclose(dist.entropy(), -np.sum(p * np.log(p), -1), rtol=1e-10)
+
+
+def test_functional_policy_maps_a_one_observation_apply_over_batch_axes():
+    import gymnasium
+
+    from metagrad.policies import DiagGaussian, FunctionalPolicy
+
+    def init(key, observation_space, action_space):
+        return {"w": jax.random.normal(key, observation_space.shape + action_space.shape), "log_std": jnp.zeros(2)}
+
+    def apply(params, obs):
+        assert obs.shape == (3,)  # written for one observation
+        return DiagGaussian(obs @ params["w"], params["log_std"])
+
+    policy = FunctionalPolicy.bind(init, apply, gymnasium.spaces.Box(-1, 1, (3,)), gymnasium.spaces.Box(-1, 1, (2,)))
+    params = policy.init(jax.random.PRNGKey(0))
+    obs, actions = jnp.ones((5, 4, 3)), jnp.zeros((5, 4, 2))
+    log_p = policy.log_prob(params, obs, actions)
+    assert log_p.shape == (5, 4)
+    np.testing.assert_allclose(log_p[2, 1], apply(params, obs[2, 1]).log_prob(actions[2, 1]), rtol=1e-12)
+    assert policy.kl(params, params, obs).shape == (5, 4)
+    with pytest.raises(ValueError, match=r"`obs` must have shape \[..., 3\]"):
+        policy.log_prob(params, jnp.ones((5, 2)), jnp.zeros((5, 2)))

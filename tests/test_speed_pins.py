@@ -11,7 +11,7 @@ Fisher-vector product (Jᵀu = J u per inner step, ``tests/test_trpo_fvp.py``) e
 to 4e-16, yet moves the navigation step by 1.8e-6 relative; so does symmetrising the old matrix alone (1.4e-6),
 and compiling the same code at XLA's default optimisation level instead of this suite's level 0 moves it by 3e-4
 (measured for the code before and after). Measured again for issue 20 (this suite's settings, step norm): the
-distribution-based policies (``metagrad.distributions``) move it by 4.2e-4 with the TRPO code unchanged, XLA level 2
+distribution-based policies (``apply`` returning a distribution) move it by 4.2e-4 with the TRPO code unchanged, XLA level 2
 vs 0 then by 6.7e-5, and the output-space Fisher-vector product with the meta-gradient from the linearised inner
 steps by 1.7e-4 more (its projection on the probe by 1.2e-3 and 1.5e-3 relative: 2.5e-4 of ‖Δθ‖). So the
 ``navigation`` pin (damping 1e-5) holds its step to 1e-3 only (the norm relative, the projection and the components

@@ -8,8 +8,9 @@ weight in every estimator, never a path for θ (paper-notes §3). Three kinds (:
 * ``"linear"`` — the LinearFeatureBaseline of rllab / MAML / ProMP, fitted per task by ridge regression
   of the discounted returns-to-go G_t on the features
   φ(x, t) = [clip(x, −10, 10), clip(x, −10, 10)², t/100, (t/100)², (t/100)³, 1],
-  w = argmin Σ_{n,t valid} (φ_{n,t}·w − G_{n,t})² + c ‖w‖², c = ``reg`` · (mean diag(ΦᵀΦ) + 1)
-  (scale-free ridge; the + 1 keeps it positive for an all-zero batch).
+  w = lstsq(ΦᵀΦ + c I, ΦᵀG) over the valid (n, t) steps with c = ``reg_coeff`` = 10⁻⁵, and c ← 10c (up to
+  five tries) while w has a NaN — ProMP's ``LinearBaseline.fit``
+  (``meta_policy_search/baselines/linear_baseline.py``), fitted per task on the batch it then predicts.
   The horizon is part of the task (episodic), so V(x_T) = 0: no bootstrap.
 * ``"exact"`` — for tabular tasks, the true values V^π(x) of the policy that sampled the batch
   (:func:`metagrad.mdp.policy_evaluation`), indexed by state; V(x_T) bootstraps the truncated tail.
@@ -55,16 +56,20 @@ def linear_features(observations: jax.Array) -> jax.Array:
     return jnp.concatenate([obs, obs**2, t, t**2, t**3, jnp.ones_like(t)], axis=-1)
 
 
-def linear_feature_baseline(trajectories: Trajectories, gamma, *, reg: float = 1e-5) -> jax.Array:
+def linear_feature_baseline(trajectories: Trajectories, gamma, *, reg_coeff: float = 1e-5) -> jax.Array:
     """Fit the LinearFeatureBaseline on one task's batch and return its values ``[N, T+1]`` (V(x_T) = 0).
 
-    Ridge regression on the valid (non-padding) steps, solved by one ``jnp.linalg.solve`` of the
-    (2D+4)×(2D+4) normal equations (well conditioned thanks to the ridge term).
+    ProMP's fit (``LinearBaseline.fit``): the features Φ of the valid (non-padding) steps and their discounted
+    returns-to-go G (no bootstrap), w = lstsq(ΦᵀΦ + c I, ΦᵀG) (least squares with singular values below machine
+    precision cut, numpy's ``rcond=-1``) with c = ``reg_coeff``; if w has a NaN, c ← 10 c and solve again, at most
+    five solves in all. Padding steps are zero rows of Φ, so they add nothing to ΦᵀΦ or ΦᵀG (ProMP concatenates
+    the valid steps of its paths). The ridge c is absolute, as in ProMP: it matters only when ΦᵀΦ is nearly
+    singular.
 
     Args:
-      trajectories: a batch with ``observations [N, T+1, D]`` (float) for one task.
+      trajectories: a batch with ``observations [N, T+1, D]`` (float) or state indices ``[N, T+1]`` for one task.
       gamma: the discount.
-      reg: the relative ridge coefficient.
+      reg_coeff: ProMP's ``reg_coeff`` (its default 1e-5).
     """
     obs = trajectories.observations
     if obs.ndim == 2:
@@ -77,11 +82,22 @@ def linear_feature_baseline(trajectories: Trajectories, gamma, *, reg: float = 1
     mask = trajectories.mask()[..., None]
     phi = (features[:, :-1] * mask).reshape(-1, features.shape[-1])
     y = (returns * mask[..., 0]).reshape(-1)
-    gram = phi.T @ phi
-    ridge = reg * (jnp.trace(gram) / gram.shape[0] + 1.0)
     with jax.default_matmul_precision("highest"):
-        w = jnp.linalg.solve(gram + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype), phi.T @ y)
-    values = features @ w
+        gram, target = phi.T @ phi, phi.T @ y
+        eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+        rcond = jnp.finfo(gram.dtype).eps
+
+        def solve(carry):
+            tries, coeff, _ = carry
+            return tries + 1, coeff * 10.0, jnp.linalg.lstsq(gram + coeff * eye, target, rcond=rcond)[0]
+
+        def retry(carry):
+            tries, _, w = carry
+            return (tries == 0) | (jnp.any(jnp.isnan(w)) & (tries < 5))
+
+        start = (jnp.asarray(0), jnp.asarray(reg_coeff, gram.dtype), jnp.zeros_like(target))
+        w = jax.lax.while_loop(retry, solve, start)[2]
+        values = features @ w
     values = values.at[:, -1].set(0.0)
     return jax.lax.stop_gradient(values)
 
@@ -92,7 +108,7 @@ def exact_values(trajectories: Trajectories, task: TabularMDP, probabilities: ja
     return jax.lax.stop_gradient(v[trajectories.observations])
 
 
-def make_critic(kind: str, *, reg: float = 1e-5):
+def make_critic(kind: str, *, reg_coeff: float = 1e-5):
     """``critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]`` for a kind in :data:`CRITICS`.
 
     ``policy`` and ``params`` (the policy that sampled the batch) are only used by ``"exact"``, which needs a
@@ -106,7 +122,7 @@ def make_critic(kind: str, *, reg: float = 1e-5):
             shape = trajectories.rewards.shape[:1] + (trajectories.rewards.shape[1] + 1,)
             return jnp.zeros(shape, trajectories.rewards.dtype)
         if kind == "linear":
-            return linear_feature_baseline(trajectories, gamma, reg=reg)
+            return linear_feature_baseline(trajectories, gamma, reg_coeff=reg_coeff)
         if not isinstance(task, TabularMDP):
             raise ValueError("The 'exact' critic needs tabular tasks (a metagrad.mdp.TabularMDP).")
         probabilities = jax.nn.softmax(jax.lax.stop_gradient(params), axis=-1)

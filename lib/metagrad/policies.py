@@ -1,11 +1,12 @@
-"""Policies as pure functions of a parameter pytree: tabular softmax, Gaussian MLP and categorical MLP.
+"""Policies as pure functions of a parameter pytree (tabular softmax, Gaussian and categorical MLPs, your own
+init/apply pair) and the action distributions they return.
 
 Each policy is a small frozen (hashable) object that only holds the *static* sizes; the parameters are
 plain pytrees of ``jax.Array`` (nested dicts and lists), so they work with ``jax.grad``, ``jax.vmap``
 and optax unchanged. Every policy provides
 
 * ``init(key) -> params``,
-* ``apply(params, obs) -> distribution`` (:mod:`metagrad.distributions`), from which the rest comes:
+* ``apply(params, obs) -> distribution`` (:class:`Categorical`, :class:`DiagGaussian`), from which the rest comes:
 * ``log_prob(params, obs, action) -> log π_θ(a|x)`` (broadcast over any leading batch axes),
 * ``sample(params, key, obs) -> (action, log π_θ(a|x))`` for *one* observation — exactly the
   ``policy_fn(params, key, obs)`` of :func:`metagrad.rollout.sample`,
@@ -23,6 +24,12 @@ Policies:
 * :class:`FunctionalPolicy` — your own ``init(key, observation_space, action_space) -> params`` and
   ``apply(params, obs) -> distribution`` pair of pure functions (any network); :func:`default_policy` — the MLP
   policy of an environment's spaces (any action shape).
+
+Action distributions (pytrees; a policy's ``apply`` returns one, and log-probabilities, entropy, KL and samples come
+from it, so a policy never writes its own KL): :class:`Categorical` (softmax over the last axis of the logits) and
+:class:`DiagGaussian` (any action shape: the last ``event_ndim`` axes of the mean are the action's; ``log_std``
+broadcasts, a learned vector as in MAML/ProMP or a full state-dependent array; the log-likelihood and KL of ProMP's
+``diagonal_gaussian.py``).
 
 Example:
   >>> import metagrad.envs, metagrad.rollout
@@ -47,12 +54,102 @@ import jax
 import jax.numpy as jnp
 
 from metagrad._validation import check_finite, check_index_range
-from metagrad.distributions import Categorical, DiagGaussian
 
-__all__ = ["TabularSoftmax", "GaussianMLP", "CategoricalMLP", "FunctionalPolicy", "default_policy", "mlp_init", "mlp_apply",
-           "as_policy_fn"]
+__all__ = ["Categorical", "DiagGaussian", "TabularSoftmax", "GaussianMLP", "CategoricalMLP", "FunctionalPolicy",
+           "default_policy", "mlp_init", "mlp_apply", "as_policy_fn"]
 
 
+# ------------------------------------------------------------------------------- action distributions
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@jax.tree_util.register_pytree_node_class
+class Categorical:
+    """π(a) = softmax(logits)[a]; ``logits [..., A]``, actions integer ``[...]``."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def tree_flatten(self):
+        return (self.logits,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    @property
+    def log_probs(self) -> jax.Array:
+        """log softmax(logits), ``[..., A]``."""
+        return jax.nn.log_softmax(self.logits, axis=-1)
+
+    def log_prob(self, action) -> jax.Array:
+        """log π(a), ``[...]``."""
+        return jnp.take_along_axis(self.log_probs, jnp.asarray(action)[..., None], axis=-1)[..., 0]
+
+    def sample_and_log_prob(self, key):
+        """``(a, log π(a))`` with a ~ π (``jax.random.categorical``)."""
+        log_pi = self.log_probs
+        action = jax.random.categorical(key, log_pi)
+        return action, jnp.take_along_axis(log_pi, action[..., None], axis=-1)[..., 0]
+
+    def sample(self, key) -> jax.Array:
+        return self.sample_and_log_prob(key)[0]
+
+    def entropy(self) -> jax.Array:
+        """H(π) = −Σ_a π(a) log π(a)."""
+        log_pi = self.log_probs
+        return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+
+    def kl(self, other: "Categorical") -> jax.Array:
+        """KL(self ‖ other) = Σ_a π(a) (log π(a) − log π_other(a))."""
+        log_a, log_b = self.log_probs, other.log_probs
+        return jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
+
+
+@jax.tree_util.register_pytree_node_class
+class DiagGaussian:
+    """a ~ N(mean, diag σ²), σ = exp(log_std); the last ``event_ndim`` axes of ``mean`` are the action's."""
+
+    def __init__(self, mean, log_std, event_ndim: int = 1):
+        self.mean, self.log_std, self.event_ndim = mean, log_std, int(event_ndim)
+
+    def tree_flatten(self):
+        return (self.mean, self.log_std), self.event_ndim
+
+    @classmethod
+    def tree_unflatten(cls, event_ndim, children):
+        return cls(*children, event_ndim)
+
+    def _sum_event(self, x) -> jax.Array:
+        return jnp.sum(x, axis=tuple(range(-self.event_ndim, 0))) if self.event_ndim else x
+
+    def log_prob(self, action) -> jax.Array:
+        """log π(a) = Σ_i [−½ ((a_i − μ_i)/σ_i)² − log σ_i − ½ log 2π] over the event axes."""
+        z = (action - self.mean) * jnp.exp(-self.log_std)
+        return self._sum_event(-0.5 * z**2 - self.log_std - _HALF_LOG_2PI)
+
+    def sample_and_log_prob(self, key):
+        """``(a, log π(a))``, a = μ + σ ε with ε ~ N(0, I) (log π from ε directly)."""
+        noise = jax.random.normal(key, self.mean.shape, self.mean.dtype)
+        action = self.mean + jnp.exp(self.log_std) * noise
+        return action, self._sum_event(-0.5 * noise**2 - self.log_std - _HALF_LOG_2PI)
+
+    def sample(self, key) -> jax.Array:
+        return self.sample_and_log_prob(key)[0]
+
+    def entropy(self) -> jax.Array:
+        """H = Σ_i (log σ_i + ½ log 2πe)."""
+        return self._sum_event(jnp.broadcast_to(self.log_std + 0.5 * math.log(2 * math.pi * math.e), self.mean.shape))
+
+    def kl(self, other: "DiagGaussian") -> jax.Array:
+        """KL(self ‖ other) = Σ_i log(σ_b/σ_a) + (σ_a² + (μ_a − μ_b)²)/(2σ_b²) − ½."""
+        log_a, log_b = self.log_std, other.log_std
+        var_ratio = jnp.exp(2 * (log_a - log_b))
+        return self._sum_event(log_b - log_a + 0.5 * (var_ratio + (self.mean - other.mean) ** 2 * jnp.exp(-2 * log_b))
+                               - 0.5)
+
+
+# ------------------------------------------------------------------------------------------- policies
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
@@ -93,7 +190,7 @@ def mlp_apply(layers: list[dict], x: jax.Array) -> jax.Array:
 
 class _DistributionPolicy:
     """``log_prob``, ``sample``, ``entropy`` and ``kl`` of a policy from its ``apply(params, obs) -> distribution``
-    (:mod:`metagrad.distributions`), broadcast over the leading batch axes of ``obs``."""
+    (:class:`Categorical`, :class:`DiagGaussian`), broadcast over the leading batch axes of ``obs``."""
 
     def log_prob(self, params, obs, action) -> jax.Array:
         return self.apply(params, obs).log_prob(action)
@@ -230,7 +327,7 @@ class FunctionalPolicy(_DistributionPolicy):
 
     * ``init_fn(key, observation_space, action_space) -> params`` (any pytree);
     * ``apply_fn(params, obs) -> distribution`` for **one** observation of ``observation_space.shape``: a
-      :class:`~metagrad.distributions.Categorical` or :class:`~metagrad.distributions.DiagGaussian` (or any object
+      :class:`Categorical` or :class:`DiagGaussian` (or any object
       with ``log_prob``, ``sample_and_log_prob``, ``entropy``, ``kl``). Leading batch axes are mapped with
       ``jax.vmap``, so any network written for one input works (plain ``jax.numpy``, Flax, Equinox).
 

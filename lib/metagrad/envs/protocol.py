@@ -19,20 +19,8 @@ also accepts metagrad's Gymnasium ``FuncEnv`` environments (:class:`~metagrad.en
 :class:`~metagrad.envs.TabularMDPEnv`, any ``FuncEnv`` with pure JAX methods) through :class:`FuncEnvAdapter`,
 and Gymnasium ids whose environment is a ``FunctionalJaxEnv`` (e.g. ``"metagrad/Navigation2D-v0"``).
 
-Example — a 1-D task "walk to the goal g", ``params = g``::
-
-    class Walk1D:
-        def reset(self, key, params):
-            return jnp.zeros(1), jnp.zeros(1)
-        def step(self, key, state, action, params):
-            state = state + jnp.clip(action, -0.1, 0.1)
-            return state, state, -jnp.abs(state[0] - params), jnp.abs(state[0] - params) < 0.01, {}
-        def observation_space(self, params):
-            return gymnasium.spaces.Box(-jnp.inf, jnp.inf, (1,))
-        def action_space(self, params):
-            return gymnasium.spaces.Box(-jnp.inf, jnp.inf, (1,))
-        def sample_tasks(self, key, n):
-            return jax.random.uniform(key, (n,), minval=-1.0, maxval=1.0)
+Example: ``examples/maml_bring_your_own.py`` (``Walk1D``, a terminating 1-D task in about 20 lines, trained by
+:func:`metagrad.maml.train` with a user policy and an optax optimiser).
 
 References:
   Lange. gymnax: a JAX-based reinforcement learning environment library. 2022 (the ``reset``/``step`` shape).
@@ -108,7 +96,8 @@ class FuncEnvAdapter:
 
     def sample_tasks(self, key, n: int, **kwargs):
         if not callable(getattr(self.func_env, "sample_tasks", None)):
-            raise TypeError(f"{type(self.func_env).__name__} has no `sample_tasks(key, n)`; pass `sample_tasks=` to MAML.")
+            raise TypeError(f"{type(self.func_env).__name__} has no `sample_tasks(key, n)`; "
+                            "pass `sample_tasks=` to MAML.")
         return self.func_env.sample_tasks(key, n, **kwargs)
 
     @property

@@ -1,6 +1,6 @@
 """The Fig. 1d protocol of ``metagrad maml-nav2d`` (Tang et al. 2021, Sec. 5.2): the six methods, every setting
-with its source (:data:`NAV_DEFAULTS`), the ``--quick`` sizes and :func:`nav_config`, the :class:`~metagrad.maml.MAMLConfig`
-of one method. Shared by the command (:mod:`metagrad.experiments.maml_experiments`) and its option checks
+with its source (:data:`NAV_DEFAULTS`), the ``--quick`` sizes and :func:`nav_config`, the
+:class:`~metagrad.maml.MAMLConfig` of one method. Shared by the command (:mod:`metagrad.experiments.maml_experiments`) and its option checks
 (:mod:`metagrad.experiments._options`)."""
 
 from __future__ import annotations

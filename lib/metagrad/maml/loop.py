@@ -73,14 +73,15 @@ class MAML:
     """
 
     def __init__(self, config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, sample_tasks=None):
-        """``env``, ``policy``, ``critic``, ``optimizer``, ``sample_tasks`` replace the config's named ones (the open API).
+        """``env``, ``policy``, ``critic``, ``optimizer``, ``sample_tasks`` replace the config's named ones (open API).
 
         * ``env`` — any environment of :mod:`metagrad.envs.protocol` (``reset``/``step``/spaces, the task a params
           pytree; no base class), a Gymnasium ``FuncEnv`` or a Gymnasium id of a functional JAX environment; needs
           ``MAMLConfig(env=None)`` (a named ``config.env`` would be unused, so it is refused);
         * ``sample_tasks`` — ``sample_tasks(key, n) -> params`` with a leading axis n (default: ``env.sample_tasks``);
         * ``policy`` — an ``(init, apply)`` pair of pure functions, ``init(key, observation_space, action_space) ->
-          params`` and ``apply(params, obs) -> distribution`` for one observation (:mod:`metagrad.distributions`;
+          params`` and ``apply(params, obs) -> distribution`` for one observation (``metagrad.policies``'
+          ``DiagGaussian`` or ``Categorical``;
           log-probability, KL and entropy come from it), or an object with ``init(key)``, ``log_prob``, ``sample``,
           ``kl`` (:mod:`metagrad.policies`). Default: :func:`metagrad.policies.default_policy` of the environment's
           spaces with ``config.hidden_sizes`` (a custom policy refuses a non-default ``hidden_sizes``);
@@ -107,7 +108,8 @@ class MAML:
                 raise ValueError(f"`MAMLConfig.env` = {config.env!r} would be unused with a custom `env=`; set "
                                  "MAMLConfig(env=None).")
             if sample_tasks is not None and not callable(sample_tasks):
-                raise ValueError(f"`sample_tasks` must be a function (key, n) -> tasks; got {type(sample_tasks).__name__}.")
+                raise ValueError("`sample_tasks` must be a function (key, n) -> tasks; "
+                                 f"got {type(sample_tasks).__name__}.")
             self.env = as_env(env, sample_tasks=sample_tasks is None)
             default = None
         self._sample_tasks = sample_tasks if sample_tasks is not None else getattr(self.env, "sample_tasks", None)

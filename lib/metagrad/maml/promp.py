@@ -22,7 +22,8 @@ def promp_objective(maml, params, old_params, data: TaskData):
     θ'_g(θ) adapted with the off-policy inner surrogates (μ = π_θk^old, recorded in ``data``); the KL term compares
     each inner-step policy π_θk with π_θk^old (θ^old = ``old_params``, stop-gradient) on the batch D_k.
     ``objective="promp"``: ``pro_mp.py``'s form — reduce_mean of the clipped ratio · normalised advantage and
-    β · mean_k KL_k; ``"paper"``: the PPO clip weighted by Γ_t Â_t and β · Σ_k KL_k.
+    β · mean_k KL_k; ``"paper"``: the PPO clip weighted by Γ_t Â_t and β · Σ_k KL_k Every KL_k is the mean over
+    the valid steps of D_k (padding after a termination excluded).
     """
     config = maml.config
 
@@ -42,7 +43,8 @@ def promp_objective(maml, params, old_params, data: TaskData):
         clip = outer_lib.ppo_clip_objective(log_pi, d.post_log_probs, adv, weights, config.clip_eps)
         kl = 0.0
         for theta, old_theta, batch in zip(thetas, old_thetas, d.pre):
-            kl = kl + jnp.mean(maml.policy.kl(jax.lax.stop_gradient(old_theta), theta, observations(batch)))
+            kl_t = maml.policy.kl(jax.lax.stop_gradient(old_theta), theta, observations(batch))
+            kl = kl + outer_lib.masked_mean(kl_t, batch.mask())
         return clip - config.kl_coef * kl
 
     return jnp.mean(jax.vmap(per_task)(data))

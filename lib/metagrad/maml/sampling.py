@@ -32,8 +32,10 @@ def observations(batch: Trajectories):
 
 
 def mean_return(batch: Trajectories, gamma: float | None = None) -> jax.Array:
-    """Mean over trajectories of Σ_t r_t (undiscounted when ``gamma`` is None, else Σ_t γ^t r_t)."""
+    """Mean over trajectories of Σ_t m_t r_t (undiscounted when ``gamma`` is None, else Σ_t m_t γ^t r_t), m the
+    valid-step mask (padding after a termination excluded)."""
+    rewards = batch.rewards * batch.mask()
     if gamma is None:
-        return jnp.mean(jnp.sum(batch.rewards, axis=-1))
+        return jnp.mean(jnp.sum(rewards, axis=-1))
     discount = gamma ** jnp.arange(batch.horizon, dtype=batch.rewards.dtype)
-    return jnp.mean(jnp.sum(batch.rewards * discount, axis=-1))
+    return jnp.mean(jnp.sum(rewards * discount, axis=-1))

@@ -8,7 +8,7 @@ objectives) and the meta-batch ``data`` (:class:`~metagrad.maml.TaskData` with a
 Cost. A TRPO step takes ``cg_iterations`` Fisher-vector products, so everything a product needs that does not
 depend on the vector is computed once per step (:func:`gauss_newton_fisher`): the inner steps are linearised
 (``jax.linearize``) and so is the map from θ' to the action distributions' parameters on the post-update batch
-(policies whose ``apply`` returns a :mod:`metagrad.distributions` object) — each product is then linear passes
+(policies whose ``apply`` returns a :mod:`metagrad.policies` object) — each product is then linear passes
 only, F v = Σ_g J_gᵀ J_out,gᵀ M J_out,g J_g v with M the Fisher of the action distribution in its own parameters. The meta-gradient reuses the same linearised inner steps.
 """
 
@@ -22,20 +22,24 @@ from metagrad import outer as outer_lib
 from metagrad.maml.sampling import TaskData, observations
 
 
-def _mean_over_samples(per_sample):
-    """mean_g mean_{n,t} of a per-sample quantity ``[M, N, T]`` (the average the TRPO KL constraint takes)."""
-    return jnp.mean(jax.vmap(jnp.mean)(per_sample))
+def _mean_over_samples(per_sample, data: TaskData):
+    """mean_g (Σ_{n,t} m_t x_t / Σ m_t) of a per-sample quantity x ``[M, N, T]`` over the valid post-update steps
+    (m = ``data.post.mask()``): the average the TRPO KL constraint takes."""
+    return jnp.mean(jax.vmap(outer_lib.masked_mean)(per_sample, data.post.mask()))
 
 
 def post_kl(maml, old_adapted, adapted, data: TaskData):
-    """mean_g mean_{n,t} KL(π_θ'_g,old ‖ π_θ'_g) on the post-update batches (leading task axis everywhere)."""
+    """mean_g KL_g on the post-update batches (leading task axis everywhere), KL_g = Σ_{n,t} m_t KL_t / Σ m_t the mean
+    of KL(π_θ'_g,old(·|x_t) ‖ π_θ'_g(·|x_t)) over the *valid* steps (m = ``data.post.mask()``: padding after a
+    termination excluded; ProMP's ``reduce_mean`` over its stacked paths). The Fisher-vector product and the line
+    search's KL average the same way (:func:`_mean_over_samples`), so both see the valid steps only."""
     kls = jax.vmap(lambda old, new, d: maml.policy.kl(old, new, observations(d.post)))(old_adapted, adapted, data)
-    return _mean_over_samples(kls)
+    return _mean_over_samples(kls, data)
 
 
 def _distribution_outputs(policy, params, obs):
     """``policy.apply(params, obs)`` when it returns a distribution that is a pytree of arrays (the distributions of
-    :mod:`metagrad.distributions`), else ``None`` (a policy without ``apply``, or an opaque distribution object)."""
+    :mod:`metagrad.policies`), else ``None`` (a policy without ``apply``, or an opaque distribution object)."""
     if not callable(getattr(policy, "apply", None)):
         return None
     try:
@@ -48,7 +52,7 @@ def _distribution_outputs(policy, params, obs):
 def _kl_hessian(maml, old_adapted, data: TaskData):
     """``w ↦ ∇²_θ' KL w`` at θ'_old (tangents with a leading task axis), linearised once.
 
-    Output space when the policy's ``apply`` returns a distribution pytree (:mod:`metagrad.distributions`):
+    Output space when the policy's ``apply`` returns a distribution pytree (:mod:`metagrad.policies`):
     ∇²KL = J_outᵀ M J_out exactly at θ'_old (the gradient of the KL in the distribution's parameters vanishes there,
     so the network's curvature drops), J_out the Jacobian of the post-batch distribution parameters in θ'
     (``jax.linearize``, transposed with ``jax.linear_transpose``) and M the Hessian of the averaged KL in those
@@ -65,7 +69,7 @@ def _kl_hessian(maml, old_adapted, data: TaskData):
     old_outputs, jacobian = jax.linearize(lambda a: jax.vmap(apply)(a, obs), old_adapted)
     jacobian_transpose = jax.linear_transpose(jacobian, old_adapted)
     reference = jax.lax.stop_gradient(old_outputs)
-    kl_gradient = jax.grad(lambda out: _mean_over_samples(jax.vmap(lambda a, b: a.kl(b))(reference, out)))
+    kl_gradient = jax.grad(lambda out: _mean_over_samples(jax.vmap(lambda a, b: a.kl(b))(reference, out), data))
     fisher = jax.linearize(kl_gradient, old_outputs)[1]
     return lambda w: jacobian_transpose(fisher(jacobian(w)))[0]
 
