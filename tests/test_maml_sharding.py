@@ -31,7 +31,8 @@ SEEDS = textwrap.dedent(
     keys = jax.random.split(jax.random.PRNGKey(0), 8)
     params, history = maml.train_seeds(config, keys, progress=False)
     leaf = jax.tree_util.tree_leaves(params)[0]
-    print(json.dumps({"devices": len(leaf.sharding.device_set), "per_device": leaf.addressable_shards[0].data.shape[0],
+    print(json.dumps({"devices": len(leaf.sharding.device_set),
+                      "per_device": leaf.addressable_shards[0].data.shape[0],
                       "params": jax.vmap(lambda p: ravel_pytree(p)[0])(params).tolist(),
                       "post_return": history["post_return"].tolist()}))
     """

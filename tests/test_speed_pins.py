@@ -2,24 +2,24 @@
 
 The values were computed by the code as it was before the optimisations (``metagrad reproduce``'s
 programs and ``MAML._trpo_update``), in this test suite's settings (float64, XLA optimisation level 0).
-``reproduce`` estimates are float32 (tolerance 1e-5 on correlations and errors of order one: float32
-rounding of sums over up to 300 trajectories). The TRPO step is float64: the meta-gradient is pinned to a
-relative 1e-7, the step to 2e-5 (its norm and projection relative, its components to 2e-5 of its norm) where the step is well conditioned. Ten
-conjugate-gradient iterations on the rank-deficient Fisher matrix (eigenvalues 3.2 down to 5e-19, damping
-1e-5) magnify rounding about 10¹⁰-fold: the forward-mode
-Fisher-vector product (Jᵀu = J u per inner step, ``tests/test_trpo_fvp.py``) equals the old linearize/vjp one
-to 4e-16, yet moves the navigation step by 1.8e-6 relative; so does symmetrising the old matrix alone (1.4e-6),
-and compiling the same code at XLA's default optimisation level instead of this suite's level 0 moves it by 3e-4
-(measured for the code before and after). Measured again for issue 20 (this suite's settings, step norm): the
-distribution-based policies (``apply`` returning a distribution) move it by 4.2e-4 with the TRPO code unchanged, XLA level 2
-vs 0 then by 6.7e-5, and the output-space Fisher-vector product with the meta-gradient from the linearised inner
-steps by 1.7e-4 more (its projection on the probe by 1.2e-3 and 1.5e-3 relative: 2.5e-4 of ‖Δθ‖). So the
-``navigation`` pin (damping 1e-5) holds its step to 1e-3 only (the norm relative, the projection and the components
-to 1e-3 of ‖Δθ‖): a tighter tolerance there pins the order of floating-point operations, not the maths. ``navigation-damped`` is the same iteration with
-damping 0.1 (well conditioned: XLA level 2 vs 0 moves its step by 2e-9), its values computed by the TRPO code as it
-was before issue 20's speed work (output-space product, shared linearisation, one adaptation per line-search
-candidate) and pinned to 2e-5; the new code reproduces them to 2e-9. The tabular step, well conditioned, agrees
-to 2e-16.
+``reproduce`` estimates are float32 (tolerance 1e-5 on correlations and errors of order one: float32 rounding of
+sums over up to 300 trajectories). The TRPO step is float64: the meta-gradient is pinned to a relative 1e-7, the
+step to 2e-5 (its norm and projection relative, its components to 2e-5 of its norm) where the step is well
+conditioned. Ten conjugate-gradient iterations on the rank-deficient Fisher matrix (eigenvalues 3.2 down to 5e-19,
+damping 1e-5) magnify rounding about 10¹⁰-fold: the forward-mode Fisher-vector product (Jᵀu = J u per inner step,
+``tests/test_trpo_fvp.py``) equals the old linearize/vjp one to 4e-16, yet moves the navigation step by 1.8e-6
+relative; so does symmetrising the old matrix alone (1.4e-6), and compiling the same code at XLA's default
+optimisation level instead of this suite's level 0 moves it by 3e-4 (measured for the code before and after).
+Measured again for issue 20 (this suite's settings, step norm): the distribution-based policies (``apply``
+returning a distribution) move it by 4.2e-4 with the TRPO code unchanged, XLA level 2 vs 0 then by 6.7e-5, and the
+output-space Fisher-vector product with the meta-gradient from the linearised inner steps by 1.7e-4 more (its
+projection on the probe by 1.2e-3 and 1.5e-3 relative: 2.5e-4 of ‖Δθ‖). So the ``navigation`` pin (damping 1e-5)
+holds its step to 1e-3 only (the norm relative, the projection and the components to 1e-3 of ‖Δθ‖): a tighter
+tolerance there pins the order of floating-point operations, not the maths. ``navigation-damped`` is the same
+iteration with damping 0.1 (well conditioned: XLA level 2 vs 0 moves its step by 2e-9), its values computed by the
+TRPO code as it was before issue 20's speed work (output-space product, shared linearisation, one adaptation per
+line-search candidate) and pinned to 2e-5; the new code reproduces them to 2e-9. The tabular step, well
+conditioned, agrees to 2e-16.
 """
 
 import jax
