@@ -49,8 +49,7 @@ checkpoints, a progress bar on stderr, atomic checkpoints and bit-identical ``re
 **Devices.** The meta-batch axis is sharded over all visible devices with a ``jax.sharding.Mesh`` of axis
 ``"tasks"`` and ``NamedSharding(mesh, P("tasks"))`` constraints on the task parameters and keys; the
 same code runs on one CPU, on fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``)
-and on several GPUs (``num_tasks`` must be divisible by the device count). :func:`train_seeds` instead places its
-independent seeds over the devices (:func:`shard_seeds`, S/D seeds per device when D divides S). On several hosts call
+and on several GPUs (``num_tasks`` must be divisible by the device count). On several hosts call
 ``jax.distributed.initialize()`` on every host before building the config (each host runs the same
 program); ``jax.devices()`` then lists the devices of all hosts, the mesh spans them, every host computes
 the same replicated parameters, and only process 0 should write checkpoints
@@ -85,10 +84,10 @@ from metagrad.maml.config import (
 )
 from metagrad.maml.loop import MAML, make_train, train, train_seeds
 from metagrad.maml.sampling import TaskData, mean_return
-from metagrad.maml.sharding import shard_seeds, task_sharding
+from metagrad.maml.sharding import task_sharding
 
 __all__ = [
     "ENVS", "LOOP_ESTIMATORS", "MAML", "MAMLConfig", "OBJECTIVES", "OUTERS", "TaskData", "checkpoint_lock",
-    "load_checkpoint", "make_env", "make_train", "mean_return", "sample_tasks", "shard_seeds", "task_sharding",
-    "train", "train_seeds", "valid_inner_estimators",
+    "load_checkpoint", "make_env", "make_train", "mean_return", "sample_tasks", "task_sharding", "train",
+    "train_seeds", "valid_inner_estimators",
 ]

@@ -23,7 +23,7 @@ from metagrad.maml import trpo as trpo_lib
 from metagrad.maml.checkpoint import CHECKPOINT, checkpoint_lock, key_data, load_checkpoint, write_checkpoint
 from metagrad.maml.config import MAMLConfig, make_env, sample_tasks
 from metagrad.maml.sampling import TaskData, mean_return, observations
-from metagrad.maml.sharding import shard_seeds, task_sharding
+from metagrad.maml.sharding import task_sharding
 from metagrad.envs.protocol import as_env
 from metagrad.policies import FunctionalPolicy, default_policy
 from metagrad.rollout import sample
@@ -368,8 +368,7 @@ def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, c
     num_seeds = int(keys.shape[0])
     init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
                                    sample_tasks=sample_tasks, num_seeds=num_seeds)
-    state = shard_seeds(init(keys), num_seeds) if config.shard else init(keys)  # S/D seeds per device
-    state, history = _run_chunks(config, train_chunk, state, {}, 0, progress, label)
+    state, history = _run_chunks(config, train_chunk, init(keys), {}, 0, progress, label)
     return state["params"], history
 
 

@@ -1,8 +1,7 @@
-"""Runs over devices (see :mod:`metagrad.maml`, Devices): the meta-batch of one run over a ``jax.sharding.Mesh`` of
-axis ``"tasks"`` (:func:`task_sharding`), or the independent seeds of :func:`metagrad.maml.train_seeds` over a mesh
-of axis ``"seeds"`` (:func:`shard_seeds`). Both use every device of ``jax.devices()`` — the local CPU or GPUs, fake
-CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``) or, after ``jax.distributed.initialize()``, the
-devices of every process."""
+"""The meta-batch over devices (see :mod:`metagrad.maml`, Devices): a ``jax.sharding.Mesh`` of axis ``"tasks"``
+(:func:`task_sharding`) over every device of ``jax.devices()`` — the local CPU or GPUs, fake CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) or, after ``jax.distributed.initialize()``, the devices of
+every process (tested with two local processes, ``tests/test_maml_sharding.py``)."""
 
 from __future__ import annotations
 
@@ -28,14 +27,3 @@ def task_sharding(config: MAMLConfig) -> NamedSharding | None:
         )
     return NamedSharding(Mesh(np.array(devices), ("tasks",)), PartitionSpec("tasks"))
 
-
-def shard_seeds(state, num_seeds: int):
-    """``state`` (leaves with a leading seed axis ``[S, …]``) placed with ``NamedSharding(Mesh(jax.devices(),
-    ("seeds",)), P("seeds"))`` — each device holds S / D seeds, and the jitted ``vmap`` over seeds runs them where
-    they lie — or unchanged on one device or when the device count D does not divide ``num_seeds`` (the seeds then
-    run together on the default device, as without sharding)."""
-    devices = jax.devices()
-    if len(devices) == 1 or num_seeds % len(devices):
-        return state
-    sharding = NamedSharding(Mesh(np.array(devices), ("seeds",)), PartitionSpec("seeds"))
-    return jax.device_put(state, sharding)
