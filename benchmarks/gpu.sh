@@ -90,9 +90,10 @@ for m in (1, 2):
 PY
 else
   step reproduce "$PYTHON" -m metagrad reproduce --num-trajectories 100000 --quiet --out "$OUT/reproduce"
+  # Checkpointed and resumable: rerunning the script continues the Fig. 1d run where it stopped (docs/fig1d.md).
   step nav2d "$PYTHON" -m metagrad maml-nav2d --no-progress --out "$OUT/maml_nav2d" \
-    ${NAV_ITERATIONS:+--iterations "$NAV_ITERATIONS"}
-  step maml_benchmark "$PYTHON" benchmarks/maml.py --scaling --write
+    --checkpoint-dir "$OUT/maml_nav2d/checkpoints" --resume ${NAV_ITERATIONS:+--iterations "$NAV_ITERATIONS"}
+  step maml_benchmark "$PYTHON" benchmarks/maml.py --scaling --fig1d --write
 fi
 
 "$PYTHON" - "$OUT" "$RESULTS" "$SMOKE" <<'EOF'

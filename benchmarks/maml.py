@@ -16,7 +16,12 @@
    search) and ProMP (LVC inner surrogate, 5 clipped-surrogate Adam steps), each as a multiple of the plain
    policy-gradient iteration on the same batch sizes, and TRPO-MAML also as a multiple of the PG meta-iteration
    of the same config (MAML inner, one inner step, PG outer: issue 14's target ≤ 3×).
-3. ``--scaling``: time of one meta-iteration (TayPO-2, one inner step) against the number of tasks per
+3. ``--fig1d``: the six methods of Fig. 1d at the paper's protocol (``metagrad maml-nav2d``'s configs: corners,
+   40 × 20 × 100, 3 inner steps, ProMP's objective form), CPU and wall seconds of one meta-iteration each, and the
+   cost of the full protocol (``--fig1d-iterations`` iterations × ``--fig1d-seeds`` seeds × the six methods) projected
+   from them. Methods that share an outer step are listed together (TRPO: MAML, FMAML, EMAML, DiCE; ProMP: LVC,
+   TayPO-2), so the cost of the outer optimiser and of the inner estimator can be read apart.
+4. ``--scaling``: time of one meta-iteration (TayPO-2, one inner step) against the number of tasks per
    meta-batch (``--scaling-tasks``, default 1, 10, 100, 1000), at the quick batch per task (10 trajectories
    × 50 steps) so that a CPU can reach 1000 tasks; on a GPU pass ``--scaling-full`` for 20 × 100.
 
@@ -90,6 +95,36 @@ def run(configs: dict[str, maml.MAMLConfig], repeats: int) -> dict[str, Timer]:
     return timers
 
 
+def fig1d_rows(args) -> list[str]:
+    """Per-iteration cost of each Fig. 1d method at the protocol, and the full protocol projected from it."""
+    from metagrad.experiments.nav_protocol import NAV_METHODS, nav_config
+
+    timers = run({method: nav_config(method) for method in NAV_METHODS}, args.repeats)
+    config = nav_config("ProMP")
+    lines = ["", f"Fig. 1d at the paper's protocol (`metagrad maml-nav2d`'s configs: navigation-corners, "
+             f"{config.num_tasks} tasks × {config.num_trajectories} trajectories × {config.horizon} steps, "
+             f"{config.inner_steps} inner steps, ProMP's objective form, Gaussian MLP 64×64, float32). One meta-iteration "
+             f"of one seed, compile excluded, median of {args.repeats} calls timed round-robin:", "",
+             "| method | outer step | inner estimator | wall seconds | CPU seconds |", "|---|---|---|---:|---:|"]
+    for method, timer in timers.items():
+        outer, inner = NAV_METHODS[method]
+        lines.append(f"| {method} | {outer} | {inner} | {timer.median:.2f} | {timer.cpu:.2f} |")
+    per_iteration_cpu = sum(t.cpu for t in timers.values())
+    per_iteration_wall = sum(t.median for t in timers.values())
+    runs = args.fig1d_iterations * args.fig1d_seeds
+    by_outer = {}
+    for method, timer in timers.items():
+        by_outer.setdefault(NAV_METHODS[method][0], []).append(timer.cpu)
+    spread = "; ".join(f"{outer}: {min(v):.2f}–{max(v):.2f} CPU s over its {len(v)} inner estimators"
+                       for outer, v in by_outer.items())
+    lines += ["", f"- All six methods, one seed, one iteration: **{per_iteration_cpu:.1f} CPU s** "
+              f"({per_iteration_wall:.1f} s wall on this machine). The full protocol, {args.fig1d_iterations} iterations × "
+              f"{args.fig1d_seeds} seeds: **{per_iteration_cpu * runs / 3600:.0f} CPU-hours** "
+              f"({per_iteration_wall * runs / 3600:.0f} hours wall at this machine's measured wall time per iteration).",
+              f"- Cost by outer step: {spread}."]
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller Navigation2D batches (8 × 10 × 50)")
@@ -98,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling-tasks", default="1,10,100,1000", help="tasks per meta-batch for --scaling")
     parser.add_argument("--scaling-full", action="store_true",
                         help="scaling at 20 trajectories x 100 steps per task (default: 10 x 50, CPU-friendly)")
+    parser.add_argument("--fig1d", action="store_true", help="also time the six Fig. 1d methods at the protocol")
+    parser.add_argument("--fig1d-iterations", type=int, default=1000, help="iterations of the full-protocol projection")
+    parser.add_argument("--fig1d-seeds", type=int, default=5, help="seeds of the full-protocol projection")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     sizes = dict(num_tasks=40, num_trajectories=20, horizon=100)
@@ -134,7 +172,7 @@ def main(argv=None) -> int:
     trpo_cpu = trpo_timer.cpu / timers[names[0]].cpu
     fvp = (trpo_timer.cpu - trpo_cg1_timer.cpu) / (base.cg_iterations - 1)  # CPU s per extra CG iteration
     size = f"{sizes['num_tasks']} tasks × {sizes['num_trajectories']} trajectories × {sizes['horizon']} steps"
-    command = "python benchmarks/maml.py" + (" --quick" if args.quick else "") + (
+    command = "python benchmarks/maml.py" + (" --quick" if args.quick else "") + (" --fig1d" if args.fig1d else "") + (
         f" --repeats {args.repeats}" if args.repeats != 5 else "") + (" --scaling" if args.scaling else "") + (
         f" --scaling-tasks {args.scaling_tasks}" if args.scaling and args.scaling_tasks != "1,10,100,1000" else "") + (
         " --scaling-full" if args.scaling_full else "") + " --write"
@@ -165,10 +203,14 @@ def main(argv=None) -> int:
         f"beyond the first costs {fvp:.3f} s (the TRPO row minus the 1-CG-iteration row, over "
         f"{base.cg_iterations - 1}), against {maml_pg.cpu:.3f} s for that whole PG meta-iteration: a "
         "Fisher-vector product Jᵀ ∇²KL J v through θ'(θ) (J = ∂θ'/∂θ) is two Jacobian-vector products through "
-        "the inner gradient step (J v, then Jᵀ u = J u: the step's Jacobian is symmetric) plus a Hessian-vector "
-        f"product of the KL, and a TRPO step takes {base.cg_iterations} of them (one per CG iteration; xᵀFx comes "
-        "from the product CG tracks).",
+        "the linearised inner gradient step (J v, then Jᵀ u = J u: the step's Jacobian is symmetric; each is a "
+        "Hessian-vector product of the inner surrogate on the pre-update batch) plus the KL's Hessian in the "
+        "policy's output space (J_outᵀ M J_out, linear passes through the network on the post-update batch), and "
+        f"a TRPO step takes {base.cg_iterations} of them (one per CG iteration; xᵀFx comes from the product our CG "
+        "tracks, where `jax.scipy.sparse.linalg.cg` would need one product more).",
     ]
+    if args.fig1d:
+        lines += fig1d_rows(args)
     if args.scaling:
         per_task = dict(num_trajectories=20, horizon=100) if args.scaling_full else dict(num_trajectories=10, horizon=50)
         counts = [int(m) for m in args.scaling_tasks.split(",")]

@@ -286,13 +286,15 @@ def test_conjugate_gradient_and_trpo_step_on_a_quadratic():
     objective = lambda x: b @ x - 0.05 * x @ x  # noqa: E731
     kl = lambda x: 0.5 * (x - x0) @ a @ (x - x0)  # noqa: E731
     new, index = jax.jit(
-        lambda x: outer_lib.trpo_step(x, b, lambda v: a @ v, objective, kl, max_kl=0.01, damping=0.0, cg_iterations=3)
+        lambda x: outer_lib.trpo_step(x, b, lambda v: a @ v, lambda x: (objective(x), kl(x)), max_kl=0.01, damping=0.0,
+                                      cg_iterations=3)
     )(x0)
     assert int(index) == 0
     np.testing.assert_allclose(kl(new), 0.01, rtol=1e-8)
     np.testing.assert_allclose(new / jnp.linalg.norm(new), jnp.linalg.solve(a, b) / jnp.linalg.norm(jnp.linalg.solve(a, b)), rtol=1e-8)
     # A step that cannot improve is rejected: the parameters stay put.
-    same, index = outer_lib.trpo_step(x0, b, lambda v: a @ v, lambda x: -jnp.sum(x**2), kl, max_kl=0.01, backtrack_steps=3)
+    same, index = outer_lib.trpo_step(x0, b, lambda v: a @ v, lambda x: (-jnp.sum(x**2), kl(x)), max_kl=0.01,
+                                      backtrack_steps=3)
     assert int(index) == 3 and np.array_equal(same, x0)
 
 

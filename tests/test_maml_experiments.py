@@ -59,3 +59,28 @@ def test_cli_argument_errors(argv, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv)
     assert "expected" in capsys.readouterr().err
+
+
+def test_nav2d_checkpoints_resume_to_the_uninterrupted_run(tmp_path, capsys):
+    """``maml-nav2d --checkpoint-dir``: a run stopped after 2 iterations and resumed to 4 (``--resume --iterations 4``)
+    gives the curves of an uninterrupted 4-iteration run; without ``--resume`` the filled folder is refused."""
+    base = ["maml-nav2d", "--quick", "--methods", "ProMP", "--seeds", "2", "--num-tasks", "2", "--num-trajectories",
+            "2", "--horizon", "5", "--no-progress"]
+
+    def run(out, checkpoints, iterations, *extra):
+        argv = base + ["--out", str(tmp_path / out), "--checkpoint-dir", str(tmp_path / checkpoints),
+                       "--iterations", str(iterations), *extra]
+        assert cli.main(argv) == 0
+        return json.load(open(tmp_path / out / "maml_nav2d.json"))
+
+    full = run("full", "full-ckpt", 4)
+    run("part", "ckpt", 2)
+    assert (tmp_path / "ckpt" / "ProMP" / "seed-1" / "checkpoint.npz").exists()
+    assert cli.main(base + ["--out", str(tmp_path / "again"), "--checkpoint-dir", str(tmp_path / "ckpt")]) == 2
+    assert "already holds a checkpoint of ProMP seed 0; pass --resume" in capsys.readouterr().err
+    resumed = run("resumed", "ckpt", 4, "--resume")
+    assert np.asarray(resumed["curves"]["ProMP"]).shape == (2, 4)
+    np.testing.assert_array_equal(resumed["curves"]["ProMP"], full["curves"]["ProMP"])
+    np.testing.assert_array_equal(resumed["pre_curves"]["ProMP"], full["pre_curves"]["ProMP"])
+    assert cli.main(base + ["--out", str(tmp_path / "x"), "--resume"]) == 2
+    assert "--resume continues the checkpoints of --checkpoint-dir" in capsys.readouterr().err

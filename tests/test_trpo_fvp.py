@@ -1,8 +1,9 @@
 """TRPO-MAML's Fisher-vector product and conjugate gradient against independent references (float64).
 
-:meth:`MAML.fisher_vector_product` computes Jᵀ ∇²KL J v. References written here: the Gauss–Newton product with
-``jax.jvp``/``jax.vjp`` of the adapted parameters, and the full ``jax.hessian`` of the mean post-update KL as
-a function of the flat pre-update parameters at θ_old (equal there: ∇KL = 0 at the old point).
+:meth:`MAML.fisher_vector_product` computes Jᵀ ∇²KL J v (∇²KL in the action distribution's parameters, J_outᵀ M
+J_out, for the built-in policies; linearised in θ' for a policy without ``apply``). References written here: the
+Gauss–Newton product with ``jax.jvp``/``jax.vjp`` of the adapted parameters, and the full ``jax.hessian`` of the
+mean post-update KL as a function of the flat pre-update parameters at θ_old (equal there: ∇KL = 0 at the old point).
 """
 
 import jax
@@ -13,6 +14,28 @@ from jax.flatten_util import ravel_pytree
 
 from metagrad import maml as maml_lib
 from metagrad import outer as outer_lib
+from metagrad.maml import trpo as trpo_lib
+from metagrad.policies import GaussianMLP
+
+
+class NoApplyGaussian:
+    """The Gaussian MLP behind the older policy interface (no ``apply``): the FVP's parameter-space fallback."""
+
+    def __init__(self, hidden_sizes):
+        self._policy = GaussianMLP(2, 2, hidden_sizes)
+
+    def init(self, key):
+        return self._policy.init(key)
+
+    def log_prob(self, params, obs, action):
+        return self._policy.log_prob(params, obs, action)
+
+    def sample(self, params, key, obs):
+        return self._policy.sample(params, key, obs)
+
+    def kl(self, params_a, params_b, obs):
+        return self._policy.kl(params_a, params_b, obs)
+
 
 CASES = {
     "navigation-K1": dict(env="navigation", inner_steps=1),
@@ -22,15 +45,21 @@ CASES = {
     "navigation-K2-fomaml": dict(env="navigation", inner_steps=2, inner_estimator="fomaml"),
     "tabular-K2-fomaml": dict(env="tabular", inner_steps=2, inner_estimator="fomaml"),
     "navigation-K2-promp-taypo2": dict(env="navigation", inner_steps=2, inner_estimator="taypo2", objective="promp"),
+    "navigation-K2-no-apply": dict(env="navigation", inner_steps=2, policy=NoApplyGaussian),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fisher_vector_product_matches_gauss_newton_and_kl_hessian(case):
+    fields = dict(CASES[case])
+    policy = fields.pop("policy", None)
     config = maml_lib.MAMLConfig(outer="trpo", shard=False, num_tasks=3, num_trajectories=4, horizon=6,
-                                 hidden_sizes=(6, 6), num_states=4, num_actions=3, inner_step_size=0.3,
-                                 **CASES[case])
-    m = maml_lib.MAML(config)
+                                 hidden_sizes=(6, 6), num_states=4, num_actions=3, inner_step_size=0.3, **fields)
+    if policy is not None:  # the config's hidden sizes are for the default policy only
+        config = maml_lib.MAMLConfig(**{**config.to_json(), "hidden_sizes": (64, 64), "inner_options": ()})
+        policy = policy((6, 6))
+    m = maml_lib.MAML(config, policy=policy)
+    assert callable(getattr(m.policy, "apply", None)) == (policy is None)  # output space, or the fallback
     params, _ = m.init(jax.random.PRNGKey(0))
     data = m.sample_meta_batch(params, jax.random.PRNGKey(1))
     flat, unravel = ravel_pytree(params)
@@ -59,6 +88,28 @@ def test_fisher_vector_product_matches_gauss_newton_and_kl_hessian(case):
     np.testing.assert_allclose(new, reference, rtol=0, atol=1e-9 * scale)
     np.testing.assert_allclose(new, hessian, rtol=0, atol=1e-9 * scale)
     np.testing.assert_allclose(new, new.T, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("case", ["navigation-K2-emaml", "tabular-K2-dr"])
+def test_meta_gradient_from_the_linearised_inner_steps_is_the_autodiff_one(case):
+    """TRPO's meta-gradient (1/M) Σ_g J_gᵀ ∇J_out(θ'_g) + ∇(E-MAML term), from the FVP's linearised inner steps,
+    equals ``jax.grad`` of the meta-objective."""
+    env, _, inner = case.split("-")
+    config = maml_lib.MAMLConfig(outer="trpo", shard=False, env=env, num_tasks=3, num_trajectories=4, horizon=6,
+                                 hidden_sizes=(6, 6), num_states=4, num_actions=3, inner_step_size=0.3, inner_steps=2,
+                                 inner_estimator=inner)
+    m = maml_lib.MAML(config)
+    params, _ = m.init(jax.random.PRNGKey(0))
+    data = m.sample_meta_batch(params, jax.random.PRNGKey(1))
+
+    def linearised(p):
+        _, old_adapted, transpose = trpo_lib.gauss_newton_fisher(m, p, data)
+        return trpo_lib.meta_gradient(m, p, data, old_adapted, transpose)
+
+    ours = ravel_pytree(jax.jit(linearised)(params))[0]
+    reference = ravel_pytree(jax.jit(jax.grad(m.meta_objective))(params, data))[0]
+    assert np.linalg.norm(reference) > 1e-6
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12 * np.linalg.norm(reference))
 
 
 def test_conjugate_gradient_tracks_the_product_and_solves_an_spd_system():

@@ -78,8 +78,7 @@ def trpo_step(
     params: jax.Array,
     gradient: jax.Array,
     fisher_vector_product: Callable[[jax.Array], jax.Array],
-    objective: Callable[[jax.Array], jax.Array],
-    kl: Callable[[jax.Array], jax.Array],
+    objective_and_kl: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
     *,
     max_kl: float,
     cg_iterations: int = 10,
@@ -92,17 +91,17 @@ def trpo_step(
     x = CG((F + damping I), g); full step s = √(2δ / xᵀFx) x with xᵀFx = xᵀ(F + damping I)x from the product CG
     tracks (``cg_iterations`` Fisher-vector products in all, none extra); try params + βⁱ s for i = 0, 1, … and keep
     the first one with objective > objective(params) and kl ≤ δ (up to 1e-6 relative); if none qualifies the parameters are
-    unchanged and the index equals ``backtrack_steps``.
+    unchanged and the index equals ``backtrack_steps``. ``objective_and_kl(params) -> (objective, kl)`` evaluates both
+    at a candidate (one call, so that the work they share, e.g. MAML's adaptation, is done once).
     """
     matvec = lambda v: fisher_vector_product(v) + damping * v  # noqa: E731
     direction, product = conjugate_gradient(matvec, gradient, cg_iterations, return_product=True)
     shs = jnp.vdot(direction, product)
     full_step = jnp.sqrt(2.0 * max_kl / jnp.maximum(shs, 1e-30)) * direction
-    base = objective(params)
+    base = objective_and_kl(params)[0]
 
     def acceptable(i):
-        candidate = params + backtrack_ratio**i * full_step
-        value, divergence = objective(candidate), kl(candidate)
+        value, divergence = objective_and_kl(params + backtrack_ratio**i * full_step)
         # A relative slack of 1e-6 so the full step, which sits on the boundary ½ sᵀFs = δ, is not lost to rounding.
         return jnp.isfinite(value) & (value > base) & (divergence <= max_kl * (1 + 1e-6))
 

@@ -9,6 +9,7 @@ NaN, or not fit in memory. Nothing is created here.
 from __future__ import annotations
 
 import math
+import os
 
 from metagrad._validation import OptionError, check_choices, check_memory, check_out_dir, check_seed
 from metagrad.experiments.nav_protocol import NAV_DEFAULTS, NAV_METHODS, QUICK_METHODS, nav_config
@@ -79,6 +80,16 @@ def check_nav2d(args) -> None:
     # Navigation runs without jax_enable_x64: JAX keys take 32-bit seeds (larger ones wrap and collide).
     check_seed("--seed", args.seed, 2**32 - 1 - 12345, "keys are PRNGKey(seed) and PRNGKey(seed + 12345), 32-bit JAX seeds here")
     check_out_dir("--out", args.out)
+    if args.resume and args.checkpoint_dir is None:
+        raise OptionError("--resume continues the checkpoints of --checkpoint-dir; give --checkpoint-dir.")
+    if args.checkpoint_dir is not None and os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
+        raise OptionError(f"--checkpoint-dir must be a folder; {args.checkpoint_dir!r} is a file.")
+    if args.checkpoint_dir is not None and not args.resume:
+        for method in args.methods:
+            for s in range(args.seeds):
+                if os.path.exists(os.path.join(args.checkpoint_dir, method, f"seed-{s}", "checkpoint.npz")):
+                    raise OptionError(f"--checkpoint-dir {args.checkpoint_dir!r} already holds a checkpoint of {method} "
+                                      f"seed {s}; pass --resume to continue it, or choose another folder.")
     check_memory("--seeds, --num-tasks, --num-trajectories, --horizon and --inner-steps", nav_memory(args))
 
 

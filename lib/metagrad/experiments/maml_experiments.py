@@ -315,8 +315,11 @@ def _cmd_nav2d(args) -> int:
     for method in args.methods:
         config = nav_config(method, quick=args.quick, env=args.env, iterations=args.iterations, **sizes)
         tic = time.perf_counter()
-        # All seeds of a method in one jitted program (vmap over the seed keys): the public API.
-        params, history = maml.train_seeds(config, keys, progress=not args.no_progress, label=method)
+        if args.checkpoint_dir is None:
+            # All seeds of a method in one jitted program (vmap over the seed keys): the public API.
+            params, history = maml.train_seeds(config, keys, progress=not args.no_progress, label=method)
+        else:
+            config, params, history = _train_checkpointed(config, keys, args, method)
         wall[method] = time.perf_counter() - tic
         curves[method] = np.asarray(history["post_return"]).tolist()
         pre_curves[method] = np.asarray(history["pre_return"]).tolist()
@@ -364,6 +367,33 @@ def _cmd_nav2d(args) -> int:
     print(f"wrote {args.out}/maml_nav2d.png, maml_nav2d_trajectories.png and maml_nav2d.json "
           f"(trajectories: {args.methods[-1]}, last seed); total {total:.0f} s", file=sys.stderr)
     return 0
+
+
+#: Iterations between checkpoints of ``maml-nav2d --checkpoint-dir`` (fixed, so that ``--iterations`` may change on
+#: ``--resume``: a checkpoint's config must equal the resumed one but for ``num_iterations``).
+NAV_CHECKPOINT_EVERY = 10
+
+
+def _train_checkpointed(config, keys, args, method):
+    """One method's seeds one after another, each a :func:`metagrad.maml.train` run checkpointed every
+    :data:`NAV_CHECKPOINT_EVERY` iterations in ``<checkpoint-dir>/<method>/seed-<s>`` (resumed with ``--resume``;
+    a seed that has no checkpoint yet starts). The meta-batch is sharded over the devices when they divide it.
+    Returns ``(config, params, history)`` stacked over seeds like :func:`metagrad.maml.train_seeds`."""
+    import jax
+
+    from metagrad import maml
+
+    shard = len(jax.devices()) > 1 and config.num_tasks % len(jax.devices()) == 0
+    config = dataclasses.replace(config, checkpoint_every=NAV_CHECKPOINT_EVERY, shard=shard)
+    runs = []
+    for s, key in enumerate(keys):
+        folder = os.path.join(args.checkpoint_dir, method, f"seed-{s}")
+        resume = args.resume and os.path.exists(os.path.join(folder, maml.checkpoint.CHECKPOINT))
+        runs.append(maml.train(config, key, checkpoint_dir=folder, resume=resume, progress=not args.no_progress,
+                               label=f"{method} seed {s}"))
+    params = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *[p for p, _ in runs])
+    history = {name: np.stack([h[name] for _, h in runs]) for name in runs[0][1]}
+    return config, params, history
 
 
 def nav_title(label: str, env: str, config, seeds: int) -> str:
@@ -434,5 +464,11 @@ def register(subparsers) -> None:
     nav.add_argument("--quick", action="store_true",
                      help="8 tasks × 10 trajectories × 50 steps, 32×32, 1 inner step, outer Adam 1e-2, 20 iterations, "
                           "2 seeds (our choice; not the paper's protocol); options given explicitly win")
+    nav.add_argument("--checkpoint-dir", default=None,
+                     help=f"run each method's seeds one after another, checkpointing every {NAV_CHECKPOINT_EVERY} "
+                          "iterations in DIR/<method>/seed-<s> (a folder that holds a checkpoint is refused "
+                          "without --resume)")
+    nav.add_argument("--resume", action="store_true",
+                     help="continue the checkpoints in --checkpoint-dir (same options; --iterations may grow)")
     nav.add_argument("--no-progress", action="store_true")
     nav.set_defaults(func=_cmd_nav2d)

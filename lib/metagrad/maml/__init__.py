@@ -53,7 +53,9 @@ and on several GPUs (``num_tasks`` must be divisible by the device count). On se
 ``jax.distributed.initialize()`` on every host before building the config (each host runs the same
 program); ``jax.devices()`` then lists the devices of all hosts, the mesh spans them, every host computes
 the same replicated parameters, and only process 0 should write checkpoints
-(``jax.process_index() == 0``; pass ``checkpoint_dir=None`` elsewhere).
+(``jax.process_index() == 0``; pass ``checkpoint_dir=None`` elsewhere). Tested with two local CPU processes joined by
+``jax.distributed.initialize(coordinator_address="localhost:PORT", num_processes=2, process_id=i)``
+(``tests/test_maml_sharding.py``): both end with the one-process run's parameters.
 
 Modules: :mod:`~metagrad.maml.config` (:class:`MAMLConfig`, the task families), :mod:`~metagrad.maml.loop`
 (:class:`MAML`, :func:`make_train`, :func:`train`, :func:`train_seeds`), :mod:`~metagrad.maml.sampling`

@@ -1,4 +1,7 @@
-"""The meta-batch over devices: a ``jax.sharding.Mesh`` of axis ``"tasks"`` (see :mod:`metagrad.maml`, Devices)."""
+"""The meta-batch over devices (see :mod:`metagrad.maml`, Devices): a ``jax.sharding.Mesh`` of axis ``"tasks"``
+(:func:`task_sharding`) over every device of ``jax.devices()`` — the local CPU or GPUs, fake CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) or, after ``jax.distributed.initialize()``, the devices of
+every process (tested with two local processes, ``tests/test_maml_sharding.py``)."""
 
 from __future__ import annotations
 
@@ -23,3 +26,4 @@ def task_sharding(config: MAMLConfig) -> NamedSharding | None:
             "to shard the meta-batch; change num_tasks or pass shard=False."
         )
     return NamedSharding(Mesh(np.array(devices), ("tasks",)), PartitionSpec("tasks"))
+
