@@ -1,12 +1,15 @@
 """Plug your own task family into :func:`metagrad.maml.train` (issue 12 §3): a 2-D continuous bandit.
 
 Each task is a random optimum c ~ U[−1, 1]²; one step per episode; reward r = −‖a − c‖². The task family is the
-class below (a Gymnasium ``FuncEnv`` whose methods take the task as ``params``, plus ``sample_tasks``); the
-policy, critic and outer optimiser are passed the same way. Run: ``python examples/maml_custom_bandit.py``.
+class below (a Gymnasium ``FuncEnv`` whose methods take the task as ``params``, plus ``sample_tasks``; any object
+of :mod:`metagrad.envs.protocol` works too, see ``maml_bring_your_own.py``); the policy, critic and outer optimiser
+are passed the same way, with ``MAMLConfig(env=None)``. Run: ``python examples/maml_custom_bandit.py``.
 """
 
+import gymnasium
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from gymnasium.experimental.functional import FuncEnv
 
@@ -16,6 +19,9 @@ from metagrad.policies import GaussianMLP
 
 class Bandit2D(FuncEnv):
     """Task = optimum c [2]; state = a dummy [1]; r(a) = −‖a − c‖²."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (1,))
+    action_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,))
 
     def sample_tasks(self, key, n):
         return jax.random.uniform(key, (n, 2), minval=-1.0, maxval=1.0)
@@ -43,7 +49,7 @@ def mean_reward_critic(trajectories, gamma, *, task=None, policy=None, params=No
 
 
 def train(iterations=40, seed=0):
-    config = maml.MAMLConfig(inner_estimator="dr", outer="pg", inner_steps=1, inner_step_size=0.5, num_tasks=8,
+    config = maml.MAMLConfig(env=None, inner_estimator="dr", outer="pg", inner_steps=1, inner_step_size=0.5, num_tasks=8,
                              num_trajectories=20, horizon=1, num_iterations=iterations, checkpoint_every=iterations)
     return maml.train(config, jax.random.PRNGKey(seed), env=Bandit2D(), policy=GaussianMLP(1, 2, (16,)),
                       critic=mean_reward_critic, optimizer=optax.adam(3e-2), progress=False)

@@ -189,3 +189,84 @@ def test_gymnasium_step_refuses_actions_outside_the_action_space():
     for bad in ([np.nan, 0.0], [0.0, np.inf], [0.1, 0.1, 0.1]):
         with pytest.raises(ValueError, match="action"):
             nav.step(np.asarray(bad, np.float32))
+
+
+# ------------------------------------------------------------------------- the environment protocol (issue 20 §1)
+from metagrad.envs import protocol  # noqa: E402
+from metagrad.rollout import sample  # noqa: E402
+
+
+class _Walk1D:
+    """A protocol environment written in the test (no base class): x' = x + a, done when x' > params."""
+
+    def reset(self, key, params):
+        return jnp.zeros(1), jnp.zeros(1)
+
+    def step(self, key, state, action, params):
+        x = state + action
+        return x, x, x[0], x[0] > params, {}
+
+    def observation_space(self, params):
+        return gymnasium.spaces.Box(-np.inf, np.inf, (1,))
+
+    def action_space(self, params):
+        return gymnasium.spaces.Box(-np.inf, np.inf, (1,))
+
+    def sample_tasks(self, key, n):
+        return jax.random.uniform(key, (n,))
+
+
+def test_check_env_names_every_missing_member():
+    class Half:
+        def reset(self, key, params):
+            return None
+
+    with pytest.raises(TypeError, match=r"missing `step`, `observation_space`, `action_space`, `sample_tasks`"):
+        protocol.check_env(Half(), sample_tasks=True)
+    assert protocol.check_env(_Walk1D(), sample_tasks=True) is not None
+    with pytest.raises(TypeError, match="FuncEnv: use metagrad.envs.protocol.as_env"):
+        protocol.check_env(Navigation2D())
+
+
+def test_func_env_adapter_matches_the_func_env_methods():
+    env = Navigation2D("corners")
+    adapted = protocol.as_env(env, sample_tasks=True)
+    goal = env.sample_tasks(jax.random.PRNGKey(0), 1)[0]
+    key = jax.random.PRNGKey(3)
+    obs, state = adapted.reset(key, goal)
+    k_init, k_obs = jax.random.split(key)
+    np.testing.assert_array_equal(state, env.initial(k_init, goal))
+    np.testing.assert_array_equal(obs, env.observation(state, k_obs, goal))
+    action = jnp.array([5.0, -3.0])
+    obs2, state2, reward, done, info = jax.jit(adapted.step)(key, state, action, goal)
+    nxt = env.transition(state, action, jax.random.fold_in(key, 1), goal)
+    np.testing.assert_allclose(state2, nxt)
+    np.testing.assert_allclose(reward, env.reward(state, action, nxt, key, goal))
+    assert done.shape == () and info == {}
+    assert adapted.observation_space(goal).shape == (2,) and adapted.action_space(goal).shape == (2,)
+    assert protocol.as_env(Navigation2D("corners")) == adapted  # equal adapters share compiled samplers
+
+
+def test_gymnasium_ids_still_work_through_the_protocol():
+    adapted = protocol.as_env("metagrad/Navigation2DCorners-v0")
+    assert isinstance(adapted.func_env, Navigation2D) and adapted.func_env.goal_sampler == "corners"
+    with pytest.raises(TypeError, match="not a functional JAX environment"):
+        protocol.as_env("CartPole-v1")
+
+
+def test_rollout_of_a_protocol_env_against_a_naive_loop():
+    """Rollout with termination: padding after done (reward 0), observations held; compared with a Python loop."""
+    env, policy = _Walk1D(), lambda params, key, obs: (jnp.full((1,), params), jnp.zeros(()))
+    batch = sample(jax.random.PRNGKey(0), env, policy, 0.3, 2, 6, task=jnp.asarray(1.0))
+    x, rewards, terminated = 0.0, [], []
+    for _ in range(6):
+        done = bool(terminated and any(terminated))
+        x_new = x if done else x + 0.3
+        rewards.append(0.0 if done else x_new)
+        terminated.append((not done) and x_new > 1.0)
+        x = x_new
+    np.testing.assert_allclose(batch.rewards[0], rewards, rtol=1e-6)
+    np.testing.assert_array_equal(batch.terminated[0], terminated)
+    np.testing.assert_array_equal(batch.mask()[0], [1, 1, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match="`task` is required"):
+        sample(jax.random.PRNGKey(0), env, policy, 0.3, 2, 6)

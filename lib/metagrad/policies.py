@@ -5,6 +5,7 @@ plain pytrees of ``jax.Array`` (nested dicts and lists), so they work with ``jax
 and optax unchanged. Every policy provides
 
 * ``init(key) -> params``,
+* ``apply(params, obs) -> distribution`` (:mod:`metagrad.distributions`), from which the rest comes:
 * ``log_prob(params, obs, action) -> log π_θ(a|x)`` (broadcast over any leading batch axes),
 * ``sample(params, key, obs) -> (action, log π_θ(a|x))`` for *one* observation — exactly the
   ``policy_fn(params, key, obs)`` of :func:`metagrad.rollout.sample`,
@@ -19,6 +20,9 @@ Policies:
   log σ a learned state-independent vector (the policy of MAML/ProMP for continuous control;
   Finn et al. 2017, Rothfuss et al. 2019).
 * :class:`CategoricalMLP` — π_θ(·|x) = softmax(MLP_θ(x)) over a finite action set.
+* :class:`FunctionalPolicy` — your own ``init(key, observation_space, action_space) -> params`` and
+  ``apply(params, obs) -> distribution`` pair of pure functions (any network); :func:`default_policy` — the MLP
+  policy of an environment's spaces (any action shape).
 
 Example:
   >>> import metagrad.envs, metagrad.rollout
@@ -35,14 +39,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from metagrad._validation import check_finite, check_index_range
+from metagrad.distributions import Categorical, DiagGaussian
 
-__all__ = ["TabularSoftmax", "GaussianMLP", "CategoricalMLP", "mlp_init", "mlp_apply", "as_policy_fn"]
+__all__ = ["TabularSoftmax", "GaussianMLP", "CategoricalMLP", "FunctionalPolicy", "default_policy", "mlp_init", "mlp_apply",
+           "as_policy_fn"]
 
 
 def _positive_int(name: str, value) -> int:
@@ -83,8 +91,30 @@ def mlp_apply(layers: list[dict], x: jax.Array) -> jax.Array:
     return x @ layers[-1]["w"] + layers[-1]["b"]
 
 
-class _Categorical:
-    """log π, sampling, entropy and KL of a softmax policy, from its ``log_probs_all(params, obs) -> [..., A]``."""
+class _DistributionPolicy:
+    """``log_prob``, ``sample``, ``entropy`` and ``kl`` of a policy from its ``apply(params, obs) -> distribution``
+    (:mod:`metagrad.distributions`), broadcast over the leading batch axes of ``obs``."""
+
+    def log_prob(self, params, obs, action) -> jax.Array:
+        return self.apply(params, obs).log_prob(action)
+
+    def sample(self, params, key, obs):
+        """``(a, log π_θ(a|x))`` for one observation: :data:`metagrad.rollout.PolicyFn`."""
+        return self.apply(params, obs).sample_and_log_prob(key)
+
+    def entropy(self, params, obs) -> jax.Array:
+        return self.apply(params, obs).entropy()
+
+    def kl(self, params_a, params_b, obs) -> jax.Array:
+        """KL(π_a(·|x) ‖ π_b(·|x)) per observation (the distribution's KL)."""
+        return self.apply(params_a, obs).kl(self.apply(params_b, obs))
+
+
+class _Categorical(_DistributionPolicy):
+    """A softmax policy from its ``log_probs_all(params, obs) -> [..., A]`` logits."""
+
+    def apply(self, params, obs) -> Categorical:
+        return Categorical(self.log_probs_all(params, obs))
 
     def log_prob(self, params, obs, action) -> jax.Array:
         """log π_θ(a|x) for integer ``action`` (shape of ``obs`` without its feature axis).
@@ -92,21 +122,7 @@ class _Categorical:
         A concrete ``action`` outside ``[0, A)`` raises ``ValueError`` (JAX would clamp or fill the index).
         """
         check_index_range("action", action, self.num_actions, "action")
-        return jnp.take_along_axis(self.log_probs_all(params, obs), action[..., None], axis=-1)[..., 0]
-
-    def sample(self, params, key, obs):
-        log_pi = self.log_probs_all(params, obs)
-        action = jax.random.categorical(key, log_pi)
-        return action, log_pi[action]
-
-    def entropy(self, params, obs) -> jax.Array:
-        log_pi = self.log_probs_all(params, obs)
-        return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
-
-    def kl(self, params_a, params_b, obs) -> jax.Array:
-        """Σ_a π_a(a|x) (log π_a(a|x) − log π_b(a|x))."""
-        log_a, log_b = self.log_probs_all(params_a, obs), self.log_probs_all(params_b, obs)
-        return jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
+        return super().log_prob(params, obs, action)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +153,7 @@ class TabularSoftmax(_Categorical):
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianMLP:
+class GaussianMLP(_DistributionPolicy):
     """a ~ N(μ_θ(x), diag(exp(2 log σ))), μ_θ an MLP with tanh hidden layers, log σ a learned vector.
 
     ``params = {"mean": [layers...], "log_std": [action_dim]}``. Defaults follow ProMP (two hidden
@@ -163,30 +179,13 @@ class GaussianMLP:
     def mean(self, params, obs) -> jax.Array:
         return mlp_apply(params["mean"], obs)
 
+    def apply(self, params, obs) -> DiagGaussian:
+        return DiagGaussian(self.mean(params, obs), params["log_std"])
+
     def log_prob(self, params, obs, action) -> jax.Array:
         check_finite("action", action)
         check_finite("obs", obs)
-        mean, log_std = self.mean(params, obs), params["log_std"]
-        z = (action - mean) * jnp.exp(-log_std)
-        return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
-
-    def sample(self, params, key, obs):
-        mean, log_std = self.mean(params, obs), params["log_std"]
-        noise = jax.random.normal(key, mean.shape, mean.dtype)
-        action = mean + jnp.exp(log_std) * noise
-        return action, jnp.sum(-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
-
-    def entropy(self, params, obs) -> jax.Array:
-        """Σ_i (log σ_i + ½ log 2πe), broadcast to the batch shape of ``obs``."""
-        h = jnp.sum(params["log_std"] + 0.5 * math.log(2 * math.pi * math.e))
-        return jnp.broadcast_to(h, jnp.shape(obs)[:-1])
-
-    def kl(self, params_a, params_b, obs) -> jax.Array:
-        """Σ_i log(σ_b/σ_a) + (σ_a² + (μ_a − μ_b)²) / (2σ_b²) − ½."""
-        mean_a, mean_b = self.mean(params_a, obs), self.mean(params_b, obs)
-        log_a, log_b = params_a["log_std"], params_b["log_std"]
-        var_ratio = jnp.exp(2 * (log_a - log_b))
-        return jnp.sum(log_b - log_a + 0.5 * (var_ratio + (mean_a - mean_b) ** 2 * jnp.exp(-2 * log_b)) - 0.5, -1)
+        return super().log_prob(params, obs, action)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,3 +215,86 @@ def as_policy_fn(policy):
     It is the bound ``policy.sample`` (hashable, so jitted samplers are cached per policy).
     """
     return policy.sample
+
+
+def _batched(fn, batch_ndim: int):
+    """``fn(params, x)`` for one observation, mapped over ``batch_ndim`` leading axes of ``x`` (``jax.vmap``)."""
+    for _ in range(batch_ndim):
+        fn = jax.vmap(fn, in_axes=(None, 0))
+    return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalPolicy(_DistributionPolicy):
+    """A policy given as two pure functions, bound to an environment's spaces (the open API of the MAML loop).
+
+    * ``init_fn(key, observation_space, action_space) -> params`` (any pytree);
+    * ``apply_fn(params, obs) -> distribution`` for **one** observation of ``observation_space.shape``: a
+      :class:`~metagrad.distributions.Categorical` or :class:`~metagrad.distributions.DiagGaussian` (or any object
+      with ``log_prob``, ``sample_and_log_prob``, ``entropy``, ``kl``). Leading batch axes are mapped with
+      ``jax.vmap``, so any network written for one input works (plain ``jax.numpy``, Flax, Equinox).
+
+    ``log_prob``, ``sample``, ``entropy`` and ``kl`` come from the distribution. Compares equal by the two
+    functions and the two space shapes.
+    """
+
+    init_fn: Any
+    apply_fn: Any
+    observation_shape: tuple
+    action_shape: tuple
+    observation_space: Any = dataclasses.field(default=None, compare=False, repr=False)
+    action_space: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def bind(cls, init_fn, apply_fn, observation_space, action_space) -> "FunctionalPolicy":
+        """The policy of ``(init_fn, apply_fn)`` on these spaces (each must have a ``.shape``)."""
+        for name, space in (("observation_space", observation_space), ("action_space", action_space)):
+            if getattr(space, "shape", None) is None:
+                raise TypeError(f"`{name}` must be a space with a `.shape` (e.g. gymnasium.spaces.Box); got {space!r}.")
+        return cls(init_fn, apply_fn, tuple(observation_space.shape), tuple(action_space.shape), observation_space,
+                   action_space)
+
+    def init(self, key: jax.Array):
+        return self.init_fn(key, self.observation_space, self.action_space)
+
+    def apply(self, params, obs):
+        batch_ndim = jnp.ndim(obs) - len(self.observation_shape)
+        if batch_ndim < 0 or tuple(jnp.shape(obs)[batch_ndim:]) != self.observation_shape:
+            raise ValueError(f"`obs` must have shape [..., {', '.join(map(str, self.observation_shape))}] (the "
+                             f"observation space's); got {tuple(jnp.shape(obs))}.")
+        return _batched(self.apply_fn, batch_ndim)(params, obs)
+
+
+def default_policy(observation_space, action_space, hidden_sizes: tuple[int, ...] = (64, 64)):
+    """The MLP policy of an environment's spaces: :class:`CategoricalMLP` for a ``Discrete`` action space, else a
+    diagonal Gaussian over the ``Box``'s shape (:class:`GaussianMLP` for a vector action, a
+    :class:`FunctionalPolicy` with the same network and a flattened-and-reshaped head for any other shape).
+    Observations must be vectors ``[d]``."""
+    obs_shape = tuple(getattr(observation_space, "shape", None) or ())
+    if len(obs_shape) != 1:
+        raise ValueError(f"The default policy needs vector observations [d]; the observation space has shape "
+                         f"{obs_shape}. Pass `policy=` (an init/apply pair) for other observations.")
+    n = getattr(action_space, "n", None)
+    if n is not None:
+        return CategoricalMLP(obs_shape[0], int(n), hidden_sizes)
+    action_shape = tuple(action_space.shape)
+    if len(action_shape) == 1:
+        return GaussianMLP(obs_shape[0], action_shape[0], hidden_sizes)
+    return FunctionalPolicy.bind(*_gaussian_mlp_functions(obs_shape[0], action_shape, tuple(hidden_sizes)),
+                                 observation_space, action_space)
+
+
+@functools.lru_cache(maxsize=None)
+def _gaussian_mlp_functions(obs_dim: int, action_shape: tuple, hidden_sizes: tuple):
+    """``(init_fn, apply_fn)`` of a Gaussian MLP over actions of any shape (cached: equal sizes, equal functions)."""
+    size = math.prod(action_shape)
+    flat = GaussianMLP(obs_dim, size, hidden_sizes)
+
+    def init_fn(key, observation_space=None, action_space=None):
+        params = flat.init(key)
+        return {"mean": params["mean"], "log_std": params["log_std"].reshape(action_shape)}
+
+    def apply_fn(params, obs):
+        return DiagGaussian(mlp_apply(params["mean"], obs).reshape(action_shape), params["log_std"], len(action_shape))
+
+    return init_fn, apply_fn

@@ -22,7 +22,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from gymnasium.experimental.functional import FuncEnv
 
 from metagrad.mdp import TabularMDP
 
@@ -78,7 +77,7 @@ def tabular_softmax_policy(logits: jax.Array, key: jax.Array, state: jax.Array) 
 
 def sample(
     key: jax.Array,
-    env_or_mdp: FuncEnv | TabularMDP,
+    env_or_mdp: Any,
     policy_fn: PolicyFn,
     params: Any,
     num_trajectories: int,
@@ -93,16 +92,17 @@ def sample(
     task) or any Gymnasium ``FuncEnv`` whose methods are pure JAX, with ``task`` its ``params``
     (``None``: the environment's default task). Pure and jittable with ``policy_fn``, ``num_trajectories``
     and ``horizon`` static; ``vmap`` over ``task`` (or a stacked batch of MDPs) samples a meta-batch.
-    The same ``key`` gives the same batch.
+    The same ``key`` gives the same batch. An environment of :mod:`metagrad.envs.protocol`
+    (``reset``/``step``) is used as it is; a ``FuncEnv`` through :class:`~metagrad.envs.protocol.FuncEnvAdapter`.
 
     Args:
       key: a ``jax.random`` key.
-      env_or_mdp: a ``TabularMDP`` or a ``FuncEnv``.
+      env_or_mdp: a ``TabularMDP``, a ``FuncEnv`` or a protocol environment.
       policy_fn: ``policy_fn(params, key, observation) -> (action, log_prob)``.
       params: the policy parameters (e.g. ``logits [S, A]`` for :func:`tabular_softmax_policy`).
       num_trajectories: N ≥ 1.
       horizon: T ≥ 1.
-      task: the ``FuncEnv`` task parameters (ignored for a ``TabularMDP``).
+      task: the environment's task parameters (ignored for a ``TabularMDP``; ``None``: its ``default_params``).
 
     Returns:
       :class:`Trajectories` with ``log_probs`` = log π(a_t|x_t) of the sampling policy.
@@ -118,35 +118,36 @@ def sample(
         raise ValueError(f"`num_trajectories` must be a positive integer; got {num_trajectories}.")
     if int(horizon) < 1:
         raise ValueError(f"`horizon` must be a positive integer; got {horizon}.")
+    from metagrad.envs.protocol import as_env
+
     if isinstance(env_or_mdp, TabularMDP):
         from metagrad.envs.tabular import TabularMDPEnv
 
-        env, task = TabularMDPEnv.for_task(env_or_mdp), env_or_mdp
-    elif isinstance(env_or_mdp, FuncEnv):
-        env = env_or_mdp
-        task = env.default_params if task is None else task
+        env, task = as_env(TabularMDPEnv.for_task(env_or_mdp)), env_or_mdp
     else:
-        raise ValueError(
-            f"`env_or_mdp` must be a metagrad.mdp.TabularMDP or a gymnasium FuncEnv; got {type(env_or_mdp).__name__}."
-        )
+        try:
+            env = as_env(env_or_mdp)
+        except TypeError as err:
+            raise ValueError(f"`env_or_mdp` must be a metagrad.mdp.TabularMDP, a gymnasium FuncEnv or an environment "
+                             f"of metagrad.envs.protocol; {err}") from None
+        if task is None:
+            task = getattr(env, "default_params", None)
+            if task is None:
+                raise ValueError(f"`task` is required: {type(env_or_mdp).__name__} has no default task.")
     return _sample(key, env, policy_fn, params, task, int(num_trajectories), int(horizon))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 5, 6))
 def _sample(key, env, policy_fn, params, task, num_trajectories, horizon):
     def reset(k):
-        k_init, k_obs = jax.random.split(k)
-        state = env.initial(k_init, task)
-        return state, env.observation(state, k_obs, task)
+        obs, state = env.reset(k, task)
+        return state, obs
 
     def step(state, obs, done, k):
-        # One stream per use: streams an environment ignores are dead code that XLA removes.
-        k_act, k_next, k_rew, k_term, k_obs = (jax.random.fold_in(k, i) for i in range(5))
-        action, log_prob = policy_fn(params, k_act, obs)
-        next_state = env.transition(state, action, k_next, task)
-        reward = env.reward(state, action, next_state, k_rew, task)
-        terminated = jnp.logical_and(jnp.logical_not(done), env.terminal(next_state, k_term, task))
-        next_obs = env.observation(next_state, k_obs, task)
+        # The action's stream is fold_in(k, 0); the environment gets k (the FuncEnv adapter folds in 1 … 4).
+        action, log_prob = policy_fn(params, jax.random.fold_in(k, 0), obs)
+        next_obs, next_state, reward, env_done, _ = env.step(k, state, action, task)
+        terminated = jnp.logical_and(jnp.logical_not(done), env_done)
         # After termination the trajectory is padding: keep the terminal state, zero reward and log-prob.
         keep = lambda new, old: jnp.where(done, old, new)  # noqa: E731
         next_state = jax.tree_util.tree_map(keep, next_state, state)

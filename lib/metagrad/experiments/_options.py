@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from metagrad._validation import OptionError, check_choices, check_memory, check_out_dir, check_seed
+from metagrad.experiments.nav_protocol import NAV_DEFAULTS, NAV_METHODS, QUICK_METHODS, nav_config
 
 #: ``maml-accuracy`` sizes: (full run, ``--quick``), used where the option is not given.
 ACCURACY_DEFAULTS = {"batch_sizes": ([10, 100, 1000, 10000], [10, 100, 1000]), "seeds": (5, 3), "num_tasks": (8, 4)}
@@ -68,8 +69,6 @@ def accuracy_memory(args) -> int:
 
 def check_nav2d(args) -> None:
     """Check ``maml-nav2d``'s options (see the module docstring); fills ``--quick`` defaults in ``args``."""
-    from metagrad.experiments.maml_experiments import NAV_DEFAULTS, NAV_METHODS, QUICK_METHODS
-
     if args.methods is None:
         args.methods = list(QUICK_METHODS if args.quick else NAV_METHODS)
     if args.seeds is None:
@@ -87,8 +86,6 @@ def nav_memory(args) -> int:
     """Lower bound on the bytes of one ``maml-nav2d`` method: for every seed (all seeds run in one program),
     the (inner steps + 1) batches of tasks × trajectories × (T+1) steps, each step holding float32 observation,
     action, reward and log-probability (6 numbers) plus their gradients through the inner steps (× 2)."""
-    from metagrad.experiments.maml_experiments import nav_config
-
     config = nav_config(args.methods[0], quick=args.quick, env=args.env, iterations=args.iterations,
                         num_tasks=args.num_tasks, num_trajectories=args.num_trajectories, horizon=args.horizon,
                         inner_steps=args.inner_steps)

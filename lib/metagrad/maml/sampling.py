@@ -1,0 +1,39 @@
+"""The data of one meta-iteration: :class:`TaskData` (one task's pre- and post-update batches with their critic
+values and behaviour log-probabilities) and the summaries read from a batch (:func:`mean_return`)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from metagrad.rollout import Trajectories
+
+
+class TaskData(NamedTuple):
+    """One task's batches: ``pre[k]`` sampled with π_θk (k < K), ``post`` with π_θ'.
+
+    ``*_values [N, T+1]`` are the critic's values (stop-gradient) and ``*_log_probs [N, T]`` the
+    log-probabilities log π_old(a_t|x_t) of the sampling policy, recomputed by ``policy.log_prob`` (the
+    behaviour policy μ of the off-policy surrogates used by ProMP's later steps and TRPO's line search).
+    """
+
+    pre: tuple
+    pre_values: tuple
+    pre_log_probs: tuple
+    post: Trajectories
+    post_values: jax.Array
+    post_log_probs: jax.Array
+
+
+def observations(batch: Trajectories):
+    return jax.tree_util.tree_map(lambda x: x[:, :-1], batch.observations)
+
+
+def mean_return(batch: Trajectories, gamma: float | None = None) -> jax.Array:
+    """Mean over trajectories of Σ_t r_t (undiscounted when ``gamma`` is None, else Σ_t γ^t r_t)."""
+    if gamma is None:
+        return jnp.mean(jnp.sum(batch.rewards, axis=-1))
+    discount = gamma ** jnp.arange(batch.horizon, dtype=batch.rewards.dtype)
+    return jnp.mean(jnp.sum(batch.rewards * discount, axis=-1))
