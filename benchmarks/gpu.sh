@@ -96,6 +96,15 @@ else
   step maml_benchmark "$PYTHON" benchmarks/maml.py --scaling --fig1d --write
 fi
 
+# Locomotion on MJX (needs the extra metagrad[locomotion]; docs/locomotion.md): env steps/s at B = 800 and 8192,
+# default vs capped solver iterations; the full run rewrites the "## Locomotion" section of RESULTS.md.
+if [[ $SMOKE == 1 ]]; then
+  step locomotion "$PYTHON" benchmarks/locomotion.py --tasks halfcheetah-direction --batches 8 --fast-batches 8 \
+    --steps 2 --repeats 1 --no-write
+else
+  step locomotion "$PYTHON" benchmarks/locomotion.py
+fi
+
 "$PYTHON" - "$OUT" "$RESULTS" "$SMOKE" <<'EOF'
 """Write the '## GPU run (benchmarks/gpu.sh)' section of RESULTS.md (other sections untouched)."""
 import json, os, re, sys

@@ -18,13 +18,27 @@ ENVIRONMENTS = {
     "metagrad/TabularMDP-v0": ("metagrad.envs:make_tabular", "metagrad.envs:make_tabular_vector", 20),
 }
 
+#: ProMP's MuJoCo locomotion tasks (``metagrad.envs.locomotion``; need the extra ``metagrad[locomotion]``):
+#: Gymnasium id (ProMP's class name) -> task name. Horizon 100 (ProMP's ``max_path_length``).
+LOCOMOTION = {
+    "metagrad/HalfCheetahRandDirec-v0": "halfcheetah-direction",
+    "metagrad/AntRandDirec-v0": "ant-direction",
+    "metagrad/AntRandGoal-v0": "ant-goal",
+    "metagrad/Walker2DRandDirec-v0": "walker2d-direction",
+}
+
 
 def register_environments() -> None:
-    """Register every id of `ENVIRONMENTS` that Gymnasium does not know yet."""
+    """Register every id of `ENVIRONMENTS` and `LOCOMOTION` that Gymnasium does not know yet."""
     for env_id, (entry_point, vector_entry_point, steps) in ENVIRONMENTS.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point,
                                max_episode_steps=steps)
+    for env_id, task in LOCOMOTION.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point="metagrad.envs.locomotion:LocomotionEnv",
+                               vector_entry_point="metagrad.envs.locomotion:LocomotionVectorEnv",
+                               max_episode_steps=100, kwargs={"task": task})
 
 
 def avoid_fork_start_method() -> None:
