@@ -1,23 +1,23 @@
 """Critics for the meta-RL loop: values V(x_t) for t = 0..T of a batch, always outside the θ-graph.
 
-A critic here is a function ``critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]``
-(V(x_T) is the bootstrap value). Its output is wrapped in ``jax.lax.stop_gradient``: a critic is a
-weight in every estimator, never a path for θ (paper-notes §3). Three kinds (:data:`CRITICS`):
+A critic here is a function `critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]`
+(V(x_T) is the bootstrap value). Its output is wrapped in `jax.lax.stop_gradient`: a critic is a
+weight in every estimator, never a path for θ (paper-notes §3). Three kinds (`CRITICS`):
 
-* ``"none"`` — V ≡ 0 (the estimators then use Monte Carlo returns; IS / DiCE without baseline).
-* ``"linear"`` — the LinearFeatureBaseline of rllab / MAML / ProMP, fitted per task by ridge regression
+* `"none"` — V ≡ 0 (the estimators then use Monte Carlo returns; IS / DiCE without baseline).
+* `"linear"` — the LinearFeatureBaseline of rllab / MAML / ProMP, fitted per task by ridge regression
   of the discounted returns-to-go G_t on the features
   φ(x, t) = [clip(x, −10, 10), clip(x, −10, 10)², t/100, (t/100)², (t/100)³, 1],
-  w = lstsq(ΦᵀΦ + c I, ΦᵀG) over the valid (n, t) steps with c = ``reg_coeff`` = 10⁻⁵, and c ← 10c (up to
-  five tries) while w has a NaN — ProMP's ``LinearBaseline.fit``
-  (``meta_policy_search/baselines/linear_baseline.py``), fitted per task on the batch it then predicts.
+  w = lstsq(ΦᵀΦ + c I, ΦᵀG) over the valid (n, t) steps with c = `reg_coeff` = 10⁻⁵, and c ← 10c (up to
+  five tries) while w has a NaN — ProMP's `LinearBaseline.fit`
+  (`meta_policy_search/baselines/linear_baseline.py`), fitted per task on the batch it then predicts.
   The horizon is part of the task (episodic), so V(x_T) = 0: no bootstrap.
-* ``"exact"`` — for tabular tasks, the true values V^π(x) of the policy that sampled the batch
-  (:func:`metagrad.mdp.policy_evaluation`), indexed by state; V(x_T) bootstraps the truncated tail.
+* `"exact"` — for tabular tasks, the true values V^π(x) of the policy that sampled the batch
+  ([`metagrad.mdp.policy_evaluation`][metagrad.mdp.policy_evaluation]), indexed by state; V(x_T) bootstraps the truncated tail.
 
 References:
-  Duan et al. Benchmarking deep RL for continuous control (rllab's LinearFeatureBaseline), ICML 2016.
-  Rothfuss et al. ProMP: Proximal meta-policy search, ICLR 2019.
+  - Duan et al. Benchmarking deep RL for continuous control (rllab's LinearFeatureBaseline), ICML 2016.
+  - Rothfuss et al. ProMP: Proximal meta-policy search, ICLR 2019.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ CRITICS = ("none", "linear", "exact")
 
 
 def discounted_returns(rewards: jax.Array, discounts: jax.Array, bootstrap: jax.Array) -> jax.Array:
-    """G_t = r_t + γ_t G_{t+1}, G_T = ``bootstrap``; ``rewards, discounts [T]``, ``bootstrap []`` → ``[T]``.
+    """G_t = r_t + γ_t G_{t+1}, G_T = `bootstrap`; `rewards, discounts [T]`, `bootstrap []` → `[T]`.
 
-    A backward ``lax.scan`` (batch it with ``jax.vmap``).
+    A backward `lax.scan` (batch it with `jax.vmap`).
     """
 
     def step(g_next, inputs):
@@ -48,7 +48,7 @@ def discounted_returns(rewards: jax.Array, discounts: jax.Array, bootstrap: jax.
 
 
 def linear_features(observations: jax.Array) -> jax.Array:
-    """φ(x_t, t) for ``observations [N, T+1, D]`` → ``[N, T+1, 2D + 4]`` (t = 0..T)."""
+    """φ(x_t, t) for `observations [N, T+1, D]` → `[N, T+1, 2D + 4]` (t = 0..T)."""
     obs = jnp.clip(observations, -10.0, 10.0)
     steps = observations.shape[1]
     t = (jnp.arange(steps, dtype=obs.dtype) / 100.0)[None, :, None]
@@ -57,19 +57,19 @@ def linear_features(observations: jax.Array) -> jax.Array:
 
 
 def linear_feature_baseline(trajectories: Trajectories, gamma, *, reg_coeff: float = 1e-5) -> jax.Array:
-    """Fit the LinearFeatureBaseline on one task's batch and return its values ``[N, T+1]`` (V(x_T) = 0).
+    """Fit the LinearFeatureBaseline on one task's batch and return its values `[N, T+1]` (V(x_T) = 0).
 
-    ProMP's fit (``LinearBaseline.fit``): the features Φ of the valid (non-padding) steps and their discounted
+    ProMP's fit (`LinearBaseline.fit`): the features Φ of the valid (non-padding) steps and their discounted
     returns-to-go G (no bootstrap), w = lstsq(ΦᵀΦ + c I, ΦᵀG) (least squares with singular values below machine
-    precision cut, numpy's ``rcond=-1``) with c = ``reg_coeff``; if w has a NaN, c ← 10 c and solve again, at most
+    precision cut, numpy's `rcond=-1`) with c = `reg_coeff`; if w has a NaN, c ← 10 c and solve again, at most
     five solves in all. Padding steps are zero rows of Φ, so they add nothing to ΦᵀΦ or ΦᵀG (ProMP concatenates
     the valid steps of its paths). The ridge c is absolute, as in ProMP: it matters only when ΦᵀΦ is nearly
     singular.
 
     Args:
-      trajectories: a batch with ``observations [N, T+1, D]`` (float) or state indices ``[N, T+1]`` for one task.
+      trajectories: a batch with `observations [N, T+1, D]` (float) or state indices `[N, T+1]` for one task.
       gamma: the discount.
-      reg_coeff: ProMP's ``reg_coeff`` (its default 1e-5).
+      reg_coeff: ProMP's `reg_coeff` (its default 1e-5).
     """
     obs = trajectories.observations
     if obs.ndim == 2:
@@ -103,16 +103,16 @@ def linear_feature_baseline(trajectories: Trajectories, gamma, *, reg_coeff: flo
 
 
 def exact_values(trajectories: Trajectories, task: TabularMDP, probabilities: jax.Array) -> jax.Array:
-    """V^π(x_t) for ``observations [N, T+1]`` (state indices) with π = ``probabilities [S, A]``."""
+    """V^π(x_t) for `observations [N, T+1]` (state indices) with π = `probabilities [S, A]`."""
     v, _ = policy_evaluation(task, jax.lax.stop_gradient(probabilities))
     return jax.lax.stop_gradient(v[trajectories.observations])
 
 
 def make_critic(kind: str, *, reg_coeff: float = 1e-5):
-    """``critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]`` for a kind in :data:`CRITICS`.
+    """`critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]` for a kind in `CRITICS`.
 
-    ``policy`` and ``params`` (the policy that sampled the batch) are only used by ``"exact"``, which needs a
-    :class:`~metagrad.policies.TabularSoftmax` policy and a :class:`~metagrad.mdp.TabularMDP` task.
+    `policy` and `params` (the policy that sampled the batch) are only used by `"exact"`, which needs a
+    [`TabularSoftmax`][metagrad.policies.TabularSoftmax] policy and a [`TabularMDP`][metagrad.mdp.TabularMDP] task.
     """
     if kind not in CRITICS:
         raise ValueError(f"Unknown critic {kind!r}; valid critics are {list(CRITICS)}.")

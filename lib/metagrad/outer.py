@@ -1,16 +1,16 @@
 """Outer-loop building blocks of the meta-RL families of Tang et al. (2021), Fig. 1d.
 
-* :func:`advantages` — Â_t = G_t − V(x_t) per trajectory (stop-gradient: a weight, never a path for θ).
-* :func:`ppo_clip_objective` — PPO's clipped surrogate (Schulman et al. 2017) of the post-update
+* [`advantages`][metagrad.outer.advantages] — Â_t = G_t − V(x_t) per trajectory (stop-gradient: a weight, never a path for θ).
+* [`ppo_clip_objective`][metagrad.outer.ppo_clip_objective] — PPO's clipped surrogate (Schulman et al. 2017) of the post-update
   likelihood ratio, the outer objective of ProMP (Rothfuss et al. 2019):
   J^CLIP = mean_n Σ_t Γ_t min(r_t Â_t, clip(r_t, 1 − ε, 1 + ε) Â_t), r_t = π_θ'(a_t|x_t) / π_θ'_old(a_t|x_t).
   At θ' = θ'_old its gradient is the policy gradient Σ_t Γ_t Â_t ∇ℓ_t.
-* :func:`conjugate_gradient` and :func:`trpo_step` — TRPO (Schulman et al. 2015) as MAML used it
+* [`conjugate_gradient`][metagrad.outer.conjugate_gradient] and [`trpo_step`][metagrad.outer.trpo_step] — TRPO (Schulman et al. 2015) as MAML used it
   (Finn et al. 2017): solve F x = g by conjugate gradient with only Fisher-vector products, scale the
   step to the KL radius δ, x ← x √(2δ / xᵀFx), and backtrack until the surrogate improves within the
   KL constraint.
 
-All functions work on flat parameter vectors (``jax.flatten_util.ravel_pytree``) and are jittable.
+All functions work on flat parameter vectors (`jax.flatten_util.ravel_pytree`) and are jittable.
 """
 
 from __future__ import annotations
@@ -25,21 +25,21 @@ from metagrad.rollout import Trajectories
 
 
 def advantages(trajectories: Trajectories, values: jax.Array, gamma) -> jax.Array:
-    """Â_{n,t} = G_{n,t} − V(x_{n,t}) with G_T = V(x_T), ``[N, T]``, zero on padding steps, stop-gradient."""
+    """Â_{n,t} = G_{n,t} − V(x_{n,t}) with G_T = V(x_T), `[N, T]`, zero on padding steps, stop-gradient."""
     discounts = trajectories.discounts(gamma)
     returns = jax.vmap(discounted_returns)(trajectories.rewards, discounts, values[:, -1])
     return jax.lax.stop_gradient((returns - values[:, :-1]) * trajectories.mask())
 
 
 def cumulative_discounts(trajectories: Trajectories, gamma) -> jax.Array:
-    """Γ_t = Π_{s<t} γ_s, ``[N, T]`` (1 at t = 0)."""
+    """Γ_t = Π_{s<t} γ_s, `[N, T]` (1 at t = 0)."""
     discounts = trajectories.discounts(gamma)
     ones = jnp.ones_like(discounts[:, :1])
     return jnp.cumprod(jnp.concatenate([ones, discounts[:, :-1]], axis=1), axis=1)
 
 
 def ppo_clip_objective(log_pi, old_log_pi, advantage, weights, clip_eps: float) -> jax.Array:
-    """mean_n Σ_t w_t min(r_t Â_t, clip(r_t, 1 − ε, 1 + ε) Â_t) with r_t = exp(ℓ_t − ℓ^old_t); inputs ``[N, T]``."""
+    """mean_n Σ_t w_t min(r_t Â_t, clip(r_t, 1 − ε, 1 + ε) Â_t) with r_t = exp(ℓ_t − ℓ^old_t); inputs `[N, T]`."""
     ratio = jnp.exp(log_pi - jax.lax.stop_gradient(old_log_pi))
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_step = jnp.minimum(ratio * advantage, clipped * advantage)
@@ -49,11 +49,11 @@ def ppo_clip_objective(log_pi, old_log_pi, advantage, weights, clip_eps: float) 
 def conjugate_gradient(
     matvec: Callable[[jax.Array], jax.Array], b: jax.Array, iterations: int = 10, *, return_product: bool = False
 ):
-    """x ≈ A⁻¹ b for a symmetric positive-definite A given only ``matvec(v) = A v`` (``iterations`` CG steps).
+    """x ≈ A⁻¹ b for a symmetric positive-definite A given only `matvec(v) = A v` (`iterations` CG steps).
 
-    Fixed iteration count (a ``lax.fori_loop``), so it is jittable; a tiny residual stops further updates.
-    ``return_product=True`` returns ``(x, A x)``: A x is tracked alongside x from the products the iterations
-    already form (A x_{k+1} = A x_k + α_k A p_k), so it costs no extra ``matvec`` and equals ``matvec(x)`` up to
+    Fixed iteration count (a `lax.fori_loop`), so it is jittable; a tiny residual stops further updates.
+    `return_product=True` returns `(x, A x)`: A x is tracked alongside x from the products the iterations
+    already form (A x_{k+1} = A x_k + α_k A p_k), so it costs no extra `matvec` and equals `matvec(x)` up to
     rounding.
     """
 
@@ -86,12 +86,12 @@ def trpo_step(
     backtrack_steps: int = 15,
     backtrack_ratio: float = 0.8,
 ) -> tuple[jax.Array, jax.Array]:
-    """One TRPO ascent step on flat ``params``; returns ``(new_params, accepted_step_index)``.
+    """One TRPO ascent step on flat `params`; returns `(new_params, accepted_step_index)`.
 
     x = CG((F + damping I), g); full step s = √(2δ / xᵀFx) x with xᵀFx = xᵀ(F + damping I)x from the product CG
-    tracks (``cg_iterations`` Fisher-vector products in all, none extra); try params + βⁱ s for i = 0, 1, … and keep
+    tracks (`cg_iterations` Fisher-vector products in all, none extra); try params + βⁱ s for i = 0, 1, … and keep
     the first one with objective > objective(params) and kl ≤ δ (up to 1e-6 relative); if none qualifies the parameters are
-    unchanged and the index equals ``backtrack_steps``. ``objective_and_kl(params) -> (objective, kl)`` evaluates both
+    unchanged and the index equals `backtrack_steps`. `objective_and_kl(params) -> (objective, kl)` evaluates both
     at a candidate (one call, so that the work they share, e.g. MAML's adaptation, is done once).
     """
     matvec = lambda v: fisher_vector_product(v) + damping * v  # noqa: E731
@@ -119,16 +119,16 @@ PROMP_FORM_ESTIMATORS = ("lvc", "taypo1", "taypo2", "dr", "maml", "fomaml")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Σ mask·x / Σ mask: TensorFlow's ``reduce_mean`` over the stacked valid samples, as ProMP computes it."""
+    """Σ mask·x / Σ mask: TensorFlow's `reduce_mean` over the stacked valid samples, as ProMP computes it."""
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def normalized_advantages(trajectories: Trajectories, values: jax.Array, gamma) -> jax.Array:
-    """ProMP's sample-processor advantages, ``[N, T]``, stop-gradient, zero on padding.
+    """ProMP's sample-processor advantages, `[N, T]`, stop-gradient, zero on padding.
 
-    A_t = G_t − b(x_t) (GAE with λ = 1: ``meta_policy_search/samplers/base.py`` ``_compute_advantages``,
-    baseline bootstrap b(x_T) = 0 as the linear critic gives), then ``normalize_advantages`` over all valid
-    (n, t) samples of the task's batch: (A − mean A) / (std A + 1e-8), population std (``np.std``).
+    A_t = G_t − b(x_t) (GAE with λ = 1: `meta_policy_search/samplers/base.py` `_compute_advantages`,
+    baseline bootstrap b(x_T) = 0 as the linear critic gives), then `normalize_advantages` over all valid
+    (n, t) samples of the task's batch: (A − mean A) / (std A + 1e-8), population std (`np.std`).
     """
     raw = advantages(trajectories, values, gamma)
     mask = trajectories.mask()
@@ -138,15 +138,15 @@ def normalized_advantages(trajectories: Trajectories, values: jax.Array, gamma) 
 
 
 def promp_factor(name: str, log_pi: jax.Array, log_mu: jax.Array, mask: jax.Array) -> jax.Array:
-    """The per-step factor f_t(θ) of ProMP's form mean_{n,t} f_t Â_t (``[N, T]`` in, ``[N, T]`` out).
+    """The per-step factor f_t(θ) of ProMP's form mean_{n,t} f_t Â_t (`[N, T]` in, `[N, T]` out).
 
     λ_t = (ℓ_t − log μ_t)·mask, d_t = e^{λ_t} − 1 (θ enters through ℓ_t only):
 
-    * ``lvc``/``taypo1`` — e^{λ_t}, ProMP's ``likelihood_ratio_sym`` (pro_mp.py ``_adapt_objective_sym``);
-    * ``taypo2`` — d_t (1 + Σ_{s<t} d_s) (TayPO-2, Tang et al. 2021 Eq. 6, without γ^t);
-    * ``dr`` — e^{Σ_{s≤t} λ_s} − e^{Σ_{s<t} λ_s} (doubly robust = Loaded DiCE λ = 1 with a state critic;
+    * `lvc`/`taypo1` — e^{λ_t}, ProMP's `likelihood_ratio_sym` (pro_mp.py `_adapt_objective_sym`);
+    * `taypo2` — d_t (1 + Σ_{s<t} d_s) (TayPO-2, Tang et al. 2021 Eq. 6, without γ^t);
+    * `dr` — e^{Σ_{s≤t} λ_s} − e^{Σ_{s<t} λ_s} (doubly robust = Loaded DiCE λ = 1 with a state critic;
       the paper's TRPO-DiCE, §5.2: its Hessian has the cross terms ∇ℓ_t S_{<t}ᵀ + S_{<t}∇ℓ_tᵀ);
-    * ``maml``/``fomaml`` — ℓ_t, ProMP's ``log_likelihood`` inner type (trpo_maml.py; Finn et al.'s surrogate).
+    * `maml`/`fomaml` — ℓ_t, ProMP's `log_likelihood` inner type (trpo_maml.py; Finn et al.'s surrogate).
     """
     lam = (log_pi - log_mu) * mask
     if name in ("lvc", "taypo1"):
@@ -164,10 +164,10 @@ def promp_factor(name: str, log_pi: jax.Array, log_mu: jax.Array, mask: jax.Arra
 
 
 def promp_surrogate(name, log_prob_fn, params, trajectories: Trajectories, advantage, behaviour_log_probs=None):
-    """mean_{n,t} f_t(θ) Â_t over the valid samples (ProMP: ``-tf.reduce_mean(likelihood_ratio * adv)`` negated).
+    """mean_{n,t} f_t(θ) Â_t over the valid samples (ProMP: `-tf.reduce_mean(likelihood_ratio * adv)` negated).
 
-    ``advantage`` ``[N, T]`` (normally :func:`normalized_advantages`); μ = stop_gradient(π_θ) when
-    ``behaviour_log_probs`` is None (on-policy), else the recorded log μ. No γ^t weights.
+    `advantage` `[N, T]` (normally [`normalized_advantages`][metagrad.outer.normalized_advantages]); μ = stop_gradient(π_θ) when
+    `behaviour_log_probs` is None (on-policy), else the recorded log μ. No γ^t weights.
     """
     observations = jax.tree_util.tree_map(lambda o: o[:, :-1], trajectories.observations)
     log_pi = log_prob_fn(params, observations, trajectories.actions)

@@ -54,7 +54,7 @@ OTHER: dict[str, str] = {
 
 
 def style(name: str) -> dict[str, Any]:
-    """``{"color", "marker", "label"}`` for an estimator or method name (unknown names get grey)."""
+    """`{"color", "marker", "label"}` for an estimator or method name (unknown names get grey)."""
     family = _ALIASES.get(name, name)
     colour, marker, label = _FAMILIES.get(family, ("#bcbd22", "o", name))
     if name in _ALIASES and family in _FAMILIES and not name.islower():

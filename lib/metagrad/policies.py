@@ -2,36 +2,36 @@
 init/apply pair) and the action distributions they return.
 
 Each policy is a small frozen (hashable) object that only holds the *static* sizes; the parameters are
-plain pytrees of ``jax.Array`` (nested dicts and lists), so they work with ``jax.grad``, ``jax.vmap``
+plain pytrees of `jax.Array` (nested dicts and lists), so they work with `jax.grad`, `jax.vmap`
 and optax unchanged. Every policy provides
 
-* ``init(key) -> params``,
-* ``apply(params, obs) -> distribution`` (:class:`Categorical`, :class:`DiagGaussian`), from which the rest comes:
-* ``log_prob(params, obs, action) -> log π_θ(a|x)`` (broadcast over any leading batch axes),
-* ``sample(params, key, obs) -> (action, log π_θ(a|x))`` for *one* observation — exactly the
-  ``policy_fn(params, key, obs)`` of :func:`metagrad.rollout.sample`,
-* ``entropy(params, obs) -> H(π_θ(·|x))``,
-* ``kl(params_a, params_b, obs) -> KL(π_a(·|x) ‖ π_b(·|x))`` (per observation).
+* `init(key) -> params`,
+* `apply(params, obs) -> distribution` ([`Categorical`][metagrad.policies.Categorical], [`DiagGaussian`][metagrad.policies.DiagGaussian]), from which the rest comes:
+* `log_prob(params, obs, action) -> log π_θ(a|x)` (broadcast over any leading batch axes),
+* `sample(params, key, obs) -> (action, log π_θ(a|x))` for *one* observation — exactly the
+  `policy_fn(params, key, obs)` of [`metagrad.rollout.sample`][metagrad.rollout.sample],
+* `entropy(params, obs) -> H(π_θ(·|x))`,
+* `kl(params_a, params_b, obs) -> KL(π_a(·|x) ‖ π_b(·|x))` (per observation).
 
 Policies:
 
-* :class:`TabularSoftmax` — π_θ(a|x) = softmax(θ[x, :])[a], ``params = logits [S, A]`` (the setting of
-  Tang et al. 2021, Sec. 5, and of :mod:`metagrad.exact`).
-* :class:`GaussianMLP` — a ~ N(μ_θ(x), diag σ²), μ_θ an MLP with tanh hidden layers and a linear output,
+* [`TabularSoftmax`][metagrad.policies.TabularSoftmax] — π_θ(a|x) = softmax(θ[x, :])[a], `params = logits [S, A]` (the setting of
+  Tang et al. 2021, Sec. 5, and of [`metagrad.exact`][metagrad.exact]).
+* [`GaussianMLP`][metagrad.policies.GaussianMLP] — a ~ N(μ_θ(x), diag σ²), μ_θ an MLP with tanh hidden layers and a linear output,
   log σ a learned state-independent vector (the policy of MAML/ProMP for continuous control;
   Finn et al. 2017, Rothfuss et al. 2019).
-* :class:`CategoricalMLP` — π_θ(·|x) = softmax(MLP_θ(x)) over a finite action set.
-* :class:`FunctionalPolicy` — your own ``init(key, observation_space, action_space) -> params`` and
-  ``apply(params, obs) -> distribution`` pair of pure functions (any network); :func:`default_policy` — the MLP
+* [`CategoricalMLP`][metagrad.policies.CategoricalMLP] — π_θ(·|x) = softmax(MLP_θ(x)) over a finite action set.
+* [`FunctionalPolicy`][metagrad.policies.FunctionalPolicy] — your own `init(key, observation_space, action_space) -> params` and
+  `apply(params, obs) -> distribution` pair of pure functions (any network); [`default_policy`][metagrad.policies.default_policy] — the MLP
   policy of an environment's spaces (any action shape).
 
-Action distributions (pytrees; a policy's ``apply`` returns one, and log-probabilities, entropy, KL and samples come
-from it, so a policy never writes its own KL): :class:`Categorical` (softmax over the last axis of the logits) and
-:class:`DiagGaussian` (any action shape: the last ``event_ndim`` axes of the mean are the action's; ``log_std``
+Action distributions (pytrees; a policy's `apply` returns one, and log-probabilities, entropy, KL and samples come
+from it, so a policy never writes its own KL): [`Categorical`][metagrad.policies.Categorical] (softmax over the last axis of the logits) and
+[`DiagGaussian`][metagrad.policies.DiagGaussian] (any action shape: the last `event_ndim` axes of the mean are the action's; `log_std`
 broadcasts, a learned vector as in MAML/ProMP or a full state-dependent array; the log-likelihood and KL of ProMP's
-``diagonal_gaussian.py``).
+`diagonal_gaussian.py`).
 
-Example:
+Examples:
   >>> import metagrad.envs, metagrad.rollout
   >>> policy = GaussianMLP(obs_dim=2, action_dim=2)
   >>> params = policy.init(jax.random.PRNGKey(0))
@@ -65,7 +65,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 @jax.tree_util.register_pytree_node_class
 class Categorical:
-    """π(a) = softmax(logits)[a]; ``logits [..., A]``, actions integer ``[...]``."""
+    """π(a) = softmax(logits)[a]; `logits [..., A]`, actions integer `[...]`."""
 
     def __init__(self, logits):
         self.logits = logits
@@ -79,15 +79,15 @@ class Categorical:
 
     @property
     def log_probs(self) -> jax.Array:
-        """log softmax(logits), ``[..., A]``."""
+        """log softmax(logits), `[..., A]`."""
         return jax.nn.log_softmax(self.logits, axis=-1)
 
     def log_prob(self, action) -> jax.Array:
-        """log π(a), ``[...]``."""
+        """log π(a), `[...]`."""
         return jnp.take_along_axis(self.log_probs, jnp.asarray(action)[..., None], axis=-1)[..., 0]
 
     def sample_and_log_prob(self, key):
-        """``(a, log π(a))`` with a ~ π (``jax.random.categorical``)."""
+        """`(a, log π(a))` with a ~ π (`jax.random.categorical`)."""
         log_pi = self.log_probs
         action = jax.random.categorical(key, log_pi)
         return action, jnp.take_along_axis(log_pi, action[..., None], axis=-1)[..., 0]
@@ -108,7 +108,7 @@ class Categorical:
 
 @jax.tree_util.register_pytree_node_class
 class DiagGaussian:
-    """a ~ N(mean, diag σ²), σ = exp(log_std); the last ``event_ndim`` axes of ``mean`` are the action's."""
+    """a ~ N(mean, diag σ²), σ = exp(log_std); the last `event_ndim` axes of `mean` are the action's."""
 
     def __init__(self, mean, log_std, event_ndim: int = 1):
         self.mean, self.log_std, self.event_ndim = mean, log_std, int(event_ndim)
@@ -129,7 +129,7 @@ class DiagGaussian:
         return self._sum_event(-0.5 * z**2 - self.log_std - _HALF_LOG_2PI)
 
     def sample_and_log_prob(self, key):
-        """``(a, log π(a))``, a = μ + σ ε with ε ~ N(0, I) (log π from ε directly)."""
+        """`(a, log π(a))`, a = μ + σ ε with ε ~ N(0, I) (log π from ε directly)."""
         noise = jax.random.normal(key, self.mean.shape, self.mean.dtype)
         action = self.mean + jnp.exp(self.log_std) * noise
         return action, self._sum_event(-0.5 * noise**2 - self.log_std - _HALF_LOG_2PI)
@@ -164,10 +164,10 @@ def _hidden(value) -> tuple[int, ...]:
 
 
 def mlp_init(key: jax.Array, sizes: tuple[int, ...], *, output_scale: float = 0.01) -> list[dict]:
-    """Layers ``[{"w": [in, out], "b": [out]}, ...]`` for the layer sizes ``(in, h_1, …, out)``.
+    """Layers `[{"w": [in, out], "b": [out]}, ...]` for the layer sizes `(in, h_1, …, out)`.
 
     Hidden layers use Glorot-uniform weights (as the MAML/ProMP code bases); the last layer is scaled by
-    ``output_scale`` so the initial policy is nearly state independent. Biases start at zero.
+    `output_scale` so the initial policy is nearly state independent. Biases start at zero.
     """
     dtype = jnp.result_type(float)
     layers = []
@@ -182,21 +182,21 @@ def mlp_init(key: jax.Array, sizes: tuple[int, ...], *, output_scale: float = 0.
 
 
 def mlp_apply(layers: list[dict], x: jax.Array) -> jax.Array:
-    """h_{k+1} = tanh(h_k W_k + b_k) for hidden layers, a linear last layer; ``x [..., in] -> [..., out]``."""
+    """h_{k+1} = tanh(h_k W_k + b_k) for hidden layers, a linear last layer; `x [..., in] -> [..., out]`."""
     for layer in layers[:-1]:
         x = jnp.tanh(x @ layer["w"] + layer["b"])
     return x @ layers[-1]["w"] + layers[-1]["b"]
 
 
 class _DistributionPolicy:
-    """``log_prob``, ``sample``, ``entropy`` and ``kl`` of a policy from its ``apply(params, obs) -> distribution``
-    (:class:`Categorical`, :class:`DiagGaussian`), broadcast over the leading batch axes of ``obs``."""
+    """`log_prob`, `sample`, `entropy` and `kl` of a policy from its `apply(params, obs) -> distribution`
+    ([`Categorical`][metagrad.policies.Categorical], [`DiagGaussian`][metagrad.policies.DiagGaussian]), broadcast over the leading batch axes of `obs`."""
 
     def log_prob(self, params, obs, action) -> jax.Array:
         return self.apply(params, obs).log_prob(action)
 
     def sample(self, params, key, obs):
-        """``(a, log π_θ(a|x))`` for one observation: :data:`metagrad.rollout.PolicyFn`."""
+        """`(a, log π_θ(a|x))` for one observation: `metagrad.rollout.PolicyFn`."""
         return self.apply(params, obs).sample_and_log_prob(key)
 
     def entropy(self, params, obs) -> jax.Array:
@@ -208,15 +208,15 @@ class _DistributionPolicy:
 
 
 class _Categorical(_DistributionPolicy):
-    """A softmax policy from its ``log_probs_all(params, obs) -> [..., A]`` logits."""
+    """A softmax policy from its `log_probs_all(params, obs) -> [..., A]` logits."""
 
     def apply(self, params, obs) -> Categorical:
         return Categorical(self.log_probs_all(params, obs))
 
     def log_prob(self, params, obs, action) -> jax.Array:
-        """log π_θ(a|x) for integer ``action`` (shape of ``obs`` without its feature axis).
+        """log π_θ(a|x) for integer `action` (shape of `obs` without its feature axis).
 
-        A concrete ``action`` outside ``[0, A)`` raises ``ValueError`` (JAX would clamp or fill the index).
+        A concrete `action` outside `[0, A)` raises `ValueError` (JAX would clamp or fill the index).
         """
         check_index_range("action", action, self.num_actions, "action")
         return super().log_prob(params, obs, action)
@@ -224,7 +224,7 @@ class _Categorical(_DistributionPolicy):
 
 @dataclasses.dataclass(frozen=True)
 class TabularSoftmax(_Categorical):
-    """π_θ(a|x) = softmax(θ[x, :])[a] with ``params = logits [S, A]``; observations are state indices."""
+    """π_θ(a|x) = softmax(θ[x, :])[a] with `params = logits [S, A]`; observations are state indices."""
 
     num_states: int
     num_actions: int
@@ -235,15 +235,15 @@ class TabularSoftmax(_Categorical):
         object.__setattr__(self, "num_actions", _positive_int("num_actions", self.num_actions))
 
     def init(self, key: jax.Array) -> jax.Array:
-        """Logits ``init_scale · N(0, 1)`` (all zeros, the uniform policy, by default)."""
+        """Logits `init_scale · N(0, 1)` (all zeros, the uniform policy, by default)."""
         shape = (self.num_states, self.num_actions)
         return self.init_scale * jax.random.normal(key, shape, jnp.result_type(float))
 
     def log_probs_all(self, params, obs) -> jax.Array:
-        """log softmax(θ[x]) over actions, ``[..., A]`` for integer ``obs``.
+        """log softmax(θ[x]) over actions, `[..., A]` for integer `obs`.
 
-        A concrete ``obs`` outside ``[0, S)`` raises ``ValueError``: JAX clamps an out-of-range gather index,
-        so state 7 of 3 would silently read state 2's logits. (Under ``jit`` the caller validates.)
+        A concrete `obs` outside `[0, S)` raises `ValueError`: JAX clamps an out-of-range gather index,
+        so state 7 of 3 would silently read state 2's logits. (Under `jit` the caller validates.)
         """
         check_index_range("obs", obs, self.num_states, "state")
         return jax.nn.log_softmax(params[obs], axis=-1)
@@ -253,8 +253,8 @@ class TabularSoftmax(_Categorical):
 class GaussianMLP(_DistributionPolicy):
     """a ~ N(μ_θ(x), diag(exp(2 log σ))), μ_θ an MLP with tanh hidden layers, log σ a learned vector.
 
-    ``params = {"mean": [layers...], "log_std": [action_dim]}``. Defaults follow ProMP (two hidden
-    layers of 64, initial σ = 1). ``log_prob`` sums over the action dimensions:
+    `params = {"mean": [layers...], "log_std": [action_dim]}`. Defaults follow ProMP (two hidden
+    layers of 64, initial σ = 1). `log_prob` sums over the action dimensions:
     log π(a|x) = −½ Σ_i ((a_i − μ_i)/σ_i)² − Σ_i log σ_i − (d/2) log 2π.
     """
 
@@ -287,7 +287,7 @@ class GaussianMLP(_DistributionPolicy):
 
 @dataclasses.dataclass(frozen=True)
 class CategoricalMLP(_Categorical):
-    """π_θ(·|x) = softmax(MLP_θ(x)) over ``num_actions`` actions (tanh hidden layers); ``params = [layers]``."""
+    """π_θ(·|x) = softmax(MLP_θ(x)) over `num_actions` actions (tanh hidden layers); `params = [layers]`."""
 
     obs_dim: int
     num_actions: int
@@ -302,20 +302,20 @@ class CategoricalMLP(_Categorical):
         return mlp_init(key, (self.obs_dim, *self.hidden_sizes, self.num_actions))
 
     def log_probs_all(self, params, obs) -> jax.Array:
-        """log softmax(MLP_θ(x)) over actions, ``[..., A]``."""
+        """log softmax(MLP_θ(x)) over actions, `[..., A]`."""
         return jax.nn.log_softmax(mlp_apply(params, obs), axis=-1)
 
 
 def as_policy_fn(policy):
-    """The :data:`metagrad.rollout.PolicyFn` of a policy: ``policy_fn(params, key, obs) -> (action, log_prob)``.
+    """The `metagrad.rollout.PolicyFn` of a policy: `policy_fn(params, key, obs) -> (action, log_prob)`.
 
-    It is the bound ``policy.sample`` (hashable, so jitted samplers are cached per policy).
+    It is the bound `policy.sample` (hashable, so jitted samplers are cached per policy).
     """
     return policy.sample
 
 
 def _batched(fn, batch_ndim: int):
-    """``fn(params, x)`` for one observation, mapped over ``batch_ndim`` leading axes of ``x`` (``jax.vmap``)."""
+    """`fn(params, x)` for one observation, mapped over `batch_ndim` leading axes of `x` (`jax.vmap`)."""
     for _ in range(batch_ndim):
         fn = jax.vmap(fn, in_axes=(None, 0))
     return fn
@@ -325,13 +325,13 @@ def _batched(fn, batch_ndim: int):
 class FunctionalPolicy(_DistributionPolicy):
     """A policy given as two pure functions, bound to an environment's spaces (the open API of the MAML loop).
 
-    * ``init_fn(key, observation_space, action_space) -> params`` (any pytree);
-    * ``apply_fn(params, obs) -> distribution`` for **one** observation of ``observation_space.shape``: a
-      :class:`Categorical` or :class:`DiagGaussian` (or any object
-      with ``log_prob``, ``sample_and_log_prob``, ``entropy``, ``kl``). Leading batch axes are mapped with
-      ``jax.vmap``, so any network written for one input works (plain ``jax.numpy``, Flax, Equinox).
+    * `init_fn(key, observation_space, action_space) -> params` (any pytree);
+    * `apply_fn(params, obs) -> distribution` for **one** observation of `observation_space.shape`: a
+      [`Categorical`][metagrad.policies.Categorical] or [`DiagGaussian`][metagrad.policies.DiagGaussian] (or any object
+      with `log_prob`, `sample_and_log_prob`, `entropy`, `kl`). Leading batch axes are mapped with
+      `jax.vmap`, so any network written for one input works (plain `jax.numpy`, Flax, Equinox).
 
-    ``log_prob``, ``sample``, ``entropy`` and ``kl`` come from the distribution. Compares equal by the two
+    `log_prob`, `sample`, `entropy` and `kl` come from the distribution. Compares equal by the two
     functions and the two space shapes.
     """
 
@@ -344,7 +344,7 @@ class FunctionalPolicy(_DistributionPolicy):
 
     @classmethod
     def bind(cls, init_fn, apply_fn, observation_space, action_space) -> "FunctionalPolicy":
-        """The policy of ``(init_fn, apply_fn)`` on these spaces (each must have a ``.shape``)."""
+        """The policy of `(init_fn, apply_fn)` on these spaces (each must have a `.shape`)."""
         for name, space in (("observation_space", observation_space), ("action_space", action_space)):
             if getattr(space, "shape", None) is None:
                 raise TypeError(f"`{name}` must be a space with a `.shape` (e.g. gymnasium.spaces.Box); got {space!r}.")
@@ -363,10 +363,10 @@ class FunctionalPolicy(_DistributionPolicy):
 
 
 def default_policy(observation_space, action_space, hidden_sizes: tuple[int, ...] = (64, 64)):
-    """The MLP policy of an environment's spaces: :class:`CategoricalMLP` for a ``Discrete`` action space, else a
-    diagonal Gaussian over the ``Box``'s shape (:class:`GaussianMLP` for a vector action, a
-    :class:`FunctionalPolicy` with the same network and a flattened-and-reshaped head for any other shape).
-    Observations must be vectors ``[d]``."""
+    """The MLP policy of an environment's spaces: [`CategoricalMLP`][metagrad.policies.CategoricalMLP] for a `Discrete` action space, else a
+    diagonal Gaussian over the `Box`'s shape ([`GaussianMLP`][metagrad.policies.GaussianMLP] for a vector action, a
+    [`FunctionalPolicy`][metagrad.policies.FunctionalPolicy] with the same network and a flattened-and-reshaped head for any other shape).
+    Observations must be vectors `[d]`."""
     obs_shape = tuple(getattr(observation_space, "shape", None) or ())
     if len(obs_shape) != 1:
         raise ValueError(f"The default policy needs vector observations [d]; the observation space has shape "
@@ -383,7 +383,7 @@ def default_policy(observation_space, action_space, hidden_sizes: tuple[int, ...
 
 @functools.lru_cache(maxsize=None)
 def _gaussian_mlp_functions(obs_dim: int, action_shape: tuple, hidden_sizes: tuple):
-    """``(init_fn, apply_fn)`` of a Gaussian MLP over actions of any shape (cached: equal sizes, equal functions)."""
+    """`(init_fn, apply_fn)` of a Gaussian MLP over actions of any shape (cached: equal sizes, equal functions)."""
     size = math.prod(action_shape)
     flat = GaussianMLP(obs_dim, size, hidden_sizes)
 

@@ -1,18 +1,18 @@
-"""Batched trajectories: one jitted ``lax.scan`` over time with the batch ``vmap``-ed inside each step.
+"""Batched trajectories: one jitted `lax.scan` over time with the batch `vmap`-ed inside each step.
 
-A batch of N trajectories of horizon T is the pytree :class:`Trajectories`:
+A batch of N trajectories of horizon T is the pytree [`Trajectories`][metagrad.rollout.Trajectories]:
 
-* ``observations [N, T+1, ...]`` — x_0 … x_T (x_T is the bootstrap state; for tabular MDPs integer
-  state indices ``[N, T+1]``),
-* ``actions [N, T, ...]``, ``rewards [N, T]``,
-* ``log_probs [N, T]`` — log μ(a_t|x_t) of the behaviour policy that sampled the actions,
-* ``terminated [N, T]`` (optional) — True at step t when x_{t+1} is a terminal state. Steps after the
+* `observations [N, T+1, ...]` — x_0 … x_T (x_T is the bootstrap state; for tabular MDPs integer
+  state indices `[N, T+1]`),
+* `actions [N, T, ...]`, `rewards [N, T]`,
+* `log_probs [N, T]` — log μ(a_t|x_t) of the behaviour policy that sampled the actions,
+* `terminated [N, T]` (optional) — True at step t when x_{t+1} is a terminal state. Steps after the
   first termination are padding (reward 0, behaviour log-probability 0). A trajectory that reaches the
   horizon without terminating is *truncated*: its tail is bootstrapped with the critic value V(x_T).
 
-Every estimator consumes the per-step discounts of :meth:`Trajectories.discounts`, γ_t = γ·(1 − done_t),
+Every estimator consumes the per-step discounts of [`Trajectories.discounts`][metagrad.rollout.Trajectories.discounts], γ_t = γ·(1 − done_t),
 which is zero at and after termination (so no bootstrap there) and γ elsewhere (bootstrap on
-truncation only, as Gymnasium's ``terminated`` / ``truncated`` convention requires).
+truncation only, as Gymnasium's `terminated` / `truncated` convention requires).
 """
 
 from __future__ import annotations
@@ -47,24 +47,24 @@ class Trajectories(NamedTuple):
         return self.rewards.shape[-1]
 
     def done(self) -> jax.Array:
-        """``[N, T]`` bool: True at and after the first termination."""
+        """`[N, T]` bool: True at and after the first termination."""
         if self.terminated is None:
             return jnp.zeros(self.rewards.shape, dtype=bool)
         return jnp.cumsum(self.terminated.astype(jnp.int32), axis=-1) > 0
 
     def mask(self) -> jax.Array:
-        """``[N, T]`` float: 1 for steps that happened (up to and including termination), 0 for padding."""
+        """`[N, T]` float: 1 for steps that happened (up to and including termination), 0 for padding."""
         done = self.done()
         before = jnp.concatenate([jnp.zeros_like(done[..., :1]), done[..., :-1]], axis=-1)
         return 1.0 - before.astype(self.rewards.dtype)
 
     def discounts(self, gamma) -> jax.Array:
-        """``[N, T]`` per-step discounts γ_t = γ·(1 − done_t): zero at and after termination."""
+        """`[N, T]` per-step discounts γ_t = γ·(1 − done_t): zero at and after termination."""
         return gamma * (1.0 - self.done().astype(self.rewards.dtype))
 
 
 def tabular_softmax_policy(logits: jax.Array, key: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Sample a ~ softmax(θ[x]) for one state; returns ``(action, log π(a|x))``. A :data:`PolicyFn`.
+    """Sample a ~ softmax(θ[x]) for one state; returns `(action, log π(a|x))`. A `PolicyFn`.
 
     Inverse-CDF sampling (one uniform number instead of A Gumbel numbers) keeps rollouts fast.
     """
@@ -85,29 +85,29 @@ def sample(
     *,
     task: Any = None,
 ) -> Trajectories:
-    """Sample ``num_trajectories`` trajectories of ``horizon`` steps with π = ``policy_fn(params, ·)``.
+    """Sample `num_trajectories` trajectories of `horizon` steps with π = `policy_fn(params, ·)`.
 
-    One ``lax.scan`` over the T steps; at each step the N trajectories advance together under
-    ``jax.vmap``. The environment is either a :class:`~metagrad.mdp.TabularMDP` (which is then also the
-    task) or any Gymnasium ``FuncEnv`` whose methods are pure JAX, with ``task`` its ``params``
-    (``None``: the environment's default task). Pure and jittable with ``policy_fn``, ``num_trajectories``
-    and ``horizon`` static; ``vmap`` over ``task`` (or a stacked batch of MDPs) samples a meta-batch.
-    The same ``key`` gives the same batch. An environment of :mod:`metagrad.envs.protocol`
-    (``reset``/``step``) is used as it is; a ``FuncEnv`` through :class:`~metagrad.envs.protocol.FuncEnvAdapter`.
+    One `lax.scan` over the T steps; at each step the N trajectories advance together under
+    `jax.vmap`. The environment is either a [`TabularMDP`][metagrad.mdp.TabularMDP] (which is then also the
+    task) or any Gymnasium `FuncEnv` whose methods are pure JAX, with `task` its `params`
+    (`None`: the environment's default task). Pure and jittable with `policy_fn`, `num_trajectories`
+    and `horizon` static; `vmap` over `task` (or a stacked batch of MDPs) samples a meta-batch.
+    The same `key` gives the same batch. An environment of [`metagrad.envs.protocol`][metagrad.envs.protocol]
+    (`reset`/`step`) is used as it is; a `FuncEnv` through [`FuncEnvAdapter`][metagrad.envs.protocol.FuncEnvAdapter].
 
     Args:
-      key: a ``jax.random`` key.
-      env_or_mdp: a ``TabularMDP``, a ``FuncEnv`` or a protocol environment.
-      policy_fn: ``policy_fn(params, key, observation) -> (action, log_prob)``.
-      params: the policy parameters (e.g. ``logits [S, A]`` for :func:`tabular_softmax_policy`).
+      key: a `jax.random` key.
+      env_or_mdp: a `TabularMDP`, a `FuncEnv` or a protocol environment.
+      policy_fn: `policy_fn(params, key, observation) -> (action, log_prob)`.
+      params: the policy parameters (e.g. `logits [S, A]` for [`tabular_softmax_policy`][metagrad.rollout.tabular_softmax_policy]).
       num_trajectories: N ≥ 1.
       horizon: T ≥ 1.
-      task: the environment's task parameters (ignored for a ``TabularMDP``; ``None``: its ``default_params``).
+      task: the environment's task parameters (ignored for a `TabularMDP`; `None`: its `default_params`).
 
     Returns:
-      :class:`Trajectories` with ``log_probs`` = log π(a_t|x_t) of the sampling policy.
+      [`Trajectories`][metagrad.rollout.Trajectories] with `log_probs` = log π(a_t|x_t) of the sampling policy.
 
-    Example:
+    Examples:
       >>> import metagrad.mdp
       >>> mdp = metagrad.mdp.random_mdp(jax.random.PRNGKey(0))
       >>> batch = sample(jax.random.PRNGKey(1), mdp, tabular_softmax_policy, jnp.zeros((20, 5)), 100, 20)

@@ -1,12 +1,12 @@
 """Start a Jupyter kernel under the grader's limits (run as a script, standard library only).
 
-``python _kernel_launcher.py MEMORY_BYTES PARENT_PID -- KERNEL_COMMAND...`` starts a new session (the kernel
+`python _kernel_launcher.py MEMORY_BYTES PARENT_PID -- KERNEL_COMMAND...` starts a new session (the kernel
 leads its own process group, which the grader kills as a whole), sets the address-space limit
-(``RLIMIT_AS``) to ``MEMORY_BYTES``, no core files and a 1 GiB limit per written file, asks Linux to SIGKILL
-this process when its parent (the grading worker, ``PARENT_PID``; 0 inside a sandbox, whose PID namespace
-dies with the worker instead) dies, sends the kernel's own stdout/stderr to ``/dev/null`` (a student's
-``os.write(1, ...)`` cannot reach the grader's pipes), and replaces itself with the kernel command.
-:mod:`metagrad.course.grade` uses it as the kernel's command prefix (inside bubblewrap when available).
+(`RLIMIT_AS`) to `MEMORY_BYTES`, no core files and a 1 GiB limit per written file, asks Linux to SIGKILL
+this process when its parent (the grading worker, `PARENT_PID`; 0 inside a sandbox, whose PID namespace
+dies with the worker instead) dies, sends the kernel's own stdout/stderr to `/dev/null` (a student's
+`os.write(1, ...)` cannot reach the grader's pipes), and replaces itself with the kernel command.
+[`metagrad.course.grade`][metagrad.course.grade] uses it as the kernel's command prefix (inside bubblewrap when available).
 """
 
 import os

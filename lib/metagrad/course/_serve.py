@@ -1,10 +1,10 @@
 """The grading kernel's side of a remote check call, and the plain-data format of the answers.
 
-``metagrad course grade`` decides every check in its own process (:mod:`metagrad.course.grade`): when a
-check calls the student's function, the grader sends the kernel ``(function, arguments)`` pickled with
-cloudpickle (the function is the student's, by name, or a wrapper the check built around it: ``jax.jit``,
-``jax.grad``, a closure), and :func:`call` returns the output as **plain data** (JSON with arrays in NumPy's
-``.npy`` format), which the grader reads with :func:`decode` — never with pickle, so nothing the kernel
+`metagrad course grade` decides every check in its own process ([`metagrad.course.grade`][metagrad.course.grade]): when a
+check calls the student's function, the grader sends the kernel `(function, arguments)` pickled with
+cloudpickle (the function is the student's, by name, or a wrapper the check built around it: `jax.jit`,
+`jax.grad`, a closure), and `call` returns the output as **plain data** (JSON with arrays in NumPy's
+`.npy` format), which the grader reads with `decode` — never with pickle, so nothing the kernel
 sends can run code in the grader. Pickles travel only from the grader to the kernel.
 
 Nothing here is secret: a student who patches this module in their kernel only changes the outputs
@@ -25,14 +25,14 @@ MAX_BYTES = 64 * 2**20  # an answer larger than this is reported as too large, n
 
 
 def student(name: str):
-    """The object the notebook bound to ``name`` (unpickled in the kernel in place of the grader's proxy)."""
+    """The object the notebook bound to `name` (unpickled in the kernel in place of the grader's proxy)."""
     from IPython import get_ipython
 
     return get_ipython().user_ns[name]
 
 
 def probe(name: str) -> str:
-    """'callable', 'missing' or 'not callable: <type>' for the student's ``name``."""
+    """'callable', 'missing' or 'not callable: <type>' for the student's `name`."""
     from IPython import get_ipython
 
     namespace = get_ipython().user_ns
@@ -42,7 +42,7 @@ def probe(name: str) -> str:
 
 
 def call(payload: str) -> str:
-    """Run a pickled ``(fn, args)`` from the grader; the JSON answer ``{"ok": tree}`` or ``{"error": {...}}``."""
+    """Run a pickled `(fn, args)` from the grader; the JSON answer `{"ok": tree}` or `{"error": {...}}`."""
     try:
         fn, args = pickle.loads(base64.b64decode(payload))  # noqa: S301 — sent by the grader, run in the sandbox
         return json.dumps({"ok": encode(fn(*args))})
@@ -53,7 +53,7 @@ def call(payload: str) -> str:
 
 
 def encode(obj, depth: int = 0):
-    """A JSON tree for ``obj``: numbers, strings, arrays (.npy, base64), tuples, lists, dicts with str keys."""
+    """A JSON tree for `obj`: numbers, strings, arrays (.npy, base64), tuples, lists, dicts with str keys."""
     if depth > MAX_DEPTH:
         return {"t": "object", "type": type(obj).__name__, "repr": "(nested too deeply)"}
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -90,7 +90,7 @@ class Opaque:
 
 
 def decode(tree):
-    """The value of an :func:`encode` tree, built from plain data only (``np.load(allow_pickle=False)``)."""
+    """The value of an `encode` tree, built from plain data only (`np.load(allow_pickle=False)`)."""
     kind = tree["t"]
     if kind == "py":
         value = tree["v"]

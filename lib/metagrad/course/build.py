@@ -398,10 +398,10 @@ CLAIM_FIELDS = ("cell", "statement", "guard", "evidence")
 
 
 def load_claims(solutions: Path) -> dict[str, list[dict]]:
-    """Notebook number -> its claim rows, from ``solutions/claims/NN.json``; {} when there is no claims folder.
+    """Notebook number -> its claim rows, from `solutions/claims/NN.json`; {} when there is no claims folder.
 
-    Raises :class:`BuildError` naming the file for a row that is not an object with exactly the fields
-    :data:`CLAIM_FIELDS` (strings; ``cell`` may also be an integer index).
+    Raises [`BuildError`][metagrad.course.build.BuildError] naming the file for a row that is not an object with exactly the fields
+    `CLAIM_FIELDS` (strings; `cell` may also be an integer index).
     """
     import json
 
@@ -423,7 +423,7 @@ def load_claims(solutions: Path) -> dict[str, list[dict]]:
 
 
 def claims_markdown(solutions: Path) -> str | None:
-    """``course/CLAIMS.md``: every claim row of ``solutions/claims/*.json`` as one table per notebook; None if none."""
+    """`course/CLAIMS.md`: every claim row of `solutions/claims/*.json` as one table per notebook; None if none."""
     claims = load_claims(solutions)
     if not claims:
         return None

@@ -1,28 +1,28 @@
 """Grade student notebooks against the course's own notebooks, with every check decided by the grader.
 
-What is graded comes from the **course** (``course/NN_name.ipynb``, written by ``metagrad course build``),
+What is graded comes from the **course** (`course/NN_name.ipynb`, written by `metagrad course build`),
 never from the submission (docs/grading.md has the whole story, and what holds with and without a sandbox):
 
-1. **Read.** Only valid nbformat-4 notebooks are graded (:func:`read_submission`): anything else is
-   ``not a notebook`` or ``unsupported format`` (nbformat 3), never run with stubs in place of exercises.
+1. **Read.** Only valid nbformat-4 notebooks are graded ([`read_submission`][metagrad.course.grade.read_submission]): anything else is
+   `not a notebook` or `unsupported format` (nbformat 3), never run with stubs in place of exercises.
 2. **Match and assemble** (nbgrader-style). A submission is matched to a course notebook by its metadata
-   (``metadata.metagrad.notebook``) or the ``NN_`` in its file name; the graded notebook is the course
+   (`metadata.metagrad.notebook`) or the `NN_` in its file name; the graded notebook is the course
    notebook with each *exercise cell* replaced by the student's version (found by the cell's
-   ``metadata.metagrad.exercise``, its cell id, or the ``def`` of the exercise's function).
-3. **Run** in a worker process (``python -m metagrad.course.grade``, killed with the grader by a death
-   signal) that starts a fresh kernel — in a bubblewrap sandbox when :mod:`metagrad.course.sandbox` finds
-   one — and runs every code cell except the check cells, within ``cell_timeout`` / ``notebook_timeout``
+   `metadata.metagrad.exercise`, its cell id, or the `def` of the exercise's function).
+3. **Run** in a worker process (`python -m metagrad.course.grade`, killed with the grader by a death
+   signal) that starts a fresh kernel — in a bubblewrap sandbox when [`metagrad.course.sandbox`][metagrad.course.sandbox] finds
+   one — and runs every code cell except the check cells, within `cell_timeout` / `notebook_timeout`
    (past either, or when the kernel dies, it is SIGKILLed and the remaining checks fail).
 4. **Decide in the worker.** At a check cell the worker runs the check itself, with a
-   :class:`~metagrad.course.checks._diagnose.RemoteFunction` in place of the student's function: each
+   `RemoteFunction` in place of the student's function: each
    call is sent to the kernel (cloudpickle, grader → kernel only) and the output comes back as plain data
-   (:mod:`metagrad.course._serve`), so references, diagnoses and verdicts never enter the student's process
+   (`metagrad.course._serve`), so references, diagnoses and verdicts never enter the student's process
    and the message recorded is the check's own diagnosis.
 
-The grade book (:func:`write_csv`) has one row per student and notebook, merged into an existing file:
-student id, file, notebook, status (``graded``, ``timed out …``, ``crashed …``, ``not a notebook``,
-``unsupported format``, ``unknown notebook``, ``not found``, ``grader error …``), points per exercise
-(weights from :class:`Config`), total, maximum and the failure messages; :func:`feedback` writes each
+The grade book ([`write_csv`][metagrad.course.grade.write_csv]) has one row per student and notebook, merged into an existing file:
+student id, file, notebook, status (`graded`, `timed out …`, `crashed …`, `not a notebook`,
+`unsupported format`, `unknown notebook`, `not found`, `grader error …`), points per exercise
+(weights from [`Config`][metagrad.course.grade.Config]), total, maximum and the failure messages; [`feedback`][metagrad.course.grade.feedback] writes each
 student's Markdown and HTML feedback.
 """
 
@@ -67,7 +67,7 @@ class GradeError(ValueError):
 
 
 class Course:
-    """The released course notebooks: ``notebooks[id]`` and the check names in course order."""
+    """The released course notebooks: `notebooks[id]` and the check names in course order."""
 
     def __init__(self, folder: Path):
         folder = Path(folder)
@@ -101,7 +101,7 @@ def course_checks(nb: nbformat.NotebookNode) -> list[str]:
 
 
 def match_notebook(path: Path, nb: nbformat.NotebookNode | None, course: Course) -> str | None:
-    """The course notebook id of a submission: its metadata, else ``NN_`` in its file name."""
+    """The course notebook id of a submission: its metadata, else `NN_` in its file name."""
     if nb is not None:
         notebook_id = nb.metadata.get("metagrad", {}).get("notebook") if isinstance(nb.metadata, dict) else None
         if notebook_id in course.notebooks:
@@ -127,7 +127,7 @@ def _student_cell(course_cell, student_cells) -> nbformat.NotebookNode | None:
 
 
 def assemble(course_nb: nbformat.NotebookNode, submission: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
-    """The course notebook with its exercise cells replaced by the submission's; returns ``(nb, notes)``."""
+    """The course notebook with its exercise cells replaced by the submission's; returns `(nb, notes)`."""
     nb = copy.deepcopy(course_nb)
     student_cells = [c for c in submission.cells if c.get("cell_type") == "code" and isinstance(c.get("source"), str)]
     notes = []
@@ -158,9 +158,9 @@ _SUSPICIOUS_NAMES = {"checks", "_RESULTS", "__builtins__", "sys", "os", "In", "O
 def review_flags(source: str) -> list[str]:
     """Constructs in a student's exercise cell that ordinary solutions do not need but tampering does.
 
-    Not a proof of anything: a list for a human to read (imports of ``os``/``sys``/``inspect``/…, attribute
-    assignments to objects the cell did not create such as ``np.allclose = …``, calls of ``setattr``,
-    ``exec``, ``get_ipython``, …, use of ``checks``, IPython magics or shell escapes).
+    Not a proof of anything: a list for a human to read (imports of `os`/`sys`/`inspect`/…, attribute
+    assignments to objects the cell did not create such as `np.allclose = …`, calls of `setattr`,
+    `exec`, `get_ipython`, …, use of `checks`, IPython magics or shell escapes).
     """
     flags: list[str] = []
 
@@ -206,8 +206,8 @@ def review_flags(source: str) -> list[str]:
 
 
 def _checks_module(course_nb: nbformat.NotebookNode) -> str:
-    """The module the course notebook binds to ``checks``: ``from metagrad.course import X [as checks]`` or
-    ``import metagrad.course.X as checks``; ``metagrad.course.checks`` when it says neither."""
+    """The module the course notebook binds to `checks`: `from metagrad.course import X [as checks]` or
+    `import metagrad.course.X as checks`; `metagrad.course.checks` when it says neither."""
     patterns = (
         re.compile(r"^from\s+metagrad\.course\s+import\s+(checks)\s*$", re.M),
         re.compile(r"^from\s+metagrad\.course\s+import\s+([A-Za-z_][A-Za-z0-9_]*)\s+as\s+checks\s*$", re.M),
@@ -223,7 +223,7 @@ def _checks_module(course_nb: nbformat.NotebookNode) -> str:
 
 
 def check_calls(nb: nbformat.NotebookNode) -> dict[int, tuple[str, list[str]]]:
-    """``{cell index: (check name, [argument names])}`` of the check cells, e.g. ``checks.check_hvp(hvp)``."""
+    """`{cell index: (check name, [argument names])}` of the check cells, e.g. `checks.check_hvp(hvp)`."""
     calls = {}
     for index, cell in enumerate(nb.cells):
         name = cell.metadata.get("metagrad", {}).get("check")
@@ -256,7 +256,7 @@ def exercise_cells(nb: nbformat.NotebookNode) -> dict[str, int]:
 
 
 class _Abort(BaseException):
-    """The kernel timed out or died: the rest of the notebook is not run (``status`` says why)."""
+    """The kernel timed out or died: the rest of the notebook is not run (`status` says why)."""
 
     def __init__(self, status: str):
         super().__init__(status)
@@ -264,7 +264,7 @@ class _Abort(BaseException):
 
 
 class KernelRunner:
-    """One grading kernel (sandboxed when :mod:`~metagrad.course.sandbox` finds bubblewrap) and its client."""
+    """One grading kernel (sandboxed when [`sandbox`][metagrad.course.sandbox] finds bubblewrap) and its client."""
 
     def __init__(self, *, kernel_name: str, memory_mb: int, tmpfs_mb: int, root: Path, isolation: str):
         from jupyter_client.manager import KernelManager
@@ -306,9 +306,9 @@ class KernelRunner:
             raise _Abort(f"crashed (the kernel did not start, memory limit {memory_mb} MB: {_first_line(err)[:120]})") from None
 
     def run(self, code: str, timeout: float, where: str, *, user_expressions=None) -> dict:
-        """Execute ``code``; the reply's content. Raises :class:`_Abort` on timeout or a dead kernel.
+        """Execute `code`; the reply's content. Raises `_Abort` on timeout or a dead kernel.
 
-        ``where`` names the cell and the limit, e.g. ``("cell 4", "cell 4 over 3 s")``."""
+        `where` names the cell and the limit, e.g. `("cell 4", "cell 4 over 3 s")`."""
         msg_id = self.kc.execute(code, silent=user_expressions is not None, store_history=False,
                                  user_expressions=user_expressions or {}, allow_stdin=False)
         deadline = time.monotonic() + timeout
@@ -333,7 +333,7 @@ class KernelRunner:
                 return reply["content"]
 
     def evaluate(self, expression: str, timeout: float, where) -> str:
-        """The value of ``expression`` in the kernel, which must be a ``str`` (read with ``ast.literal_eval``)."""
+        """The value of `expression` in the kernel, which must be a `str` (read with `ast.literal_eval`)."""
         from metagrad.course import _serve
 
         content = self.run("", timeout, where, user_expressions={"r": expression})
@@ -378,8 +378,8 @@ class KernelAnswerError(Exception):
 
 
 def dumps(obj) -> bytes:
-    """cloudpickle ``obj`` for the kernel; pytree nodes of custom classes (e.g. ``TabularMDP``, whose slots
-    refuse ``setattr``) travel as their children and tree structure, rebuilt with ``tree_unflatten``."""
+    """cloudpickle `obj` for the kernel; pytree nodes of custom classes (e.g. `TabularMDP`, whose slots
+    refuse `setattr`) travel as their children and tree structure, rebuilt with `tree_unflatten`."""
     import cloudpickle
     import jax
     import numpy as np
@@ -398,7 +398,7 @@ def dumps(obj) -> bytes:
 
 
 def _executor(runner: KernelRunner, deadline: float, where):
-    """The ``_diagnose._EXECUTOR`` of one check: ``fn(*args)`` runs in the kernel; returns the decoded output."""
+    """The `_diagnose._EXECUTOR` of one check: `fn(*args)` runs in the kernel; returns the decoded output."""
     import base64
 
     from metagrad.course import _serve
@@ -428,7 +428,7 @@ def _executor(runner: KernelRunner, deadline: float, where):
 
 
 def _verdict(module, name: str, arguments: list[str], runner: KernelRunner, timeout: float, where):
-    """``(passed, message)`` of check ``name`` run here on the kernel's functions ``arguments``."""
+    """`(passed, message)` of check `name` run here on the kernel's functions `arguments`."""
     from metagrad.course.checks import _diagnose
 
     for argument in arguments:
@@ -460,9 +460,9 @@ def _verdict(module, name: str, arguments: list[str], runner: KernelRunner, time
 
 def execute(nb, *, checks_module: str, x64: bool, kernel_name: str, cell_timeout: float, notebook_timeout: float,
             memory_mb: int, tmpfs_mb: int, isolation: str) -> dict:
-    """Run the assembled notebook ``nb``: every code cell but the checks in the kernel, the checks here.
+    """Run the assembled notebook `nb`: every code cell but the checks in the kernel, the checks here.
 
-    Returns ``{"status", "checks": {index: [passed, message]}, "errors": {index: ename}}``.
+    Returns `{"status", "checks": {index: [passed, message]}, "errors": {index: ename}}`.
     """
     import importlib
 
@@ -507,7 +507,7 @@ def execute(nb, *, checks_module: str, x64: bool, kernel_name: str, cell_timeout
 
 
 def _run_worker() -> None:
-    """Entry of ``python -m metagrad.course.grade PARENT_PID``: request JSON on stdin, result line on stdout.
+    """Entry of `python -m metagrad.course.grade PARENT_PID`: request JSON on stdin, result line on stdout.
 
     The worker first asks Linux to SIGKILL it when the grader dies (and exits if that already happened), so
     killing the grader leaves no worker, and through the worker's own death signals no kernel either."""
@@ -546,7 +546,7 @@ def _arm_death_signal() -> None:
 
 
 def _spawn_worker(request: dict, *, limit: float) -> dict:
-    """Run the worker; it is SIGKILLed with the grader (death signal) and when it overruns ``limit``."""
+    """Run the worker; it is SIGKILLed with the grader (death signal) and when it overruns `limit`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "metagrad.course.grade", str(os.getpid())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True,
@@ -570,7 +570,7 @@ def _spawn_worker(request: dict, *, limit: float) -> dict:
 
 
 def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str, str]:
-    """``(notebook, status, note)``: status '' when readable; 'unsupported format' for nbformat other than 4;
+    """`(notebook, status, note)`: status '' when readable; 'unsupported format' for nbformat other than 4;
     'not a notebook' for anything that is not a valid nbformat-4 notebook (malformed metadata included)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -604,7 +604,7 @@ def grade_submission(path: Path, course: Course, *, kernel_name: str = "python3"
                      notebook_timeout: float = 900, memory_mb: int = 8192, tmpfs_mb: int = 256,
                      isolation: str | None = None) -> dict:
     """Grade one submission; returns ``{"file", "notebook", "status", "expected", "passed", "messages", "cells",
-    "notes"}`` (``cells``: check name -> ``[index, id]`` of the student's exercise cell)."""
+    "notes"}` (`cells`: check name -> `[index, id]`` of the student's exercise cell)."""
     from metagrad.course import sandbox
 
     path = Path(path)
@@ -661,18 +661,20 @@ DEFAULT_COLUMNS = {"id": "student", "file": "file", "notebook": "notebook", "sta
 class Config:
     """Points per exercise (default 1), column names of the grade book and how to read a student id.
 
-    From a TOML file (``--config``)::
+    From a TOML file (`--config`):
 
-        [points]            # exercise -> points (default 1)
-        hvp = 2
-        [columns]           # grade-book column names, e.g. for an LMS import; an exercise name renames its column
-        student = "Username"
-        total = "Points"
-        [student]
-        pattern = '([^/]+)/[^/]*$'    # regular expression searched in the submission's path as given; its
-                                      # group `id` (else group 1) is the student id. Default: the folder's
-                                      # name when the file has a course notebook's name (a folder per
-                                      # student), else the file name without .ipynb
+    ```
+    [points]            # exercise -> points (default 1)
+    hvp = 2
+    [columns]           # grade-book column names, e.g. for an LMS import; an exercise name renames its column
+    student = "Username"
+    total = "Points"
+    [student]
+    pattern = '([^/]+)/[^/]*$'    # regular expression searched in the submission's path as given; its
+                                  # group `id` (else group 1) is the student id. Default: the folder's
+                                  # name when the file has a course notebook's name (a folder per
+                                  # student), else the file name without .ipynb
+    ```
     """
 
     def __init__(self, points=None, columns=None, pattern: str | None = None):
@@ -757,7 +759,7 @@ def _record(row: dict, course: Course, config: Config) -> dict:
 
 
 def _existing(out: Path, course: Course, config: Config) -> list[dict]:
-    """Rows of an earlier grade book at ``out`` (kept when their student and notebook are not regraded)."""
+    """Rows of an earlier grade book at `out` (kept when their student and notebook are not regraded)."""
     if not out.is_file() or out.stat().st_size == 0:
         return []
     try:
@@ -774,7 +776,7 @@ def _existing(out: Path, course: Course, config: Config) -> list[dict]:
 
 
 def write_csv(out: Path, rows, course: Course, config: Config | None = None, previous=()) -> None:
-    """Write the grade book atomically: ``previous`` rows (dicts) except those regraded, then ``rows``."""
+    """Write the grade book atomically: `previous` rows (dicts) except those regraded, then `rows`."""
     config = config or Config()
     out = Path(out)
     records = [_record(r, course, config) for r in rows if r is not None]
@@ -797,7 +799,7 @@ def write_csv(out: Path, rows, course: Course, config: Config | None = None, pre
 
 
 def feedback(row: dict, course: Course, config: Config, folder: Path) -> tuple[Path, Path]:
-    """Write ``<student>-<notebook>.md`` and ``.html`` into ``folder``: each exercise with its points, pass/fail,
+    """Write `<student>-<notebook>.md` and `.html` into `folder`: each exercise with its points, pass/fail,
     the check's message and a link to the student's exercise cell. Returns the two paths."""
     record = _record(row, course, config)
     student = config.student_id(row["file"])
@@ -842,7 +844,7 @@ def feedback(row: dict, course: Course, config: Config, folder: Path) -> tuple[P
 
 
 def validate_out(out: Path, course: Course, config: Config | None = None) -> list[dict]:
-    """Fail before grading when ``out`` cannot be written; returns the rows of an existing grade book."""
+    """Fail before grading when `out` cannot be written; returns the rows of an existing grade book."""
     config = config or Config()
     out = Path(out)
     if out.is_dir():
@@ -872,9 +874,9 @@ def grade(
     on_row=None,
     on_start=None,
 ) -> list[dict]:
-    """Grade every submission in ``paths`` with ``jobs`` in parallel; the grade book ``out`` (merged with the rows
-    it already has) is rewritten after each, and each student's feedback goes to ``feedback_dir`` (default: a
-    ``feedback`` folder next to ``out``). Raises :class:`GradeError` before grading for bad options.
+    """Grade every submission in `paths` with `jobs` in parallel; the grade book `out` (merged with the rows
+    it already has) is rewritten after each, and each student's feedback goes to `feedback_dir` (default: a
+    `feedback` folder next to `out`). Raises [`GradeError`][metagrad.course.grade.GradeError] before grading for bad options.
     """
     from metagrad.course import sandbox
 

@@ -1,25 +1,25 @@
 """Where a grading kernel runs: a bubblewrap sandbox when the machine has one, else a limited process.
 
-With ``bwrap`` (bubblewrap) and user namespaces, each kernel runs as uid/gid 65534 in new user, PID,
-network, IPC, UTS and mount namespaces (``--unshare-all``), with no capabilities, in its own session, and:
+With `bwrap` (bubblewrap) and user namespaces, each kernel runs as uid/gid 65534 in new user, PID,
+network, IPC, UTS and mount namespaces (`--unshare-all`), with no capabilities, in its own session, and:
 
-- sees only the Python installation, the virtual environment, the package source (``metagrad``) — all
-  read-only — and a **public copy of the checks package** (:func:`write_public_checks`: the checks with their
-  bodies and every ``*reference*`` definition removed) over ``metagrad/course/checks``; the course folder,
-  the submissions, the grade book, the rest of the repository and ``/root`` are not there;
-- writes only to a fresh temporary working folder (its ``HOME`` and current folder), the folder of its
-  socket files, and size-limited ``/tmp`` and ``/dev/shm`` (``tmpfs_mb`` each, counted on top of the
-  address-space limit ``RLIMIT_AS`` set by :mod:`metagrad.course._kernel_launcher`);
+- sees only the Python installation, the virtual environment, the package source (`metagrad`) — all
+  read-only — and a **public copy of the checks package** ([`write_public_checks`][metagrad.course.sandbox.write_public_checks]: the checks with their
+  bodies and every `*reference*` definition removed) over `metagrad/course/checks`; the course folder,
+  the submissions, the grade book, the rest of the repository and `/root` are not there;
+- writes only to a fresh temporary working folder (its `HOME` and current folder), the folder of its
+  socket files, and size-limited `/tmp` and `/dev/shm` (`tmpfs_mb` each, counted on top of the
+  address-space limit `RLIMIT_AS` set by `metagrad.course._kernel_launcher`);
 - cannot see or signal any other process (its own PID namespace: the grader, sibling kernels and the
   worker are invisible; no ptrace of them), and has no network;
-- dies with the grading worker (``--die-with-parent``); killing the sandbox's first process ends its PID
+- dies with the grading worker (`--die-with-parent`); killing the sandbox's first process ends its PID
   namespace, so no background process outlives the kernel.
 
-Without bubblewrap (``isolation() == "none"``) the kernel runs as the grader's user, in its own session and
+Without bubblewrap (`isolation() == "none"`) the kernel runs as the grader's user, in its own session and
 process group (killed as a whole), with the same resource limits and a fresh working folder; the grader still
 decides every check in its own process, but a student's code can read files the grader's user can read
 (including the reference solutions in the installed package) and signal processes of that user.
-``docs/grading.md`` lists what holds in each case.
+`docs/grading.md` lists what holds in each case.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitc
 
 
 def bwrap() -> str | None:
-    """The path of a working ``bwrap`` (it can create the namespaces here), else None."""
+    """The path of a working `bwrap` (it can create the namespaces here), else None."""
     path = shutil.which("bwrap")
     if path is None:
         return None
@@ -81,7 +81,7 @@ def _ro_paths() -> list[str]:
 
 def command(kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_checks: Path, tmpfs_mb: int,
             env: dict[str, str]) -> list[str]:
-    """The bwrap command line that runs ``kernel_cmd`` in the sandbox described above."""
+    """The bwrap command line that runs `kernel_cmd` in the sandbox described above."""
     args = [bwrap() or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     args += ["--ro-bind", "/usr", "/usr"]
@@ -117,9 +117,9 @@ def _mentions_reference(node) -> bool:
 
 def public_source(source: str, keep=frozenset()) -> str:
     """A checks module without what a kernel must not see: every top-level definition whose name mentions
-    'reference', the bodies of the ``check_*`` functions (which hold the references and known mistakes) and
-    every private top-level helper (``_name``: cases, mistakes, reference helpers) that neither a kept public
-    function nor a sibling module (``keep``) uses. Imports of removed names are dropped; ``__all__`` keeps the names that remain."""
+    'reference', the bodies of the `check_*` functions (which hold the references and known mistakes) and
+    every private top-level helper (`_name`: cases, mistakes, reference helpers) that neither a kept public
+    function nor a sibling module (`keep`) uses. Imports of removed names are dropped; `__all__` keeps the names that remain."""
     tree = ast.parse(source)
     body = [node for node in tree.body if not _mentions_reference(node)]
     for node in body:
@@ -148,7 +148,7 @@ def public_source(source: str, keep=frozenset()) -> str:
 
 
 def write_public_checks(dest: Path) -> Path:
-    """Write the public copy of ``metagrad/course/checks`` into ``dest`` (created); returns ``dest``."""
+    """Write the public copy of `metagrad/course/checks` into `dest` (created); returns `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     sources = {path: path.read_text(encoding="utf-8") for path in sorted(CHECKS.glob("*.py"))}
     imported = {alias.name for source in sources.values() for node in ast.walk(ast.parse(source))

@@ -1,23 +1,23 @@
 """ProMP's MuJoCo meta-RL locomotion tasks (Tang et al. 2021, Fig. 2) on MuJoCo XLA (MJX), in JAX.
 
-Four task families, as in ProMP (Rothfuss et al. 2019, ``meta_policy_search/envs/mujoco_envs/`` in
-github.com/jonasrothfuss/ProMP), each a pure, ``jit``/``vmap``-able environment whose task is a params pytree:
+Four task families, as in ProMP (Rothfuss et al. 2019, `meta_policy_search/envs/mujoco_envs/` in
+github.com/jonasrothfuss/ProMP), each a pure, `jit`/`vmap`-able environment whose task is a params pytree:
 
 =========================  ===========================  ======================================================
 name                       ProMP class (file)           task distribution
 =========================  ===========================  ======================================================
-``halfcheetah-direction``  ``HalfCheetahRandDirecEnv``  direction d ∈ {−1, +1}, uniform (a scalar)
-``ant-direction``          ``AntRandDirecEnv``          direction d ∈ {−1, +1}, uniform (a scalar)
-``ant-goal``               ``AntRandGoalEnv``           goal g = r(cos α, sin α), α ~ U[0, 2π), r = 3√u, u ~ U[0, 1)
-                                                        (uniform on the disc of radius 3; ``[2]``)
-``walker2d-direction``     ``Walker2DRandDirecEnv``     direction d ∈ {−1, +1}, uniform (a scalar)
+`halfcheetah-direction`  `HalfCheetahRandDirecEnv`  direction d ∈ {−1, +1}, uniform (a scalar)
+`ant-direction`          `AntRandDirecEnv`          direction d ∈ {−1, +1}, uniform (a scalar)
+`ant-goal`               `AntRandGoalEnv`           goal g = r(cos α, sin α), α ~ U[0, 2π), r = 3√u, u ~ U[0, 1)
+                                                        (uniform on the disc of radius 3; `[2]`)
+`walker2d-direction`     `Walker2DRandDirecEnv`     direction d ∈ {−1, +1}, uniform (a scalar)
 =========================  ===========================  ======================================================
 
 Rewards (a the action the simulator receives, Δt = timestep × frame_skip, x the forward coordinate):
 
 * HalfCheetah: r = d (x' − x)/Δt − 0.05 ‖a‖²; x = qpos[0]; never terminates.
 * Ant direction: r = d (x' − x)/Δt − 0.5 ‖a‖² − 0.5·10⁻³ ‖clip(cfrc_ext, −1, 1)‖² + 1, x the torso's
-  ``xpos[0]``; terminates unless the state is finite and 0 ≤ z ≤ 1 (z = qpos[2], the torso height;
+  `xpos[0]`; terminates unless the state is finite and 0 ≤ z ≤ 1 (z = qpos[2], the torso height;
   ProMP's bounds, not Gymnasium's 0.2).
 * Ant goal: r = −‖xy' − g‖₁ − 0.1 ‖a‖² − 0.5·10⁻³ ‖clip(cfrc_ext, −1, 1)‖²; no survival bonus, never
   terminates (ProMP comments both out).
@@ -26,44 +26,44 @@ Rewards (a the action the simulator receives, Δt = timestep × frame_skip, x th
 
 Sources of the settings the paper does not fix:
 
-* Models: Gymnasium's MuJoCo assets (``gymnasium/envs/mujoco/assets``: ``half_cheetah.xml``, ``ant.xml``,
-  ``walker2d.xml``, the files of gym's v2–v4 environments, which ProMP's gym 0.10.5 shipped; not
-  ``walker2d_v5.xml``, whose left foot's friction differs). Frame skips from ProMP: 5, 5, 8 (Walker2d: 8, not
+* Models: Gymnasium's MuJoCo assets (`gymnasium/envs/mujoco/assets`: `half_cheetah.xml`, `ant.xml`,
+  `walker2d.xml`, the files of gym's v2–v4 environments, which ProMP's gym 0.10.5 shipped; not
+  `walker2d_v5.xml`, whose left foot's friction differs). Frame skips from ProMP: 5, 5, 8 (Walker2d: 8, not
   gym's 4), so Δt = 0.05, 0.05 and 0.016 s.
 * Resets from ProMP: qpos₀ + U[−0.1, 0.1], 0.1·N(0, 1) velocities (HalfCheetah, Ant); qpos₀ + U[−0.005, 0.005]
-  and U[−0.005, 0.005] velocities (Walker2d). The state is then made consistent with ``mj_forward`` (gym's
-  ``set_state``).
+  and U[−0.005, 0.005] velocities (Walker2d). The state is then made consistent with `mj_forward` (gym's
+  `set_state`).
 * Observations from ProMP: HalfCheetah (qpos[1:], qvel) [17]; Ant direction (qpos[2:], qvel,
   clip(cfrc_ext, −1, 1)) [111]; Ant goal (qpos, qvel, clip(cfrc_ext, −1, 1)) [113]; Walker2d (qpos[1:],
   clip(qvel, −10, 10)) [17].
-* Actions: ProMP's run script wraps every env in ``normalize(env)`` (``meta_policy_search/envs/normalized_env.py``,
-  ``normalization_scale=10``), so the policy acts in [−10, 10]ⁿ and the simulator receives
+* Actions: ProMP's run script wraps every env in `normalize(env)` (`meta_policy_search/envs/normalized_env.py`,
+  `normalization_scale=10`), so the policy acts in [−10, 10]ⁿ and the simulator receives
   clip(lb + (u + S)(ub − lb)/(2S), lb, ub) = clip(u/10, −1, 1) for these models' control ranges [−1, 1];
-  ``action_scale=10`` (the default) is that wrapper, ``action_scale=None`` the bare env (u clipped to [−1, 1]).
+  `action_scale=10` (the default) is that wrapper, `action_scale=None` the bare env (u clipped to [−1, 1]).
   Control costs are computed on the action the simulator receives.
-* Contact forces: ``cfrc_ext`` (Ant) is computed after the step by ``mj_rnePostConstraint`` from the data of
+* Contact forces: `cfrc_ext` (Ant) is computed after the step by `mj_rnePostConstraint` from the data of
   the step's last dynamics evaluation. MuJoCo 1.50 (ProMP's mujoco-py) computed it in every forward pass;
   MuJoCo ≥ 2.0 only on demand, which is why Gymnasium's Ant v2/v3 read zeros under MuJoCo 2.
-* Ant's torso position is MuJoCo's ``xpos`` after ``mj_step`` (gym's ``get_body_com``), which is the
+* Ant's torso position is MuJoCo's `xpos` after `mj_step` (gym's `get_body_com`), which is the
   position at the start of the last substep (MuJoCo integrates after computing kinematics); kept as in ProMP.
-* Solver: MuJoCo's defaults from the model files (Newton, ``iterations=100``, ``ls_iterations=50``,
-  tolerance 10⁻⁸) unless ``solver_iterations`` / ``ls_iterations`` are given (a speed knob; see
-  ``docs/locomotion.md`` for what it changes).
+* Solver: MuJoCo's defaults from the model files (Newton, `iterations=100`, `ls_iterations=50`,
+  tolerance 10⁻⁸) unless `solver_iterations` / `ls_iterations` are given (a speed knob; see
+  `docs/locomotion.md` for what it changes).
 
 Protocol (the one every metagrad environment follows; a task is a params pytree):
-``reset(key, params) -> (obs, state)``, ``step(key, state, action, params) -> (obs, state, reward, done, info)``
-(``done`` a bool scalar; ``info`` the reward terms), ``observation_space(params)``, ``action_space(params)``,
-``sample_tasks(key, n)`` (params with a leading axis n). The state is an ``mjx.Data``; after ``done`` the
+`reset(key, params) -> (obs, state)`, `step(key, state, action, params) -> (obs, state, reward, done, info)`
+(`done` a bool scalar; `info` the reward terms), `observation_space(params)`, `action_space(params)`,
+`sample_tasks(key, n)` (params with a leading axis n). The state is an `mjx.Data`; after `done` the
 caller resets (ProMP's sampler does).
 
-``mujoco`` and ``mujoco-mjx`` are the optional extra ``metagrad[locomotion]``: this module imports them when
-an environment is made, so ``import metagrad`` works without them.
+`mujoco` and `mujoco-mjx` are the optional extra `metagrad[locomotion]`: this module imports them when
+an environment is made, so `import metagrad` works without them.
 
 References:
-  Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: Proximal meta-policy search. ICLR 2019.
-  Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
-  off-policy evaluation. NeurIPS 2021, Sec. 5 and Fig. 2.
-  Todorov, Erez, Tassa. MuJoCo: a physics engine for model-based control. IROS 2012.
+  - Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: Proximal meta-policy search. ICLR 2019.
+  - Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
+    off-policy evaluation. NeurIPS 2021, Sec. 5 and Fig. 2.
+  - Todorov, Erez, Tassa. MuJoCo: a physics engine for model-based control. IROS 2012.
 """
 
 from __future__ import annotations
@@ -119,9 +119,9 @@ TASKS = {
 
 
 def load_mujoco():
-    """Import ``mujoco`` and ``mujoco.mjx``, or raise an ``ImportError`` naming the extra to install.
+    """Import `mujoco` and `mujoco.mjx`, or raise an `ImportError` naming the extra to install.
 
-    ``mujoco.mjx`` prints a line when the optional NVIDIA Warp backend is missing; it is silenced here
+    `mujoco.mjx` prints a line when the optional NVIDIA Warp backend is missing; it is silenced here
     (this module uses MJX's JAX implementation).
     """
     try:
@@ -135,15 +135,15 @@ def load_mujoco():
 
 
 def model_path(xml: str) -> str:
-    """Path of one of Gymnasium's MuJoCo model files (``gymnasium/envs/mujoco/assets/<xml>``)."""
+    """Path of one of Gymnasium's MuJoCo model files (`gymnasium/envs/mujoco/assets/<xml>`)."""
     return os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", xml)
 
 
 def _load_model(mujoco, path: str):
-    """``MjModel.from_xml_path`` with MuJoCo's compiler warnings as Python warnings (by default MuJoCo writes them
-    to stderr and appends them to ``MUJOCO_LOG.TXT`` in the working directory).
+    """`MjModel.from_xml_path` with MuJoCo's compiler warnings as Python warnings (by default MuJoCo writes them
+    to stderr and appends them to `MUJOCO_LOG.TXT` in the working directory).
 
-    ``half_cheetah.xml``'s ``settotalmass="14"`` is deprecated since MuJoCo 3.x but still applied (the test
+    `half_cheetah.xml`'s `settotalmass="14"` is deprecated since MuJoCo 3.x but still applied (the test
     checks the total mass): that one warning is expected and dropped.
     """
     messages, previous = [], mujoco.get_mju_user_warning()
@@ -169,29 +169,31 @@ def _positive_int_or_none(name: str, value):
 class Locomotion:
     """One of ProMP's locomotion task families on MJX (see the module docstring for the maths and sources).
 
-    Pure methods, all ``jit``- and ``vmap``-able over keys, states, actions and tasks:
+    Pure methods, all `jit`- and `vmap`-able over keys, states, actions and tasks:
 
-    * ``reset(key, params) -> (obs [O], state mjx.Data)`` (JAX's default float dtype, float32 unless x64);
-    * ``step(key, state, action [A], params) -> (obs, state, reward [], done [] bool, info)`` with ``info`` a
-      dict of the reward terms (``forward``, ``ctrl``, ``contact``, ``survive``; each already signed, their sum
-      is the reward) and ``x_velocity``;
-    * ``sample_tasks(key, n)``: ``[n]`` directions or ``[n, 2]`` goals;
-    * ``observation_space(params)``, ``action_space(params)``: float32 ``gymnasium.spaces.Box``.
+    * `reset(key, params) -> (obs [O], state mjx.Data)` (JAX's default float dtype, float32 unless x64);
+    * `step(key, state, action [A], params) -> (obs, state, reward [], done [] bool, info)` with `info` a
+      dict of the reward terms (`forward`, `ctrl`, `contact`, `survive`; each already signed, their sum
+      is the reward) and `x_velocity`;
+    * `sample_tasks(key, n)`: `[n]` directions or `[n, 2]` goals;
+    * `observation_space(params)`, `action_space(params)`: float32 `gymnasium.spaces.Box`.
 
     Args:
-      task: one of :data:`TASKS` (``"halfcheetah-direction"``, ``"ant-direction"``, ``"ant-goal"``,
-        ``"walker2d-direction"``).
-      action_scale: ProMP's ``normalize`` scale S (the simulator receives clip(u/S, −1, 1)); ``None``: the
+      task: one of `TASKS` (`"halfcheetah-direction"`, `"ant-direction"`, `"ant-goal"`,
+        `"walker2d-direction"`).
+      action_scale: ProMP's `normalize` scale S (the simulator receives clip(u/S, −1, 1)); `None`: the
         bare env (u clipped to the control range). Default 10, ProMP's run scripts.
       solver_iterations, ls_iterations: override MuJoCo's constraint-solver and line-search iteration caps
-        (``None``: the model's, 100 and 50).
+        (`None`: the model's, 100 and 50).
 
-    Example (not a doctest: compiling MJX's step takes a minute or more on a laptop CPU)::
+    Example (not a doctest: compiling MJX's step takes a minute or more on a laptop CPU):
 
-      env = Locomotion("halfcheetah-direction")
-      tasks = env.sample_tasks(jax.random.PRNGKey(0), 4)                    # [4] of ±1
-      obs, state = jax.jit(env.reset)(jax.random.PRNGKey(1), tasks[0])      # obs [17]
-      obs, state, reward, done, info = jax.jit(env.step)(jax.random.PRNGKey(2), state, jnp.zeros(6), tasks[0])
+    ```
+    env = Locomotion("halfcheetah-direction")
+    tasks = env.sample_tasks(jax.random.PRNGKey(0), 4)                    # [4] of ±1
+    obs, state = jax.jit(env.reset)(jax.random.PRNGKey(1), tasks[0])      # obs [17]
+    obs, state, reward, done, info = jax.jit(env.step)(jax.random.PRNGKey(2), state, jnp.zeros(6), tasks[0])
+    ```
     """
 
     def __init__(self, task: str = "halfcheetah-direction", action_scale: float | None = ACTION_SCALE,
@@ -241,13 +243,13 @@ class Locomotion:
     # ----- tasks and spaces -------------------------------------------------------------------------------
     @property
     def default_params(self) -> jax.Array:
-        """Direction +1 (ProMP's default ``goal_direction``) or the goal (3, 0) (the rim, along x)."""
+        """Direction +1 (ProMP's default `goal_direction`) or the goal (3, 0) (the rim, along x)."""
         if self.spec.target == "goal":
             return jnp.asarray([3.0, 0.0], jnp.result_type(float))
         return jnp.asarray(1.0, jnp.result_type(float))
 
     def sample_tasks(self, key: jax.Array, n: int) -> jax.Array:
-        """``n`` tasks from ProMP's distribution: ``[n]`` directions ±1 or ``[n, 2]`` goals in the disc of radius 3."""
+        """`n` tasks from ProMP's distribution: `[n]` directions ±1 or `[n, 2]` goals in the disc of radius 3."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"`n` must be a positive integer number of tasks; got {n!r}.")
         dtype = jnp.result_type(float)
@@ -266,7 +268,7 @@ class Locomotion:
 
     # ----- dynamics -----------------------------------------------------------------------------------------
     def reset(self, key: jax.Array, params: Any = None):
-        """A fresh episode: ProMP's ``reset_model`` noise around the model's reference pose, then ``mj_forward``."""
+        """A fresh episode: ProMP's `reset_model` noise around the model's reference pose, then `mj_forward`."""
         model, mjx = self.model, self._mjx
         k_pos, k_vel = jax.random.split(key)
         nq, nv = self.mj_model.nq, self.mj_model.nv
@@ -284,7 +286,7 @@ class Locomotion:
         return self._observation(data), data
 
     def control(self, action: jax.Array) -> jax.Array:
-        """The control the simulator receives: clip(u/S, lb, ub) (ProMP's ``normalize``) or clip(u, lb, ub)."""
+        """The control the simulator receives: clip(u/S, lb, ub) (ProMP's `normalize`) or clip(u, lb, ub)."""
         action = jnp.asarray(action, self._data0.ctrl.dtype)
         if self.action_scale is not None:
             low, high = self._low, self._high
@@ -292,7 +294,7 @@ class Locomotion:
         return jnp.clip(action, self._low, self._high)
 
     def step(self, key: jax.Array, state, action: jax.Array, params: Any = None):
-        """``frame_skip`` MuJoCo steps with the control held, then ProMP's reward terms and termination rule."""
+        """`frame_skip` MuJoCo steps with the control held, then ProMP's reward terms and termination rule."""
         model, mjx, spec = self.model, self._mjx, self.spec
         params = self.default_params if params is None else jnp.asarray(params)
         ctrl = self.control(action)
@@ -317,7 +319,7 @@ class Locomotion:
         return self._observation(data), data, reward, self._done(data), info
 
     def _position(self, data) -> jax.Array:
-        """The forward position ProMP differentiates: qpos[0] (HalfCheetah, Walker2d), torso ``xpos`` (Ant)."""
+        """The forward position ProMP differentiates: qpos[0] (HalfCheetah, Walker2d), torso `xpos` (Ant)."""
         if self.spec.xml == "ant.xml":
             return data.xpos[self._torso]
         return data.qpos[:1]
@@ -355,16 +357,16 @@ def _check_actions(actions, space: spaces.Box, name: str = "action"):
 
 
 class LocomotionEnv(gymnasium.Env):
-    """A classic ``gymnasium.Env`` running one task of :class:`Locomotion` (``gymnasium.make`` entry point).
+    """A classic `gymnasium.Env` running one task of [`Locomotion`][metagrad.envs.locomotion.Locomotion] (`gymnasium.make` entry point).
 
-    Each ``reset``/``step`` is one jitted call (for interoperability; train with the pure methods inside
-    ``lax.scan``). Observations are float32 NumPy arrays; ``terminated`` is ProMP's rule; the registered ids
-    truncate at ProMP's horizon (100). A finite action is scaled and clipped like ProMP's ``normalize``
+    Each `reset`/`step` is one jitted call (for interoperability; train with the pure methods inside
+    `lax.scan`). Observations are float32 NumPy arrays; `terminated` is ProMP's rule; the registered ids
+    truncate at ProMP's horizon (100). A finite action is scaled and clipped like ProMP's `normalize`
     wrapper; a NaN or infinite action is refused.
 
     Args:
-      task: a :data:`TASKS` name. params: the task (a direction or a goal ``[2]``; ``None``: the default).
-      render_mode: ``None`` only. Other keywords go to :class:`Locomotion`.
+      task: a `TASKS` name. params: the task (a direction or a goal `[2]`; `None`: the default).
+      render_mode: `None` only. Other keywords go to [`Locomotion`][metagrad.envs.locomotion.Locomotion].
     """
 
     metadata = {"render_modes": []}
@@ -403,11 +405,11 @@ class LocomotionEnv(gymnasium.Env):
 
 
 class LocomotionVectorEnv(gymnasium.vector.VectorEnv):
-    """``num_envs`` copies of :class:`Locomotion`, one jitted ``vmap`` (``gymnasium.make_vec`` entry point).
+    """`num_envs` copies of [`Locomotion`][metagrad.envs.locomotion.Locomotion], one jitted `vmap` (`gymnasium.make_vec` entry point).
 
-    ``params`` is one task (every copy) or ``num_envs`` tasks stacked (a meta-batch, e.g. from
-    ``Locomotion.sample_tasks``). Autoreset is Gymnasium's default (``NEXT_STEP``): the step after a copy's
-    episode ended (terminated, or truncated at ``max_episode_steps``) resets it, ignores its action and returns
+    `params` is one task (every copy) or `num_envs` tasks stacked (a meta-batch, e.g. from
+    `Locomotion.sample_tasks`). Autoreset is Gymnasium's default (`NEXT_STEP`): the step after a copy's
+    episode ended (terminated, or truncated at `max_episode_steps`) resets it, ignores its action and returns
     its first observation with reward 0.
     """
 

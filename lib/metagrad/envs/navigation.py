@@ -1,42 +1,51 @@
-"""2-D point-robot navigation (Finn et al. 2017; ProMP's four-corner variant) as a Gymnasium ``FuncEnv``.
+r"""2-D point-robot navigation (Finn et al. 2017; ProMP's four-corner variant) as a Gymnasium `FuncEnv`.
 
 The state is the position s ∈ ℝ², the action a ∈ ℝ² a displacement, the task the goal g ∈ ℝ² (the
-``params`` pytree of every method, so ``jax.vmap`` over a stacked ``[M, 2]`` array of goals is a
+`params` pytree of every method, so `jax.vmap` over a stacked `[M, 2]` array of goals is a
 meta-batch). Dynamics are deterministic:
 
-    s_{t+1} = s_t + clip(a_t, −c, c)   (componentwise),
+$$
+s_{t+1} = s_t + \mathrm{clip}(a_t, -c, c) \qquad (\mathrm{componentwise}),
+$$
 
-and the observation is the position itself. Two task distributions, chosen by ``goal_sampler``:
+and the observation is the position itself. Two task distributions, chosen by `goal_sampler`:
 
-``"square"`` — the MAML navigation task (Finn et al. 2017, Sec. 5.3; as in pytorch-maml-rl's
-  ``Navigation2DEnv``, adapted from Finn's ``point_env_randgoal.py``): start at the origin, c = 0.1,
+`"square"` — the MAML navigation task (Finn et al. 2017, Sec. 5.3; as in pytorch-maml-rl's
+  `Navigation2DEnv`, adapted from Finn's `point_env_randgoal.py`): start at the origin, c = 0.1,
   goals g ~ U[−0.5, 0.5]², dense reward r_t = −‖s_{t+1} − g‖₂, the episode *terminates* when
   |s_{t+1} − g| < 0.01 in both coordinates, horizon 100.
 
-``"corners"`` — ProMP's ``MetaPointEnvCorner`` (Rothfuss et al. 2019,
-  ``meta_policy_search/envs/point_envs/point_env_2d_corner.py`` in github.com/jonasrothfuss/ProMP),
+`"corners"` — ProMP's `MetaPointEnvCorner` (Rothfuss et al. 2019,
+  `meta_policy_search/envs/point_envs/point_env_2d_corner.py` in github.com/jonasrothfuss/ProMP),
   the task of Tang et al. (2021), Fig. 1d: start s_0 ~ U[−0.2, 0.2]², c = 0.2, the goal is one of the four
-  corners (±2, ±2) with equal probability, no termination, horizon 100 (ProMP's ``max_path_length``).
-  Its default reward (``reward="sparse"``, radius 0.5) pays progress towards the goal only once the
+  corners (±2, ±2) with equal probability, no termination, horizon 100 (ProMP's `max_path_length`).
+  Its default reward (`reward="sparse"`, radius 0.5) pays progress towards the goal only once the
   robot has left the start region and is nearer the goal than any other corner:
 
-      r_t = ‖s_t − g‖ − ‖s_{t+1} − g‖   if ‖s_{t+1}‖₁ ≥ 0.5 and g = argmin_{corner k} ‖s_{t+1} − k‖,
-      r_t = 0                            otherwise,
+  $$
+  r_t = \| s_t - g\|  - \| s_{t+1} - g\| \qquad \text{ if } \| s_{t+1}\| _1 \ge  0.5 \text{ and } g = \mathrm{argmin}_{\mathrm{corner} k} \| s_{t+1} - k\| ,
+  $$
+
+  $$
+  r_t = 0 \qquad \text{ otherwise },
+  $$
 
   so the four tasks are indistinguishable near the start and the agent must explore to find its
-  corner. ``reward="dense"`` gives r_t = −‖s_{t+1} − g‖ (ProMP's ``'dense'`` option).
+  corner. `reward="dense"` gives r_t = −‖s_{t+1} − g‖ (ProMP's `'dense'` option).
 
-  **Action normalisation (ProMP's ``normalize`` wrapper).** ProMP's point-mass run script
-  (``run_scripts/pro-mp_run_point_mass.py``) wraps the env in ``normalize(env)``
-  (``meta_policy_search/envs/normalized_env.py``, ``normalization_scale=10``): the policy acts in
+  **Action normalisation (ProMP's `normalize` wrapper).** ProMP's point-mass run script
+  (`run_scripts/pro-mp_run_point_mass.py`) wraps the env in `normalize(env)`
+  (`meta_policy_search/envs/normalized_env.py`, `normalization_scale=10`): the policy acts in
   [−10, 10]² and the env receives lb + (a + 10)(ub − lb)/20 = 0.02·a, clipped to ±0.2. With
-  ``action_scale=10`` (the default of ``"corners"``) the transition here is exactly that:
+  `action_scale=10` (the default of `"corners"`) the transition here is exactly that:
 
-      s_{t+1} = s_t + clip(a_t · c / action_scale, −c, c),
+  $$
+  s_{t+1} = s_t + \mathrm{clip}(a_t \cdot  c / \mathrm{action\_scale}, -c, c),
+  $$
 
   so a unit-σ Gaussian policy moves 0.02 per step (final spread ≈ 0.2 after 100 steps), as in the
-  paper's experiment; without it (``action_scale=None``) the raw action is clipped, a far easier
-  exploration problem. ``"square"`` keeps pytorch-maml-rl's raw clipping (``action_scale=None``).
+  paper's experiment; without it (`action_scale=None`) the raw action is clipped, a far easier
+  exploration problem. `"square"` keeps pytorch-maml-rl's raw clipping (`action_scale=None`).
 
 **When the distance is measured.** Both variants measure the distance *after* the move, from
 s_{t+1} = s_t + clip(a_t), exactly like the reference implementations. This makes r_t depend on the
@@ -44,15 +53,15 @@ action a_t that earned it (r(s, a) = −‖s + clip(a) − g‖), so credit is i
 the move would make r_t a function of s_t alone, delay every signal by one step and give r_0 = −‖g‖ for
 every action.
 
-Positions and goals use JAX's default float dtype (float64 under ``jax_enable_x64``); the Gymnasium
-spaces are float32 ``Box``-es and the registered ``gymnasium.make`` environments cast observations to
-float32 (see :mod:`metagrad.envs`).
+Positions and goals use JAX's default float dtype (float64 under `jax_enable_x64`); the Gymnasium
+spaces are float32 `Box`-es and the registered `gymnasium.make` environments cast observations to
+float32 (see [`metagrad.envs`][metagrad.envs]).
 
 References:
-  Finn, Abbeel, Levine. Model-agnostic meta-learning for fast adaptation of deep networks. ICML 2017.
-  Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: Proximal meta-policy search. ICLR 2019.
-  Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
-  off-policy evaluation. NeurIPS 2021, Sec. 5 and Fig. 1d.
+  - Finn, Abbeel, Levine. Model-agnostic meta-learning for fast adaptation of deep networks. ICML 2017.
+  - Rothfuss, Lee, Clavera, Asfour, Abbeel. ProMP: Proximal meta-policy search. ICLR 2019.
+  - Tang, Kozuno, Rowland, Munos, Valko. Unifying gradient estimators for meta-reinforcement learning via
+    off-policy evaluation. NeurIPS 2021, Sec. 5 and Fig. 1d.
 """
 
 from __future__ import annotations
@@ -79,29 +88,29 @@ _VARIANTS = {
 
 
 class Navigation2D(FuncEnv):
-    """The 2-D point robot whose task is a goal ``[2]`` (see the module docstring for the maths).
+    """The 2-D point robot whose task is a goal `[2]` (see the module docstring for the maths).
 
-    Pure JAX methods, all jittable and ``vmap``-able over the goal:
+    Pure JAX methods, all jittable and `vmap`-able over the goal:
 
-    * ``initial(key, goal) -> s_0 [2]``; ``transition(s, a, key, goal) -> s + clip(a·c/S, −c, c)``
-      (S = ``action_scale``; s + clip(a, −c, c) when it is ``None``);
-    * ``observation(s, key, goal) -> s``; ``reward(s, a, s', key, goal) -> []``;
-    * ``terminal(s', key, goal) -> [] bool`` (only the ``"square"`` variant terminates).
+    * `initial(key, goal) -> s_0 [2]`; `transition(s, a, key, goal) -> s + clip(a·c/S, −c, c)`
+      (S = `action_scale`; s + clip(a, −c, c) when it is `None`);
+    * `observation(s, key, goal) -> s`; `reward(s, a, s', key, goal) -> []`;
+    * `terminal(s', key, goal) -> [] bool` (only the `"square"` variant terminates).
 
-    ``goal=None`` uses :attr:`default_params`: (0.5, 0.5) for ``"square"`` and (2, 2) for ``"corners"``.
+    `goal=None` uses `default_params`: (0.5, 0.5) for `"square"` and (2, 2) for `"corners"`.
 
     Args:
-      goal_sampler: ``"square"`` (MAML: goals U[−0.5, 0.5]², start at 0, c = 0.1, dense reward,
-        termination within 0.01 of the goal) or ``"corners"`` (ProMP: goals (±2, ±2), start
+      goal_sampler: `"square"` (MAML: goals U[−0.5, 0.5]², start at 0, c = 0.1, dense reward,
+        termination within 0.01 of the goal) or `"corners"` (ProMP: goals (±2, ±2), start
         U[−0.2, 0.2]², c = 0.2, no termination).
-      reward: ``"dense"`` (−‖s' − g‖) or ``"sparse"`` (ProMP's corner reward, ``"corners"`` only);
-        ``None`` picks the reference default (``"dense"`` for square, ``"sparse"`` for corners).
-      sparse_radius: ProMP's ``sparse_reward_radius`` (L1 radius of the reward-free start region).
-      action_scale: ``None`` (the raw action is clipped to ±c) or a positive float S: ProMP's ``normalize``
-        wrapper, the env receives clip(a·c/S, −c, c) and the action space is [−S, S]². ``"default"``
-        picks the reference: 10 for ``"corners"`` (ProMP), ``None`` for ``"square"`` (pytorch-maml-rl).
+      reward: `"dense"` (−‖s' − g‖) or `"sparse"` (ProMP's corner reward, `"corners"` only);
+        `None` picks the reference default (`"dense"` for square, `"sparse"` for corners).
+      sparse_radius: ProMP's `sparse_reward_radius` (L1 radius of the reward-free start region).
+      action_scale: `None` (the raw action is clipped to ±c) or a positive float S: ProMP's `normalize`
+        wrapper, the env receives clip(a·c/S, −c, c) and the action space is [−S, S]². `"default"`
+        picks the reference: 10 for `"corners"` (ProMP), `None` for `"square"` (pytorch-maml-rl).
 
-    Example:
+    Examples:
       >>> env = Navigation2D()
       >>> goals = env.sample_tasks(jax.random.PRNGKey(0), 4)            # [4, 2]
       >>> s0 = env.initial(jax.random.PRNGKey(1), goals[0])              # [0., 0.]
@@ -162,9 +171,9 @@ class Navigation2D(FuncEnv):
         return jnp.asarray(default, dtype=jnp.result_type(float))
 
     def sample_tasks(self, key: jax.Array, n: int) -> jax.Array:
-        """``n`` goals stacked as ``[n, 2]``: U[−0.5, 0.5]² (square) or uniform over the four corners.
+        """`n` goals stacked as `[n, 2]`: U[−0.5, 0.5]² (square) or uniform over the four corners.
 
-        Deterministic in ``key``; ``jax.vmap`` the environment's methods over the leading axis.
+        Deterministic in `key`; `jax.vmap` the environment's methods over the leading axis.
         """
         n = int(n)
         if n < 1:
@@ -212,7 +221,7 @@ class Navigation2D(FuncEnv):
         return None
 
     def render_image(self, state, render_state, params=None, size: int = 64):
-        """A ``[size, size, 3]`` uint8 image: the goal in red, the robot in blue (arena ±0.6 or ±2.4)."""
+        """A `[size, size, 3]` uint8 image: the goal in red, the robot in blue (arena ±0.6 or ±2.4)."""
         half = 0.6 if self.goal_sampler == "square" else 2.4
         image = np.full((size, size, 3), 255, dtype=np.uint8)
 

@@ -1,30 +1,30 @@
 """The environment protocol of metagrad's meta-RL loop: pure functions, the task a parameter pytree (gymnax's shape).
 
-An **environment** is any object ``env`` with these pure, ``jit``/``vmap``-able methods (no base class):
+An **environment** is any object `env` with these pure, `jit`/`vmap`-able methods (no base class):
 
-* ``env.reset(key, params) -> (obs, state)``;
-* ``env.step(key, state, action, params) -> (obs, state, reward, done, info)`` — ``obs`` the next observation,
-  ``reward`` a float scalar, ``done`` a bool scalar (True when the episode terminated at this step: no bootstrap
-  from ``obs``), ``info`` a dict pytree (may be empty);
-* ``env.observation_space(params)`` and ``env.action_space(params)`` — spaces with ``.shape`` and ``.dtype``:
-  ``gymnasium.spaces.Box`` for continuous actions of any shape, ``gymnasium.spaces.Discrete`` for categorical
+* `env.reset(key, params) -> (obs, state)`;
+* `env.step(key, state, action, params) -> (obs, state, reward, done, info)` — `obs` the next observation,
+  `reward` a float scalar, `done` a bool scalar (True when the episode terminated at this step: no bootstrap
+  from `obs`), `info` a dict pytree (may be empty);
+* `env.observation_space(params)` and `env.action_space(params)` — spaces with `.shape` and `.dtype`:
+  `gymnasium.spaces.Box` for continuous actions of any shape, `gymnasium.spaces.Discrete` for categorical
   ones.
 
-A **task** is a ``params`` pytree. Tasks are drawn by ``env.sample_tasks(key, n) -> params`` with a leading axis
-``n`` on every leaf (or by a ``sample_tasks(key, n)`` callable passed to :class:`metagrad.maml.MAML`), so
-``jax.vmap`` over that axis is a meta-batch.
+A **task** is a `params` pytree. Tasks are drawn by `env.sample_tasks(key, n) -> params` with a leading axis
+`n` on every leaf (or by a `sample_tasks(key, n)` callable passed to [`metagrad.maml.MAML`][metagrad.maml.loop.MAML]), so
+`jax.vmap` over that axis is a meta-batch.
 
-:func:`check_env` checks an object structurally (a ``TypeError`` naming every missing member); :func:`as_env`
-also accepts metagrad's Gymnasium ``FuncEnv`` environments (:class:`~metagrad.envs.Navigation2D`,
-:class:`~metagrad.envs.TabularMDPEnv`, any ``FuncEnv`` with pure JAX methods) through :class:`FuncEnvAdapter`,
-and Gymnasium ids whose environment is a ``FunctionalJaxEnv`` (e.g. ``"metagrad/Navigation2D-v0"``).
+[`check_env`][metagrad.envs.protocol.check_env] checks an object structurally (a `TypeError` naming every missing member); [`as_env`][metagrad.envs.protocol.as_env]
+also accepts metagrad's Gymnasium `FuncEnv` environments ([`Navigation2D`][metagrad.envs.navigation.Navigation2D],
+[`TabularMDPEnv`][metagrad.envs.tabular.TabularMDPEnv], any `FuncEnv` with pure JAX methods) through [`FuncEnvAdapter`][metagrad.envs.protocol.FuncEnvAdapter],
+and Gymnasium ids whose environment is a `FunctionalJaxEnv` (e.g. `"metagrad/Navigation2D-v0"`).
 
-Example: ``examples/maml_bring_your_own.py`` (``Walk1D``, a terminating 1-D task in about 20 lines, trained by
-:func:`metagrad.maml.train` with a user policy and an optax optimiser).
+Example: `examples/maml_bring_your_own.py` (`Walk1D`, a terminating 1-D task in about 20 lines, trained by
+[`metagrad.maml.train`][metagrad.maml.loop.train] with a user policy and an optax optimiser).
 
 References:
-  Lange. gymnax: a JAX-based reinforcement learning environment library. 2022 (the ``reset``/``step`` shape).
-  Towers et al. Gymnasium. 2024 (spaces; ``FuncEnv``).
+  - Lange. gymnax: a JAX-based reinforcement learning environment library. 2022 (the `reset`/`step` shape).
+  - Towers et al. Gymnasium. 2024 (spaces; `FuncEnv`).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ ENV_METHODS = ("reset", "step", "observation_space", "action_space")
 
 
 def check_env(env, *, sample_tasks: bool = False):
-    """Return ``env`` if it follows the protocol (see the module docstring), else raise ``TypeError``.
+    """Return `env` if it follows the protocol (see the module docstring), else raise `TypeError`.
 
-    Structural: each of :data:`ENV_METHODS` (and ``sample_tasks`` when ``sample_tasks=True``) must be a callable
-    member; the message names every missing one. ``FuncEnv`` objects have an ``observation_space`` *attribute*, not
-    a method: pass them through :func:`as_env`.
+    Structural: each of `ENV_METHODS` (and `sample_tasks` when `sample_tasks=True`) must be a callable
+    member; the message names every missing one. `FuncEnv` objects have an `observation_space` *attribute*, not
+    a method: pass them through [`as_env`][metagrad.envs.protocol.as_env].
     """
     required = ENV_METHODS + (("sample_tasks",) if sample_tasks else ())
     missing = [name for name in required if not callable(getattr(env, name, None))]
@@ -64,12 +64,12 @@ def check_env(env, *, sample_tasks: bool = False):
 
 @dataclasses.dataclass(frozen=True)
 class FuncEnvAdapter:
-    """A Gymnasium ``FuncEnv`` (pure JAX methods taking the task as ``params``) seen through the protocol.
+    """A Gymnasium `FuncEnv` (pure JAX methods taking the task as `params`) seen through the protocol.
 
-    ``reset``: x_0 = ``initial``, o_0 = ``observation(x_0)``; ``step``: x' = ``transition``, r = ``reward(x, a, x')``,
-    done = ``terminal(x')``, o' = ``observation(x')``; ``info`` is empty. Keys: ``reset`` splits its key in two
-    (initial state, observation); ``step`` uses ``fold_in(key, i)`` for i = 1 … 4 (transition, reward, terminal,
-    observation), so a sampler that draws the action with ``fold_in(key, 0)`` keeps every stream independent.
+    `reset`: x_0 = `initial`, o_0 = `observation(x_0)`; `step`: x' = `transition`, r = `reward(x, a, x')`,
+    done = `terminal(x')`, o' = `observation(x')`; `info` is empty. Keys: `reset` splits its key in two
+    (initial state, observation); `step` uses `fold_in(key, i)` for i = 1 … 4 (transition, reward, terminal,
+    observation), so a sampler that draws the action with `fold_in(key, 0)` keeps every stream independent.
     Compares equal (and hashes) by the wrapped environment, so compiled samplers are shared across equal ones.
     """
 
@@ -106,9 +106,9 @@ class FuncEnvAdapter:
 
 
 def as_env(env, *, sample_tasks: bool = False):
-    """The protocol view of ``env``: a protocol object itself, a ``FuncEnv`` wrapped in :class:`FuncEnvAdapter`, or
-    a Gymnasium id (``str``) whose environment is a ``FunctionalJaxEnv`` (its ``FuncEnv``, wrapped). Anything else
-    raises ``TypeError`` naming what is missing (:func:`check_env`)."""
+    """The protocol view of `env`: a protocol object itself, a `FuncEnv` wrapped in [`FuncEnvAdapter`][metagrad.envs.protocol.FuncEnvAdapter], or
+    a Gymnasium id (`str`) whose environment is a `FunctionalJaxEnv` (its `FuncEnv`, wrapped). Anything else
+    raises `TypeError` naming what is missing ([`check_env`][metagrad.envs.protocol.check_env])."""
     if isinstance(env, str):
         import gymnasium
 

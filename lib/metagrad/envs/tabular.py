@@ -1,4 +1,4 @@
-"""A tabular MDP as a Gymnasium functional environment; the task is the :class:`TabularMDP` itself."""
+"""A tabular MDP as a Gymnasium functional environment; the task is the [`TabularMDP`][metagrad.mdp.TabularMDP] itself."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ from metagrad.mdp import TabularMDP, random_mdp
 
 
 class TabularMDPEnv(FuncEnv):
-    """Pure-function environment over a :class:`~metagrad.mdp.TabularMDP` task.
+    """Pure-function environment over a [`TabularMDP`][metagrad.mdp.TabularMDP] task.
 
     State and observation are the integer state index; the reward of (x, a) is r(x, a); the next state is
     drawn from P(·|x, a); no state is terminal (episodes end by truncation at the horizon and are
-    bootstrapped with a critic). Because the task is the ``params`` argument of every method,
-    ``jax.vmap`` over a stacked batch of MDPs is a meta-batch.
+    bootstrapped with a critic). Because the task is the `params` argument of every method,
+    `jax.vmap` over a stacked batch of MDPs is a meta-batch.
 
-    An action outside ``[0, A)`` (a buggy policy) cannot raise under ``jit``, and JAX would clamp the
+    An action outside `[0, A)` (a buggy policy) cannot raise under `jit`, and JAX would clamp the
     index silently; instead its reward is NaN and the state does not change, so the error shows in every
     return computed from it.
 
     Args:
       num_states, num_actions: the sizes S and A (static: they fix the spaces).
-      default_task: the MDP used when ``params`` is ``None``; by default ``random_mdp(PRNGKey(0), S, A)``.
+      default_task: the MDP used when `params` is `None`; by default `random_mdp(PRNGKey(0), S, A)`.
     """
 
     def __init__(self, num_states: int = 20, num_actions: int = 5, default_task: TabularMDP | None = None):
@@ -45,7 +45,7 @@ class TabularMDPEnv(FuncEnv):
 
     @classmethod
     def for_task(cls, mdp: TabularMDP) -> "TabularMDPEnv":
-        """The environment whose spaces fit ``mdp`` (with ``mdp`` as the default task)."""
+        """The environment whose spaces fit `mdp` (with `mdp` as the default task)."""
         num_states, num_actions = jnp.shape(mdp.rewards)[-2:]
         return cls(num_states, num_actions, default_task=mdp)
 
@@ -55,7 +55,7 @@ class TabularMDPEnv(FuncEnv):
         return random_mdp(jax.random.PRNGKey(0), self.num_states, self.num_actions)
 
     def sample_tasks(self, key: jax.Array, n: int, **mdp_kwargs) -> TabularMDP:
-        """``n`` random MDPs stacked along a leading axis (keyword arguments go to :func:`random_mdp`)."""
+        """`n` random MDPs stacked along a leading axis (keyword arguments go to [`random_mdp`][metagrad.mdp.random_mdp])."""
         keys = jax.random.split(key, n)
         return jax.vmap(lambda k: random_mdp(k, self.num_states, self.num_actions, **mdp_kwargs))(keys)
 

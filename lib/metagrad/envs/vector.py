@@ -1,13 +1,13 @@
-"""Gymnasium vector environments: ``num_envs`` copies of a metagrad ``FuncEnv`` in one jitted ``vmap``.
+"""Gymnasium vector environments: `num_envs` copies of a metagrad `FuncEnv` in one jitted `vmap`.
 
-The ``vector_entry_point`` of the registered ids, so ``gymnasium.make_vec("metagrad/Navigation2D-v0", 8)``
-(``vectorization_mode=None``, Gymnasium's default when an id has one) steps all copies at once in this
+The `vector_entry_point` of the registered ids, so `gymnasium.make_vec("metagrad/Navigation2D-v0", 8)`
+(`vectorization_mode=None`, Gymnasium's default when an id has one) steps all copies at once in this
 process: no subprocesses, nothing to pickle, nothing to fork. Each copy may have its own task, so a
-vector environment can hold a meta-batch: ``goal`` / ``mdp`` is either one task (every copy runs it) or
-a stack of ``num_envs`` tasks along a leading axis (``FuncEnv.sample_tasks`` gives one).
+vector environment can hold a meta-batch: `goal` / `mdp` is either one task (every copy runs it) or
+a stack of `num_envs` tasks along a leading axis (`FuncEnv.sample_tasks` gives one).
 
-Gymnasium's own ``FunctionalJaxVectorEnv`` cannot be used as is: it calls the ``FuncEnv`` methods
-without ``params`` (one default task) and returns JAX arrays outside the declared space dtypes.
+Gymnasium's own `FunctionalJaxVectorEnv` cannot be used as is: it calls the `FuncEnv` methods
+without `params` (one default task) and returns JAX arrays outside the declared space dtypes.
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ __all__ = ["TaskVectorEnv"]
 
 
 class TaskVectorEnv(gymnasium.vector.VectorEnv):
-    """``num_envs`` copies of a metagrad ``FuncEnv``, each with its task, stepped by one jitted ``vmap``.
+    """`num_envs` copies of a metagrad `FuncEnv`, each with its task, stepped by one jitted `vmap`.
 
-    Autoreset follows Gymnasium's default (``AutoresetMode.NEXT_STEP``): the ``step`` after a copy's
-    episode ended (terminated, or truncated at ``max_episode_steps``) resets that copy, ignores its action
+    Autoreset follows Gymnasium's default (`AutoresetMode.NEXT_STEP`): the `step` after a copy's
+    episode ended (terminated, or truncated at `max_episode_steps`) resets that copy, ignores its action
     and returns its first observation with reward 0. Observations, rewards and flags are NumPy arrays in
     the dtypes of the batched spaces.
 
     Args:
-      func_env: a metagrad ``FuncEnv`` (:class:`~metagrad.envs.Navigation2D` or
-        :class:`~metagrad.envs.TabularMDPEnv`).
+      func_env: a metagrad `FuncEnv` ([`Navigation2D`][metagrad.envs.navigation.Navigation2D] or
+        [`TabularMDPEnv`][metagrad.envs.tabular.TabularMDPEnv]).
       num_envs: the number of copies, a positive integer.
-      tasks: ``None`` (``func_env.default_params`` for every copy), one task pytree (every copy), or
-        ``num_envs`` tasks stacked along a leading axis (one per copy).
-      max_episode_steps: truncate each episode after this many steps (``0``: never).
+      tasks: `None` (`func_env.default_params` for every copy), one task pytree (every copy), or
+        `num_envs` tasks stacked along a leading axis (one per copy).
+      max_episode_steps: truncate each episode after this many steps (`0`: never).
 
-    Example:
+    Examples:
       >>> import gymnasium, metagrad, numpy as np
       >>> envs = gymnasium.make_vec("metagrad/Navigation2D-v0", num_envs=3, goal=[[0.1, 0.0], [0.0, 0.1], [0.3, 0.3]])
       >>> obs, _ = envs.reset(seed=0)
@@ -106,8 +106,8 @@ class TaskVectorEnv(gymnasium.vector.VectorEnv):
 
 
 def _batch_tasks(tasks, default, num_envs: int):
-    """``tasks`` with a leading axis of ``num_envs``: a single task (the leaves' ranks of ``default``) is
-    repeated; a stack must have exactly ``num_envs`` tasks."""
+    """`tasks` with a leading axis of `num_envs`: a single task (the leaves' ranks of `default`) is
+    repeated; a stack must have exactly `num_envs` tasks."""
     leaves, default_leaves = jax.tree.leaves(tasks), jax.tree.leaves(default)
     tasks = jax.tree.map(jnp.asarray, tasks)
     ranks = {jnp.ndim(leaf) - jnp.ndim(ref) for leaf, ref in zip(leaves, default_leaves)}

@@ -1,8 +1,8 @@
-"""Option checks of ``metagrad maml-accuracy`` and ``metagrad maml-nav2d``, run before any computation.
+"""Option checks of `metagrad maml-accuracy` and `metagrad maml-nav2d`, run before any computation.
 
-Each function takes the parsed ``argparse`` namespace, fills the defaults that depend on ``--quick`` (an
-option given explicitly always wins over ``--quick``), and raises :class:`~metagrad._validation.OptionError`
-(one line naming the option; ``metagrad`` exits with status 2) for anything that would fail later, give
+Each function takes the parsed `argparse` namespace, fills the defaults that depend on `--quick` (an
+option given explicitly always wins over `--quick`), and raises `OptionError`
+(one line naming the option; `metagrad` exits with status 2) for anything that would fail later, give
 NaN, or not fit in memory. Nothing is created here.
 """
 
@@ -27,7 +27,7 @@ def _fill_quick_defaults(args, defaults: dict) -> None:
 
 
 def check_accuracy(args) -> None:
-    """Check ``maml-accuracy``'s options (see the module docstring); fills ``--quick`` defaults in ``args``."""
+    """Check `maml-accuracy`'s options (see the module docstring); fills `--quick` defaults in `args`."""
     from metagrad import maml
     from metagrad.estimators import get
 
@@ -60,7 +60,7 @@ def check_accuracy(args) -> None:
 
 
 def accuracy_memory(args) -> int:
-    """Lower bound on the bytes of one ``maml-accuracy`` repeat: M tasks × N trajectories × (T+1) steps of
+    """Lower bound on the bytes of one `maml-accuracy` repeat: M tasks × N trajectories × (T+1) steps of
     pre- and post-update data with their float64 log-probability rows [A] kept for the second derivative, and
     the exact meta-gradient's Hessian-sized intermediates (M × P², P = S·A)."""
     p = args.num_states * args.num_actions
@@ -69,7 +69,7 @@ def accuracy_memory(args) -> int:
 
 
 def check_nav2d(args) -> None:
-    """Check ``maml-nav2d``'s options (see the module docstring); fills ``--quick`` defaults in ``args``."""
+    """Check `maml-nav2d`'s options (see the module docstring); fills `--quick` defaults in `args`."""
     if args.methods is None:
         args.methods = list(QUICK_METHODS if args.quick else NAV_METHODS)
     if args.seeds is None:
@@ -94,7 +94,7 @@ def check_nav2d(args) -> None:
 
 
 def nav_memory(args) -> int:
-    """Lower bound on the bytes of one ``maml-nav2d`` method: for every seed (all seeds run in one program),
+    """Lower bound on the bytes of one `maml-nav2d` method: for every seed (all seeds run in one program),
     the (inner steps + 1) batches of tasks × trajectories × (T+1) steps, each step holding float32 observation,
     action, reward and log-probability (6 numbers) plus their gradients through the inner steps (× 2)."""
     config = nav_config(args.methods[0], quick=args.quick, env=args.env, iterations=args.iterations,

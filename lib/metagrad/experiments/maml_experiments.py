@@ -1,16 +1,16 @@
-"""MAML experiments: ``metagrad maml-accuracy`` and ``metagrad maml-nav2d`` (plots, JSON and a stdout table).
+"""MAML experiments: `metagrad maml-accuracy` and `metagrad maml-nav2d` (plots, JSON and a stdout table).
 
-``maml-accuracy`` — tabular task family (random MDPs, tabular softmax policy, exact critic). For each inner
-estimator and batch size N (trajectories per task), the meta-gradient of the loop (:mod:`metagrad.maml`)
-is compared with the exact meta-gradient :func:`metagrad.exact.maml_gradient`: Pearson correlation and
-relative error ‖ĝ − g‖/‖g‖, mean ± s.e. over seeds (each seed: new tasks and a new θ; ``--repeats``
+`maml-accuracy` — tabular task family (random MDPs, tabular softmax policy, exact critic). For each inner
+estimator and batch size N (trajectories per task), the meta-gradient of the loop ([`metagrad.maml`][metagrad.maml])
+is compared with the exact meta-gradient [`metagrad.exact.maml_gradient`][metagrad.exact.maml_gradient]: Pearson correlation and
+relative error ‖ĝ − g‖/‖g‖, mean ± s.e. over seeds (each seed: new tasks and a new θ; `--repeats`
 independent batches per seed). The bias ‖E ĝ − g‖/‖g‖ is estimated from the repeat average with its noise
-subtracted (:func:`run_accuracy`). For DiCE, DR and TayPO-2 (unbiased gradient and Hessian estimates with
+subtracted ([`run_accuracy`][metagrad.experiments.maml_experiments.run_accuracy]). For DiCE, DR and TayPO-2 (unbiased gradient and Hessian estimates with
 the exact critic) it is the *plug-in bias* of Tang et al. Sec. 2.2: θ̂' = θ + η ĝ_in is random and ∇J is
 nonlinear in it, so E ĝ ≠ g at finite N (O(1/N)); for the MAML surrogate and LVC it also holds their
 Hessian's bias, which does not vanish as N grows.
 
-``maml-nav2d`` — meta-training curves on Navigation2D (Tang et al. 2021, Fig. 1d): TRPO-MAML, TRPO-FMAML,
+`maml-nav2d` — meta-training curves on Navigation2D (Tang et al. 2021, Fig. 1d): TRPO-MAML, TRPO-FMAML,
 TRPO-EMAML, TRPO-DiCE, ProMP (LVC) and ProMP-TayPO-2 with 3 adaptation steps; post-adaptation (solid) and
 pre-adaptation (dotted) return vs iteration, mean ± s.e. over seeds; plus trajectories before and after
 adaptation for a few goals.
@@ -60,14 +60,14 @@ def _mean_se(values) -> tuple[float, float]:
 def run_accuracy(*, seed: int, seeds: int, batch_sizes, estimators, num_tasks: int, num_states: int,
                  num_actions: int, horizon: int, gamma: float, step_size: float, repeats: int = 4,
                  progress: bool = True) -> dict:
-    """The numbers of ``maml-accuracy`` as a JSON-able dict (see the module docstring).
+    """The numbers of `maml-accuracy` as a JSON-able dict (see the module docstring).
 
-    For each seed s (a problem: θ_s, tasks, exact g_s) and each (estimator, N), ``repeats`` independent
+    For each seed s (a problem: θ_s, tasks, exact g_s) and each (estimator, N), `repeats` independent
     meta-gradients ĝ_{s,r} are estimated from fresh batches. Correlation and relative error are averaged over
     the repeats of a seed, then reported as mean ± s.e. over seeds. The bias uses e_{s,r} = (ĝ_{s,r} − g_s)/‖g_s‖:
     b²_s = ‖mean_r e_{s,r}‖² − n²_s, n²_s = tr Ĉov_r(e_{s,r}) / R, is an unbiased estimate of ‖E ĝ − g‖²/‖g‖² (the
-    noise n²_s of the repeat average subtracted). ``bias`` = sqrt(max(mean_s b²_s, 0)); ``bias_noise`` =
-    sqrt(mean_s n²_s), the resolution; ``bias_resolved`` = bias > bias_noise (under zero bias the estimate
+    noise n²_s of the repeat average subtracted). `bias` = sqrt(max(mean_s b²_s, 0)); `bias_noise` =
+    sqrt(mean_s n²_s), the resolution; `bias_resolved` = bias > bias_noise (under zero bias the estimate
     fluctuates by a fraction of the noise, so a resolved bias is real; an unresolved one is at most about the noise).
     """
     import jax
@@ -171,7 +171,7 @@ def _plot_accuracy(results: dict, batch_sizes, path: str, title: str = "") -> No
 
 
 def _command_line(args) -> str | None:
-    """The command that was run (``metagrad …``), when :func:`metagrad.cli.main` recorded its argv."""
+    """The command that was run (`metagrad …`), when `metagrad.cli.main` recorded its argv."""
     argv = getattr(args, "argv", None)
     return None if argv is None else "metagrad " + shlex.join(argv)
 
@@ -239,7 +239,7 @@ def _plot_nav(curves: dict, pre_curves: dict, path: str, title: str) -> None:
 
 
 def trajectory_goals(env_name: str, num_goals: int, key):
-    """Distinct goals for the trajectory panels: the four corners (corners task) or ``num_goals`` random goals."""
+    """Distinct goals for the trajectory panels: the four corners (corners task) or `num_goals` random goals."""
     import jax.numpy as jnp
 
     from metagrad.envs.navigation import CORNERS, Navigation2D
@@ -250,10 +250,10 @@ def trajectory_goals(env_name: str, num_goals: int, key):
 
 
 def _plot_trajectories(config, params, key, path: str, num_goals: int = 4, num_paths: int = 5) -> dict:
-    """Pre-update (grey) and adapted (blue, after ``inner_steps`` steps) paths for distinct goals.
+    """Pre-update (grey) and adapted (blue, after `inner_steps` steps) paths for distinct goals.
 
-    The adaptation uses the run's own batch size (``config.num_trajectories`` trajectories per inner step, as in
-    training); ``num_paths`` of each batch are drawn. Returns, per goal, the mean final distance to the goal
+    The adaptation uses the run's own batch size (`config.num_trajectories` trajectories per inner step, as in
+    training); `num_paths` of each batch are drawn. Returns, per goal, the mean final distance to the goal
     before and after adaptation (over the whole batch), so the caption can state what the panels show.
     """
     import jax
@@ -375,10 +375,10 @@ NAV_CHECKPOINT_EVERY = 10
 
 
 def _train_checkpointed(config, keys, args, method):
-    """One method's seeds one after another, each a :func:`metagrad.maml.train` run checkpointed every
-    :data:`NAV_CHECKPOINT_EVERY` iterations in ``<checkpoint-dir>/<method>/seed-<s>`` (resumed with ``--resume``;
+    """One method's seeds one after another, each a [`metagrad.maml.train`][metagrad.maml.loop.train] run checkpointed every
+    `NAV_CHECKPOINT_EVERY` iterations in `<checkpoint-dir>/<method>/seed-<s>` (resumed with `--resume`;
     a seed that has no checkpoint yet starts). The meta-batch is sharded over the devices when they divide it.
-    Returns ``(config, params, history)`` stacked over seeds like :func:`metagrad.maml.train_seeds`."""
+    Returns `(config, params, history)` stacked over seeds like [`metagrad.maml.train_seeds`][metagrad.maml.loop.train_seeds]."""
     import jax
 
     from metagrad import maml
@@ -404,7 +404,7 @@ def nav_title(label: str, env: str, config, seeds: int) -> str:
 
 
 def replot_nav(json_path: str) -> None:
-    """Redraw ``maml_nav2d.png`` next to ``json_path`` from its curves (no training)."""
+    """Redraw `maml_nav2d.png` next to `json_path` from its curves (no training)."""
     from metagrad import maml
 
     data = json.load(open(json_path))
@@ -421,7 +421,7 @@ def _nav_help() -> str:
 
 
 def register(subparsers) -> None:
-    """Add ``maml-accuracy`` and ``maml-nav2d`` to the ``metagrad`` command line."""
+    """Add `maml-accuracy` and `maml-nav2d` to the `metagrad` command line."""
     acc = subparsers.add_parser("maml-accuracy", help="meta-gradient accuracy vs batch size on tabular MDPs")
     acc.add_argument("--out", default="results/maml-accuracy", help="output directory")
     acc.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
-"""The Fig. 1d protocol of ``metagrad maml-nav2d`` (Tang et al. 2021, Sec. 5.2): the six methods, every setting
-with its source (:data:`NAV_DEFAULTS`), the ``--quick`` sizes and :func:`nav_config`, the
-:class:`~metagrad.maml.MAMLConfig` of one method. Shared by the command (:mod:`metagrad.experiments.maml_experiments`) and its option checks
-(:mod:`metagrad.experiments._options`)."""
+"""The Fig. 1d protocol of `metagrad maml-nav2d` (Tang et al. 2021, Sec. 5.2): the six methods, every setting
+with its source (`NAV_DEFAULTS`), the `--quick` sizes and [`nav_config`][metagrad.experiments.nav_protocol.nav_config], the
+[`MAMLConfig`][metagrad.maml.config.MAMLConfig] of one method. Shared by the command ([`metagrad.experiments.maml_experiments`][metagrad.experiments.maml_experiments]) and its option checks
+(`metagrad.experiments._options`)."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ QUICK_SIZES = dict(num_tasks=8, num_trajectories=10, horizon=50, hidden_sizes=(3
 
 def nav_config(method: str, *, quick: bool = False, env: str = "navigation-corners", iterations: int | None = None,
                **sizes):
-    """The :class:`~metagrad.maml.MAMLConfig` of one Fig. 1d method (:data:`NAV_DEFAULTS`, sources included).
+    """The [`MAMLConfig`][metagrad.maml.config.MAMLConfig] of one Fig. 1d method (`NAV_DEFAULTS`, sources included).
 
-    ``quick``: :data:`QUICK_SIZES`. ``sizes``: any of ``num_tasks``, ``num_trajectories``, ``horizon``,
-    ``inner_steps``, ``hidden_sizes`` overriding the protocol (``None`` values are ignored).
+    `quick`: `QUICK_SIZES`. `sizes`: any of `num_tasks`, `num_trajectories`, `horizon`,
+    `inner_steps`, `hidden_sizes` overriding the protocol (`None` values are ignored).
     """
     from metagrad import maml
 

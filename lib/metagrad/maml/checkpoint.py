@@ -1,6 +1,6 @@
-"""Checkpoints of :func:`metagrad.maml.train`: one atomic ``.npz`` per run folder (state, history and the config as
+"""Checkpoints of [`metagrad.maml.train`][metagrad.maml.loop.train]: one atomic `.npz` per run folder (state, history and the config as
 JSON metadata), its loader (which refuses anything it did not write), and the folder lock that keeps two runs
-from writing the same ``checkpoint_dir``."""
+from writing the same `checkpoint_dir`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ CHECKPOINT = "checkpoint.npz"
 
 
 def write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, iteration: int) -> None:
-    """state + history as one ``.npz`` (metadata JSON inside), written to a temp file then ``os.replace``-d."""
+    """state + history as one `.npz` (metadata JSON inside), written to a temp file then `os.replace`-d."""
     os.makedirs(directory, exist_ok=True)
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
@@ -48,10 +48,10 @@ def write_checkpoint(directory: str, config: MAMLConfig, state, history: dict, i
 
 
 def load_checkpoint(directory: str, template_state) -> tuple[Any, dict, int, dict]:
-    """``(state, history, iteration, metadata)`` of ``directory/checkpoint.npz`` (leaves into ``template_state``).
+    """`(state, history, iteration, metadata)` of `directory/checkpoint.npz` (leaves into `template_state`).
 
-    A file that is not a checkpoint written by :func:`train` (truncated, corrupt, another program's) raises a
-    ``ValueError`` of one sentence naming the file.
+    A file that is not a checkpoint written by [`train`][metagrad.maml.loop.train] (truncated, corrupt, another program's) raises a
+    `ValueError` of one sentence naming the file.
     """
     path = os.path.join(directory, CHECKPOINT)
     treedef = jax.tree_util.tree_structure(template_state)
@@ -82,11 +82,11 @@ _LOCK = "checkpoint.lock"
 
 @contextlib.contextmanager
 def checkpoint_lock(directory: str):
-    """Hold an exclusive lock on ``directory`` for one run, so two runs never write one ``checkpoint_dir``.
+    """Hold an exclusive lock on `directory` for one run, so two runs never write one `checkpoint_dir`.
 
-    ``fcntl.flock`` on ``directory/checkpoint.lock``: the operating system releases it when the process ends,
-    also on a crash or ``kill -9``, so a stale lock never blocks a later run; the file is removed on a normal
-    exit. A second run raises ``RuntimeError`` at once. (Where ``fcntl`` is missing, i.e. on Windows, no lock
+    `fcntl.flock` on `directory/checkpoint.lock`: the operating system releases it when the process ends,
+    also on a crash or `kill -9`, so a stale lock never blocks a later run; the file is removed on a normal
+    exit. A second run raises `RuntimeError` at once. (Where `fcntl` is missing, i.e. on Windows, no lock
     is taken.)
     """
     if os.path.exists(directory) and not os.path.isdir(directory):

@@ -1,6 +1,6 @@
-"""The MAML run configuration: :class:`MAMLConfig` (validated on construction), the task families it names
-(:func:`make_env`, :func:`sample_tasks`) and the names it accepts (:data:`ENVS`, :data:`OUTERS`,
-:data:`LOOP_ESTIMATORS`, :data:`OBJECTIVES`)."""
+"""The MAML run configuration: [`MAMLConfig`][metagrad.maml.config.MAMLConfig] (validated on construction), the task families it names
+([`make_env`][metagrad.maml.config.make_env], [`sample_tasks`][metagrad.maml.config.sample_tasks]) and the names it accepts (`ENVS`, `OUTERS`,
+`LOOP_ESTIMATORS`, `OBJECTIVES`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ OBJECTIVES = ("paper", "promp")
 
 
 def valid_inner_estimators() -> list[str]:
-    """Every accepted ``inner_estimator``: the registry's names plus ``fomaml``, ``emaml``, ``maml``."""
+    """Every accepted `inner_estimator`: the registry's names plus `fomaml`, `emaml`, `maml`."""
     from metagrad import estimators
 
     return sorted(set(estimators.valid_names()) | set(LOOP_ESTIMATORS))
@@ -32,33 +32,33 @@ def valid_inner_estimators() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class MAMLConfig:
-    """Everything that defines a MAML run (frozen and hashable; invalid values raise ``ValueError``).
+    """Everything that defines a MAML run (frozen and hashable; invalid values raise `ValueError`).
 
     Defaults follow ProMP where Tang et al. are silent: 40 tasks, 20 trajectories per task, horizon 100,
     γ = 0.99, a Gaussian MLP 64×64, inner step η = 0.1, outer Adam 1e-3, 5 ProMP steps with ε = 0.3,
     TRPO KL radius 0.01, the linear feature baseline.
 
     Attributes:
-      env: ``"navigation"`` (MAML's goals in a square), ``"navigation-corners"`` (ProMP's four corners,
-        Fig. 1d), ``"tabular"`` (random MDPs, ``num_states`` × ``num_actions``, tabular softmax policy) or
-        ``None``: your own environment, passed as ``env=`` to :class:`MAML` / :func:`train`
-        (:mod:`metagrad.envs.protocol`); a named family together with ``env=`` is refused.
-      hidden_sizes: the default MLP policy's hidden layers (a custom ``policy=`` refuses a non-default value).
-      inner_estimator: see :func:`valid_inner_estimators`; ``inner_options`` its keyword options as
-        ``((name, value), ...)``.
-      inner_step_size: η > 0; inner_steps: K ≥ 0. The step size that works depends on ``objective``: the
+      env: `"navigation"` (MAML's goals in a square), `"navigation-corners"` (ProMP's four corners,
+        Fig. 1d), `"tabular"` (random MDPs, `num_states` × `num_actions`, tabular softmax policy) or
+        `None`: your own environment, passed as `env=` to [`MAML`][metagrad.maml.loop.MAML] / [`train`][metagrad.maml.loop.train]
+        ([`metagrad.envs.protocol`][metagrad.envs.protocol]); a named family together with `env=` is refused.
+      hidden_sizes: the default MLP policy's hidden layers (a custom `policy=` refuses a non-default value).
+      inner_estimator: see [`valid_inner_estimators`][metagrad.maml.config.valid_inner_estimators]; `inner_options` its keyword options as
+        `((name, value), ...)`.
+      inner_step_size: η > 0; inner_steps: K ≥ 0. The step size that works depends on `objective`: the
         paper's surrogates sum Γ_t Â_t over the T steps of a trajectory with raw advantages, ProMP's take a
-        ``reduce_mean`` over all N·T samples of normalised advantages, so the same update needs an η about T ×
-        (advantage scale) times smaller with ``"paper"`` than with ``"promp"`` (ProMP's η = 0.1 for navigation is
-        a ``"promp"`` value; ``examples/maml_bring_your_own.py`` sets its ``"paper"`` η for T = 20).
-      outer: ``"pg"``, ``"promp"`` or ``"trpo"``; outer_estimator: the surrogate J_out (a registry name).
-      outer_lr: the Adam step of ``"pg"`` and ``"promp"``; TRPO has no learning rate (its step is set by
-        ``max_kl``), so ``outer="trpo"`` refuses a non-default ``outer_lr``.
-      critic: ``"linear"``, ``"none"`` or ``"exact"`` (tabular only); ``None``: exact for tabular, else linear.
+        `reduce_mean` over all N·T samples of normalised advantages, so the same update needs an η about T ×
+        (advantage scale) times smaller with `"paper"` than with `"promp"` (ProMP's η = 0.1 for navigation is
+        a `"promp"` value; `examples/maml_bring_your_own.py` sets its `"paper"` η for T = 20).
+      outer: `"pg"`, `"promp"` or `"trpo"`; outer_estimator: the surrogate J_out (a registry name).
+      outer_lr: the Adam step of `"pg"` and `"promp"`; TRPO has no learning rate (its step is set by
+        `max_kl`), so `outer="trpo"` refuses a non-default `outer_lr`.
+      critic: `"linear"`, `"none"` or `"exact"` (tabular only); `None`: exact for tabular, else linear.
       num_tasks, num_trajectories, horizon: M tasks × N trajectories × T steps per batch.
-      num_iterations: meta-iterations of :func:`train`; checkpoint_every: iterations per jitted
-        ``lax.scan`` chunk (and between checkpoints).
-      shard: shard the meta-batch over ``jax.devices()``.
+      num_iterations: meta-iterations of [`train`][metagrad.maml.loop.train]; checkpoint_every: iterations per jitted
+        `lax.scan` chunk (and between checkpoints).
+      shard: shard the meta-batch over `jax.devices()`.
     """
 
     env: str | None = "navigation"
@@ -162,8 +162,8 @@ class MAMLConfig:
 
 
 def make_env(config: MAMLConfig):
-    """``(env, policy)`` of a named task family: the ``FuncEnv`` whose ``params`` are the tasks, and the policy
-    (tabular softmax, or :func:`metagrad.policies.default_policy` of the environment's spaces and ``hidden_sizes``)."""
+    """`(env, policy)` of a named task family: the `FuncEnv` whose `params` are the tasks, and the policy
+    (tabular softmax, or [`metagrad.policies.default_policy`][metagrad.policies.default_policy] of the environment's spaces and `hidden_sizes`)."""
     from metagrad.envs import Navigation2D, TabularMDPEnv
 
     if config.env is None:
@@ -175,7 +175,7 @@ def make_env(config: MAMLConfig):
 
 
 def sample_tasks(config: MAMLConfig, key: jax.Array, n: int):
-    """``n`` tasks of the config's family, stacked along a leading axis (goals ``[n, 2]`` or MDPs)."""
+    """`n` tasks of the config's family, stacked along a leading axis (goals `[n, 2]` or MDPs)."""
     env, _ = make_env(config)
     if config.env == "tabular":
         return env.sample_tasks(key, n, gamma=config.gamma)

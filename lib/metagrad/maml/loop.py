@@ -1,6 +1,6 @@
-"""The MAML loop: :class:`MAML` (the pure functions of one config: sampling, inner steps, objectives, one
-meta-iteration) and the make_train-style training functions :func:`make_train`, :func:`train` (checkpoints,
-resume) and :func:`train_seeds` (several seeds in one jitted program). See :mod:`metagrad.maml` for the maths."""
+"""The MAML loop: [`MAML`][metagrad.maml.loop.MAML] (the pure functions of one config: sampling, inner steps, objectives, one
+meta-iteration) and the make_train-style training functions [`make_train`][metagrad.maml.loop.make_train], [`train`][metagrad.maml.loop.train] (checkpoints,
+resume) and [`train_seeds`][metagrad.maml.loop.train_seeds] (several seeds in one jitted program). See [`metagrad.maml`][metagrad.maml] for the maths."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ _POLICY_METHODS = ("init", "log_prob", "sample", "kl")
 
 
 def _as_policy(policy, env, task):
-    """A policy object of the loop: ``policy`` itself when it has :data:`_POLICY_METHODS`, else the ``(init, apply)``
-    pair (a tuple, or an object with ``init`` and ``apply``) bound to ``env``'s spaces (``FunctionalPolicy``)."""
+    """A policy object of the loop: `policy` itself when it has `_POLICY_METHODS`, else the `(init, apply)`
+    pair (a tuple, or an object with `init` and `apply`) bound to `env`'s spaces (`FunctionalPolicy`)."""
     if all(callable(getattr(policy, m, None)) for m in _POLICY_METHODS):
         return policy
     if isinstance(policy, tuple) and len(policy) == 2 and all(callable(f) for f in policy):
@@ -65,34 +65,34 @@ def _tree_axpy(a, x, y):
 
 
 class MAML:
-    """The pure functions of one config (all jittable; ``vmap`` the per-task ones over tasks).
+    """The pure functions of one config (all jittable; `vmap` the per-task ones over tasks).
 
-    Per task: :meth:`collect` (sampling, critic, inner steps), :meth:`adapt` (θ'(θ) recomputed from the
-    collected batches, differentiable), :meth:`task_objective` and :meth:`task_meta_gradient`.
-    Meta-batch: :meth:`meta_gradient`, :meth:`iteration` (one full meta-iteration).
+    Per task: [`collect`][metagrad.maml.loop.MAML.collect] (sampling, critic, inner steps), [`adapt`][metagrad.maml.loop.MAML.adapt] (θ'(θ) recomputed from the
+    collected batches, differentiable), [`task_objective`][metagrad.maml.loop.MAML.task_objective] and [`task_meta_gradient`][metagrad.maml.loop.MAML.task_meta_gradient].
+    Meta-batch: [`meta_gradient`][metagrad.maml.loop.MAML.meta_gradient], [`iteration`][metagrad.maml.loop.MAML.iteration] (one full meta-iteration).
     """
 
     def __init__(self, config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, sample_tasks=None):
-        """``env``, ``policy``, ``critic``, ``optimizer``, ``sample_tasks`` replace the config's named ones (open API).
+        """`env`, `policy`, `critic`, `optimizer`, `sample_tasks` replace the config's named ones (open API).
 
-        * ``env`` — any environment of :mod:`metagrad.envs.protocol` (``reset``/``step``/spaces, the task a params
-          pytree; no base class), a Gymnasium ``FuncEnv`` or a Gymnasium id of a functional JAX environment; needs
-          ``MAMLConfig(env=None)`` (a named ``config.env`` would be unused, so it is refused);
-        * ``sample_tasks`` — ``sample_tasks(key, n) -> params`` with a leading axis n (default: ``env.sample_tasks``);
-        * ``policy`` — an ``(init, apply)`` pair of pure functions, ``init(key, observation_space, action_space) ->
-          params`` and ``apply(params, obs) -> distribution`` for one observation (``metagrad.policies``'
-          ``DiagGaussian`` or ``Categorical``;
-          log-probability, KL and entropy come from it), or an object with ``init(key)``, ``log_prob``, ``sample``,
-          ``kl`` (:mod:`metagrad.policies`). Default: :func:`metagrad.policies.default_policy` of the environment's
-          spaces with ``config.hidden_sizes`` (a custom policy refuses a non-default ``hidden_sizes``);
-        * ``critic`` — ``critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]`` (used
-          under ``stop_gradient``; ``config.critic`` is then ignored);
-        * ``optimizer`` — any ``optax.GradientTransformation`` for the outer step of ``"pg"`` and ``"promp"``
-          (default ``optax.adam(config.outer_lr)``). Refused with ``outer="trpo"`` (no optimiser there), and
-          together with a non-default ``outer_lr`` (which it would replace).
+        * `env` — any environment of [`metagrad.envs.protocol`][metagrad.envs.protocol] (`reset`/`step`/spaces, the task a params
+          pytree; no base class), a Gymnasium `FuncEnv` or a Gymnasium id of a functional JAX environment; needs
+          `MAMLConfig(env=None)` (a named `config.env` would be unused, so it is refused);
+        * `sample_tasks` — `sample_tasks(key, n) -> params` with a leading axis n (default: `env.sample_tasks`);
+        * `policy` — an `(init, apply)` pair of pure functions, ``init(key, observation_space, action_space) ->
+          params` and `apply(params, obs) -> distribution` for one observation (`metagrad.policies``'
+          `DiagGaussian` or `Categorical`;
+          log-probability, KL and entropy come from it), or an object with `init(key)`, `log_prob`, `sample`,
+          `kl` ([`metagrad.policies`][metagrad.policies]). Default: [`metagrad.policies.default_policy`][metagrad.policies.default_policy] of the environment's
+          spaces with `config.hidden_sizes` (a custom policy refuses a non-default `hidden_sizes`);
+        * `critic` — `critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]` (used
+          under `stop_gradient`; `config.critic` is then ignored);
+        * `optimizer` — any `optax.GradientTransformation` for the outer step of `"pg"` and `"promp"`
+          (default `optax.adam(config.outer_lr)`). Refused with `outer="trpo"` (no optimiser there), and
+          together with a non-default `outer_lr` (which it would replace).
 
-        Raises ``ValueError`` naming the argument or field for each combination above that would leave something
-        unused, ``TypeError`` (naming the missing members) for an ``env`` or ``policy`` that does not fit.
+        Raises `ValueError` naming the argument or field for each combination above that would leave something
+        unused, `TypeError` (naming the missing members) for an `env` or `policy` that does not fit.
         """
         from metagrad import estimators
 
@@ -142,14 +142,14 @@ class MAML:
         self.optimizer = optax.adam(config.outer_lr) if optimizer is None else _check_optimizer(optimizer)
 
     def sample_tasks(self, key: jax.Array, n: int):
-        """``n`` tasks stacked along a leading axis (the custom ``sample_tasks`` / env's, or :func:`sample_tasks`)."""
+        """`n` tasks stacked along a leading axis (the custom `sample_tasks` / env's, or [`sample_tasks`][metagrad.maml.loop.MAML.sample_tasks])."""
         if self.custom_env:
             return self._sample_tasks(key, n)
         return sample_tasks(self.config, key, n)
 
     # ---------------------------------------------------------------- per task
     def inner_surrogate(self, params, batch, values, behaviour_log_probs=None):
-        """V̂_in(θ; D) of the inner estimator (on-policy when ``behaviour_log_probs`` is None)."""
+        """V̂_in(θ; D) of the inner estimator (on-policy when `behaviour_log_probs` is None)."""
         if self.config.objective == "promp":
             advantage = outer_lib.normalized_advantages(batch, values, self.config.gamma)
             return outer_lib.promp_surrogate(self.inner_name, self.policy.log_prob, params, batch, advantage,
@@ -160,14 +160,14 @@ class MAML:
         )
 
     def inner_step(self, params, batch, values, behaviour_log_probs=None):
-        """θ + η ∇V̂_in(θ) (for ``fomaml`` the gradient is a constant: ``stop_gradient``)."""
+        """θ + η ∇V̂_in(θ) (for `fomaml` the gradient is a constant: `stop_gradient`)."""
         gradient = jax.grad(self.inner_surrogate)(params, batch, values, behaviour_log_probs)
         if self.first_order:
             gradient = jax.lax.stop_gradient(gradient)
         return _tree_axpy(self.config.inner_step_size, gradient, params)
 
     def outer_surrogate(self, params, batch, values, behaviour_log_probs=None):
-        """J_out(θ'; D') of ``outer_estimator``."""
+        """J_out(θ'; D') of `outer_estimator`."""
         if self.config.objective == "promp":
             advantage = outer_lib.normalized_advantages(batch, values, self.config.gamma)
             return outer_lib.promp_surrogate(self.config.outer_estimator, self.policy.log_prob, params, batch,
@@ -198,9 +198,9 @@ class MAML:
         return TaskData(tuple(pre), tuple(pre_values), tuple(pre_log_probs), post, post_values, post_log_probs)
 
     def adapt(self, params, data: TaskData, off_policy: bool = False):
-        """θ'(θ) = θ_K from the collected batches, differentiable in θ; returns ``(θ', [θ_0, …, θ_{K−1}])``.
+        """θ'(θ) = θ_K from the collected batches, differentiable in θ; returns `(θ', [θ_0, …, θ_{K−1}])`.
 
-        ``off_policy``: use the recorded log π_old as μ (exactly the on-policy surrogate when θ = θ_old).
+        `off_policy`: use the recorded log π_old as μ (exactly the on-policy surrogate when θ = θ_old).
         """
         thetas = []
         for k in range(len(data.pre)):
@@ -223,8 +223,8 @@ class MAML:
         """E-MAML's extra objective (ProMP trpo_maml.py): mean_g mean(r̃'_g) · mean_{n,t} log π_θ(a|x) on D_0^g.
 
         r̃' = (r' − m)/(s + 1e-8), m and s the mean and population std of every valid post-update reward
-        sample of the meta-batch (ProMP's ``adj_avg_rewards``); only the step-0 batch D_0, sampled by π_θ.
-        Zero unless ``inner_estimator == "emaml"`` and ``inner_steps ≥ 1``. ``data`` has a leading task axis.
+        sample of the meta-batch (ProMP's `adj_avg_rewards`); only the step-0 batch D_0, sampled by π_θ.
+        Zero unless `inner_estimator == "emaml"` and `inner_steps ≥ 1`. `data` has a leading task axis.
         """
         if self.config.inner_estimator != "emaml" or not data.pre:
             return jnp.zeros((), jnp.result_type(float))
@@ -243,15 +243,15 @@ class MAML:
         return jnp.mean(weight * jax.vmap(log_likelihood)(data))
 
     def meta_objective(self, params, data: TaskData):
-        """mean_g J_out(θ'_g(θ)) (+ :meth:`emaml_term`); ``data`` has a leading task axis."""
+        """mean_g J_out(θ'_g(θ)) (+ [`emaml_term`][metagrad.maml.loop.MAML.emaml_term]); `data` has a leading task axis."""
         per_task = jax.vmap(self.task_objective, in_axes=(None, 0))(params, data)
         return jnp.mean(per_task) + self.emaml_term(params, data)
 
     def trpo_objective(self, params, data: TaskData):
-        """The TRPO line-search objective at θ: mean_g J_out(θ'_g(θ); D', μ = π_θ'_old) + :meth:`emaml_term`.
+        """The TRPO line-search objective at θ: mean_g J_out(θ'_g(θ); D', μ = π_θ'_old) + [`emaml_term`][metagrad.maml.loop.MAML.emaml_term].
 
         Off-policy (μ the recorded post-update policy), so it is the on-policy meta-objective at θ = θ_old and
-        its gradient there is :meth:`meta_gradient` (ProMP's TRPO-MAML minimises this same loss).
+        its gradient there is [`meta_gradient`][metagrad.maml.loop.MAML.meta_gradient] (ProMP's TRPO-MAML minimises this same loss).
         """
         def per_task(d):
             adapted = self.adapt(params, d, True)[0]
@@ -260,24 +260,24 @@ class MAML:
         return jnp.mean(jax.vmap(per_task)(data)) + self.emaml_term(params, data)
 
     def meta_gradient(self, params, data: TaskData):
-        """∇_θ of :meth:`meta_objective` (the PG meta-gradient)."""
+        """∇_θ of [`meta_objective`][metagrad.maml.loop.MAML.meta_objective] (the PG meta-gradient)."""
         return jax.grad(self.meta_objective)(params, data)
 
     def _promp_objective(self, params, old_params, data: TaskData):
-        """:func:`metagrad.maml.promp.promp_objective` of this run."""
+        """[`metagrad.maml.promp.promp_objective`][metagrad.maml.promp.promp_objective] of this run."""
         return promp_lib.promp_objective(self, params, old_params, data)
 
     def fisher_vector_product(self, params, data: TaskData):
-        """:func:`metagrad.maml.trpo.fisher_vector_product` of this run: ``v ↦ F v`` on flat vectors ``[P]``."""
+        """[`metagrad.maml.trpo.fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product] of this run: `v ↦ F v` on flat vectors `[P]`."""
         return trpo_lib.fisher_vector_product(self, params, data)
 
     def init(self, key):
-        """``(params, opt_state)`` of the initial policy."""
+        """`(params, opt_state)` of the initial policy."""
         params = self.policy.init(key)
         return params, self.optimizer.init(params)
 
     def sample_meta_batch(self, params, key, *, sharding: NamedSharding | None = None) -> TaskData:
-        """M new tasks and their :class:`TaskData` (leading task axis, sharded over devices with ``sharding``)."""
+        """M new tasks and their [`TaskData`][metagrad.maml.sampling.TaskData] (leading task axis, sharded over devices with `sharding`)."""
         config = self.config
         k_tasks, k_collect = jax.random.split(key)
         tasks = self.sample_tasks(k_tasks, config.num_tasks)
@@ -288,7 +288,7 @@ class MAML:
         return jax.vmap(self.collect, in_axes=(None, 0, 0))(params, tasks, keys)
 
     def iteration(self, params, opt_state, key, *, sharding: NamedSharding | None = None):
-        """One meta-iteration: new tasks, collect, outer update. Returns ``(params, opt_state, metrics)``."""
+        """One meta-iteration: new tasks, collect, outer update. Returns `(params, opt_state, metrics)`."""
         config = self.config
         data = self.sample_meta_batch(params, key, sharding=sharding)
         metrics = {
@@ -313,13 +313,13 @@ class MAML:
 
 def make_train(config: MAMLConfig, *, env=None, policy=None, critic=None, optimizer=None, sample_tasks=None,
                num_seeds: int | None = None):
-    """``train_chunk(state, iterations) -> (state, metrics)`` (jitted ``lax.scan``) and ``init(key) -> state``.
+    """`train_chunk(state, iterations) -> (state, metrics)` (jitted `lax.scan`) and `init(key) -> state`.
 
-    ``state = {"params", "opt_state", "key"}``; iteration i uses ``fold_in(key, i)``, so results do not
-    depend on how iterations are grouped into chunks. Cached per config (``num_iterations`` aside), custom
-    objects (see :class:`MAML`) and device set, so repeated and resumed runs reuse the compiled iteration.
-    ``num_seeds``: ``init`` takes ``[S]`` keys and ``train_chunk`` runs the S independent runs in one jitted
-    program (``jax.vmap`` over the state; no meta-batch sharding), metrics with a leading seed axis.
+    `state = {"params", "opt_state", "key"}`; iteration i uses `fold_in(key, i)`, so results do not
+    depend on how iterations are grouped into chunks. Cached per config (`num_iterations` aside), custom
+    objects (see [`MAML`][metagrad.maml.loop.MAML]) and device set, so repeated and resumed runs reuse the compiled iteration.
+    `num_seeds`: `init` takes `[S]` keys and `train_chunk` runs the S independent runs in one jitted
+    program (`jax.vmap` over the state; no meta-batch sharding), metrics with a leading seed axis.
     """
     extras = (env, policy, critic, optimizer, sample_tasks)
     try:
@@ -358,11 +358,11 @@ def _make_train(config: MAMLConfig, devices: tuple, extras: tuple = (None,) * 5,
 
 def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, critic=None, optimizer=None,
                 sample_tasks=None, progress: bool = True, label: str = "maml") -> tuple[Any, dict]:
-    """S independent meta-training runs, one per key of ``keys [S]``, inside one jitted program (``vmap``).
+    """S independent meta-training runs, one per key of `keys [S]`, inside one jitted program (`vmap`).
 
-    Returns ``(params, history)`` with a leading seed axis on every parameter leaf and every history array
-    (``[S, num_iterations]``); run s equals ``train(config, keys[s])`` up to floating-point reassociation
-    (same key streams). ``wall_time`` is shared by the seeds (``[num_iterations]``). No checkpoints.
+    Returns `(params, history)` with a leading seed axis on every parameter leaf and every history array
+    (`[S, num_iterations]`); run s equals `train(config, keys[s])` up to floating-point reassociation
+    (same key streams). `wall_time` is shared by the seeds (`[num_iterations]`). No checkpoints.
     """
     keys = jnp.asarray(keys)
     num_seeds = int(keys.shape[0])
@@ -373,9 +373,9 @@ def train_seeds(config: MAMLConfig, keys: jax.Array, *, env=None, policy=None, c
 
 
 def _run_chunks(config, train_chunk, state, history: dict, start: int, progress: bool, label: str, after_chunk=None):
-    """Run iterations ``start … num_iterations − 1`` in jitted chunks of ``checkpoint_every``, appending each
-    chunk's metrics (and its share of the wall time) to ``history`` along the last axis; ``after_chunk(state,
-    history, i)`` runs after each chunk (checkpoints). Returns ``(state, history)``."""
+    """Run iterations `start … num_iterations − 1` in jitted chunks of `checkpoint_every`, appending each
+    chunk's metrics (and its share of the wall time) to `history` along the last axis; ``after_chunk(state,
+    history, i)` runs after each chunk (checkpoints). Returns `(state, history)``."""
     from metagrad.progress import Progress
 
     elapsed = float(history["wall_time"][-1]) if len(history.get("wall_time", ())) else 0.0
@@ -415,21 +415,21 @@ def train(
     optimizer=None,
     sample_tasks=None,
 ) -> tuple[Any, dict]:
-    """Meta-train for ``config.num_iterations`` iterations; returns ``(params, history)``.
+    """Meta-train for `config.num_iterations` iterations; returns `(params, history)`.
 
-    ``history`` holds NumPy arrays over iterations: ``pre_return`` and ``post_return`` (mean undiscounted
-    return of the pre-update batch D_0 and of the post-update batch D'), ``meta_grad_norm``, ``wall_time``
-    (cumulative seconds, compilation included in the first chunk) and, for TRPO, ``backtracks``.
+    `history` holds NumPy arrays over iterations: `pre_return` and `post_return` (mean undiscounted
+    return of the pre-update batch D_0 and of the post-update batch D'), `meta_grad_norm`, `wall_time`
+    (cumulative seconds, compilation included in the first chunk) and, for TRPO, `backtracks`.
 
-    Iterations run in jitted chunks of ``config.checkpoint_every`` (a ``lax.scan``); after each chunk the
-    progress bar advances and, with ``checkpoint_dir``, a checkpoint is written atomically. ``resume=True``
-    continues from ``checkpoint_dir`` (same config and key required) and yields bit-identical parameters
-    and returns to an uninterrupted run (``wall_time`` aside). ``env``, ``policy``, ``critic``,
-    ``optimizer``, ``sample_tasks``: custom objects replacing the config's (see :class:`MAML`; the open API).
+    Iterations run in jitted chunks of `config.checkpoint_every` (a `lax.scan`); after each chunk the
+    progress bar advances and, with `checkpoint_dir`, a checkpoint is written atomically. `resume=True`
+    continues from `checkpoint_dir` (same config and key required) and yields bit-identical parameters
+    and returns to an uninterrupted run (`wall_time` aside). `env`, `policy`, `critic`,
+    `optimizer`, `sample_tasks`: custom objects replacing the config's (see [`MAML`][metagrad.maml.loop.MAML]; the open API).
 
-    A ``checkpoint_dir`` is locked for the run (:func:`checkpoint_lock`): a second run on the same folder
-    raises ``RuntimeError``. With ``resume=False`` a folder that already holds a checkpoint is refused
-    (``ValueError``) unless ``overwrite=True``, so a finished run is never replaced by accident.
+    A `checkpoint_dir` is locked for the run ([`checkpoint_lock`][metagrad.maml.checkpoint.checkpoint_lock]): a second run on the same folder
+    raises `RuntimeError`. With `resume=False` a folder that already holds a checkpoint is refused
+    (`ValueError`) unless `overwrite=True`, so a finished run is never replaced by accident.
     """
     if checkpoint_dir is None:
         return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))

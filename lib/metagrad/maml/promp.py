@@ -1,9 +1,9 @@
-"""ProMP's outer step (Rothfuss et al. 2019, ``meta_policy_search/meta_algos/pro_mp.py``): ``promp_steps``
+"""ProMP's outer step (Rothfuss et al. 2019, `meta_policy_search/meta_algos/pro_mp.py`): `promp_steps`
 optimiser steps on the same meta-batch of the clipped post-update objective minus a fixed KL penalty β on the
 inner-step policies. After the first step the inner surrogates are off-policy, μ = π_θk^old (their OPE form).
 
-Every function takes the :class:`~metagrad.maml.MAML` object of the run as ``maml`` and the meta-batch ``data``
-(:class:`~metagrad.maml.TaskData` with a leading task axis).
+Every function takes the [`MAML`][metagrad.maml.loop.MAML] object of the run as `maml` and the meta-batch `data`
+([`TaskData`][metagrad.maml.sampling.TaskData] with a leading task axis).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from metagrad.maml.sampling import TaskData, observations
 
 
 def promp_objective(maml, params, old_params, data: TaskData):
-    """ProMP's outer objective at θ = ``params`` (to maximise): mean_g J^CLIP_g(θ'_g(θ)) − β · KL term.
+    """ProMP's outer objective at θ = `params` (to maximise): mean_g J^CLIP_g(θ'_g(θ)) − β · KL term.
 
-    θ'_g(θ) adapted with the off-policy inner surrogates (μ = π_θk^old, recorded in ``data``); the KL term compares
-    each inner-step policy π_θk with π_θk^old (θ^old = ``old_params``, stop-gradient) on the batch D_k.
-    ``objective="promp"``: ``pro_mp.py``'s form — reduce_mean of the clipped ratio · normalised advantage and
-    β · mean_k KL_k; ``"paper"``: the PPO clip weighted by Γ_t Â_t and β · Σ_k KL_k Every KL_k is the mean over
+    θ'_g(θ) adapted with the off-policy inner surrogates (μ = π_θk^old, recorded in `data`); the KL term compares
+    each inner-step policy π_θk with π_θk^old (θ^old = `old_params`, stop-gradient) on the batch D_k.
+    `objective="promp"`: `pro_mp.py`'s form — reduce_mean of the clipped ratio · normalised advantage and
+    β · mean_k KL_k; `"paper"`: the PPO clip weighted by Γ_t Â_t and β · Σ_k KL_k Every KL_k is the mean over
     the valid steps of D_k (padding after a termination excluded).
     """
     config = maml.config
@@ -51,8 +51,8 @@ def promp_objective(maml, params, old_params, data: TaskData):
 
 
 def promp_update(maml, params, opt_state, data: TaskData):
-    """``maml.config.promp_steps`` steps of ``maml.optimizer`` ascending :func:`promp_objective` from θ_old =
-    ``params``; returns ``(params, opt_state, ‖g_0‖)`` with g_0 the first step's gradient, taken at θ_old where the
+    """`maml.config.promp_steps` steps of `maml.optimizer` ascending [`promp_objective`][metagrad.maml.promp.promp_objective] from θ_old =
+    `params`; returns `(params, opt_state, ‖g_0‖)` with g_0 the first step's gradient, taken at θ_old where the
     clipped objective's gradient is the meta-gradient."""
     old_params = params
 

@@ -1,5 +1,5 @@
-"""The data of one meta-iteration: :class:`TaskData` (one task's pre- and post-update batches with their critic
-values and behaviour log-probabilities) and the summaries read from a batch (:func:`mean_return`)."""
+"""The data of one meta-iteration: [`TaskData`][metagrad.maml.sampling.TaskData] (one task's pre- and post-update batches with their critic
+values and behaviour log-probabilities) and the summaries read from a batch ([`mean_return`][metagrad.maml.sampling.mean_return])."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from metagrad.rollout import Trajectories
 
 
 class TaskData(NamedTuple):
-    """One task's batches: ``pre[k]`` sampled with π_θk (k < K), ``post`` with π_θ'.
+    """One task's batches: `pre[k]` sampled with π_θk (k < K), `post` with π_θ'.
 
-    ``*_values [N, T+1]`` are the critic's values (stop-gradient) and ``*_log_probs [N, T]`` the
-    log-probabilities log π_old(a_t|x_t) of the sampling policy, recomputed by ``policy.log_prob`` (the
+    `*_values [N, T+1]` are the critic's values (stop-gradient) and `*_log_probs [N, T]` the
+    log-probabilities log π_old(a_t|x_t) of the sampling policy, recomputed by `policy.log_prob` (the
     behaviour policy μ of the off-policy surrogates used by ProMP's later steps and TRPO's line search).
     """
 
@@ -32,7 +32,7 @@ def observations(batch: Trajectories):
 
 
 def mean_return(batch: Trajectories, gamma: float | None = None) -> jax.Array:
-    """Mean over trajectories of Σ_t m_t r_t (undiscounted when ``gamma`` is None, else Σ_t m_t γ^t r_t), m the
+    """Mean over trajectories of Σ_t m_t r_t (undiscounted when `gamma` is None, else Σ_t m_t γ^t r_t), m the
     valid-step mask (padding after a termination excluded)."""
     rewards = batch.rewards * batch.mask()
     if gamma is None:

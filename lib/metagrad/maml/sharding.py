@@ -1,7 +1,7 @@
-"""The meta-batch over devices (see :mod:`metagrad.maml`, Devices): a ``jax.sharding.Mesh`` of axis ``"tasks"``
-(:func:`task_sharding`) over every device of ``jax.devices()`` — the local CPU or GPUs, fake CPU devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) or, after ``jax.distributed.initialize()``, the devices of
-every process (tested with two local processes, ``tests/test_maml_sharding.py``)."""
+"""The meta-batch over devices (see [`metagrad.maml`][metagrad.maml], Devices): a `jax.sharding.Mesh` of axis `"tasks"`
+([`task_sharding`][metagrad.maml.sharding.task_sharding]) over every device of `jax.devices()` — the local CPU or GPUs, fake CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=8`) or, after `jax.distributed.initialize()`, the devices of
+every process (tested with two local processes, `tests/test_maml_sharding.py`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from metagrad.maml.config import MAMLConfig
 
 
 def task_sharding(config: MAMLConfig) -> NamedSharding | None:
-    """``NamedSharding(Mesh(jax.devices(), ("tasks",)), P("tasks"))`` or ``None`` on one device.
+    """`NamedSharding(Mesh(jax.devices(), ("tasks",)), P("tasks"))` or `None` on one device.
 
-    Raises ``ValueError`` when ``num_tasks`` is not divisible by the device count.
+    Raises `ValueError` when `num_tasks` is not divisible by the device count.
     """
     devices = jax.devices()
     if not config.shard or len(devices) == 1:

@@ -1,14 +1,14 @@
-"""TRPO-MAML's outer step (Finn et al. 2017; ProMP's ``trpo_maml.py`` with its conjugate-gradient optimiser):
+"""TRPO-MAML's outer step (Finn et al. 2017; ProMP's `trpo_maml.py` with its conjugate-gradient optimiser):
 the Gauss–Newton Fisher-vector product of the mean post-update KL through the inner steps, and the update
-(conjugate gradient, step to the KL radius, backtracking line search, :func:`metagrad.outer.trpo_step`).
+(conjugate gradient, step to the KL radius, backtracking line search, [`metagrad.outer.trpo_step`][metagrad.outer.trpo_step]).
 
-Every function takes the :class:`~metagrad.maml.MAML` object of the run as ``maml`` (its policy, inner step and
-objectives) and the meta-batch ``data`` (:class:`~metagrad.maml.TaskData` with a leading task axis).
+Every function takes the [`MAML`][metagrad.maml.loop.MAML] object of the run as `maml` (its policy, inner step and
+objectives) and the meta-batch `data` ([`TaskData`][metagrad.maml.sampling.TaskData] with a leading task axis).
 
-Cost. A TRPO step takes ``cg_iterations`` Fisher-vector products, so everything a product needs that does not
-depend on the vector is computed once per step (:func:`gauss_newton_fisher`): the inner steps are linearised
-(``jax.linearize``) and so is the map from θ' to the action distributions' parameters on the post-update batch
-(policies whose ``apply`` returns a distribution of :mod:`metagrad.policies`) — each product is then linear passes
+Cost. A TRPO step takes `cg_iterations` Fisher-vector products, so everything a product needs that does not
+depend on the vector is computed once per step ([`gauss_newton_fisher`][metagrad.maml.trpo.gauss_newton_fisher]): the inner steps are linearised
+(`jax.linearize`) and so is the map from θ' to the action distributions' parameters on the post-update batch
+(policies whose `apply` returns a distribution of [`metagrad.policies`][metagrad.policies]) — each product is then linear passes
 only, F v = Σ_g J_gᵀ J_out,gᵀ M J_out,g J_g v with M the Fisher of the action distribution in its own parameters.
 The meta-gradient reuses the same linearised inner steps. Measured (docs/fig1d.md): the two inner-step products per
 CG iteration dominate, so this makes the step about 16 % cheaper, not cheap.
@@ -25,23 +25,23 @@ from metagrad.maml.sampling import TaskData, observations
 
 
 def _mean_over_samples(per_sample, data: TaskData):
-    """mean_g (Σ_{n,t} m_t x_t / Σ m_t) of a per-sample quantity x ``[M, N, T]`` over the valid post-update steps
-    (m = ``data.post.mask()``): the average the TRPO KL constraint takes."""
+    """mean_g (Σ_{n,t} m_t x_t / Σ m_t) of a per-sample quantity x `[M, N, T]` over the valid post-update steps
+    (m = `data.post.mask()`): the average the TRPO KL constraint takes."""
     return jnp.mean(jax.vmap(outer_lib.masked_mean)(per_sample, data.post.mask()))
 
 
 def post_kl(maml, old_adapted, adapted, data: TaskData):
     """mean_g KL_g on the post-update batches (leading task axis everywhere), KL_g = Σ_{n,t} m_t KL_t / Σ m_t the mean
-    of KL(π_θ'_g,old(·|x_t) ‖ π_θ'_g(·|x_t)) over the *valid* steps (m = ``data.post.mask()``: padding after a
-    termination excluded; ProMP's ``reduce_mean`` over its stacked paths). The Fisher-vector product and the line
-    search's KL average the same way (:func:`_mean_over_samples`), so both see the valid steps only."""
+    of KL(π_θ'_g,old(·|x_t) ‖ π_θ'_g(·|x_t)) over the *valid* steps (m = `data.post.mask()`: padding after a
+    termination excluded; ProMP's `reduce_mean` over its stacked paths). The Fisher-vector product and the line
+    search's KL average the same way (`_mean_over_samples`), so both see the valid steps only."""
     kls = jax.vmap(lambda old, new, d: maml.policy.kl(old, new, observations(d.post)))(old_adapted, adapted, data)
     return _mean_over_samples(kls, data)
 
 
 def _distribution_outputs(policy, params, obs):
-    """``policy.apply(params, obs)`` when it returns a distribution that is a pytree of arrays (the distributions of
-    :mod:`metagrad.policies`), else ``None`` (a policy without ``apply``, or an opaque distribution object)."""
+    """`policy.apply(params, obs)` when it returns a distribution that is a pytree of arrays (the distributions of
+    [`metagrad.policies`][metagrad.policies]), else `None` (a policy without `apply`, or an opaque distribution object)."""
     if not callable(getattr(policy, "apply", None)):
         return None
     try:
@@ -52,14 +52,14 @@ def _distribution_outputs(policy, params, obs):
 
 
 def _kl_hessian(maml, old_adapted, data: TaskData):
-    """``w ↦ ∇²_θ' KL w`` at θ'_old (tangents with a leading task axis), linearised once.
+    """`w ↦ ∇²_θ' KL w` at θ'_old (tangents with a leading task axis), linearised once.
 
-    Output space when the policy's ``apply`` returns a distribution pytree (:mod:`metagrad.policies`):
+    Output space when the policy's `apply` returns a distribution pytree ([`metagrad.policies`][metagrad.policies]):
     ∇²KL = J_outᵀ M J_out exactly at θ'_old (the gradient of the KL in the distribution's parameters vanishes there,
     so the network's curvature drops), J_out the Jacobian of the post-batch distribution parameters in θ'
-    (``jax.linearize``, transposed with ``jax.linear_transpose``) and M the Hessian of the averaged KL in those
+    (`jax.linearize`, transposed with `jax.linear_transpose`) and M the Hessian of the averaged KL in those
     parameters — the distribution's Fisher (diagonal Gaussian: 1/σ² on the mean, 2 on log σ), per valid sample
-    and divided by the valid-sample count — from ``jax.linearize`` of the gradient of the distribution's own ``kl``.
+    and divided by the valid-sample count — from `jax.linearize` of the gradient of the distribution's own `kl`.
     Otherwise the gradient of the KL in θ' is linearised at θ'_old (forward-over-reverse, linearised once).
     """
     obs = jax.vmap(lambda d: observations(d.post))(data)
@@ -77,8 +77,8 @@ def _kl_hessian(maml, old_adapted, data: TaskData):
 
 
 def gauss_newton_fisher(maml, params, data: TaskData):
-    """``(fvp, θ'_old, Jᵀ)``: see :func:`fisher_vector_product`; θ'_old the adapted parameters (leading task axis),
-    Jᵀ the map from per-task tangents at θ'_old ``[M, …]`` to Σ_g J_gᵀ u_g (a parameter pytree)."""
+    """`(fvp, θ'_old, Jᵀ)`: see [`fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product]; θ'_old the adapted parameters (leading task axis),
+    Jᵀ the map from per-task tangents at θ'_old `[M, …]` to Σ_g J_gᵀ u_g (a parameter pytree)."""
     num_tasks = data.post.rewards.shape[0]
     # θ_0 = θ for every task: a task axis on the parameters, so each J_k acts on a per-task vector.
     theta = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_tasks,) + x.shape), params)
@@ -108,29 +108,29 @@ def gauss_newton_fisher(maml, params, data: TaskData):
 
 
 def fisher_vector_product(maml, params, data: TaskData):
-    """``v ↦ F v``, TRPO-MAML's Gauss–Newton Fisher-vector product at θ = θ_old, on flat vectors ``[P]``.
+    """`v ↦ F v`, TRPO-MAML's Gauss–Newton Fisher-vector product at θ = θ_old, on flat vectors `[P]`.
 
     F v = Σ_g J_gᵀ ∇²KL J_g v with KL = mean_g mean KL(π_θ'_g,old ‖ π_θ'_g) over the post-update batches
     (its Hessian in θ at θ_old: ∇KL = 0 there, so the second-order term of θ'(θ) drops) and
     J_g = ∂θ'_g/∂θ = J_K ⋯ J_1, J_k = I + η ∇²V̂_in(θ_k) the Jacobian of the inner step k of task g
-    (``data`` has a leading task axis of size M). Each J_k is symmetric — the inner step adds η times
-    ``jax.grad`` of a scalar, with every ``stop_gradient`` a constant in all derivatives (the same
-    linearisation for both products), and J_k = I for ``fomaml`` — for every inner estimator and both
+    (`data` has a leading task axis of size M). Each J_k is symmetric — the inner step adds η times
+    `jax.grad` of a scalar, with every `stop_gradient` a constant in all derivatives (the same
+    linearisation for both products), and J_k = I for `fomaml` — for every inner estimator and both
     objective forms, so Jᵀ u = J_1 ⋯ J_K u: forward mode only, each J_k linearised once at θ_k
-    (``jax.linearize``, per task under ``vmap``) and applied once in each direction. ∇²KL w is the output-space
+    (`jax.linearize`, per task under `vmap`) and applied once in each direction. ∇²KL w is the output-space
     Gauss–Newton product J_outᵀ M J_out w (exact at θ'_old; a forward-over-reverse product linearised once for
-    a policy without a distribution pytree), see :func:`_kl_hessian`. Shapes: v and F v ``[P]`` (flat
-    θ); the tangents between are parameter pytrees with a leading task axis ``[M, …]``, summed over tasks at the
-    end (Σ_g J_gᵀ u_g). (A custom policy whose ``log_prob`` cannot be differentiated forward, e.g. a
-    ``custom_vjp``, is not supported; it never was: J v was already forward mode.)
+    a policy without a distribution pytree), see `_kl_hessian`. Shapes: v and F v `[P]` (flat
+    θ); the tangents between are parameter pytrees with a leading task axis `[M, …]`, summed over tasks at the
+    end (Σ_g J_gᵀ u_g). (A custom policy whose `log_prob` cannot be differentiated forward, e.g. a
+    `custom_vjp`, is not supported; it never was: J v was already forward mode.)
     """
     return gauss_newton_fisher(maml, params, data)[0]
 
 
 def meta_gradient(maml, params, data: TaskData, old_adapted, transpose):
-    """∇_θ of ``maml.meta_objective`` from the linearised inner steps: (1/M) Σ_g J_gᵀ ∇J_out(θ'_g) + ∇(E-MAML term).
+    """∇_θ of `maml.meta_objective` from the linearised inner steps: (1/M) Σ_g J_gᵀ ∇J_out(θ'_g) + ∇(E-MAML term).
 
-    ``old_adapted`` and ``transpose`` from :func:`gauss_newton_fisher`; equals ``jax.grad(maml.meta_objective)``
+    `old_adapted` and `transpose` from [`gauss_newton_fisher`][metagrad.maml.trpo.gauss_newton_fisher]; equals `jax.grad(maml.meta_objective)`
     up to rounding, without a second reverse pass through the inner steps.
     """
     num_tasks = data.post.rewards.shape[0]
@@ -141,12 +141,12 @@ def meta_gradient(maml, params, data: TaskData, old_adapted, transpose):
 
 
 def trpo_update(maml, params, data: TaskData):
-    """One TRPO-MAML step from θ = ``params``: returns ``(θ_new, meta-gradient, backtracks)``.
+    """One TRPO-MAML step from θ = `params`: returns `(θ_new, meta-gradient, backtracks)`.
 
-    Direction F⁻¹g by conjugate gradient on :func:`fisher_vector_product`, g = ∇ of ``maml.meta_objective``
-    (:func:`meta_gradient`); step to the KL radius ``max_kl``; backtracking line search on ``maml.trpo_objective``
-    (off-policy at θ_old, E-MAML term included) under the post-update KL of :func:`post_kl`, both from one
-    adaptation per candidate (:func:`metagrad.outer.trpo_step`).
+    Direction F⁻¹g by conjugate gradient on [`fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product], g = ∇ of `maml.meta_objective`
+    ([`meta_gradient`][metagrad.maml.trpo.meta_gradient]); step to the KL radius `max_kl`; backtracking line search on `maml.trpo_objective`
+    (off-policy at θ_old, E-MAML term included) under the post-update KL of [`post_kl`][metagrad.maml.trpo.post_kl], both from one
+    adaptation per candidate ([`metagrad.outer.trpo_step`][metagrad.outer.trpo_step]).
     """
     config = maml.config
     flat, unravel = ravel_pytree(params)

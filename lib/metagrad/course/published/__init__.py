@@ -20,7 +20,7 @@ SOURCES = {
 
 
 def load(name: str) -> dict:
-    """The parsed JSON of the committed result ``name`` (a key of `SOURCES`)."""
+    """The parsed JSON of the committed result `name` (a key of `SOURCES`)."""
     if name not in SOURCES:
         raise ValueError(f"name must be one of {sorted(SOURCES)}, got {name!r}")
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8"))
