@@ -239,7 +239,8 @@ def surrogate(
       values (array of shape [N, T+1]): critic values at the visited states (x_0 … x_T of each trajectory).
       gamma: the discount γ.
       behaviour_log_probs: `None` or `[N, T]` log μ(a_t|x_t).
-      weights: `None` (uniform 1/N) or `[N]` batch weights.
+      weights: `None` (`trajectories.weights()`: uniform 1/N, or 1/(valid rows) on the valid rows of a
+        [`metagrad.rollout.sample_steps`][metagrad.rollout.sample_steps] batch) or `[N]` batch weights.
       **options: the estimator's options (static).
 
     Returns:
@@ -263,7 +264,7 @@ def surrogate(
             f"got {jnp.shape(behaviour_log_probs)}."
         )
     if weights is None:
-        weights = jnp.full((n,), 1.0 / n, rewards.dtype)
+        weights = trajectories.weights() if hasattr(trajectories, "weights") else jnp.full((n,), 1.0 / n, rewards.dtype)
     elif jnp.shape(weights) != (n,):
         raise ValueError(f"`weights` must be None (uniform) or shape [N] = ({n},); got {jnp.shape(weights)}.")
     check_discount("gamma", gamma)

@@ -37,6 +37,7 @@ class Trajectories(NamedTuple):
     rewards: jax.Array
     log_probs: jax.Array
     terminated: jax.Array | None = None
+    valid: jax.Array | None = None
 
     @property
     def num_trajectories(self) -> int:
@@ -53,10 +54,23 @@ class Trajectories(NamedTuple):
         return jnp.cumsum(self.terminated.astype(jnp.int32), axis=-1) > 0
 
     def mask(self) -> jax.Array:
-        """`[N, T]` float: 1 for steps that happened (up to and including termination), 0 for padding."""
+        """`[N, T]` float: 1 for steps that happened (up to and including termination), 0 for padding (and on
+        every step of a row with `valid` False)."""
         done = self.done()
         before = jnp.concatenate([jnp.zeros_like(done[..., :1]), done[..., :-1]], axis=-1)
-        return 1.0 - before.astype(self.rewards.dtype)
+        mask = 1.0 - before.astype(self.rewards.dtype)
+        if self.valid is None:
+            return mask
+        return mask * self.valid[..., None].astype(self.rewards.dtype)
+
+    def weights(self) -> jax.Array:
+        """`[N]` batch weights of a mean over episodes: 1/N, or 1/(number of valid rows) on valid rows and 0 on
+        empty ones when `valid` is set."""
+        n = self.rewards.shape[0]
+        if self.valid is None:
+            return jnp.full(self.rewards.shape[:1], 1.0 / n, self.rewards.dtype)
+        valid = self.valid.astype(self.rewards.dtype)
+        return valid / jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1.0)
 
     def discounts(self, gamma) -> jax.Array:
         """`[N, T]` per-step discounts γ_t = γ·(1 − done_t): zero at and after termination."""
@@ -180,3 +194,116 @@ def _sample(key, env, policy_fn, params, task, num_trajectories, horizon):
         log_probs=time_major_to_batch(log_probs),
         terminated=time_major_to_batch(terminated),
     )
+
+
+def sample_steps(
+    key: jax.Array,
+    env: Any,
+    policy_fn: PolicyFn,
+    params: Any,
+    task: Any,
+    num_envs: int,
+    steps_per_env: int,
+    horizon: int,
+    max_episodes: int,
+) -> tuple[Trajectories, jax.Array]:
+    """ProMP's fixed-number-of-steps sampling: `num_envs` environments with auto-reset, repacked into episodes.
+
+    ProMP's `MetaSampler.obtain_samples` (meta_policy_search/samplers/meta_sampler.py) steps `envs_per_task`
+    environments per task, ends a path when the environment is done or after `max_path_length` steps, resets
+    that environment, and stops once the *completed* paths hold the step budget (unfinished paths are
+    dropped). Terminating tasks therefore give more, shorter episodes than a fixed episode count would.
+
+    Here, with fixed shapes: each of the E = `num_envs` environments is stepped S + T − 1 times (S =
+    `steps_per_env`, T = `horizon`, one `lax.scan`, the envs `vmap`-ed), an episode ending at termination or
+    after T steps and the environment then reset. The batch keeps exactly the episodes that *start* within the
+    first S steps of their environment, each complete (terminated, or T steps long and bootstrapped as a
+    fixed-horizon episode is), so every environment contributes ≥ S valid steps and the task ≥ E·S, with no
+    episode cut by the budget. (ProMP counts the budget over the whole meta-batch and over-runs it by the last
+    paths that finish; we count it per environment.)
+
+    The episodes are repacked, environment by environment and in order, into the rows of a
+    [`Trajectories`][metagrad.rollout.Trajectories] of shape `[max_episodes, T]` (the layout of [`sample`][metagrad.rollout.sample]: padding after a
+    termination repeats the last observation and has reward and log-probability 0); rows after the last
+    episode have `valid` False. Estimators, critics and masks then see separate episodes: no prefix sum or
+    return crosses an episode boundary.
+
+    Keys: reset of env i from `split(split(key)[0], E)[i]`; step s uses k = `split(split(key)[1], S+T−1)[s]`,
+    env i's k_i = `split(k, E)[i]`, split into (k_env, k_reset): the action from `fold_in(k_env, 0)` (as
+    [`sample`][metagrad.rollout.sample]), `env.step(k_env, …)`, and `env.reset(k_reset, …)` when the episode ends.
+
+    Returns:
+      `(batch, dropped_steps)`: `dropped_steps` (int scalar) counts the kept steps of episodes beyond
+      `max_episodes` rows, which do not fit and are left out — raise `max_episodes` if it is ever positive
+      (the MAML loop reports it as the metric `dropped_steps` and warns).
+    """
+    from metagrad.envs.protocol import as_env
+
+    for name, value in (("num_envs", num_envs), ("steps_per_env", steps_per_env), ("horizon", horizon),
+                        ("max_episodes", max_episodes)):
+        if isinstance(value, bool) or int(value) != value or int(value) < 1:
+            raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    return _sample_steps(key, as_env(env), policy_fn, params, task, int(num_envs), int(steps_per_env), int(horizon),
+                         int(max_episodes))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 5, 6, 7, 8))
+def _sample_steps(key, env, policy_fn, params, task, num_envs, steps_per_env, horizon, max_episodes):
+    length = steps_per_env + horizon - 1
+
+    def env_step(carry, k, s):
+        state, obs, tau, episode, start = carry
+        k_env, k_reset = jax.random.split(k)
+        action, log_prob = policy_fn(params, jax.random.fold_in(k_env, 0), obs)
+        next_obs, next_state, reward, terminated, _ = env.step(k_env, state, action, task)
+        terminated = jnp.asarray(terminated, bool)
+        end = terminated | (tau + 1 == horizon)
+        reset_obs, reset_state = env.reset(k_reset, task)
+        pick = lambda new, old: jnp.where(end, new, old)  # noqa: E731
+        carry = (jax.tree_util.tree_map(pick, reset_state, next_state), jax.tree_util.tree_map(pick, reset_obs, next_obs),
+                 jnp.where(end, 0, tau + 1), episode + end, jnp.where(end, s + 1, start))
+        out = (obs, next_obs, action, reward, log_prob, terminated, tau, episode, start < steps_per_env)
+        return carry, out
+
+    key_reset, key_steps = jax.random.split(key)
+    obs, states = jax.vmap(lambda k: env.reset(k, task))(jax.random.split(key_reset, num_envs))
+    zeros = jnp.zeros((num_envs,), jnp.int32)
+
+    def scan_step(carry, inputs):
+        k, s = inputs
+        return jax.vmap(lambda c, ki: env_step(c, ki, s), in_axes=(0, 0))(carry, jax.random.split(k, num_envs))
+
+    _, out = jax.lax.scan(scan_step, (states, obs, zeros, zeros, zeros),
+                          (jax.random.split(key_steps, length), jnp.arange(length, dtype=jnp.int32)))
+    obs, next_obs, actions, rewards, log_probs, terminated, tau, episode, keep = out  # time-major [L, E, ...]
+    kept_episodes = jnp.sum(keep & (tau == 0), axis=0)  # [E]
+    offset = jnp.cumsum(kept_episodes) - kept_episodes
+    row = jnp.where(keep, offset[None, :] + episode, max_episodes)  # [L, E]; out of range = dropped
+    dropped_steps = jnp.sum(keep & (row >= max_episodes))
+
+    def scatter(x, column, shape_tail, dtype):
+        target = jnp.zeros((max_episodes, horizon + 1) + shape_tail, dtype)
+        return target.at[row, column].set(x, mode="drop")
+
+    def pack(x, column, width):
+        x = jnp.asarray(x)
+        return scatter(x, column, x.shape[2:], x.dtype)[:, :width]
+
+    lengths = jnp.zeros((max_episodes,), jnp.int32).at[row].max(tau + 1, mode="drop")
+    observations = jax.tree_util.tree_map(
+        lambda o, o_next: scatter(o_next, tau + 1, o.shape[2:], o.dtype).at[row, tau].set(o, mode="drop"), obs, next_obs
+    )
+    fill = jnp.minimum(jnp.arange(horizon + 1)[None, :], lengths[:, None])  # padding repeats the last observation
+    observations = jax.tree_util.tree_map(
+        lambda o: jnp.take_along_axis(o, fill.reshape(fill.shape + (1,) * (o.ndim - 2)), axis=1), observations
+    )
+    num_valid = jnp.minimum(jnp.sum(kept_episodes), max_episodes)
+    batch = Trajectories(
+        observations=observations,
+        actions=jax.tree_util.tree_map(lambda a: pack(a, tau, horizon), actions),
+        rewards=pack(rewards, tau, horizon),
+        log_probs=pack(log_probs, tau, horizon),
+        terminated=pack(terminated, tau, horizon),
+        valid=jnp.arange(max_episodes) < num_valid,
+    )
+    return batch, dropped_steps

@@ -19,6 +19,9 @@ ENVS = ("navigation", "navigation-corners", "tabular")
 OUTERS = ("pg", "promp", "trpo")
 #: Inner estimators handled by the loop itself, on top of the estimator registry.
 LOOP_ESTIMATORS = ("fomaml", "emaml", "maml")
+#: Sampling schemes of a task's batch: a fixed number of episodes (the default), or ProMP's fixed number of
+#: environment steps ([`metagrad.rollout.sample_steps`][metagrad.rollout.sample_steps]).
+SAMPLINGS = ("episodes", "steps")
 #: Objective forms: the paper's estimators, or ProMP's reduce_mean form (see the module docstring).
 OBJECTIVES = ("paper", "promp")
 
@@ -56,6 +59,15 @@ class MAMLConfig:
         `max_kl`), so `outer="trpo"` refuses a non-default `outer_lr`.
       critic: `"linear"`, `"none"` or `"exact"` (tabular only); `None`: exact for tabular, else linear.
       num_tasks, num_trajectories, horizon: M tasks × N trajectories × T steps per batch.
+      sampling: `"episodes"` (default; pytorch-maml-rl's and this library's scheme, kept for the navigation and
+        tabular tasks, which never terminate early): N episodes of horizon T per task. `"steps"`: ProMP's
+        `MetaSampler` — N environments per task (ProMP's `envs_per_task` default, `rollouts_per_meta_task`) each
+        stepped for T steps' worth of episodes with auto-reset (an episode ends on termination or after T
+        steps), so a task gets ≥ N·T valid steps (ProMP's `rollouts_per_meta_task · max_path_length`) in more,
+        shorter episodes on terminating tasks (Ant, Walker2d); see [`metagrad.rollout.sample_steps`][metagrad.rollout.sample_steps].
+      max_episodes: rows of a `"steps"` batch (episodes per task it can hold); `None`: 4·N (ours: ProMP's path
+        lists are unbounded). Episodes beyond it are left out and counted in the metric `dropped_steps`, with a
+        warning. Refused with `sampling="episodes"`.
       num_iterations: meta-iterations of [`train`][metagrad.maml.loop.train]; checkpoint_every: iterations per jitted
         `lax.scan` chunk (and between checkpoints).
       shard: shard the meta-batch over `jax.devices()`.
@@ -89,6 +101,8 @@ class MAMLConfig:
     checkpoint_every: int = 10
     shard: bool = True
     objective: str = "paper"
+    sampling: str = "episodes"
+    max_episodes: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -138,6 +152,15 @@ class MAMLConfig:
         if self.outer == "trpo" and self.outer_lr != default_lr:
             raise ValueError(f"`outer_lr` = {self.outer_lr} is unused by outer='trpo' (its step is set by `max_kl`); "
                              f"leave it at {default_lr}.")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"Unknown `sampling` {self.sampling!r}; valid schemes are {list(SAMPLINGS)}.")
+        if self.max_episodes is not None:
+            if self.sampling != "steps":
+                raise ValueError(f"`max_episodes` = {self.max_episodes!r} is used only by sampling='steps'; "
+                                 "leave it None.")
+            value = self.max_episodes
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`max_episodes` must be a positive integer or None; got {value!r}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}; valid forms are {list(OBJECTIVES)}.")
         if self.objective == "promp":
@@ -145,6 +168,13 @@ class MAMLConfig:
                 if name != "emaml" and name not in outer_lib.PROMP_FORM_ESTIMATORS:
                     raise ValueError(f"`{field}` = {name!r} has no ProMP-form surrogate (objective='promp'); "
                                      f"valid: {list(outer_lib.PROMP_FORM_ESTIMATORS) + ['emaml']}.")
+
+    @property
+    def episode_rows(self) -> int:
+        """Rows N of a task's batch: `num_trajectories`, or `max_episodes` (default 4·N) with sampling='steps'."""
+        if self.sampling == "episodes":
+            return self.num_trajectories
+        return self.max_episodes if self.max_episodes is not None else 4 * self.num_trajectories
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -156,6 +186,8 @@ class MAMLConfig:
     def from_json(cls, data: dict) -> "MAMLConfig":
         data = dict(data)
         data.setdefault("objective", "paper")  # checkpoints written before the field existed
+        data.setdefault("sampling", "episodes")
+        data.setdefault("max_episodes", None)
         data["hidden_sizes"] = tuple(data["hidden_sizes"])
         data["inner_options"] = tuple(tuple(kv) for kv in data["inner_options"])
         return cls(**data)

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -26,7 +27,7 @@ from metagrad.maml.sampling import TaskData, mean_return, observations
 from metagrad.maml.sharding import task_sharding
 from metagrad.envs.protocol import as_env
 from metagrad.policies import FunctionalPolicy, default_policy
-from metagrad.rollout import sample
+from metagrad.rollout import sample, sample_steps
 
 _POLICY_METHODS = ("init", "log_prob", "sample", "kl")
 
@@ -178,24 +179,32 @@ class MAML:
         )
 
     def _sample(self, key, params, task):
+        """One batch of the task, its critic values, behaviour log-probabilities and dropped steps (`sampling`)."""
         config = self.config
         params = jax.lax.stop_gradient(params)
-        batch = sample(key, self.env, self.policy.sample, params, config.num_trajectories, config.horizon, task=task)
+        if config.sampling == "steps":
+            batch, dropped = sample_steps(key, self.env, self.policy.sample, params, task, config.num_trajectories,
+                                          config.horizon, config.horizon, config.episode_rows)
+        else:
+            batch = sample(key, self.env, self.policy.sample, params, config.num_trajectories, config.horizon, task=task)
+            dropped = None
         values = self.critic(batch, config.gamma, task=task, policy=self.policy, params=params)
         log_probs = jax.lax.stop_gradient(self.policy.log_prob(params, observations(batch), batch.actions))
-        return batch, values, log_probs
+        return batch, values, log_probs, dropped
 
     def collect(self, params, task, key) -> TaskData:
         """Sample D_0, …, D_{K−1} and D' for one task, taking the inner steps in between (no θ-graph kept)."""
         params = jax.lax.stop_gradient(params)
         keys = jax.random.split(key, self.config.inner_steps + 1)
-        pre, pre_values, pre_log_probs = [], [], []
+        pre, pre_values, pre_log_probs, dropped = [], [], [], []
         for k in range(self.config.inner_steps):
-            batch, values, log_probs = self._sample(keys[k], params, task)
-            pre.append(batch), pre_values.append(values), pre_log_probs.append(log_probs)
+            batch, values, log_probs, dropped_k = self._sample(keys[k], params, task)
+            pre.append(batch), pre_values.append(values), pre_log_probs.append(log_probs), dropped.append(dropped_k)
             params = jax.lax.stop_gradient(self.inner_step(params, batch, values))
-        post, post_values, post_log_probs = self._sample(keys[-1], params, task)
-        return TaskData(tuple(pre), tuple(pre_values), tuple(pre_log_probs), post, post_values, post_log_probs)
+        post, post_values, post_log_probs, dropped_post = self._sample(keys[-1], params, task)
+        dropped = None if dropped_post is None else sum(dropped, dropped_post)
+        return TaskData(tuple(pre), tuple(pre_values), tuple(pre_log_probs), post, post_values, post_log_probs,
+                        dropped)
 
     def adapt(self, params, data: TaskData, off_policy: bool = False):
         """θ'(θ) = θ_K from the collected batches, differentiable in θ; returns `(θ', [θ_0, …, θ_{K−1}])`.
@@ -295,6 +304,8 @@ class MAML:
             "pre_return": jnp.mean(jax.vmap(lambda d: mean_return(d.pre[0] if d.pre else d.post))(data)),
             "post_return": jnp.mean(jax.vmap(lambda d: mean_return(d.post))(data)),
         }
+        if data.dropped_steps is not None:
+            metrics["dropped_steps"] = jnp.sum(data.dropped_steps)
         if config.outer == "pg":
             gradient = self.meta_gradient(params, data)
             updates, opt_state = self.optimizer.update(jax.tree_util.tree_map(jnp.negative, gradient), opt_state, params)
@@ -390,6 +401,10 @@ def _run_chunks(config, train_chunk, state, history: dict, start: int, progress:
             seconds = time.perf_counter() - tic
             metrics["wall_time"] = elapsed + seconds * np.arange(1, n + 1) / n
             elapsed += seconds
+            if np.any(np.asarray(metrics.get("dropped_steps", 0)) > 0):
+                warnings.warn(f"sampling='steps': up to {int(np.max(metrics['dropped_steps']))} environment steps "
+                              f"of an iteration did not fit in max_episodes = {config.episode_rows} rows and were left "
+                              "out; raise `MAMLConfig.max_episodes`.", RuntimeWarning, stacklevel=3)
             for name, values in metrics.items():
                 values = np.asarray(values)
                 history[name] = np.concatenate([history[name], values], axis=-1) if name in history else values
@@ -419,7 +434,9 @@ def train(
 
     `history` holds NumPy arrays over iterations: `pre_return` and `post_return` (mean undiscounted
     return of the pre-update batch D_0 and of the post-update batch D'), `meta_grad_norm`, `wall_time`
-    (cumulative seconds, compilation included in the first chunk) and, for TRPO, `backtracks`.
+    (cumulative seconds, compilation included in the first chunk), for TRPO `backtracks` and, with
+    `sampling="steps"`, `dropped_steps` (steps of episodes beyond `max_episodes` rows, left out; a warning
+    is raised when it is positive).
 
     Iterations run in jitted chunks of `config.checkpoint_every` (a `lax.scan`); after each chunk the
     progress bar advances and, with `checkpoint_dir`, a checkpoint is written atomically. `resume=True`

@@ -40,6 +40,8 @@ def promp_objective(maml, params, old_params, data: TaskData):
             return clip - config.kl_coef * (jnp.mean(jnp.stack(kls)) if kls else 0.0)
         adv = outer_lib.advantages(d.post, d.post_values, config.gamma)
         weights = outer_lib.cumulative_discounts(d.post, config.gamma) * d.post.mask()
+        if d.post.valid is not None:  # sampling="steps": mean over the valid episodes, not over the rows
+            weights = weights * (d.post.rewards.shape[0] * d.post.weights())[:, None]
         clip = outer_lib.ppo_clip_objective(log_pi, d.post_log_probs, adv, weights, config.clip_eps)
         kl = 0.0
         for theta, old_theta, batch in zip(thetas, old_thetas, d.pre):

@@ -17,6 +17,8 @@ class TaskData(NamedTuple):
     `*_values [N, T+1]` are the critic's values (stop-gradient) and `*_log_probs [N, T]` the
     log-probabilities log π_old(a_t|x_t) of the sampling policy, recomputed by `policy.log_prob` (the
     behaviour policy μ of the off-policy surrogates used by ProMP's later steps and TRPO's line search).
+    `dropped_steps`: with `MAMLConfig(sampling="steps")`, the steps of episodes that did not fit in
+    `max_episodes` rows, summed over the task's batches (else None).
     """
 
     pre: tuple
@@ -25,6 +27,7 @@ class TaskData(NamedTuple):
     post: Trajectories
     post_values: jax.Array
     post_log_probs: jax.Array
+    dropped_steps: jax.Array | None = None
 
 
 def observations(batch: Trajectories):
@@ -32,10 +35,11 @@ def observations(batch: Trajectories):
 
 
 def mean_return(batch: Trajectories, gamma: float | None = None) -> jax.Array:
-    """Mean over trajectories of Σ_t m_t r_t (undiscounted when `gamma` is None, else Σ_t m_t γ^t r_t), m the
-    valid-step mask (padding after a termination excluded)."""
+    """Mean over episodes of Σ_t m_t r_t (undiscounted when `gamma` is None, else Σ_t m_t γ^t r_t), m the
+    valid-step mask (padding after a termination excluded; empty rows of a fixed-steps batch weigh 0)."""
     rewards = batch.rewards * batch.mask()
-    if gamma is None:
+    if gamma is not None:
+        rewards = rewards * gamma ** jnp.arange(batch.horizon, dtype=batch.rewards.dtype)
+    if batch.valid is None:
         return jnp.mean(jnp.sum(rewards, axis=-1))
-    discount = gamma ** jnp.arange(batch.horizon, dtype=batch.rewards.dtype)
-    return jnp.mean(jnp.sum(rewards * discount, axis=-1))
+    return jnp.sum(batch.weights() * jnp.sum(rewards, axis=-1))
