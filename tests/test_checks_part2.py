@@ -12,6 +12,7 @@ from _exercises import assert_check_explains
 
 from metagrad import estimators, exact, ope, prior, tabular
 from metagrad.course import checks
+from metagrad.course.checks import nb06
 
 # ---------------------------------------------------------------------------------------------------
 # Plausible wrong answers, each with the words the check must use to explain it.
@@ -395,6 +396,166 @@ def off_policy_step_swapped(logits, batch, critic, behaviour_logits, gamma, step
     return logits + step_size * jax.grad(surrogate)(behaviour_logits)  # ... and π at the behaviour's logits
 
 
+# Wrong answers of the third edition's fresh-reader trial: off-by-one prefixes, float32, and the mistakes that
+# used to get a generic message or the wrong one.
+
+
+def _box(w):
+    return jnp.exp(w - jax.lax.stop_gradient(w))
+
+
+def on_policy_is_exclusive_prefix(log_pi, rewards, values, gamma):
+    """V̂_t = r_t + γ ρ_t V̂_{t+1}: r_t weighted by Π_{s<t} ρ_s, the bootstrap by Π_{s<T} ρ_s."""
+    log_ratios = log_pi - jax.lax.stop_gradient(log_pi)
+
+    def step(v_next, inputs):
+        log_ratio, reward = inputs
+        return reward + gamma * jnp.exp(log_ratio) * v_next, None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards), reverse=True)[0]
+
+
+def on_policy_is_exclusive_everywhere(log_pi, rewards, values, gamma):
+    """Π_{s<t} ρ_s for r_t and, shifted the same way, Π_{s<T−1} ρ_s for the bootstrap."""
+    log_ratios = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jnp.cumsum(log_ratios) - log_ratios
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * jnp.exp(w) * rewards) + gamma ** rewards.shape[0] * jnp.exp(w[-1]) * values[-1]
+
+
+def on_policy_is_float32(log_pi, rewards, values, gamma):
+    f32 = jnp.float32
+    return ope.step_importance_sampling((log_pi - jax.lax.stop_gradient(log_pi)).astype(f32), rewards.astype(f32),
+                                        values.astype(f32), jnp.full(rewards.shape, gamma, f32))
+
+
+def dice_exclusive_everywhere(log_pi, rewards, values, gamma):
+    w = jnp.concatenate([jnp.zeros(1, log_pi.dtype), jnp.cumsum(log_pi)[:-1]])  # Σ_{s<t} ℓ_s, also for V(x_T)
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * _box(w) * rewards) + gamma ** rewards.shape[0] * _box(w[-1]) * values[-1]
+
+
+def dice_float32(log_pi, rewards, values, gamma):
+    f32 = jnp.float32
+    return prior.dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
+
+
+def dice_first_order_box(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    u = w - jax.lax.stop_gradient(w)  # 1 + u: the box to first order
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * (1.0 + u) * rewards) + gamma ** rewards.shape[0] * (1.0 + u[-1]) * values[-1]
+
+
+def dice_unboxed_bootstrap(log_pi, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * _box(jnp.cumsum(log_pi)) * rewards) + gamma ** rewards.shape[0] * values[-1]
+
+
+def _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, *, sign=1.0, returns_only=False, lam_outside=False):
+    values = critic[states]
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))
+    weights = jax.lax.stop_gradient(gamma ** jnp.arange(rewards.shape[0]) * (g if returns_only else g - values[:-1]))
+
+    def update(w, ell):
+        w = lam * (w + ell) if lam_outside else lam * w + ell
+        return w, w
+
+    w = jax.lax.scan(update, jnp.zeros((), log_pi.dtype), log_pi)[1]
+    return sign * jnp.sum(weights * (_box(w) - _box(w - log_pi)))
+
+
+def loaded_dice_returns_not_advantages(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, returns_only=True)
+
+
+def loaded_dice_flipped_sign(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, sign=-1.0)
+
+
+def loaded_dice_lambda_outside(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, lam_outside=True)
+
+
+def loaded_dice_float32(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states].astype(jnp.float32)
+    return prior.loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
+
+
+def _taypo2_variant(log_ratios, rewards, values, gamma, *, d=None, discount=True, bootstrap=True):
+    d = jnp.expm1(log_ratios) if d is None else d
+    g = ope.returns(rewards, values if bootstrap else values.at[-1].set(0.0), jnp.full(rewards.shape, gamma))
+    weights = (gamma ** jnp.arange(rewards.shape[0]) if discount else 1.0) * (g - values[:-1])
+    return g[0] + jnp.sum(weights * d * (1.0 + jnp.cumsum(d) - d))
+
+
+def taypo2_undiscounted(log_ratios, rewards, values, gamma):
+    return _taypo2_variant(log_ratios, rewards, values, gamma, discount=False)
+
+
+def taypo2_log_ratio_as_d(log_ratios, rewards, values, gamma):
+    return _taypo2_variant(log_ratios, rewards, values, gamma, d=log_ratios)
+
+
+def taypo2_no_bootstrap(log_ratios, rewards, values, gamma):
+    return _taypo2_variant(log_ratios, rewards, values, gamma, bootstrap=False)
+
+
+def taypo2_float32(log_ratios, rewards, values, gamma):
+    f32 = jnp.float32
+    return ope.taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
+
+
+def taypo_k_without_g0(log_ratios, rewards, values, gamma, order):
+    g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]
+    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
+
+
+def taypo_k_float32(log_ratios, rewards, values, gamma, order):
+    f32 = jnp.float32
+    return ope.taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
+
+
+def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] / num_trajectories**0.5)
+
+
+def _taypo_terms(log_ratios, rewards, values, gamma, order):
+    estimates = [ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]]
+    estimates += [ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
+    return jnp.diff(jnp.stack(estimates)), estimates[0]
+
+
+def taypo_terms_partial_sums(log_ratios, rewards, values, gamma, order):
+    terms, _ = _taypo_terms(log_ratios, rewards, values, gamma, order)
+    return jnp.cumsum(terms)
+
+
+def taypo_terms_plus_g0(log_ratios, rewards, values, gamma, order):
+    terms, g0 = _taypo_terms(log_ratios, rewards, values, gamma, order)
+    return terms + g0
+
+
+def inner_step_critic_by_time_wrapped(logits, batch, critic, gamma, step_size, estimator):
+    steps = jnp.arange(batch.observations.shape[1]) % critic.shape[0]  # the mistake: V(t mod S) instead of V(x_t)
+    values = jnp.broadcast_to(critic[steps], batch.observations.shape)
+
+    def surrogate(theta):
+        return estimators.surrogate(estimator, tabular.log_policy, theta, batch, values, gamma)
+
+    return logits + step_size * jax.grad(surrogate)(logits)
+
+
+def off_policy_step_probabilities(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    mu = jnp.exp(tabular.log_policy(behaviour_logits, batch.observations[:, :-1], batch.actions))  # the mistake: μ, not log μ
+
+    def surrogate(theta):
+        return estimators.surrogate(estimator, tabular.log_policy, theta, batch, critic[batch.observations], gamma,
+                                    behaviour_log_probs=mu)
+
+    return logits + step_size * jax.grad(surrogate)(logits)
+
+
 WRONG_ANSWERS = [
     ("on_policy_importance_sampling", on_policy_is_without_stop_gradient, "ℓ_t − stop_gradient(ℓ_t)"),
     ("on_policy_importance_sampling", on_policy_is_constant_ratios, "derivatives are all zero"),
@@ -455,6 +616,28 @@ WRONG_ANSWERS = [
     ("task_meta_gradient", meta_gradient_downhill, "downhill"),
     ("taypo_terms", taypo_terms_shifted, "shifted by one order"),
     ("off_policy_inner_step", off_policy_step_swapped, "swaps the roles"),
+    ("on_policy_importance_sampling", on_policy_is_exclusive_prefix, "Π_{s<t} ρ_s (off by one)"),
+    ("on_policy_importance_sampling", on_policy_is_exclusive_everywhere, "Π_{s<t} ρ_s (off by one)"),
+    ("on_policy_importance_sampling", on_policy_is_float32, "float32"),
+    ("dice_objective", dice_exclusive_everywhere, "Σ_{s<t} ℓ_s (off by one)"),
+    ("dice_objective", dice_float32, "float32"),
+    ("dice_objective", dice_first_order_box, "first order"),
+    ("dice_objective", dice_unboxed_bootstrap, "has no box"),
+    ("loaded_dice", loaded_dice_returns_not_advantages, "instead of the advantage"),
+    ("loaded_dice", loaded_dice_flipped_sign, "wrong sign"),
+    ("loaded_dice", loaded_dice_lambda_outside, "λ discounts only the past"),
+    ("loaded_dice", loaded_dice_float32, "float32"),
+    ("taypo2", taypo2_undiscounted, "discount γ^t"),
+    ("taypo2", taypo2_log_ratio_as_d, "d_t is the log-ratio"),
+    ("taypo2", taypo2_no_bootstrap, "bootstrapped"),
+    ("taypo2", taypo2_float32, "float32"),
+    ("taypo_k", taypo_k_without_g0, "zeroth-order term"),
+    ("taypo_k", taypo_k_float32, "float32"),
+    ("choose_estimator", choose_with_square_root_of_n, "by √N"),
+    ("taypo_terms", taypo_terms_partial_sums, "partial sums"),
+    ("taypo_terms", taypo_terms_plus_g0, "adds G_0 to every term"),
+    ("sampled_inner_step", inner_step_critic_by_time_wrapped, "indexed by time"),
+    ("off_policy_inner_step", off_policy_step_probabilities, "probabilities"),
 ]
 
 
@@ -503,5 +686,5 @@ def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
 
     scores = jax.jacobian(log_pi)(theta)
     advantages = ope.returns(rewards, values, jnp.full((T,), 0.9)) - values[:-1]
-    expected = checks.reference_taypo1_dropped_terms(scores, advantages, 0.9)
+    expected = nb06.reference_taypo1_dropped_terms(scores, advantages, 0.9)
     assert jnp.allclose(surrogate(2) - surrogate(1), expected, atol=1e-10)

@@ -18,25 +18,22 @@ from metagrad.course.checks.nb02 import (
     check_occupancy_policy_gradient,
     check_reinforce_gradient,
     check_reward_to_go,
-    reference_reward_to_go,
 )
 from metagrad.course.checks.nb03 import (
     check_expected_surrogate_hessian,
     check_inner_step,
     check_missing_hessian_terms,
-    reference_expected_surrogate_hessian,
-    reference_missing_hessian_terms,
 )
 from metagrad.course.checks.nb04 import check_doubly_robust, check_dr_log_ratio_gradient, check_step_importance_sampling
 from metagrad.course.checks.nb05 import check_on_policy_importance_sampling, check_dice_objective, check_loaded_dice
 from metagrad.course.checks.nb06 import (
-    check_taypo2, check_taypo_k, reference_taypo1_dropped_terms, check_taypo1_dropped_terms,
+    check_taypo2, check_taypo_k, check_taypo1_dropped_terms,
 )
 from metagrad.course.checks.nb07 import (
-    reference_squared_bias, check_squared_bias, reference_choose_estimator, check_choose_estimator,
+    check_squared_bias, check_choose_estimator,
 )
 from metagrad.course.checks.nb08 import (
-    check_sampled_inner_step, check_task_meta_gradient, policy_classes, reference_hessian_spread_over_actions,
+    check_sampled_inner_step, check_task_meta_gradient, policy_classes,
     check_hessian_spread_over_actions,
 )
 from metagrad.course.checks.nb09 import check_taypo_terms, check_off_policy_inner_step
@@ -58,14 +55,11 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_policy_evaluation',
            'check_discounted_occupancy',
            'check_truncated_occupancy',
-           'reference_reward_to_go',
            'check_reward_to_go',
            'check_reinforce_gradient',
            'check_occupancy_policy_gradient',
            'check_inner_step',
-           'reference_missing_hessian_terms',
            'check_missing_hessian_terms',
-           'reference_expected_surrogate_hessian',
            'check_expected_surrogate_hessian',
            'check_step_importance_sampling',
            'check_doubly_robust',
@@ -75,16 +69,12 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_loaded_dice',
            'check_taypo2',
            'check_taypo_k',
-           'reference_taypo1_dropped_terms',
            'check_taypo1_dropped_terms',
-           'reference_squared_bias',
            'check_squared_bias',
-           'reference_choose_estimator',
            'check_choose_estimator',
            'check_sampled_inner_step',
            'check_task_meta_gradient',
            'policy_classes',
-           'reference_hessian_spread_over_actions',
            'check_hessian_spread_over_actions',
            'check_taypo_terms',
            'check_off_policy_inner_step',

@@ -501,6 +501,24 @@ def value_to_third_parts(size: int) -> list[tuple[str, slice]]:
             ("third derivative", slice(1 + n + n * n, size))]
 
 
+def _refuse_float32(exercise: str, student_fn: Callable, args: Sequence, label: str) -> None:
+    """Fail, naming the dtype, when the student's raw output is float32 while the notebook runs in float64.
+
+    Derivative wrappers (``_with_derivatives``) concatenate with float64 inputs and would hide a float32 result whose
+    error happens to sit inside the tolerance; precision is part of these exercises' contract.
+    """
+    if jnp.result_type(float) != jnp.float64:
+        return
+    got = _call(exercise, student_fn, args, label)
+    leaves = jax.tree_util.tree_leaves(got)
+    if any(getattr(leaf, "dtype", None) == np.float32 for leaf in leaves):
+        _fail(
+            exercise,
+            f"on {label} it returned float32 values while the notebook runs in float64: a float32 step (dtype=jnp.float32, "
+            ".astype(jnp.float32), np.float32) loses half the digits. Let JAX use the default float type.",
+        )
+
+
 def _refuse_non_finite(exercise: str, student_fn: Callable, args: Sequence, label: str, hint: str) -> None:
     """Fail with ``hint`` when the student's output on a valid but extreme input (``args``) is NaN or infinite."""
     got = _call(exercise, student_fn, args, label)

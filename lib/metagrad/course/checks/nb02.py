@@ -16,7 +16,7 @@ from metagrad.course.checks._diagnose import (
     _random_mdp,
 )
 
-__all__ = ['reference_reward_to_go', 'check_reward_to_go', 'check_reinforce_gradient', 'check_occupancy_policy_gradient']
+__all__ = ['check_reward_to_go', 'check_reinforce_gradient', 'check_occupancy_policy_gradient']
 
 
 def reference_reward_to_go(rewards, gamma, bootstrap=0.0) -> np.ndarray:

@@ -18,14 +18,7 @@ from metagrad.course.checks._diagnose import (
     _random_mdp,
 )
 
-__all__ = [
-    'check_inner_step',
-    'reference_missing_hessian_terms',
-    'check_missing_hessian_terms',
-    'reference_expected_surrogate_hessian',
-    'reference_expected_lvc_hessian',
-    'check_expected_surrogate_hessian',
-]
+__all__ = ['check_inner_step', 'check_missing_hessian_terms', 'check_expected_surrogate_hessian']
 
 
 @_register("03", "inner_step")

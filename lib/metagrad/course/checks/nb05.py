@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from metagrad.course.checks._diagnose import (
     _compare,
     _float,
+    _refuse_float32,
     _refuse_non_finite,
     _register,
     _with_derivatives,
@@ -28,6 +29,11 @@ def _underflow_case(cases):
     """The first case with its log-probabilities shifted by −1000 (valid: π ≈ e^−1000 is a legal probability)."""
     _, (log_pi, *rest) = cases[0]
     return "the same trajectory with log-probabilities near −1000 (π ≈ e^−1000)", (log_pi - 1000.0, *rest)
+
+
+_OFF_BY_ONE_IS = ("It weights r_t with Π_{s<t} ρ_s (off by one): a_t earned r_t, so r_t gets Π_{s≤t} ρ_s, "
+                  "as in V̂_t = ρ_t (r_t + γ V̂_{t+1}).")
+_OFF_BY_ONE_DICE = "Its box holds Σ_{s<t} ℓ_s (off by one): the action a_t that earned r_t belongs in the box."
 
 
 def _second_order_box(x):
@@ -83,6 +89,17 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
     def undiscounted(lp, r, v, g):
         return _step_is(lp - jax.lax.stop_gradient(lp), r, v, 1.0)
 
+    def exclusive_prefix(lp, r, v, g):  # r_t weighted by Π_{s<t} ρ_s, e.g. V̂_t = r_t + γ ρ_t V̂_{t+1}
+        lr = lp - jax.lax.stop_gradient(lp)
+        t = jnp.arange(r.shape[0])
+        return jnp.sum(g**t * jnp.exp(jnp.cumsum(lr) - lr) * r) + g ** r.shape[0] * jnp.exp(jnp.sum(lr)) * v[-1]
+
+    def exclusive_prefix_and_bootstrap(lp, r, v, g):  # the same shift for the bootstrap: Π_{s<T−1} ρ_s
+        lr = lp - jax.lax.stop_gradient(lp)
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lr) - lr
+        return jnp.sum(g**t * jnp.exp(w) * r) + g ** r.shape[0] * jnp.exp(w[-1]) * v[-1]
+
     def second_order_ratio(lp, r, v, g):
         ratios = _second_order_box(lp)
         weights = jnp.cumprod(ratios)
@@ -96,10 +113,13 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
         (no_bootstrap, "It ignores the bootstrap term γ^T (Π_{s<T} ρ_s) V(x_T)."),
         (trajectory_weight, "It weights every reward with the whole trajectory's ratio: step-wise IS weights r_t with Π_{s≤t} ρ_s only."),
         (undiscounted, "It drops the discount γ^t."),
+        (exclusive_prefix, _OFF_BY_ONE_IS),
+        (exclusive_prefix_and_bootstrap, _OFF_BY_ONE_IS),
         (second_order_ratio, "A ratio expanded to second order is right only up to the Hessian: use the exponential "
                              "itself."),
     ]
     exercise = "on_policy_importance_sampling"
+    _refuse_float32(exercise, on_policy_importance_sampling, _dice_cases()[0][1], _dice_cases()[0][0])
     student = _with_third_derivative(on_policy_importance_sampling)
     _compare(exercise, student, _with_third_derivative(reference), _dice_cases(),
              expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
@@ -138,8 +158,23 @@ def check_dice_objective(dice_objective: Callable) -> str:
         w = jnp.cumsum(lp) - lp
         return jnp.sum(g**t * box(w) * r) + g ** r.shape[0] * box(jnp.sum(lp)) * v[-1]
 
+    def exclusive_box_and_bootstrap(lp, r, v, g):  # the same shift for the bootstrap: □(Σ_{s<T−1} ℓ_s)
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp) - lp
+        return jnp.sum(g**t * box(w) * r) + g ** r.shape[0] * box(w[-1]) * v[-1]
+
     def no_bootstrap(lp, r, v, g):
         return prior.dice_objective(lp, r, jnp.zeros_like(v), g)
+
+    def unboxed_bootstrap(lp, r, v, g):
+        t = jnp.arange(r.shape[0])
+        return jnp.sum(g**t * box(jnp.cumsum(lp)) * r) + g ** r.shape[0] * v[-1]
+
+    def first_order(lp, r, v, g):
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        u = w - jax.lax.stop_gradient(w)
+        return jnp.sum(g**t * (1.0 + u) * r) + g ** r.shape[0] * (1.0 + u[-1]) * v[-1]
 
     def second_order(lp, r, v, g):
         t = jnp.arange(r.shape[0])
@@ -150,12 +185,18 @@ def check_dice_objective(dice_objective: Callable) -> str:
         (no_stop_gradient, "It matches exp(Σ ℓ_s) without stop_gradient: the magic box is exp(w − stop_gradient(w)), 1 in value."),
         (constant_box, "Its derivatives are all zero: without stop_gradient, w − w is the constant 0 for autodiff too."),
         (per_step_box, "It boxes ℓ_t alone: r_t depends on every action up to t, so the box holds Σ_{s≤t} ℓ_s."),
-        (exclusive_box, "Its box holds Σ_{s<t} ℓ_s (off by one): the action a_t that earned r_t belongs in the box."),
+        (exclusive_box, _OFF_BY_ONE_DICE),
+        (exclusive_box_and_bootstrap, _OFF_BY_ONE_DICE),
         (no_bootstrap, "It ignores the bootstrap term γ^T □(Σ_{s<T} ℓ_s) V(x_T)."),
+        (unboxed_bootstrap, "Its bootstrap term γ^T V(x_T) has no box: V(x_T) depends on every action before T, so it "
+                            "gets □(Σ_{s<T} ℓ_s) like the last reward."),
+        (first_order, "A box expanded to first order (1 + w − sg(w)) is right only up to the gradient: DiCE promises "
+                      "every order, so use the exponential itself."),
         (second_order, "A box expanded to second order (1 + u + u²/2) is right only up to the Hessian: DiCE "
                        "promises every order, so use the exponential itself."),
     ]
     exercise = "dice_objective"
+    _refuse_float32(exercise, dice_objective, _dice_cases()[0][1], _dice_cases()[0][0])
     student = _with_third_derivative(dice_objective)
     _compare(exercise, student, _with_third_derivative(prior.dice_objective), _dice_cases(),
              expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
@@ -205,12 +246,29 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     def ignores_lambda(lp, states, r, critic, g, lam):
         return reference(lp, states, r, critic, g, 1.0)
 
+    def returns_not_advantages(lp, states, r, critic, g, lam):
+        return _loaded(lp, r, g**jnp.arange(r.shape[0]) * _returns(r, critic[states], g), lambda w, x: lam * w + x)
+
+    def flipped_sign(lp, states, r, critic, g, lam):
+        return -reference(lp, states, r, critic, g, lam)
+
+    def lambda_on_everything(lp, states, r, critic, g, lam):
+        values = critic[states]
+        adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
+        return _loaded(lp, r, adv, lambda w, x: lam * (w + x))
+
     mistakes = [
         (time_indexed, "It matches a critic indexed by time, critic[t]: the critic must be indexed by the visited state, critic[states]."),
         (no_stop_gradient, "Its value is not 0: the box is exp(w − stop_gradient(w)); without stop_gradient it is a plain exp."),
         (_undiscounted, "It weights Â_t without γ^t: Loaded DiCE's A_t = γ^t Â_t, like the policy-gradient theorem."),
         (ignores_lambda, "It ignores λ: the exponent is w_t = λ w_{t−1} + ℓ_t."),
+        (returns_not_advantages, "It weights the boxes with the return G_t instead of the advantage Â_t = G_t − V(x_t): "
+                                 "Loaded DiCE subtracts the critic as a baseline."),
+        (flipped_sign, "It has the wrong sign: Loaded DiCE is Σ_t Â_t (□(w_t) − □(w_t − ℓ_t)), the box with ℓ_t minus the one without it."),
+        (lambda_on_everything, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, w_t = λ w_{t−1} + ℓ_t, "
+                               "so the newest ℓ_t enters with weight 1."),
     ]
+    _refuse_float32("loaded_dice", loaded_dice, _loaded_dice_cases()[0][1], _loaded_dice_cases()[0][0])
     student = _with_derivatives(loaded_dice)
     _compare(
         "loaded_dice",
@@ -235,3 +293,12 @@ def _undiscounted(lp, states, r, critic, g, lam):
     exponents = lp - jax.lax.stop_gradient(lp)
     w = jax.lax.scan(lambda c, x: (lam * c + x, lam * c + x), jnp.zeros((), lp.dtype), exponents)[1]
     return jnp.sum(adv * (jnp.exp(w) - jnp.exp(w - exponents)))
+
+
+def _loaded(lp, r, weights, recurrence):
+    """Σ_t weights_t (□(w_t) − □(w_t − ℓ_t)) with w_t = recurrence(w_{t−1}, ℓ_t): a variant of Loaded DiCE."""
+    def box(w):
+        return jnp.exp(w - jax.lax.stop_gradient(w))
+
+    w = jax.lax.scan(lambda c, x: (recurrence(c, x), recurrence(c, x)), jnp.zeros((), lp.dtype), lp)[1]
+    return jnp.sum(jax.lax.stop_gradient(weights) * (box(w) - box(w - lp)))

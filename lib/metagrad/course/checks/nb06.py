@@ -13,13 +13,14 @@ from metagrad.course.checks._diagnose import (
     _fail,
     _compare,
     _float,
+    _refuse_float32,
     _register,
     _with_derivatives,
     _trajectory,
     _returns,
 )
 
-__all__ = ['check_taypo2', 'check_taypo_k', 'reference_taypo1_dropped_terms', 'check_taypo1_dropped_terms']
+__all__ = ['check_taypo2', 'check_taypo_k', 'check_taypo1_dropped_terms']
 
 
 def _taylor_cases():
@@ -54,6 +55,18 @@ def check_taypo2(taypo2: Callable) -> str:
     def no_g0(lr, r, v, g):
         return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0]
 
+    def undiscounted(lr, r, v, g):
+        d = jnp.expm1(lr)
+        adv = _returns(r, v, g) - v[:-1]
+        return _returns(r, v, g)[0] + jnp.sum(d * adv * (1.0 + jnp.cumsum(d) - d))
+
+    def log_ratio_as_d(lr, r, v, g):
+        adv = _returns(r, v, g) - v[:-1]
+        return _returns(r, v, g)[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * lr * adv * (1.0 + jnp.cumsum(lr) - lr))
+
+    def no_bootstrap(lr, r, v, g):
+        return _taylor_reference(2)(lr, r, v.at[-1].set(0.0), g)  # G_T = 0; the baselines V(x_t), t < T, unchanged
+
     def ratio_prefix(lr, r, v, g):
         d = jnp.expm1(lr)
         adv = _returns(r, v, g) - v[:-1]
@@ -65,7 +78,12 @@ def check_taypo2(taypo2: Callable) -> str:
         (_inclusive_taypo2, "Its prefix sum includes d_t itself (off by one): the second-order term pairs d_t with d_s for s < t only."),
         (ratio_prefix, "Its prefix sums the ratios ρ_s; the expansion is in d_s = ρ_s − 1."),
         (no_g0, "It misses the zeroth-order term Û_0 = G_0 (harmless for derivatives, but the estimate of V is off)."),
+        (undiscounted, "It drops the discount γ^t of the correction terms: Û_k sums γ^t d_t Â_t (…), like the policy gradient."),
+        (log_ratio_as_d, "Its d_t is the log-ratio: the expansion is in d_t = ρ_t − 1 = exp(log ρ_t) − 1 (jnp.expm1)."),
+        (no_bootstrap, "Its returns G_t stop at the last reward: they are bootstrapped, G_T = V(x_T), as in the advantages "
+                       "Â_t = G_t − V(x_t)."),
     ]
+    _refuse_float32("taypo2", taypo2, _taylor_cases()[0][1], _taylor_cases()[0][0])
     _compare(
         "taypo2",
         _with_derivatives(taypo2),
@@ -118,11 +136,16 @@ def check_taypo_k(taypo_k: Callable) -> str:
     def with_d(fn):  # value and gradient (the Hessian is checked in `taypo2`; fewer compilations)
         return _with_derivatives(fn, static=(4,), hessian=False)
 
+    def no_g0(lr, r, v, g, k):
+        return reference(lr, r, v, g, k) - _returns(r, v, g)[0]
+
     mistakes = [
+        (no_g0, "It misses the zeroth-order term Û_0 = G_0: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
         (inclusive, "It updates e_j with d_t before using it (off by one): step t needs e_{k−1}(d_0 … d_{t−1}), the prefix before t."),
         (top_only, "It keeps only the top term Û_K: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
         (one_lower, "It equals TayPO-(K−1): with e_0 … e_{K−1} the factor Σ_{k=1}^{K} e_{k−1} has K terms."),
     ]
+    _refuse_float32("taypo_k", taypo_k, cases[1][1], cases[1][0])
     _compare(
         "taypo_k",
         with_d(taypo_k),

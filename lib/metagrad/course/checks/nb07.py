@@ -16,7 +16,7 @@ from metagrad.course.checks._diagnose import (
     _register,
 )
 
-__all__ = ['reference_squared_bias', 'check_squared_bias', 'reference_choose_estimator', 'check_choose_estimator']
+__all__ = ['check_squared_bias', 'check_choose_estimator']
 
 
 def reference_squared_bias(estimates, truth):
@@ -142,6 +142,9 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         ("squared biases below 1, N = 100", ({"a": 0.09, "b": 0.25}, {"a": 30.0, "b": 12.0}, 100)),
         ("an unresolved (negative) squared-bias estimate, N = 100", ({"a": -0.01, "b": 0.0}, {"a": 1.0, "b": 0.5}, 100)),
         ("a single estimator", ({"dr": 0.01}, {"dr": 5.0}, 50)),
+        # max(b², 0) + v/N, b⁴ + v/N and b² + v/√N choose three different estimators here.
+        ("three estimators on which the candidate rules disagree, N = 100",
+         ({"x": 0.6, "y": 0.2, "z": 0.0}, {"x": 0.5, "y": 30.0, "z": 45.0}, 100)),
     ]
     wrong_rules = [
         (lambda b, v, n: min(b, key=lambda k: b[k] + v[k] / n),
@@ -152,19 +155,26 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         (lambda b, v, n: min(b, key=lambda k: b[k]), "It picks the smallest bias and ignores the variance."),
         (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k]),
          "It ignores N: the variance of a mean of N trajectories is variance / N."),
+        (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] / np.sqrt(n)),
+         "It divides the variance by √N: that is the standard deviation's scaling; the variance of a mean of N "
+         "trajectories is variance / N."),
         (lambda b, v, n: min(b, key=lambda k: b[k] ** 2 + v[k] / n),
          "It squares the squared bias: the dict already holds ‖b‖², so the mean squared error is ‖b‖² + variance / N."),
     ]
+    choices = []
     for label, (bias, variance, n) in cases:
-        expected = reference_choose_estimator(bias, variance, n)
         got = _call(exercise, choose_estimator, (dict(bias), dict(variance), n), label)
         if not isinstance(got, str):
             _fail(exercise, f"on {label} it returned {got!r}; return the estimator's name (a key of the dicts).")
+        choices.append(got)
+    for (label, (bias, variance, n)), got in zip(cases, choices):
+        expected = reference_choose_estimator(bias, variance, n)
         if got != expected:
             message = f"on {label} it chose {got!r}, but {expected!r} has the smallest max(‖b‖², 0) + variance / N."
-            for rule, hint in wrong_rules:
-                if rule(bias, variance, n) == got:
-                    message += " " + hint
-                    break
-            _fail(exercise, message)
-    return "picks the smallest max(‖b‖², 0) + variance / N on 6 inputs (N = 10 … 100 000, a negative ‖b‖² estimate, one estimator)."
+            # The rule that makes the same choices on every input names the mistake; failing that, the first rule
+            # that makes this choice here (several rules can agree on one input).
+            agree = [hint for rule, hint in wrong_rules if all(rule(*args) == c for (_, args), c in zip(cases, choices))]
+            agree += [hint for rule, hint in wrong_rules if rule(bias, variance, n) == got]
+            _fail(exercise, message + (" " + agree[0] if agree else ""))
+    return ("picks the smallest max(‖b‖², 0) + variance / N on 7 inputs (N = 10 … 100 000, a negative ‖b‖² estimate, one "
+            "estimator, candidate rules that disagree).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -18,7 +19,7 @@ from metagrad.course.checks._diagnose import (
     _random_mdp,
 )
 
-__all__ = ['check_sampled_inner_step', 'check_task_meta_gradient', 'policy_classes', 'reference_hessian_spread_over_actions',
+__all__ = ['check_sampled_inner_step', 'check_task_meta_gradient', 'policy_classes',
            'check_hessian_spread_over_actions']
 
 
@@ -32,6 +33,9 @@ def _inner_step_data(with_mdp: bool = False):
     # A critic whose entries differ per state, so indexing it by time instead of by state is caught.
     critic = _float(np.linspace(0.5, 2.0, 5))
     return (logits, batch, critic, mdp) if with_mdp else (logits, batch, critic)
+
+
+_TIME_INDEXED = "It matches a critic indexed by time, critic[t]: index it by the visited state, critic[observations]."
 
 
 def _jit_estimator(fn: Callable, estimator_argnum: int) -> Callable:
@@ -69,10 +73,11 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
     def descent(logits, batch, critic, gamma, step_size, estimator):
         return 2 * logits - _reference_inner_step(logits, batch, critic, gamma, step_size, estimator)
 
-    def time_indexed(logits, batch, critic, gamma, step_size, estimator):
+    def time_indexed(logits, batch, critic, gamma, step_size, estimator, wrap=False):
         from metagrad import estimators
 
-        steps = jnp.minimum(jnp.arange(batch.observations.shape[1]), critic.shape[0] - 1)
+        steps = jnp.arange(batch.observations.shape[1])  # T + 1 > S here: clipped (JAX's gather) or wrapped around
+        steps = steps % critic.shape[0] if wrap else jnp.minimum(steps, critic.shape[0] - 1)
         values = jnp.broadcast_to(critic[steps], batch.observations.shape)
 
         def inner(theta):
@@ -86,7 +91,8 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
     mistakes = [
         (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
         (descent, "It steps downhill: the inner step is gradient *ascent* on the estimated value, θ + η ∇V̂."),
-        (time_indexed, "It matches a critic indexed by time, critic[t]: index it by the visited state, critic[observations]."),
+        (time_indexed, _TIME_INDEXED),
+        (functools.partial(time_indexed, wrap=True), _TIME_INDEXED),
     ]
     _compare(
         "sampled_inner_step",

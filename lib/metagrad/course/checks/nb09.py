@@ -56,6 +56,12 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
     def cumulative(lr, r, v, g, k):
         return jnp.cumsum(_reference_taypo_terms(lr, r, v, g, k)) + _returns(r, v, g)[0]
 
+    def partial_sums(lr, r, v, g, k):
+        return jnp.cumsum(_reference_taypo_terms(lr, r, v, g, k))
+
+    def plus_g0(lr, r, v, g, k):
+        return _reference_taypo_terms(lr, r, v, g, k) + _returns(r, v, g)[0]
+
     def from_zero(lr, r, v, g, k):
         terms = _reference_taypo_terms(lr, r, v, g, k)
         return jnp.concatenate([_returns(r, v, g)[:1], terms[:-1]])
@@ -72,6 +78,8 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
 
     mistakes = [
         (cumulative, "It returns the cumulative estimates V̂_k = G_0 + Û_1 + … + Û_k; return each order's term Û_k alone."),
+        (partial_sums, "It returns the partial sums Û_1 + … + Û_k (TayPO-k minus G_0); return each order's term Û_k alone."),
+        (plus_g0, "It adds G_0 to every term: Û_0 = G_0 is not among the returned terms; return Û_1 … Û_K alone."),
         (from_zero, "It is shifted by one order: [Û_0, …, Û_{K−1}] with Û_0 = G_0; return Û_1 … Û_K."),
         (inclusive, "It updates e_j with d_t before using it (off by one): Û_k at step t needs e_{k−1}(d_0 … d_{t−1})."),
     ]
@@ -124,7 +132,21 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         moved = _reference_off_policy_inner_step(behaviour_logits, batch, critic, logits, gamma, step_size, estimator)
         return moved - behaviour_logits + logits
 
+    def probabilities(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        from metagrad import estimators
+        from metagrad.tabular import log_policy
+
+        mu = jnp.exp(log_policy(behaviour_logits, batch.observations[:, :-1], batch.actions))
+
+        def inner(theta):
+            return estimators.surrogate(estimator, log_policy, theta, batch, critic[batch.observations], gamma,
+                                        behaviour_log_probs=mu)
+
+        return logits + step_size * jax.grad(inner)(logits)
+
     mistakes = [
+        (probabilities, "It passes the behaviour probabilities μ(a|x) where log-probabilities are expected: "
+                        "behaviour_log_probs = log_policy(behaviour_logits, …), not its exp."),
         (on_policy, "It treats the data as on-policy (μ = stop_gradient(π_θ)): the data came from the behaviour policy, "
                     "so log μ must be log_policy(behaviour_logits, …)."),
         (trainable_behaviour, "It returns θ unchanged: if log μ is computed from θ itself every ratio π_θ/μ is the "
