@@ -598,7 +598,29 @@ def missing_terms_one_sided(scores, advantages, gamma):
     return jnp.einsum("t,ti,tj->ij", weights, scores, scores) + jnp.einsum("t,ti,tj->ij", weights, scores, past)
 
 
+def hvp_full_hessian(f, x, v):  # right values, but builds the n×n Hessian the exercise forbids
+    return jax.hessian(f)(x) @ v
+
+
+def hvp_jacfwd_of_grad(f, x, v):
+    return jax.jacfwd(jax.grad(f))(x) @ v
+
+
+def hvp_sign_flipped(f, x, v):
+    return -jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+
+def policy_evaluation_normalised(mdp, policy):
+    from metagrad import mdp as mdp_lib
+
+    return (1 - mdp.gamma) * mdp_lib.policy_evaluation(mdp, policy)[0]
+
+
 PART_ONE_MORE = [
+    ("hvp", hvp_full_hessian, "builds an n×n array"),
+    ("hvp", hvp_jacfwd_of_grad, "builds an n×n array"),
+    ("hvp", hvp_sign_flipped, "sign is flipped"),
+    ("policy_evaluation", policy_evaluation_normalised, "(1 − γ)·V^π"),
     ("hvp", hvp_gradient_only, "direction v is missing"),
     ("hvp", hvp_diagonal_only, "only the diagonal of the Hessian"),
     ("score_function_gradient", score_gradient_summed, "N times too large"),
@@ -659,3 +681,15 @@ PART_ONE_DR = [
 @pytest.mark.parametrize("name,wrong,explanation", PART_ONE_DR, ids=[w.__name__ for _, w, _ in PART_ONE_DR])
 def test_doubly_robust_check_names_the_mistake(name, wrong, explanation):
     assert_check_explains(checks, name, wrong, explanation)
+
+
+def test_a_mistake_that_explains_only_some_inputs_names_those_inputs():
+    from metagrad.course.checks._diagnose import _diagnose
+
+    def plus_one(x):
+        return x + 1.0
+
+    results = [("input A", (np.zeros(2),), np.ones(2)), ("input B", (np.zeros(2),), np.full(2, 5.0))]
+    hint = _diagnose(results, [(plus_one, "It adds one.")])
+    assert hint == "On input A it matches a known mistake: It adds one."
+    assert _diagnose(results[:1], [(plus_one, "It adds one.")]) == "It adds one."

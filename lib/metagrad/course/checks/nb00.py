@@ -56,8 +56,53 @@ def check_hvp(hvp: Callable) -> str:
             "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0; differentiate the whole gradient along v.",
         ),
     ]
+    mistakes.append((lambda f, x, v: -reference(f, x, v), "It is −∇²f(x) v: the sign is flipped."))
     _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
-    return "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions and points, v = 0), also under jax.jit."
+    _refuse_full_hessian(hvp, cubic_sine)
+    return (
+        "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions at random points and directions, and "
+        f"v = 0), also under jax.jit, and builds no {_HESSIAN_PROBE}×{_HESSIAN_PROBE} array (no full Hessian)."
+    )
+
+
+_HESSIAN_PROBE = 257  # an input size at which no honest Hessian-vector product needs an n×n array
+
+
+def _square_arrays(jaxpr, n: int) -> bool:
+    """Whether any equation of ``jaxpr`` (or of a sub-jaxpr: jit, scan, cond, custom rules) outputs an n×n block."""
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            shape = getattr(var.aval, "shape", ())
+            if sum(d == n for d in shape) >= 2:
+                return True
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and _square_arrays(inner, n):
+                    return True
+    return False
+
+
+def _refuse_full_hessian(hvp: Callable, f: Callable) -> None:
+    """Trace ``hvp`` at x of size n = 257 (nothing runs) and refuse it when it forms an n×n array.
+
+    ``jax.hessian(f)(x) @ v``, ``jax.jacfwd(jax.grad(f))(x) @ v`` or a loop of n gradients stacked into a matrix
+    all build the n×n Hessian (n² memory, n passes); forward-over-reverse (``jax.jvp`` of ``jax.grad``) or
+    ``jax.grad`` of ⟨∇f, v⟩ never has more than a few length-n vectors.
+    """
+    n = _HESSIAN_PROBE
+    x = _float(jnp.linspace(-1.0, 1.0, n))
+    try:
+        jaxpr = jax.make_jaxpr(lambda x, v: hvp(f, x, v))(x, jnp.ones_like(x)).jaxpr
+    except Exception:  # noqa: BLE001 — it ran and compiled above; a tracing failure here is not this check's
+        return
+    if _square_arrays(jaxpr, n):
+        _fail(
+            "hvp",
+            f"its values are right, but at an input of size n = {n} it builds an n×n array: the full Hessian "
+            "(e.g. jax.hessian(f)(x) @ v or jax.jacfwd(jax.grad(f))). The exercise asks for the product without "
+            "it, in the memory and time of a few gradients: differentiate the gradient along v instead.",
+        )
 
 
 def _bandit_cases():

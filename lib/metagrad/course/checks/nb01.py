@@ -66,6 +66,10 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         (transposed, "It matches solving with (I − γ (P^π)ᵀ): P^π[x, x'] is the probability of x → x', no transpose here."),
         (one_step, "It equals r^π, the one-step reward: the future γ P^π V^π term is missing."),
         (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
+        (
+            lambda mdp, policy: (1 - mdp.gamma) * reference(mdp, policy),
+            "It equals (1 − γ)·V^π, the normalised value: V^π is the plain discounted sum of rewards, no (1 − γ) factor.",
+        ),
     ]
     _compare(
         "policy_evaluation",
