@@ -616,7 +616,173 @@ def policy_evaluation_normalised(mdp, policy):
     return (1 - mdp.gamma) * mdp_lib.policy_evaluation(mdp, policy)[0]
 
 
+def occupancy_gradient_own_occupancy(mdp, logits, occupancy):  # ignores the `occupancy` argument
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
+
+
+def occupancy_gradient_one_minus_pi(mdp, logits, occupancy):
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return occupancy[:, None] * (1 - pi) * (q - v[:, None])
+
+
+def _expected_surrogate_with_occupancy(occupancy_of):
+    from metagrad import mdp as mdp_lib
+
+    def wrong(mdp, logits_fn, params):
+        log_pi = lambda p: jax.nn.log_softmax(logits_fn(p), axis=-1)  # noqa: E731
+        pi = jnp.exp(log_pi(params))
+        v, q = mdp_lib.policy_evaluation(mdp, pi)
+        weights = occupancy_of(mdp, pi)[:, None] * pi * (q - v[:, None])
+        return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
+
+    return wrong
+
+
+def _start_in_state_0(mdp, pi):
+    from metagrad import mdp as mdp_lib
+
+    return mdp_lib.discounted_occupancy(mdp._replace(initial=jnp.eye(mdp.num_states)[0]), pi)
+
+
+def _normalised_occupancy(mdp, pi):
+    from metagrad import mdp as mdp_lib
+
+    return (1 - mdp.gamma) * mdp_lib.discounted_occupancy(mdp, pi)
+
+
+expected_surrogate_start_0 = _expected_surrogate_with_occupancy(_start_in_state_0)
+expected_surrogate_start_0.__name__ = "expected_surrogate_start_0"
+expected_surrogate_normalised = _expected_surrogate_with_occupancy(_normalised_occupancy)
+expected_surrogate_normalised.__name__ = "expected_surrogate_normalised"
+
+def step_is_kappa_as_ratio(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * jnp.cumprod(log_ratios) * rewards) + gamma ** rewards.shape[0] * jnp.prod(log_ratios) * values[-1]
+
+
+def step_is_bootstrap_undiscounted(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    weights = jnp.exp(jnp.cumsum(log_ratios))
+    return jnp.sum(gamma**t * weights * rewards) + weights[-1] * values[-1]
+
+
+def step_is_bootstrap_without_ratios(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * jnp.exp(jnp.cumsum(log_ratios)) * rewards) + gamma ** rewards.shape[0] * values[-1]
+
+
+def step_is_bootstrap_v0(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    weights = jnp.exp(jnp.cumsum(log_ratios))
+    return jnp.sum(gamma**t * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[0]
+
+
+def dr_no_bootstrap(log_ratios, rewards, values, gamma):
+    def step(v_next, inputs):
+        log_ratio, reward, value = inputs
+        v = value + jnp.exp(log_ratio) * (reward + gamma * v_next - value)
+        return v, None
+
+    return jax.lax.scan(step, jnp.zeros(()), (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+def _p_pi_r_pi(mdp, policy):
+    return jnp.einsum("sa,sat->st", policy, mdp.transitions), jnp.sum(policy * mdp.rewards, axis=-1)
+
+
+def policy_evaluation_plus_sign(mdp, policy):
+    p, r = _p_pi_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p.shape[0]) + mdp.gamma * p, r)
+
+
+def policy_evaluation_action_0_rewards(mdp, policy):
+    p, _ = _p_pi_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p, mdp.rewards[:, 0])
+
+
+def occupancy_ones_rhs(mdp, policy):
+    p, _ = _p_pi_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p.T, jnp.ones(p.shape[0]))
+
+
+def truncated_occupancy_one_short(mdp, policy, horizon):
+    p_pi, _ = _p_pi_r_pi(mdp, policy)
+    p, out = mdp.initial, jnp.zeros_like(mdp.initial)
+    for t in range(horizon - 1):
+        out, p = out + mdp.gamma**t * p, p_pi.T @ p
+    return out
+
+
+def score_gradient_flipped(logits, actions, rewards):
+    return -jax.grad(lambda t: jnp.mean(rewards * jax.nn.log_softmax(t)[actions]))(logits)
+
+
+def score_gradient_mean_times_mean(logits, actions, rewards):
+    return jnp.mean(rewards) * jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[actions]))(logits)
+
+
+def score_gradient_no_rewards(logits, actions, rewards):
+    return jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[actions]))(logits)
+
+
+def _score_hessian_with_outer(factor):
+    def wrong(logits, actions, rewards):
+        log_pi = lambda t, a: jax.nn.log_softmax(t)[a]  # noqa: E731
+        scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(logits, actions)
+        curvature = jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(logits, actions)
+        n = rewards.shape[0]
+        return (jnp.einsum("n,nij->ij", rewards, curvature) + factor * jnp.einsum("n,ni,nj->ij", rewards, scores, scores)) / n
+
+    return wrong
+
+
+def magic_box_constant_one(x):  # value 1, no derivative at all
+    return jnp.ones_like(x)
+
+
+score_hessian_minus_outer = _score_hessian_with_outer(-1.0)
+score_hessian_minus_outer.__name__ = "score_hessian_minus_outer"
+score_hessian_double_outer = _score_hessian_with_outer(2.0)
+score_hessian_double_outer.__name__ = "score_hessian_double_outer"
+
+
+def reward_to_go_forward_scan(rewards, gamma, bootstrap):
+    return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), jnp.asarray(bootstrap, rewards.dtype), rewards)[1]
+
+
+def reward_to_go_bootstrap_times_gamma(rewards, gamma, bootstrap):
+    return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), gamma * bootstrap, rewards, reverse=True)[1]
+
+
 PART_ONE_MORE = [
+    ("reward_to_go", reward_to_go_forward_scan, "forwards in time"),
+    ("reward_to_go", reward_to_go_bootstrap_times_gamma, "G_T = γ · bootstrap"),
+    ("score_function_gradient", score_gradient_flipped, "sign is flipped"),
+    ("score_function_gradient", score_gradient_mean_times_mean, "mean(r) × mean(∇ log π)"),
+    ("score_function_gradient", score_gradient_no_rewards, "ignores the rewards"),
+    ("score_function_hessian", score_hessian_minus_outer, "outer product has the wrong sign"),
+    ("score_function_hessian", score_hessian_double_outer, "counted twice"),
+    ("magic_box", magic_box_constant_one, "a constant"),
+    ("policy_evaluation", policy_evaluation_plus_sign, "(I + γ P^π)"),
+    ("policy_evaluation", policy_evaluation_action_0_rewards, "rewards of action 0"),
+    ("discounted_occupancy", occupancy_ones_rhs, "vector of ones"),
+    ("truncated_occupancy", truncated_occupancy_one_short, "sums T − 1 terms"),
+    ("step_importance_sampling", step_is_kappa_as_ratio, "ρ_t = exp(κ_t)"),
+    ("step_importance_sampling", step_is_bootstrap_undiscounted, "lacks the discount γ^T"),
+    ("step_importance_sampling", step_is_bootstrap_without_ratios, "lacks the ratios"),
+    ("step_importance_sampling", step_is_bootstrap_v0, "bootstraps with V(x_0)"),
+    ("doubly_robust", dr_no_bootstrap, "does not bootstrap"),
+    ("occupancy_policy_gradient", occupancy_gradient_own_occupancy, "ignores the `occupancy` argument"),
+    ("occupancy_policy_gradient", occupancy_gradient_one_minus_pi, "1 − π(a|x)"),
+    ("expected_surrogate_hessian", expected_surrogate_start_0, "starts every trajectory in state 0"),
+    ("expected_surrogate_hessian", expected_surrogate_normalised, "(1 − γ) times too small"),
     ("hvp", hvp_full_hessian, "builds an n×n array"),
     ("hvp", hvp_jacfwd_of_grad, "builds an n×n array"),
     ("hvp", hvp_sign_flipped, "sign is flipped"),
@@ -693,3 +859,17 @@ def test_a_mistake_that_explains_only_some_inputs_names_those_inputs():
     hint = _diagnose(results, [(plus_one, "It adds one.")])
     assert hint == "On input A it matches a known mistake: It adds one."
     assert _diagnose(results[:1], [(plus_one, "It adds one.")]) == "It adds one."
+
+
+@pytest.mark.parametrize(
+    "name,wrong",
+    [
+        ("occupancy_policy_gradient", occupancy_gradient_own_occupancy),
+        ("expected_surrogate_hessian", expected_surrogate_start_0),
+        ("expected_surrogate_hessian", expected_surrogate_normalised),
+    ],
+)
+def test_an_ignored_argument_fails_on_more_than_one_input(name, wrong):
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks, f"check_{name}")(wrong)
+    assert "wrong on 2 of 4 inputs" in str(info.value), str(info.value)

@@ -262,7 +262,12 @@ def _diagnose(results: Sequence[tuple[str, tuple, np.ndarray]], mistakes: Sequen
         return ""
     # Explains only some wrong inputs: say which, so the hint is not read as a diagnosis of the input printed
     # first (e.g. (1 − γ)·V equals r^π on a one-state MDP only).
-    return f"On {', '.join(best_labels)} it matches a known mistake: {best}"
+    where = (
+        " and ".join(best_labels)
+        if len(best_labels) <= 2
+        else f"{len(best_labels)} of the {len(results)} wrong inputs (first: {best_labels[0]})"
+    )
+    return f"On {where} it matches a known mistake: {best}"
 
 
 def _static_indices(args: Sequence) -> tuple[int, ...]:
