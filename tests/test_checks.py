@@ -341,7 +341,7 @@ WRONG_ANSWERS = [
     ("reinforce_gradient", reinforce_time_indexed_critic, "indexed by time"),
     ("occupancy_policy_gradient", occupancy_gradient_with_q, "advantage"),
     ("occupancy_policy_gradient", occupancy_gradient_without_pi, "π(a|x) is missing"),
-    ("occupancy_policy_gradient", occupancy_gradient_ignores_argument, "wrong on 1 of 3 inputs; first on an arbitrary occupancy"),
+    ("occupancy_policy_gradient", occupancy_gradient_ignores_argument, "ignores the `occupancy` argument"),
     ("inner_step", inner_step_first_order, "first-order MAML"),
     ("inner_step", inner_step_descent, "gradient ascent"),
     ("missing_hessian_terms", missing_terms_outer_only, "cross terms"),
@@ -761,7 +761,42 @@ def reward_to_go_bootstrap_times_gamma(rewards, gamma, bootstrap):
     return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), gamma * bootstrap, rewards, reverse=True)[1]
 
 
+def _missing_terms_with_past(cross_factor, past_outer):
+    def wrong(scores, advantages, gamma):
+        past = jnp.cumsum(scores, axis=0) - scores
+        weights = gamma ** jnp.arange(scores.shape[0]) * advantages
+        cross = jnp.einsum("t,ti,tj->ij", weights, scores, past)
+        return (
+            jnp.einsum("t,ti,tj->ij", weights, scores, scores)
+            + cross_factor * (cross + cross.T)
+            + past_outer * jnp.einsum("t,ti,tj->ij", weights, past, past)
+        )
+
+    return wrong
+
+
+missing_terms_unregrouped = _missing_terms_with_past(1.0, 1.0)
+missing_terms_unregrouped.__name__ = "missing_terms_unregrouped"
+missing_terms_doubled_cross = _missing_terms_with_past(2.0, 0.0)
+missing_terms_doubled_cross.__name__ = "missing_terms_doubled_cross"
+
+def reinforce_next_state_critic(logits, trajectories, critic, gamma):
+    from metagrad.tabular import log_policy
+
+    states, actions, rewards = trajectories.observations, trajectories.actions, trajectories.rewards
+
+    def per_trajectory(s, a, r):
+        returns = jax.lax.scan(lambda g, x: (x + gamma * g, x + gamma * g), critic[s[-1]], r, reverse=True)[1]
+        weights = gamma ** jnp.arange(r.shape[0]) * (returns - critic[s[1:]])
+        return lambda theta: jnp.sum(weights * log_policy(theta, s[:-1], a))
+
+    return jax.grad(lambda th: jnp.mean(jax.vmap(lambda s, a, r: per_trajectory(s, a, r)(th))(states, actions, rewards)))(logits)
+
+
 PART_ONE_MORE = [
+    ("reinforce_gradient", reinforce_next_state_critic, "critic of the next state"),
+    ("missing_hessian_terms", missing_terms_unregrouped, "(S_{<t} + g_t)(S_{<t} + g_t)ᵀ"),
+    ("missing_hessian_terms", missing_terms_doubled_cross, "cross terms are doubled"),
     ("reward_to_go", reward_to_go_forward_scan, "forwards in time"),
     ("reward_to_go", reward_to_go_bootstrap_times_gamma, "G_T = γ · bootstrap"),
     ("score_function_gradient", score_gradient_flipped, "sign is flipped"),

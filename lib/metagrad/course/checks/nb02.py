@@ -120,7 +120,10 @@ def _reinforce_reference(
             for r, s in zip(np.asarray(rewards), np.asarray(states))
         ]
     )
-    subtracted = critic[jnp.arange(horizon)][None, :] if time_indexed else critic[states[:, :-1]]
+    if time_indexed == "next":  # the critic of the next state, critic[x_{t+1}]
+        subtracted = critic[states[:, 1:]]
+    else:
+        subtracted = critic[jnp.arange(horizon)][None, :] if time_indexed else critic[states[:, :-1]]
     advantages = returns - subtracted if baseline else returns
     weights = gamma ** jnp.arange(horizon) if discount_weights else jnp.ones(horizon)
 
@@ -160,6 +163,11 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
         (
             lambda *a: _reinforce_reference(*a, time_indexed=True),
             "It matches a critic indexed by time, critic[t]: the baseline must be the value of the state, critic[x_t].",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, time_indexed="next"),
+            "It subtracts the critic of the next state, critic[x_{t+1}] (off by one): the baseline of step t is critic[x_t], "
+            "the state where a_t is chosen.",
         ),
         (
             lambda *a: _reinforce_reference(*a, discount_weights=False),

@@ -131,7 +131,25 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
     def undiscounted(scores, adv, gamma):
         return reference_missing_hessian_terms(scores, adv, 1.0)
 
+    def with_past(cross_factor, past_outer):
+        def wrong(scores, adv, gamma):
+            scores = np.asarray(scores)
+            out, past = 0.0, np.zeros(scores.shape[1])
+            for t, g in enumerate(scores):
+                cross = np.outer(g, past) + np.outer(past, g)
+                out = out + gamma**t * float(adv[t]) * (np.outer(g, g) + cross_factor * cross + past_outer * np.outer(past, past))
+                past = past + g
+            return out
+
+        return wrong
+
     mistakes = [
+        (
+            with_past(1.0, 1.0),
+            "It is Σ_t γ^t Â_t (S_{<t} + g_t)(S_{<t} + g_t)ᵀ: the S_{<t} S_{<t}ᵀ part belongs to earlier steps' terms, "
+            "not to step t; keep only the products that contain g_t.",
+        ),
+        (with_past(2.0, 0.0), "Its cross terms are doubled: g_t S_{<t}ᵀ and S_{<t} g_tᵀ appear once each."),
         (undiscounted, "It ignores γ: each step's terms carry the same factor γ^t as its ∇²ℓ_t term in the surrogate."),
         (outer_only, "It has only the g_t g_tᵀ terms (what LVC keeps): the cross terms with S_{<t} = Σ_{s<t} g_s are missing."),
         (inclusive_past, "Its past sum includes step t itself (off by one): S_{<t} runs over s < t only."),
