@@ -341,7 +341,7 @@ WRONG_ANSWERS = [
     ("reinforce_gradient", reinforce_time_indexed_critic, "indexed by time"),
     ("occupancy_policy_gradient", occupancy_gradient_with_q, "advantage"),
     ("occupancy_policy_gradient", occupancy_gradient_without_pi, "π(a|x) is missing"),
-    ("occupancy_policy_gradient", occupancy_gradient_ignores_argument, "wrong on 1 of 3 inputs; first on an arbitrary occupancy"),
+    ("occupancy_policy_gradient", occupancy_gradient_ignores_argument, "ignores the `occupancy` argument"),
     ("inner_step", inner_step_first_order, "first-order MAML"),
     ("inner_step", inner_step_descent, "gradient ascent"),
     ("missing_hessian_terms", missing_terms_outer_only, "cross terms"),
@@ -598,7 +598,230 @@ def missing_terms_one_sided(scores, advantages, gamma):
     return jnp.einsum("t,ti,tj->ij", weights, scores, scores) + jnp.einsum("t,ti,tj->ij", weights, scores, past)
 
 
+def hvp_full_hessian(f, x, v):  # right values, but builds the n×n Hessian the exercise forbids
+    return jax.hessian(f)(x) @ v
+
+
+def hvp_jacfwd_of_grad(f, x, v):
+    return jax.jacfwd(jax.grad(f))(x) @ v
+
+
+def hvp_sign_flipped(f, x, v):
+    return -jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+
+def policy_evaluation_normalised(mdp, policy):
+    from metagrad import mdp as mdp_lib
+
+    return (1 - mdp.gamma) * mdp_lib.policy_evaluation(mdp, policy)[0]
+
+
+def occupancy_gradient_own_occupancy(mdp, logits, occupancy):  # ignores the `occupancy` argument
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
+
+
+def occupancy_gradient_one_minus_pi(mdp, logits, occupancy):
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return occupancy[:, None] * (1 - pi) * (q - v[:, None])
+
+
+def _expected_surrogate_with_occupancy(occupancy_of):
+    from metagrad import mdp as mdp_lib
+
+    def wrong(mdp, logits_fn, params):
+        log_pi = lambda p: jax.nn.log_softmax(logits_fn(p), axis=-1)  # noqa: E731
+        pi = jnp.exp(log_pi(params))
+        v, q = mdp_lib.policy_evaluation(mdp, pi)
+        weights = occupancy_of(mdp, pi)[:, None] * pi * (q - v[:, None])
+        return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
+
+    return wrong
+
+
+def _start_in_state_0(mdp, pi):
+    from metagrad import mdp as mdp_lib
+
+    return mdp_lib.discounted_occupancy(mdp._replace(initial=jnp.eye(mdp.num_states)[0]), pi)
+
+
+def _normalised_occupancy(mdp, pi):
+    from metagrad import mdp as mdp_lib
+
+    return (1 - mdp.gamma) * mdp_lib.discounted_occupancy(mdp, pi)
+
+
+expected_surrogate_start_0 = _expected_surrogate_with_occupancy(_start_in_state_0)
+expected_surrogate_start_0.__name__ = "expected_surrogate_start_0"
+expected_surrogate_normalised = _expected_surrogate_with_occupancy(_normalised_occupancy)
+expected_surrogate_normalised.__name__ = "expected_surrogate_normalised"
+
+def step_is_kappa_as_ratio(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * jnp.cumprod(log_ratios) * rewards) + gamma ** rewards.shape[0] * jnp.prod(log_ratios) * values[-1]
+
+
+def step_is_bootstrap_undiscounted(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    weights = jnp.exp(jnp.cumsum(log_ratios))
+    return jnp.sum(gamma**t * weights * rewards) + weights[-1] * values[-1]
+
+
+def step_is_bootstrap_without_ratios(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * jnp.exp(jnp.cumsum(log_ratios)) * rewards) + gamma ** rewards.shape[0] * values[-1]
+
+
+def step_is_bootstrap_v0(log_ratios, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    weights = jnp.exp(jnp.cumsum(log_ratios))
+    return jnp.sum(gamma**t * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[0]
+
+
+def dr_no_bootstrap(log_ratios, rewards, values, gamma):
+    def step(v_next, inputs):
+        log_ratio, reward, value = inputs
+        v = value + jnp.exp(log_ratio) * (reward + gamma * v_next - value)
+        return v, None
+
+    return jax.lax.scan(step, jnp.zeros(()), (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+def _p_pi_r_pi(mdp, policy):
+    return jnp.einsum("sa,sat->st", policy, mdp.transitions), jnp.sum(policy * mdp.rewards, axis=-1)
+
+
+def policy_evaluation_plus_sign(mdp, policy):
+    p, r = _p_pi_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p.shape[0]) + mdp.gamma * p, r)
+
+
+def policy_evaluation_action_0_rewards(mdp, policy):
+    p, _ = _p_pi_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p, mdp.rewards[:, 0])
+
+
+def occupancy_ones_rhs(mdp, policy):
+    p, _ = _p_pi_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p.shape[0]) - mdp.gamma * p.T, jnp.ones(p.shape[0]))
+
+
+def truncated_occupancy_one_short(mdp, policy, horizon):
+    p_pi, _ = _p_pi_r_pi(mdp, policy)
+    p, out = mdp.initial, jnp.zeros_like(mdp.initial)
+    for t in range(horizon - 1):
+        out, p = out + mdp.gamma**t * p, p_pi.T @ p
+    return out
+
+
+def score_gradient_flipped(logits, actions, rewards):
+    return -jax.grad(lambda t: jnp.mean(rewards * jax.nn.log_softmax(t)[actions]))(logits)
+
+
+def score_gradient_mean_times_mean(logits, actions, rewards):
+    return jnp.mean(rewards) * jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[actions]))(logits)
+
+
+def score_gradient_no_rewards(logits, actions, rewards):
+    return jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[actions]))(logits)
+
+
+def _score_hessian_with_outer(factor):
+    def wrong(logits, actions, rewards):
+        log_pi = lambda t, a: jax.nn.log_softmax(t)[a]  # noqa: E731
+        scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(logits, actions)
+        curvature = jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(logits, actions)
+        n = rewards.shape[0]
+        return (jnp.einsum("n,nij->ij", rewards, curvature) + factor * jnp.einsum("n,ni,nj->ij", rewards, scores, scores)) / n
+
+    return wrong
+
+
+def magic_box_constant_one(x):  # value 1, no derivative at all
+    return jnp.ones_like(x)
+
+
+score_hessian_minus_outer = _score_hessian_with_outer(-1.0)
+score_hessian_minus_outer.__name__ = "score_hessian_minus_outer"
+score_hessian_double_outer = _score_hessian_with_outer(2.0)
+score_hessian_double_outer.__name__ = "score_hessian_double_outer"
+
+
+def reward_to_go_forward_scan(rewards, gamma, bootstrap):
+    return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), jnp.asarray(bootstrap, rewards.dtype), rewards)[1]
+
+
+def reward_to_go_bootstrap_times_gamma(rewards, gamma, bootstrap):
+    return jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), gamma * bootstrap, rewards, reverse=True)[1]
+
+
+def _missing_terms_with_past(cross_factor, past_outer):
+    def wrong(scores, advantages, gamma):
+        past = jnp.cumsum(scores, axis=0) - scores
+        weights = gamma ** jnp.arange(scores.shape[0]) * advantages
+        cross = jnp.einsum("t,ti,tj->ij", weights, scores, past)
+        return (
+            jnp.einsum("t,ti,tj->ij", weights, scores, scores)
+            + cross_factor * (cross + cross.T)
+            + past_outer * jnp.einsum("t,ti,tj->ij", weights, past, past)
+        )
+
+    return wrong
+
+
+missing_terms_unregrouped = _missing_terms_with_past(1.0, 1.0)
+missing_terms_unregrouped.__name__ = "missing_terms_unregrouped"
+missing_terms_doubled_cross = _missing_terms_with_past(2.0, 0.0)
+missing_terms_doubled_cross.__name__ = "missing_terms_doubled_cross"
+
+def reinforce_next_state_critic(logits, trajectories, critic, gamma):
+    from metagrad.tabular import log_policy
+
+    states, actions, rewards = trajectories.observations, trajectories.actions, trajectories.rewards
+
+    def per_trajectory(s, a, r):
+        returns = jax.lax.scan(lambda g, x: (x + gamma * g, x + gamma * g), critic[s[-1]], r, reverse=True)[1]
+        weights = gamma ** jnp.arange(r.shape[0]) * (returns - critic[s[1:]])
+        return lambda theta: jnp.sum(weights * log_policy(theta, s[:-1], a))
+
+    return jax.grad(lambda th: jnp.mean(jax.vmap(lambda s, a, r: per_trajectory(s, a, r)(th))(states, actions, rewards)))(logits)
+
+
 PART_ONE_MORE = [
+    ("reinforce_gradient", reinforce_next_state_critic, "critic of the next state"),
+    ("missing_hessian_terms", missing_terms_unregrouped, "(S_{<t} + g_t)(S_{<t} + g_t)ᵀ"),
+    ("missing_hessian_terms", missing_terms_doubled_cross, "cross terms are doubled"),
+    ("reward_to_go", reward_to_go_forward_scan, "forwards in time"),
+    ("reward_to_go", reward_to_go_bootstrap_times_gamma, "G_T = γ · bootstrap"),
+    ("score_function_gradient", score_gradient_flipped, "sign is flipped"),
+    ("score_function_gradient", score_gradient_mean_times_mean, "mean(r) × mean(∇ log π)"),
+    ("score_function_gradient", score_gradient_no_rewards, "ignores the rewards"),
+    ("score_function_hessian", score_hessian_minus_outer, "outer product has the wrong sign"),
+    ("score_function_hessian", score_hessian_double_outer, "counted twice"),
+    ("magic_box", magic_box_constant_one, "a constant"),
+    ("policy_evaluation", policy_evaluation_plus_sign, "(I + γ P^π)"),
+    ("policy_evaluation", policy_evaluation_action_0_rewards, "rewards of action 0"),
+    ("discounted_occupancy", occupancy_ones_rhs, "vector of ones"),
+    ("truncated_occupancy", truncated_occupancy_one_short, "sums T − 1 terms"),
+    ("step_importance_sampling", step_is_kappa_as_ratio, "ρ_t = exp(κ_t)"),
+    ("step_importance_sampling", step_is_bootstrap_undiscounted, "lacks the discount γ^T"),
+    ("step_importance_sampling", step_is_bootstrap_without_ratios, "lacks the ratios"),
+    ("step_importance_sampling", step_is_bootstrap_v0, "bootstraps with V(x_0)"),
+    ("doubly_robust", dr_no_bootstrap, "does not bootstrap"),
+    ("occupancy_policy_gradient", occupancy_gradient_own_occupancy, "ignores the `occupancy` argument"),
+    ("occupancy_policy_gradient", occupancy_gradient_one_minus_pi, "1 − π(a|x)"),
+    ("expected_surrogate_hessian", expected_surrogate_start_0, "starts every trajectory in state 0"),
+    ("expected_surrogate_hessian", expected_surrogate_normalised, "(1 − γ) times too small"),
+    ("hvp", hvp_full_hessian, "builds an n×n array"),
+    ("hvp", hvp_jacfwd_of_grad, "builds an n×n array"),
+    ("hvp", hvp_sign_flipped, "sign is flipped"),
+    ("policy_evaluation", policy_evaluation_normalised, "(1 − γ)·V^π"),
     ("hvp", hvp_gradient_only, "direction v is missing"),
     ("hvp", hvp_diagonal_only, "only the diagonal of the Hessian"),
     ("score_function_gradient", score_gradient_summed, "N times too large"),
@@ -659,3 +882,29 @@ PART_ONE_DR = [
 @pytest.mark.parametrize("name,wrong,explanation", PART_ONE_DR, ids=[w.__name__ for _, w, _ in PART_ONE_DR])
 def test_doubly_robust_check_names_the_mistake(name, wrong, explanation):
     assert_check_explains(checks, name, wrong, explanation)
+
+
+def test_a_mistake_that_explains_only_some_inputs_names_those_inputs():
+    from metagrad.course.checks._diagnose import _diagnose
+
+    def plus_one(x):
+        return x + 1.0
+
+    results = [("input A", (np.zeros(2),), np.ones(2)), ("input B", (np.zeros(2),), np.full(2, 5.0))]
+    hint = _diagnose(results, [(plus_one, "It adds one.")])
+    assert hint == "On input A it matches a known mistake: It adds one."
+    assert _diagnose(results[:1], [(plus_one, "It adds one.")]) == "It adds one."
+
+
+@pytest.mark.parametrize(
+    "name,wrong",
+    [
+        ("occupancy_policy_gradient", occupancy_gradient_own_occupancy),
+        ("expected_surrogate_hessian", expected_surrogate_start_0),
+        ("expected_surrogate_hessian", expected_surrogate_normalised),
+    ],
+)
+def test_an_ignored_argument_fails_on_more_than_one_input(name, wrong):
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks, f"check_{name}")(wrong)
+    assert "wrong on 2 of 4 inputs" in str(info.value), str(info.value)

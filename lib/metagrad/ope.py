@@ -127,9 +127,12 @@ def step_importance_sampling(log_ratios, rewards, values, discounts) -> jax.Arra
     $$
 
     computed by the backward recursion V̂_t = ρ_t (r_t + γ_t V̂_{t+1}), V̂_T = V(x_T). Only the bootstrap
-    entry `values[T]` is used (pass zeros for a plain Monte Carlo estimate). Unbiased for every π (all
-    derivatives too, Prop. 3.1 of Tang et al.); highest variance (products of ratios). Differentiated at
-    π = μ it is DiCE (Foerster et al. 2018).
+    entry `values[T]` is used (pass zeros for a plain Monte Carlo estimate). For every π (all derivatives
+    too, Prop. 3.1 of Tang et al.) it is unbiased for the bootstrapped T-step target
+    E_π[Σ_t Γ_t r_t + Γ_T V(x_T)], which is V^π(x_0) only when V(x_T) = V^π(x_T) (or the episode ends at T).
+    Its variance grows with the products of ratios; whether it is below trajectory-wise IS's is not a
+    theorem (notebook 04 measures it lower on its MDPs). Differentiated at π = μ it is DiCE (Foerster et
+    al. 2018).
 
     References:
       - Precup, Sutton, Singh. Eligibility traces for off-policy policy evaluation. ICML 2000.
@@ -167,8 +170,10 @@ def doubly_robust(log_ratios, rewards, values, discounts) -> jax.Array:
     $$
 
     This is Eq. 3 of Tang et al. with Q(x, a) ≡ V(x) (see [`doubly_robust_q`][metagrad.ope.doubly_robust_q] for the state-action
-    form). Unbiased for every π and every critic (so are all its derivatives); the critic is a control
-    variate that lowers the variance when V ≈ V^π. A zero critic (with V(x_T) kept) gives
+    form). For every π and every critic it is unbiased (so are all its derivatives) for the bootstrapped
+    T-step target E_π[Σ_t Γ_t r_t + Γ_T V(x_T)]; that target is V^π(x_0) only when V(x_T) = V^π(x_T) (or
+    the episode ends at T), otherwise the critic's error at x_T is a bias. The critic is a control variate
+    that lowers the variance when V ≈ V^π. A zero critic (with V(x_T) kept) gives
     [`step_importance_sampling`][metagrad.ope.step_importance_sampling]. Differentiated at π = μ it is Loaded DiCE with λ = 1
     (Farquhar et al. 2019) and DiCE with the baseline of Mao et al. (2019).
 
@@ -314,7 +319,9 @@ def taylor_expansion(log_ratios, rewards, values, discounts, *, order: int) -> j
     * K ≥ T: Σ_j e_j = Π_{s<t}(1 + d_s), so V̂_K equals [`doubly_robust`][metagrad.ope.doubly_robust] exactly.
 
     On-policy, the derivatives of order m ≤ K are unbiased (Eq. 10); order m > K are biased.
-    Off-policy the estimate is biased (Eq. 9) but has fewer ratio products than DR (lower variance).
+    Off-policy the estimate is biased (Eq. 9) and keeps products of at most K ratio terms where DR keeps
+    all of them; whether that lowers the variance is not shown here (on-policy, d_t = 0 and TayPO-K equals
+    DR, so their variances are equal there).
     G_0 stands for Û_0 = V^μ(x_0): it is constant in θ and does not affect any derivative.
 
     References:

@@ -245,20 +245,29 @@ def _diagnose(results: Sequence[tuple[str, tuple, np.ndarray]], mistakes: Sequen
     explains every wrong case, else the one that explains most of them (so a mistake that only shows on a
     later case is still recognised).
     """
-    best, best_count = "", 0
+    best, best_labels = "", []
     for mistake, hint in mistakes:
-        count = 0
-        for _, args, got in results:
+        labels = []
+        for label, args, got in results:
             try:
                 if _close(got, np.asarray(mistake(*args), dtype=np.float64)):
-                    count += 1
+                    labels.append(label)
             except Exception:  # noqa: BLE001 — a diagnosis that cannot run is simply skipped
                 continue
-        if count == len(results):
+        if len(labels) == len(results):
             return hint
-        if count > best_count:
-            best, best_count = hint, count
-    return best
+        if len(labels) > len(best_labels):
+            best, best_labels = hint, labels
+    if not best:
+        return ""
+    # Explains only some wrong inputs: say which, so the hint is not read as a diagnosis of the input printed
+    # first (e.g. (1 − γ)·V equals r^π on a one-state MDP only).
+    where = (
+        " and ".join(best_labels)
+        if len(best_labels) <= 2
+        else f"{len(best_labels)} of the {len(results)} wrong inputs (first: {best_labels[0]})"
+    )
+    return f"On {where} it matches a known mistake: {best}"
 
 
 def _static_indices(args: Sequence) -> tuple[int, ...]:

@@ -56,8 +56,51 @@ def check_hvp(hvp: Callable) -> str:
             "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0; differentiate the whole gradient along v.",
         ),
     ]
+    mistakes.append((lambda f, x, v: -reference(f, x, v), "It is −∇²f(x) v: the sign is flipped."))
     _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
-    return "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions and points, v = 0), also under jax.jit."
+    _refuse_full_hessian(hvp, cubic_sine)
+    return (
+        "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions at random points and directions, and "
+        f"v = 0), also under jax.jit, and builds no {_HESSIAN_PROBE}×{_HESSIAN_PROBE} array (no full Hessian)."
+    )
+
+
+_HESSIAN_PROBE = 257  # an input size at which no honest Hessian-vector product needs an n×n array
+
+
+def _refuse_full_hessian(hvp: Callable, f: Callable) -> None:
+    """Trace ``hvp`` at x of size n = 257 (nothing is computed) and refuse it when it forms an n×n array.
+
+    ``jax.hessian(f)(x) @ v``, ``jax.jacfwd(jax.grad(f))(x) @ v`` or n gradients stacked into a matrix all
+    build the n×n Hessian (n² memory, n passes); forward-over-reverse (``jax.jvp`` of ``jax.grad``) or
+    ``jax.grad`` of ⟨∇f, v⟩ never holds more than a few length-n vectors. The probe is a closure, so when
+    grading it runs in the student's kernel (through ``_call``) and returns only a count.
+    """
+    n = _HESSIAN_PROBE
+
+    def count_square_arrays(x, v):
+        """How many equations of the jaxpr of ``hvp(f, x, v)`` (sub-jaxprs included) output an n×n block."""
+        count, stack = 0, [jax.make_jaxpr(lambda x, v: hvp(f, x, v))(x, v).jaxpr]
+        while stack:
+            jaxpr = stack.pop()
+            for eqn in jaxpr.eqns:
+                count += sum(sum(d == n for d in getattr(var.aval, "shape", ())) >= 2 for var in eqn.outvars)
+                for param in eqn.params.values():
+                    for sub in param if isinstance(param, (list, tuple)) else (param,):
+                        inner = getattr(sub, "jaxpr", sub)
+                        if hasattr(inner, "eqns"):
+                            stack.append(inner)
+        return np.array(float(count))
+
+    x = _float(jnp.linspace(-1.0, 1.0, n))
+    found = _call("hvp", count_square_arrays, (x, jnp.ones_like(x)), f"x of size n = {n} (traced, not run)")
+    if float(np.asarray(found)) > 0:
+        _fail(
+            "hvp",
+            f"its values are right, but at an input of size n = {n} it builds an n×n array: the full Hessian "
+            "(e.g. jax.hessian(f)(x) @ v or jax.jacfwd(jax.grad(f))). The exercise asks for the product without "
+            "it, in the memory and time of a few gradients: differentiate the gradient along v instead.",
+        )
 
 
 def _bandit_cases():
@@ -94,6 +137,15 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             lambda th, a, r: jax.grad(lambda t: jnp.mean(r * t[a]))(th),
             "It differentiates the logit θ[a] instead of log softmax(θ)[a]: the normaliser log Σ_b exp θ_b depends "
             "on θ too (jax.nn.log_softmax includes it).",
+        ),
+        (lambda th, a, r: -reference(th, a, r), "It is −(1/N) Σ r_i ∇ log π(a_i): the sign is flipped (we ascend J, no minus)."),
+        (
+            lambda th, a, r: jnp.mean(r) * jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[a]))(th),
+            "It is mean(r) × mean(∇ log π): each reward must multiply the score of its own action, inside the average.",
+        ),
+        (
+            lambda th, a, r: jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[a]))(th),
+            "It ignores the rewards (it is the mean score, whose expectation is 0): weight each score by its reward r_i.",
         ),
     ]
     _compare(
@@ -143,6 +195,14 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
         (lambda th, a, r: parts(th, a, r)[1], "It has only the score outer products: the ∇² log π(a_i) term is missing."),
         (lambda th, a, r: reference(th, a, r) * r.shape[0], "It is N times too large: average over the samples instead of summing."),
         (mean_score_outer, "It uses the outer product of the averaged score: each sample needs its own ∇ℓ_i ∇ℓ_iᵀ."),
+        (
+            lambda th, a, r: parts(th, a, r)[0] - parts(th, a, r)[1],
+            "The score outer product has the wrong sign: ∇²(π) / π = ∇² log π + ∇ log π ∇ log πᵀ, a plus.",
+        ),
+        (
+            lambda th, a, r: parts(th, a, r)[0] + 2 * parts(th, a, r)[1],
+            "The score outer product is counted twice: ∇²(π) / π = ∇² log π + ∇ log π ∇ log πᵀ, once.",
+        ),
         (probability_hessian, "It differentiates the sampled π(a_i) twice: that is an importance-weighted estimate at the wrong point; use log π and add the outer product of the scores."),
     ]
     _compare(
@@ -190,8 +250,8 @@ def check_magic_box(magic_box: Callable) -> str:
     if _close(first, 0.0):
         _fail(
             exercise,
-            "the derivative of magic_box(w(θ)) is 0, but it must be w'(θ): without stop_gradient, "
-            "x − x is the constant 0 for autodiff too.",
+            "the derivative of magic_box(w(θ)) is 0, but it must be w'(θ): the value 1 is right, but a constant "
+            "(ones_like(x), or exp(x − x) without stop_gradient) carries no derivative; subtract stop_gradient(x).",
         )
     if _close(first, -d1):
         _fail(exercise, "d/dθ magic_box(w(θ)) is −w'(θ): the sign is flipped; the exponent must be x − stop_gradient(x).")

@@ -66,6 +66,18 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         (transposed, "It matches solving with (I − γ (P^π)ᵀ): P^π[x, x'] is the probability of x → x', no transpose here."),
         (one_step, "It equals r^π, the one-step reward: the future γ P^π V^π term is missing."),
         (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
+        (
+            lambda mdp, policy: (1 - mdp.gamma) * reference(mdp, policy),
+            "It equals (1 − γ)·V^π, the normalised value: V^π is the plain discounted sum of rewards, no (1 − γ) factor.",
+        ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) + mdp.gamma * _p_pi(mdp, policy)[0], _p_pi(mdp, policy)[1]),
+            "It solves (I + γ P^π) V = r^π: the Bellman equation V = r^π + γ P^π V gives (I − γ P^π) V = r^π.",
+        ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], mdp.rewards[:, 0]),
+            "It uses the rewards of action 0 only: r^π(x) = Σ_a π(a|x) r(x, a) averages over the policy's actions.",
+        ),
     ]
     _compare(
         "policy_evaluation",
@@ -97,6 +109,10 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
     mistakes = [
         (not_transposed, "It matches solving with P^π instead of (P^π)ᵀ: probability flows from x to x', so transpose."),
         (normalised, "It is the normalised occupancy (1 − γ) d^π; here we want the unnormalised one, summing to 1/(1 − γ)."),
+        (
+            lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0].T, jnp.ones(policy.shape[0])),
+            "It solves with a vector of ones on the right-hand side: the visits start from the start distribution mdp.initial.",
+        ),
         *_capped_loops("It matches the sum stopped after {K} steps: d^π is the infinite sum (with γ = 0.99, even 1000 "
                        "steps miss γ^K/(1 − γ)); derive the linear equation d^π satisfies and solve it once."),
     ]
@@ -159,8 +175,9 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
             p_pi = np.asarray(_p_pi(mdp, policy)[0])
             gamma = 1.0 if kind == "undiscounted" else float(mdp.gamma)
             move = p_pi if kind == "no_transpose" else p_pi.T
-            p, out = np.asarray(mdp.initial, dtype=np.float64), 0.0
-            steps = horizon + 1 if kind == "inclusive" else horizon
+            p = np.asarray(mdp.initial, dtype=np.float64)
+            out = np.zeros_like(p)
+            steps = {"inclusive": horizon + 1, "short": horizon - 1}.get(kind, horizon)
             for t in range(steps):
                 if kind == "skip_first":
                     p = move @ p
@@ -175,6 +192,7 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
         (variant("no_transpose"), "Probability flows forwards: p_{t+1} = (P^π)ᵀ p_t, with the transpose."),
         (variant("undiscounted"), "It ignores γ: visits at time t count γ^t."),
         (variant("inclusive"), "It sums T + 1 terms (off by one): t runs over 0, …, T − 1."),
+        (variant("short"), "It sums T − 1 terms (off by one): t runs over 0, …, T − 1."),
         (variant("skip_first"), "It starts from p_1 instead of p_0 (off by one): the start distribution counts at t = 0."),
         (lambda m, pi, T: _full_occupancy(m, pi), "It is the full d^π: sum only the first `horizon` terms."),
         *_capped_loops("It is right for short horizons but stops after {K} steps on T = 400: a fixed-size array or "

@@ -73,7 +73,19 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
     def no_bootstrap(rewards, gamma, bootstrap):
         return reference_reward_to_go(rewards, gamma, 0.0)
 
+    def forward_scan(rewards, gamma, bootstrap):  # the recursion run from t = 0 forwards, started at the bootstrap
+        out, carry = [], float(bootstrap)
+        for r in np.asarray(rewards, dtype=np.float64):
+            carry = r + gamma * carry
+            out.append(carry)
+        return np.array(out)
+
+    def bootstrap_discounted_twice(rewards, gamma, bootstrap):
+        return reference_reward_to_go(rewards, gamma, gamma * bootstrap)
+
     mistakes = [
+        (forward_scan, "It runs the recursion forwards in time: G_t = r_t + γ G_{t+1} needs G_{t+1} first, so scan backwards (lax.scan(..., reverse=True)) from G_T = bootstrap."),
+        (bootstrap_discounted_twice, "It starts from G_T = γ · bootstrap: the bootstrap is G_T itself, and the recursion applies the γ."),
         (skips_current, "It misses r_t itself (off by one): G_t starts with the reward at time t."),
         (next_step_return, "It returns G_{t+1} at step t (off by one): G_t starts with the reward at time t."),
         (undiscounted, "It ignores γ: each step further away is worth one more factor of γ."),
@@ -108,7 +120,10 @@ def _reinforce_reference(
             for r, s in zip(np.asarray(rewards), np.asarray(states))
         ]
     )
-    subtracted = critic[jnp.arange(horizon)][None, :] if time_indexed else critic[states[:, :-1]]
+    if time_indexed == "next":  # the critic of the next state, critic[x_{t+1}]
+        subtracted = critic[states[:, 1:]]
+    else:
+        subtracted = critic[jnp.arange(horizon)][None, :] if time_indexed else critic[states[:, :-1]]
     advantages = returns - subtracted if baseline else returns
     weights = gamma ** jnp.arange(horizon) if discount_weights else jnp.ones(horizon)
 
@@ -148,6 +163,11 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
         (
             lambda *a: _reinforce_reference(*a, time_indexed=True),
             "It matches a critic indexed by time, critic[t]: the baseline must be the value of the state, critic[x_t].",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, time_indexed="next"),
+            "It subtracts the critic of the next state, critic[x_{t+1}] (off by one): the baseline of step t is critic[x_t], "
+            "the state where a_t is chosen.",
         ),
         (
             lambda *a: _reinforce_reference(*a, discount_weights=False),
@@ -208,15 +228,20 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
             "a 3-state MDP with γ = 0.5, a random start distribution and its d^π",
             (mdp_b, theta_b, mdp_lib.discounted_occupancy(mdp_b, jax.nn.softmax(theta_b, -1))),
         ),
+        ("an arbitrary occupancy vector on the 3-state MDP", (mdp_b, theta_b, _float(rng.uniform(0.1, 3.0, size=3)))),
     ]
 
     def variant(kind):
         def wrong(mdp, logits, occupancy):
             pi, v, q = pieces(mdp, logits)
             weight = {"q": q, "a": q - v[:, None]}["q" if kind == "q" else "a"]
-            occ = {"initial": mdp.initial, "norm": (1 - mdp.gamma) * occupancy}.get(kind, occupancy)
+            occ = {
+                "initial": mdp.initial,
+                "norm": (1 - mdp.gamma) * occupancy,
+                "own": mdp_lib.discounted_occupancy(mdp, pi),
+            }.get(kind, occupancy)
             out = occ[:, None] * weight
-            return out if kind == "no_pi" else out * pi
+            return out if kind == "no_pi" else out * (1 - pi) if kind == "one_minus_pi" else out * pi
 
         return wrong
 
@@ -225,6 +250,16 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
         (variant("no_pi"), "The factor π(a|x) is missing: ∂π(b|x)/∂θ[x, a] = π(b|x) (1{a = b} − π(a|x))."),
         (variant("initial"), "It uses the start distribution instead of the `occupancy` argument."),
         (variant("norm"), "It is (1 − γ) times the answer: use the occupancy as given, unnormalised."),
+        (
+            variant("own"),
+            "It ignores the `occupancy` argument and uses d^π of the policy instead: right only when the two "
+            "coincide; weight each state by the occupancy it is given.",
+        ),
+        (
+            variant("one_minus_pi"),
+            "It multiplies the advantage by 1 − π(a|x), the derivative of log π(a|x) in its own logit: the field is "
+            "Σ_b Q(x, b) ∂π(b|x)/∂θ[x, a], a sum over every action b, not only b = a.",
+        ),
     ]
     _compare(
         "occupancy_policy_gradient",
@@ -238,4 +273,4 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
     got = np.asarray(occupancy_policy_gradient(*cases[0][1]))
     if not np.allclose(got, np.asarray(exact.gradient(mdp_a, theta_a)), rtol=1e-6, atol=1e-9):
         _fail("occupancy_policy_gradient", "with occupancy = d^π it must equal exact.gradient (the policy-gradient theorem); it does not.")
-    return "matches d(x) π(a|x) A^π(x, a) on 3 inputs (incl. an arbitrary occupancy and a random start), and equals exact.gradient with d^π."
+    return "matches d(x) π(a|x) A^π(x, a) on 4 inputs (incl. two arbitrary occupancies and a random start), and equals exact.gradient with d^π."

@@ -124,7 +124,25 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
     def undiscounted(scores, adv, gamma):
         return reference_missing_hessian_terms(scores, adv, 1.0)
 
+    def with_past(cross_factor, past_outer):
+        def wrong(scores, adv, gamma):
+            scores = np.asarray(scores)
+            out, past = 0.0, np.zeros(scores.shape[1])
+            for t, g in enumerate(scores):
+                cross = np.outer(g, past) + np.outer(past, g)
+                out = out + gamma**t * float(adv[t]) * (np.outer(g, g) + cross_factor * cross + past_outer * np.outer(past, past))
+                past = past + g
+            return out
+
+        return wrong
+
     mistakes = [
+        (
+            with_past(1.0, 1.0),
+            "It is Σ_t γ^t Â_t (S_{<t} + g_t)(S_{<t} + g_t)ᵀ: the S_{<t} S_{<t}ᵀ part belongs to earlier steps' terms, "
+            "not to step t; keep only the products that contain g_t.",
+        ),
+        (with_past(2.0, 0.0), "Its cross terms are doubled: g_t S_{<t}ᵀ and S_{<t} g_tᵀ appear once each."),
         (undiscounted, "It ignores γ: each step's terms carry the same factor γ^t as its ∇²ℓ_t term in the surrogate."),
         (outer_only, "It has only the g_t g_tᵀ terms (what LVC keeps): the cross terms with S_{<t} = Σ_{s<t} g_s are missing."),
         (inclusive_past, "Its past sum includes step t itself (off by one): S_{<t} runs over s < t only."),
@@ -208,12 +226,15 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
     mdp_b = _random_mdp(rng, 3, 3, 0.9)
     start = rng.dirichlet(np.ones(3))
     mdp_b = type(mdp_b)(mdp_b.transitions, mdp_b.rewards, _float(start), mdp_b.gamma)
+    mdp_a = type(mdp_a)(mdp_a.transitions, mdp_a.rewards, _float(rng.dirichlet(np.ones(4))), mdp_a.gamma)
     cases = []
-    for mdp, seed, extra in ((mdp_a, 0, "(γ = 0.7, start state 0)"), (mdp_b, 1, "(γ = 0.9, a random start distribution)")):
+    for mdp, seed, extra in ((mdp_a, 0, "(γ = 0.7)"), (mdp_b, 1, "(γ = 0.9)")):
         for name, fn, params in _policy_classes(mdp.num_states, mdp.num_actions, seed):
-            cases.append((f"{name} on a {mdp.num_states}-state MDP {extra}", (mdp, fn, params)))
-    # Three cases: each policy class once, the degenerate ones (zero expectation) on one MDP each.
-    cases = [cases[0], cases[4], cases[5]]
+            cases.append((f"{name} on a {mdp.num_states}-state MDP {extra} with a random start distribution", (mdp, fn, params)))
+    # Each policy class once, the degenerate ones (zero expectation) on one MDP each, and the tanh network (the
+    # only class whose expectation is not zero) on both, so an ignored start distribution, occupancy or
+    # discount fails on two inputs.
+    cases = [cases[0], cases[2], cases[4], cases[5]]
 
     def pieces(mdp, fn, params):
         log_pi = lambda p: jax.nn.log_softmax(fn(p), axis=-1)  # noqa: E731
@@ -231,6 +252,7 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
             w = {
                 "q": d[:, None] * pi * q,
                 "no_occupancy": mdp.initial[:, None] * pi * adv,
+                "start_0": mdp_lib.discounted_occupancy(mdp._replace(initial=jnp.eye(mdp.num_states)[0]), pi)[:, None] * pi * adv,
                 "no_pi": d[:, None] * adv,
                 "lvc": d[:, None] * pi * adv,
                 "normalised": (1 - mdp.gamma) * d[:, None] * pi * adv,
@@ -247,6 +269,7 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
         (variant("no_occupancy"), "It weights states by the start distribution only: every visit counts, weight the states by the discounted occupancy d^π(x) = Σ_t γ^t Pr(x_t = x)."),
         (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
         (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
+        (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),
         (variant("normalised"), "It is (1 − γ) times too small: d^π(x) is the unnormalised occupancy Σ_t γ^t Pr(x_t = x), as in metagrad.mdp.discounted_occupancy."),
     ]
     # Compiled calls (the exercise asks for jit-compatibility): op-by-op Hessians through a linear solve are slow.
@@ -260,5 +283,5 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
     )
     return (
         "matches Σ_{x,a} d^π(x) π(a|x) A^π(x,a) ∇²ℓ(a|x) for tabular, log-linear and tanh-network policies "
-        "(two MDPs, incl. γ = 0.9 and a random start distribution), compiled with jax.jit."
+        "(two MDPs, γ = 0.7 and 0.9, random start distributions), compiled with jax.jit."
     )

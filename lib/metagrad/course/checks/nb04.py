@@ -108,6 +108,23 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
         (trajectory_is, "It matches trajectory-wise IS (one product over all T steps): step-wise IS weights r_t by Π_{s≤t} ρ_s only."),
         (shifted, "It weights r_t by Π_{s<t} ρ_s (off by one): the action a_t that earned r_t needs its ratio too."),
         (no_bootstrap, "It ignores the bootstrap term γ^T (Π_{s<T} ρ_s) V(x_T)."),
+        (
+            lambda lr, r, v, gamma: jnp.sum(gamma ** jnp.arange(r.shape[0]) * jnp.cumprod(lr) * r)
+            + gamma ** r.shape[0] * jnp.prod(lr) * v[-1],
+            "It uses the log-ratios κ_t as the ratios: ρ_t = exp(κ_t).",
+        ),
+        (
+            lambda lr, r, v, gamma: no_bootstrap(lr, r, v, gamma) + jnp.exp(jnp.sum(lr)) * v[-1],
+            "Its bootstrap term lacks the discount γ^T: V(x_T) comes T steps after x_0.",
+        ),
+        (
+            lambda lr, r, v, gamma: no_bootstrap(lr, r, v, gamma) + gamma ** r.shape[0] * v[-1],
+            "Its bootstrap term lacks the ratios: γ^T V(x_T) depends on all T actions, so it is weighted by Π_{s<T} ρ_s.",
+        ),
+        (
+            lambda lr, r, v, gamma: ope.step_importance_sampling(lr, r, v.at[-1].set(v[0]), gamma),
+            "It bootstraps with V(x_0) (values[0]): the bootstrap is the critic at the last state, values[T].",
+        ),
     ]
     return _check_ope("step_importance_sampling", step_importance_sampling, ope.step_importance_sampling, mistakes, "metagrad.ope.step_importance_sampling")
 
@@ -137,6 +154,10 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
             "corrections survives (that is a one-step, V-trace-like target with c̄ = 0).",
         ),
         (lambda *a: loop(*a, sign=-1.0), "The control variate has the wrong sign: add V(x_t) − ρ_t V(x_t), not its negative."),
+        (
+            lambda lr, r, v, gamma: ope.doubly_robust(lr, r, v.at[-1].set(0.0), gamma),
+            "It does not bootstrap: the recursion starts from V̂_T = V(x_T) (values[T]), not from 0.",
+        ),
     ]
     return _check_ope("doubly_robust", doubly_robust, ope.doubly_robust, mistakes, "metagrad.ope.doubly_robust")
 
