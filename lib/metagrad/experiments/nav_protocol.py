@@ -42,7 +42,7 @@ NAV_DEFAULTS = {
     "backtrack_steps": (15, "ProMP optimizers/conjugate_gradient_optimizer.py: max_backtracks"),
     "cg_damping": (1e-5, "our choice (ProMP: reg_coeff=0 with a finite-difference Hessian-vector product)"),
     "num_iterations": (1000, f"{_PROMP_SCRIPT}: n_itr=1001 (our notes do not record Fig. 1d's x-axis length)"),
-    "seeds": (5, "issue 12 (≥ 5; the paper averages 10)"),
+    "seeds": (5, "our choice (≥ 5 for a mean ± standard error; the paper averages 10)"),
     "TRPO-MAML inner": ("maml", "Finn et al.'s surrogate = ProMP inner_type='log_likelihood' "
                                 "(run_scripts/e-maml_run_mujoco.py)"),
     "TRPO-DiCE inner": ("dr", "paper §5.2: TRPO-DiCE uses the DR estimate"),

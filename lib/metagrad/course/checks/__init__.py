@@ -1,9 +1,9 @@
-"""Automatic checks for the course exercises: one ``check_<exercise>(student_function)`` per exercise.
+"""Automatic checks for the course exercises: one `check_<exercise>(student_function)` per exercise.
 
-One module per notebook (``nb00`` … ``nb09``), all sharing the diagnosis helpers of ``_diagnose``. In a
-notebook: ``from metagrad.course import checks`` then ``checks.check_<exercise>(<exercise>)``. Each check
+One module per notebook (`nb00` … `nb09`), all sharing the diagnosis helpers of `_diagnose`. In a
+notebook: `from metagrad.course import checks` then `checks.check_<exercise>(<exercise>)`. Each check
 compares the student's function with a reference on random and edge-case inputs; on success it prints one
-line starting with ``✓``; otherwise it raises :class:`ExerciseCheckFailed` with one or two sentences saying
+line starting with `✓`; otherwise it raises `ExerciseCheckFailed` with one or two sentences saying
 what is wrong and, when the wrong answer matches a known mistake, which mistake.
 """
 

@@ -1,30 +1,30 @@
 """What every exercise check shares: the failure type, the outcome table, calling and comparing student code.
 
-The checks themselves live in one module per notebook (``nb00`` … ``nb09``); this is the shared diagnosis.
+The checks themselves live in one module per notebook (`nb00` … `nb09`); this is the shared diagnosis.
 Conventions of every check:
 
 Each check calls the student's function on random and edge-case inputs and compares the result with a
-reference: the library function where the library has one (``metagrad.mdp``, ``metagrad.exact``,
-``metagrad.ope``), otherwise a short reference written here. On success it prints one line starting
-with ``✓``. On failure it raises :class:`ExerciseCheckFailed`, whose message says in one or two sentences
+reference: the library function where the library has one (`metagrad.mdp`, `metagrad.exact`,
+`metagrad.ope`), otherwise a short reference written here. On success it prints one line starting
+with `✓`. On failure it raises `ExerciseCheckFailed`, whose message says in one or two sentences
 what is wrong (not implemented yet, wrong shape, which input, how large the error is) and, when the
 wrong answer matches a known mistake (a forgotten discount, an off-by-one, a time-indexed critic, a
-missing ``stop_gradient``), which mistake. In Jupyter the exception is shown as that message only,
-without a traceback (:meth:`ExerciseCheckFailed._render_traceback_`).
+missing `stop_gradient`), which mistake. In Jupyter the exception is shown as that message only,
+without a traceback (`ExerciseCheckFailed._render_traceback_`).
 
-Building blocks for a check (see :func:`_compare`): ``_compare(..., parts=value_gradient_hessian_parts)``
-names the wrong part (value, gradient, Hessian) of a ``_with_derivatives`` output; ``mistakes`` are diagnosed
-over all wrong cases, not only the first; ``jit=True`` / ``vmap_in_axes=(0, None, ...)`` also run the
-student's function under ``jax.jit`` and ``jax.vmap`` (:func:`_check_transforms`); :func:`_as_result` turns
+Building blocks for a check (see `_compare`): `_compare(..., parts=value_gradient_hessian_parts)`
+names the wrong part (value, gradient, Hessian) of a `_with_derivatives` output; `mistakes` are diagnosed
+over all wrong cases, not only the first; `jit=True` / `vmap_in_axes=(0, None, ...)` also run the
+student's function under `jax.jit` and `jax.vmap` (`_check_transforms`); `_as_result` turns
 type, shape, dtype and NaN problems into one sentence.
 
-Every outcome is recorded in :func:`results` (exercise name -> passed) for the notebook's own use.
+Every outcome is recorded in `results` (exercise name -> passed) for the notebook's own use.
 
-Grading (``metagrad course grade``) runs a check in the grader's process, not in the student's kernel: the
-student's function is a :class:`RemoteFunction`, and every call of student code goes through :func:`_call`
-or :func:`_call_transformed`, which hand ``(function, arguments)`` to the grader's executor (the kernel runs
-them and returns the outputs as plain data, see :mod:`metagrad.course._serve`). So a check must call the
-student's function — or anything built around it, such as ``jax.jit(student)`` or a closure calling it —
+Grading (`metagrad course grade`) runs a check in the grader's process, not in the student's kernel: the
+student's function is a `RemoteFunction`, and every call of student code goes through `_call`
+or `_call_transformed`, which hand `(function, arguments)` to the grader's executor (the kernel runs
+them and returns the outputs as plain data, see `metagrad.course._serve`). So a check must call the
+student's function — or anything built around it, such as `jax.jit(student)` or a closure calling it —
 only through those two helpers (or by calling the proxy directly on concrete arguments), and must never pass
 a reference solution into them: whatever they receive runs in the student's kernel.
 """
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 class ExerciseCheckFailed(AssertionError):
-    """A check found a wrong answer. ``str(err)`` is the friendly message; ``err.exercise`` its name."""
+    """A check found a wrong answer. `str(err)` is the friendly message; `err.exercise` its name."""
 
     def __init__(self, exercise: str, message: str):
         super().__init__(f"Exercise `{exercise}`: {message}")
@@ -58,10 +58,10 @@ _EXECUTOR: Callable | None = None
 
 
 class RemoteFunction:
-    """The student's function ``name`` in a grading kernel; it only exists in the grader's process.
+    """The student's function `name` in a grading kernel; it only exists in the grader's process.
 
-    Called on concrete arguments it runs in the kernel (through ``_EXECUTOR``); pickled (as part of a wrapper
-    the check built) it becomes the kernel's own ``name`` (:func:`metagrad.course._serve.student`).
+    Called on concrete arguments it runs in the kernel (through `_EXECUTOR`); pickled (as part of a wrapper
+    the check built) it becomes the kernel's own `name` (`metagrad.course._serve.student`).
     """
 
     def __init__(self, name: str):
@@ -86,7 +86,7 @@ class RemoteTracedError(BaseException):
 
 
 def _run(fn: Callable, args: Sequence):
-    """``fn(*args)``: in the student's kernel when grading (``_EXECUTOR`` set), here otherwise."""
+    """`fn(*args)`: in the student's kernel when grading (`_EXECUTOR` set), here otherwise."""
     return _EXECUTOR(fn, tuple(args)) if _EXECUTOR is not None else fn(*args)
 
 #: Exercise name -> notebook number, in course order (the columns of ``metagrad course grade``).
@@ -210,7 +210,7 @@ def _as_result(exercise: str, got, expected: np.ndarray, label: str, expected_fo
 
 
 def value_gradient_hessian_parts(size: int) -> list[tuple[str, slice]]:
-    """Names and slices of a flat ``[value, gradient (n), Hessian (n·n)]`` vector, as made by ``_with_derivatives``."""
+    """Names and slices of a flat `[value, gradient (n), Hessian (n·n)]` vector, as made by `_with_derivatives`."""
     n = int(round((-1 + np.sqrt(1 + 4 * (size - 1))) / 2))
     if 1 + n + n * n != size:
         return [("value and derivatives", slice(0, size))]
@@ -218,7 +218,7 @@ def value_gradient_hessian_parts(size: int) -> list[tuple[str, slice]]:
 
 
 def value_gradient_parts(size: int) -> list[tuple[str, slice]]:
-    """Names and slices of a flat ``[value, gradient]`` vector."""
+    """Names and slices of a flat `[value, gradient]` vector."""
     return [("value", slice(0, 1)), ("gradient", slice(1, size))]
 
 
@@ -240,7 +240,7 @@ def _wrong_parts(got: np.ndarray, expected: np.ndarray, parts) -> str:
 def _diagnose(results: Sequence[tuple[str, tuple, np.ndarray]], mistakes: Sequence[tuple[Callable, str]]) -> str:
     """The hint of the known mistake that explains the wrong results best ('' when none does).
 
-    ``results`` holds ``(label, args, student_output)`` of every case where the student's output is wrong.
+    `results` holds `(label, args, student_output)` of every case where the student's output is wrong.
     A mistake explains a case when it reproduces the student's output there; the hint chosen is the one that
     explains every wrong case, else the one that explains most of them (so a mistake that only shows on a
     later case is still recognised).
@@ -308,11 +308,11 @@ def _check_transforms(
     vmap_in_axes: Sequence | None = None,
     expected_form: str = "",
 ) -> None:
-    """Run the student's function under ``jax.jit`` (first case) and ``jax.vmap`` (a batch of cases).
+    """Run the student's function under `jax.jit` (first case) and `jax.vmap` (a batch of cases).
 
     Code that is right eagerly can still break under a transformation that a later cell applies (NumPy
-    conversions, ``float()``, Python ``if`` on array values, in-place style updates): the failure says
-    which transformation and on which input. ``vmap_in_axes`` gives, per argument, 0 (batched) or None
+    conversions, `float()`, Python `if` on array values, in-place style updates): the failure says
+    which transformation and on which input. `vmap_in_axes` gives, per argument, 0 (batched) or None
     (shared); the batch stacks every case whose batched arguments have the shapes of the first case
     (the first case twice if no other fits).
     """
@@ -385,14 +385,14 @@ def _compare(
     jit: bool = False,
     vmap_in_axes: Sequence | None = None,
 ) -> None:
-    """Compare ``student_fn(*args)`` with ``reference_fn(*args)`` on every ``(label, args)`` case.
+    """Compare `student_fn(*args)` with `reference_fn(*args)` on every `(label, args)` case.
 
     Type, shape, dtype and NaN problems fail at once, naming the input. Wrong values are collected over
     ALL cases; the message names the first wrong input, how many inputs are wrong, the wrong part when
-    ``parts`` names the parts of the output (e.g. :func:`value_gradient_hessian_parts`: "its value is right
-    but its Hessian is wrong"), and the known mistake (``mistakes``: ``(function, hint)`` pairs) that
-    reproduces the wrong outputs on most cases. Then, when asked, the function is run under ``jax.jit``
-    and ``jax.vmap`` (:func:`_check_transforms`).
+    `parts` names the parts of the output (e.g. `value_gradient_hessian_parts`: "its value is right
+    but its Hessian is wrong"), and the known mistake (`mistakes`: `(function, hint)` pairs) that
+    reproduces the wrong outputs on most cases. Then, when asked, the function is run under `jax.jit`
+    and `jax.vmap` (`_check_transforms`).
     """
     wrong = []
     first = ""
@@ -422,9 +422,9 @@ def _float(x) -> jax.Array:
 
 
 def _with_derivatives(fn: Callable, argnum: int = 0, static: tuple[int, ...] = (), hessian: bool = True) -> Callable:
-    """[value, gradient, Hessian (flattened)] of ``fn`` in its argument ``argnum`` (a ``[T]`` vector), jitted.
+    """[value, gradient, Hessian (flattened)] of `fn` in its argument `argnum` (a `[T]` vector), jitted.
 
-    Jitted because differentiating a ``lax.scan`` twice op by op is slow; ``static`` lists arguments that
+    Jitted because differentiating a `lax.scan` twice op by op is slow; `static` lists arguments that
     must stay Python values (e.g. an order K).
     """
 
@@ -483,7 +483,7 @@ def all_exercises() -> list[str]:
 
 
 def _with_third_derivative(fn: Callable, argnum: int = 0) -> Callable:
-    """[value, gradient, Hessian, third derivative (each flattened)] of ``fn`` in its ``[T]`` argument ``argnum``.
+    """[value, gradient, Hessian, third derivative (each flattened)] of `fn` in its `[T]` argument `argnum`.
 
     For exercises whose contract is *every* order of derivative (DiCE, step-wise IS at μ = sg(π)): a form that is
     right up to the Hessian but not beyond (a magic box expanded to second order) fails here. Jitted.
@@ -502,7 +502,7 @@ def _with_third_derivative(fn: Callable, argnum: int = 0) -> Callable:
 
 
 def value_to_third_parts(size: int) -> list[tuple[str, slice]]:
-    """Names and slices of a flat ``[value, gradient (n), Hessian (n²), third derivative (n³)]`` vector."""
+    """Names and slices of a flat `[value, gradient (n), Hessian (n²), third derivative (n³)]` vector."""
     n = next((k for k in range(1, 64) if 1 + k + k**2 + k**3 == size), None)
     if n is None:
         return [("value and derivatives", slice(0, size))]
@@ -513,7 +513,7 @@ def value_to_third_parts(size: int) -> list[tuple[str, slice]]:
 def _refuse_float32(exercise: str, student_fn: Callable, args: Sequence, label: str) -> None:
     """Fail, naming the dtype, when the student's raw output is float32 while the notebook runs in float64.
 
-    Derivative wrappers (``_with_derivatives``) concatenate with float64 inputs and would hide a float32 result whose
+    Derivative wrappers (`_with_derivatives`) concatenate with float64 inputs and would hide a float32 result whose
     error happens to sit inside the tolerance; precision is part of these exercises' contract.
     """
     if jnp.result_type(float) != jnp.float64:
@@ -529,7 +529,7 @@ def _refuse_float32(exercise: str, student_fn: Callable, args: Sequence, label: 
 
 
 def _refuse_non_finite(exercise: str, student_fn: Callable, args: Sequence, label: str, hint: str) -> None:
-    """Fail with ``hint`` when the student's output on a valid but extreme input (``args``) is NaN or infinite."""
+    """Fail with `hint` when the student's output on a valid but extreme input (`args`) is NaN or infinite."""
     got = _call(exercise, student_fn, args, label)
     try:
         finite = bool(np.all(np.isfinite(np.asarray(got, dtype=np.float64))))

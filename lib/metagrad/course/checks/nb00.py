@@ -33,7 +33,7 @@ def _hvp_functions():
 
 @_register("00", "hvp")
 def check_hvp(hvp: Callable) -> str:
-    """``hvp(f, x, v)`` must return ∇²f(x) v (same shape as x) for a scalar function f."""
+    """`hvp(f, x, v)` must return ∇²f(x) v (same shape as x) for a scalar function f."""
     cubic_sine, log_partition = _hvp_functions()
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
     cases = [
@@ -69,17 +69,17 @@ _HESSIAN_PROBE = 257  # an input size at which no honest Hessian-vector product 
 
 
 def _refuse_full_hessian(hvp: Callable, f: Callable) -> None:
-    """Trace ``hvp`` at x of size n = 257 (nothing is computed) and refuse it when it forms an n×n array.
+    """Trace `hvp` at x of size n = 257 (nothing is computed) and refuse it when it forms an n×n array.
 
-    ``jax.hessian(f)(x) @ v``, ``jax.jacfwd(jax.grad(f))(x) @ v`` or n gradients stacked into a matrix all
-    build the n×n Hessian (n² memory, n passes); forward-over-reverse (``jax.jvp`` of ``jax.grad``) or
-    ``jax.grad`` of ⟨∇f, v⟩ never holds more than a few length-n vectors. The probe is a closure, so when
-    grading it runs in the student's kernel (through ``_call``) and returns only a count.
+    `jax.hessian(f)(x) @ v`, `jax.jacfwd(jax.grad(f))(x) @ v` or n gradients stacked into a matrix all
+    build the n×n Hessian (n² memory, n passes); forward-over-reverse (`jax.jvp` of `jax.grad`) or
+    `jax.grad` of ⟨∇f, v⟩ never holds more than a few length-n vectors. The probe is a closure, so when
+    grading it runs in the student's kernel (through `_call`) and returns only a count.
     """
     n = _HESSIAN_PROBE
 
     def count_square_arrays(x, v):
-        """How many equations of the jaxpr of ``hvp(f, x, v)`` (sub-jaxprs included) output an n×n block."""
+        """How many equations of the jaxpr of `hvp(f, x, v)` (sub-jaxprs included) output an n×n block."""
         count, stack = 0, [jax.make_jaxpr(lambda x, v: hvp(f, x, v))(x, v).jaxpr]
         while stack:
             jaxpr = stack.pop()
@@ -118,7 +118,7 @@ def _bandit_cases():
 
 @_register("00", "score_function_gradient")
 def check_score_function_gradient(score_function_gradient: Callable) -> str:
-    """``score_function_gradient(logits [A], actions [N], rewards [N])`` -> (1/N) Σ_i r_i ∇ log π(a_i) [A]."""
+    """`score_function_gradient(logits [A], actions [N], rewards [N])` -> (1/N) Σ_i r_i ∇ log π(a_i) [A]."""
 
     @jax.jit
     def reference(logits, actions, rewards):
@@ -166,7 +166,7 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
 
 @_register("00", "score_function_hessian")
 def check_score_function_hessian(score_function_hessian: Callable) -> str:
-    """``score_function_hessian(logits [A], actions [N], rewards [N])`` -> an unbiased estimate of ∇²J, [A, A] (derived in notebook 00)."""
+    """`score_function_hessian(logits [A], actions [N], rewards [N])` -> an unbiased estimate of ∇²J, [A, A] (derived in notebook 00)."""
 
     def log_pi(th, a):
         return jax.nn.log_softmax(th)[a]
@@ -220,7 +220,7 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
 
 @_register("00", "magic_box")
 def check_magic_box(magic_box: Callable) -> str:
-    """``magic_box(x)``: value 1 elementwise, and ∇□(w) = □(w)∇w at every order (checked up to the third).
+    """`magic_box(x)`: value 1 elementwise, and ∇□(w) = □(w)∇w at every order (checked up to the third).
 
     Mistake classes: plain exp(x) (value not 1); no stop_gradient (derivative 0); flipped sign
     exp(sg(x) − x); right to first order only (1 + x − sg(x)); right to second order only (a truncated

@@ -44,7 +44,7 @@ def _p_pi(mdp, policy):
 
 @_register("01", "policy_evaluation")
 def check_policy_evaluation(policy_evaluation: Callable) -> str:
-    """``policy_evaluation(mdp, policy [S, A])`` -> V^π [S] = (I − γ P^π)⁻¹ r^π."""
+    """`policy_evaluation(mdp, policy [S, A])` -> V^π [S] = (I − γ P^π)⁻¹ r^π."""
     from metagrad import mdp as mdp_lib
 
     @jax.jit
@@ -96,7 +96,7 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
 
 @_register("01", "discounted_occupancy")
 def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
-    """``discounted_occupancy(mdp, policy)`` -> d^π [S] = Σ_t γ^t Pr(x_t = x), exactly (infinite horizon)."""
+    """`discounted_occupancy(mdp, policy)` -> d^π [S] = Σ_t γ^t Pr(x_t = x), exactly (infinite horizon)."""
     from metagrad import mdp as mdp_lib
 
     def not_transposed(mdp, policy):
@@ -164,7 +164,7 @@ def reference_truncated_occupancy(mdp, policy, horizon: int) -> np.ndarray:
 
 @_register("01", "truncated_occupancy")
 def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
-    """``truncated_occupancy(mdp, policy [S, A], horizon)`` -> Σ_{t<T} γ^t p_t [S]."""
+    """`truncated_occupancy(mdp, policy [S, A], horizon)` -> Σ_{t<T} γ^t p_t [S]."""
     cases = [(f"{label}, T = {T}", (m, pi, T)) for (label, (m, pi)), T in zip(_mdp_cases(), (7, 3, 2, 4, 5, 6))]
     cases.append(("T = 1 (only p_0)", (cases[0][1][0], cases[0][1][1], 1)))
     rng = np.random.default_rng(14)

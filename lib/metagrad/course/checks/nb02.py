@@ -32,7 +32,7 @@ def reference_reward_to_go(rewards, gamma, bootstrap=0.0) -> np.ndarray:
 
 @_register("02", "reward_to_go")
 def check_reward_to_go(reward_to_go: Callable) -> str:
-    """``reward_to_go(rewards [T], gamma, bootstrap)`` -> G [T] with G_t = r_t + γ G_{t+1}, G_T = bootstrap."""
+    """`reward_to_go(rewards [T], gamma, bootstrap)` -> G [T] with G_t = r_t + γ G_{t+1}, G_T = bootstrap."""
     key = jax.random.PRNGKey(3)
     rewards = _float(jax.random.uniform(key, (7,)))
     cases = [
@@ -137,7 +137,7 @@ def _reinforce_reference(
 
 @_register("02", "reinforce_gradient")
 def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
-    """``reinforce_gradient(logits, trajectories, critic, gamma)`` -> (1/N) Σ_i Σ_t γ^t Â_t ∇ℓ_t, shape [S, A]."""
+    """`reinforce_gradient(logits, trajectories, critic, gamma)` -> (1/N) Σ_i Σ_t γ^t Â_t ∇ℓ_t, shape [S, A]."""
     from metagrad.rollout import sample, tabular_softmax_policy
 
     rng = np.random.default_rng(4)
@@ -201,7 +201,7 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
 
 @_register("02", "occupancy_policy_gradient")
 def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
-    """``occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])`` -> the [S, A] policy-gradient field (∂J/∂θ for d^π)."""
+    """`occupancy_policy_gradient(mdp, logits [S, A], occupancy [S])` -> the [S, A] policy-gradient field (∂J/∂θ for d^π)."""
     from metagrad import exact
     from metagrad import mdp as mdp_lib
 

@@ -23,7 +23,7 @@ __all__ = ['check_inner_step', 'check_missing_hessian_terms', 'check_expected_su
 
 @_register("03", "inner_step")
 def check_inner_step(inner_step: Callable) -> str:
-    """``inner_step(mdp, logits, step_size)`` -> θ' = θ + η ∇J(θ), differentiable in θ."""
+    """`inner_step(mdp, logits, step_size)` -> θ' = θ + η ∇J(θ), differentiable in θ."""
     from metagrad import exact
 
     rng = np.random.default_rng(5)
@@ -93,7 +93,7 @@ def reference_missing_hessian_terms(scores, advantages, gamma) -> np.ndarray:
 
 @_register("03", "missing_hessian_terms")
 def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
-    """``missing_hessian_terms(scores [T, P], advantages [T], gamma)`` -> [P, P]."""
+    """`missing_hessian_terms(scores [T, P], advantages [T], gamma)` -> [P, P]."""
     keys = jax.random.split(jax.random.PRNGKey(6), 4)
     cases = [
         ("T = 5 random scores with P = 4", (_float(jax.random.normal(keys[0], (5, 4))), _float(jax.random.normal(keys[1], (5,))), 0.9)),
@@ -218,7 +218,7 @@ def _policy_classes(num_states: int, num_actions: int, seed: int):
 
 @_register("03", "expected_surrogate_hessian")
 def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> str:
-    """``expected_surrogate_hessian(mdp, logits_fn, params [P])`` -> [P, P]."""
+    """`expected_surrogate_hessian(mdp, logits_fn, params [P])` -> [P, P]."""
     from metagrad import mdp as mdp_lib
 
     rng = np.random.default_rng(11)

@@ -88,7 +88,7 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
 
 @_register("04", "step_importance_sampling")
 def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
-    """``step_importance_sampling(log_ratios [T], rewards [T], values [T+1], gamma)`` -> scalar."""
+    """`step_importance_sampling(log_ratios [T], rewards [T], values [T+1], gamma)` -> scalar."""
     from metagrad import ope
 
     def trajectory_is(lr, r, v, gamma):
@@ -131,7 +131,7 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
 
 @_register("04", "doubly_robust")
 def check_doubly_robust(doubly_robust: Callable) -> str:
-    """``doubly_robust(log_ratios [T], rewards [T], values [T+1], gamma)`` -> scalar."""
+    """`doubly_robust(log_ratios [T], rewards [T], values [T+1], gamma)` -> scalar."""
     from metagrad import ope
 
     def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False, one_step=False, sign=1.0):
@@ -164,7 +164,7 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
 
 @_register("04", "dr_log_ratio_gradient")
 def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
-    """``dr_log_ratio_gradient(rewards [T], values [T+1], gamma)`` -> ∂V̂_DR/∂κ_t at κ = 0 in closed form, [T]."""
+    """`dr_log_ratio_gradient(rewards [T], values [T+1], gamma)` -> ∂V̂_DR/∂κ_t at κ = 0 in closed form, [T]."""
     from metagrad import ope
 
     def reference(r, v, gamma):

@@ -64,7 +64,7 @@ def _step_is(log_ratios, r, v, g):
 
 @_register("05", "on_policy_importance_sampling")
 def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable) -> str:
-    """``on_policy_importance_sampling(log_pi [T], rewards [T], values [T+1], gamma)``: step-wise IS at μ = sg(π)."""
+    """`on_policy_importance_sampling(log_pi [T], rewards [T], values [T+1], gamma)`: step-wise IS at μ = sg(π)."""
 
     def reference(lp, r, v, g):
         return _step_is(lp - jax.lax.stop_gradient(lp), r, v, g)
@@ -135,7 +135,7 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
 
 @_register("05", "dice_objective")
 def check_dice_objective(dice_objective: Callable) -> str:
-    """``dice_objective(log_pi [T], rewards [T], values [T+1], gamma)``: value, gradient and Hessian in ℓ."""
+    """`dice_objective(log_pi [T], rewards [T], values [T+1], gamma)`: value, gradient and Hessian in ℓ."""
     from metagrad import prior
 
     def box(w):
@@ -228,7 +228,7 @@ def _loaded_dice_cases():
 
 @_register("05", "loaded_dice")
 def check_loaded_dice(loaded_dice: Callable) -> str:
-    """``loaded_dice(log_pi [T], states [T+1], rewards [T], critic [S], gamma, lam)``: derivatives in ℓ."""
+    """`loaded_dice(log_pi [T], states [T+1], rewards [T], critic [S], gamma, lam)`: derivatives in ℓ."""
     from metagrad import prior
 
     def reference(lp, states, r, critic, g, lam):

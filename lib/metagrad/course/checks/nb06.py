@@ -50,7 +50,7 @@ def _inclusive_taypo2(lr, r, v, g):
 
 @_register("06", "taypo2")
 def check_taypo2(taypo2: Callable) -> str:
-    """``taypo2(log_ratios [T], rewards [T], values [T+1], gamma)``: value, gradient, Hessian in the log-ratios."""
+    """`taypo2(log_ratios [T], rewards [T], values [T+1], gamma)`: value, gradient, Hessian in the log-ratios."""
 
     def no_g0(lr, r, v, g):
         return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0]
@@ -97,7 +97,7 @@ def check_taypo2(taypo2: Callable) -> str:
 
 @_register("06", "taypo_k")
 def check_taypo_k(taypo_k: Callable) -> str:
-    """``taypo_k(log_ratios [T], rewards [T], values [T+1], gamma, order)``: TayPO-K by the e_j recursion."""
+    """`taypo_k(log_ratios [T], rewards [T], values [T+1], gamma, order)`: TayPO-K by the e_j recursion."""
     from metagrad import ope
 
     base = _taylor_cases()
@@ -180,7 +180,7 @@ def reference_taypo1_dropped_terms(scores, advantages, gamma) -> np.ndarray:
 
 @_register("06", "taypo1_dropped_terms")
 def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
-    """``taypo1_dropped_terms(scores [T, P], advantages [T], gamma)`` -> [P, P], the Hessian terms TayPO-1 lacks."""
+    """`taypo1_dropped_terms(scores [T, P], advantages [T], gamma)` -> [P, P], the Hessian terms TayPO-1 lacks."""
     rng = np.random.default_rng(61)
     cases = [
         ("T = 5 random scores with P = 4 (γ = 0.9)", (_float(rng.normal(size=(5, 4))), _float(rng.normal(size=5)), 0.9)),
@@ -234,7 +234,7 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
 
 
 def _long_case_with_hint(exercise, compare):
-    """Run ``compare()`` on the T = 300 case; a failure there, after the short cases passed, names the horizon."""
+    """Run `compare()` on the T = 300 case; a failure there, after the short cases passed, names the horizon."""
     try:
         compare()
     except ExerciseCheckFailed as err:

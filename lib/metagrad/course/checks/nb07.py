@@ -20,7 +20,7 @@ __all__ = ['check_squared_bias', 'check_choose_estimator']
 
 
 def reference_squared_bias(estimates, truth):
-    """‖ḡ − g‖² − tr Σ̂ / M: an unbiased estimate of ‖E ĝ − g‖² from M independent estimates ``[M, D]``.
+    """‖ḡ − g‖² − tr Σ̂ / M: an unbiased estimate of ‖E ĝ − g‖² from M independent estimates `[M, D]`.
 
     E‖ḡ − g‖² = ‖b‖² + tr Σ / M (the cross term has mean zero) and the sample covariance Σ̂ (M − 1 in the
     denominator) is unbiased for Σ. Equivalently, the mean of (ĝ_i − g)·(ĝ_j − g) over the pairs i ≠ j.
@@ -57,7 +57,7 @@ def _squared_bias_mistakes():
 
 
 def _squared_bias_data(rng, replications, m, bias, scales):
-    """``[R, M, D]`` Gaussian estimates of ``truth`` with mean truth + bias and independent noise of the given scales."""
+    """`[R, M, D]` Gaussian estimates of `truth` with mean truth + bias and independent noise of the given scales."""
     d = len(bias)
     truth = rng.normal(size=d)
     noise = rng.normal(size=(replications, m, d)) * np.asarray(scales)
@@ -66,10 +66,10 @@ def _squared_bias_data(rng, replications, m, bias, scales):
 
 @_register("07", "squared_bias")
 def check_squared_bias(squared_bias: Callable) -> str:
-    """``squared_bias(estimates [M, D], truth [D])`` -> a scalar whose expectation is ‖E ĝ − g‖².
+    """`squared_bias(estimates [M, D], truth [D])` -> a scalar whose expectation is ‖E ĝ − g‖².
 
     Any unbiased estimate passes (the pairwise form and independent halves too): the check averages the
-    student's function, under ``jax.vmap`` and ``jax.jit``, over many seeded replications with a known bias.
+    student's function, under `jax.vmap` and `jax.jit`, over many seeded replications with a known bias.
     """
     exercise = "squared_bias"
     rng = np.random.default_rng(7)
@@ -121,7 +121,7 @@ def check_squared_bias(squared_bias: Callable) -> str:
 def reference_choose_estimator(squared_bias: dict, variance: dict, num_trajectories: int) -> str:
     """argmin_name  max(squared_bias[name], 0) + variance[name] / N: the smallest predicted mean squared error.
 
-    ``squared_bias`` holds unbiased estimates of ‖b‖², which may be slightly negative when the bias is
+    `squared_bias` holds unbiased estimates of ‖b‖², which may be slightly negative when the bias is
     unresolved; a squared bias cannot be negative, so the prediction uses 0 there.
     """
     return min(squared_bias, key=lambda name: max(squared_bias[name], 0.0) + variance[name] / num_trajectories)
@@ -129,7 +129,7 @@ def reference_choose_estimator(squared_bias: dict, variance: dict, num_trajector
 
 @_register("07", "choose_estimator")
 def check_choose_estimator(choose_estimator: Callable) -> str:
-    """``choose_estimator(squared_bias {name: ‖b‖² estimate}, variance {name: per-trajectory variance}, N)`` -> name."""
+    """`choose_estimator(squared_bias {name: ‖b‖² estimate}, variance {name: per-trajectory variance}, N)` -> name."""
     exercise = "choose_estimator"
     measured = (
         {"is": 0.0004, "dr": 0.0001, "taypo1": 0.81, "taypo2": 0.0025, "vtrace": 4.0},

@@ -39,9 +39,9 @@ _TIME_INDEXED = "It matches a critic indexed by time, critic[t]: index it by the
 
 
 def _jit_estimator(fn: Callable, estimator_argnum: int) -> Callable:
-    """``jax.jit(fn)`` with the estimator name static: one compilation per estimator is several times faster than
+    """`jax.jit(fn)` with the estimator name static: one compilation per estimator is several times faster than
     op-by-op autodiff of the surrogates, which keeps the notebooks within their time budget. Tracing errors (NumPy or
-    Python ``if`` on arrays) still reach :func:`_call`, which explains them."""
+    Python `if` on arrays) still reach `_call`, which explains them."""
     return jax.jit(fn, static_argnums=(estimator_argnum,))
 
 
@@ -57,7 +57,7 @@ def _reference_inner_step(logits, batch, critic, gamma, step_size, estimator):
 
 @_register("08", "sampled_inner_step")
 def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
-    """``sampled_inner_step(logits, batch, critic, gamma, step_size, estimator)`` -> θ' (differentiable in θ)."""
+    """`sampled_inner_step(logits, batch, critic, gamma, step_size, estimator)` -> θ' (differentiable in θ)."""
     from metagrad.tabular import log_policy
 
     logits, batch, critic = _inner_step_data()
@@ -141,7 +141,7 @@ def _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, e
 
 @_register("08", "task_meta_gradient")
 def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
-    """``task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, estimator)`` -> ∇_θ V^{π_θ'} [S, A]."""
+    """`task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, estimator)` -> ∇_θ V^{π_θ'} [S, A]."""
     from metagrad import exact
 
     logits, batch, critic, mdp = _inner_step_data(with_mdp=True)
@@ -185,7 +185,7 @@ def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
 
 
 def policy_classes() -> dict:
-    """Five policy classes as ``(log_prob(params [P], obs, action), params, obs, actions [K, ...])``, each in float.
+    """Five policy classes as `(log_prob(params [P], obs, action), params, obs, actions [K, ...])`, each in float.
 
     Whether ∇²_θ log π(a|x) depends on the action a decides whether Finn et al.'s MAML surrogate differs from
     first-order MAML in expectation (notebook 08). Small, fixed, seeded instances.
@@ -230,7 +230,7 @@ def reference_hessian_spread_over_actions(log_prob: Callable, params, obs, actio
 
 @_register("08", "hessian_spread_over_actions")
 def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> str:
-    """``hessian_spread_over_actions(log_prob, params [P], obs, actions [K, ...])`` -> a scalar ≥ 0."""
+    """`hessian_spread_over_actions(log_prob, params [P], obs, actions [K, ...])` -> a scalar ≥ 0."""
     exercise = "hessian_spread_over_actions"
     mistakes = [
         (lambda lp, th, x, acts: jnp.max(jnp.abs(jax.vmap(lambda a: jax.grad(lp)(th, x, a))(acts)

@@ -33,7 +33,7 @@ def _reference_taypo_terms(log_ratios, rewards, values, gamma, order):
 
 @_register("09", "taypo_terms")
 def check_taypo_terms(taypo_terms: Callable) -> str:
-    """``taypo_terms(log_ratios [T], rewards [T], values [T+1], gamma, order)`` -> [Û_1 … Û_K] and their Jacobian."""
+    """`taypo_terms(log_ratios [T], rewards [T], values [T+1], gamma, order)` -> [Û_1 … Û_K] and their Jacobian."""
     base = _taylor_cases()
     lr, r, v, g = base[0][1]
     cases = [
@@ -113,7 +113,7 @@ def _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, ga
 
 @_register("09", "off_policy_inner_step")
 def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
-    """``off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator)`` -> θ'."""
+    """`off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator)` -> θ'."""
     behaviour, batch, critic = _inner_step_data()  # the batch was sampled with these logits: they are μ
     theta = behaviour + _float(0.4 * np.random.default_rng(90).normal(size=behaviour.shape))
     cases = [
