@@ -15,7 +15,7 @@ from _exercises import assert_check_explains, exercise_functions, exercises
 
 from metagrad.course import checks
 
-EXERCISES = exercises("from metagrad.course import checks\n")
+EXERCISES = exercises("from metagrad.course import checks")
 ALL = [(nb, name, checks) for nb, name in EXERCISES]
 
 

@@ -91,8 +91,7 @@ def _first_cells(path: Path, wheel: Path) -> list[tuple[int, str]]:
 
 # 07 loads the committed docs/figures/reproduce/ by a path relative to the repository: not found on Colab until
 # the figures ship with the package or are made by the notebook (remove the mark then; strict: an unexpected pass fails).
-_LOADS_REPOSITORY_FILES = pytest.mark.xfail(strict=True, reason="07 reads ../docs/figures, absent on Colab")
-PARAMS = [pytest.param(p, marks=_LOADS_REPOSITORY_FILES) if p.name.startswith("07_") else p for p in NOTEBOOKS]
+PARAMS = NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in NOTEBOOKS])

@@ -1,4 +1,4 @@
-"""benchmarks/gpu.sh runs end to end at its smoke size on a CPU (issue 12 §2); the full size is for a GPU."""
+"""benchmarks/gpu.sh runs end to end at its smoke size on a CPU ; the full size is for a GPU."""
 
 import os
 import subprocess
@@ -22,7 +22,7 @@ def test_gpu_script_smoke_runs_end_to_end(tmp_path):
     proc = _run("--smoke", "--skip-tests", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("\t") for line in (tmp_path / "times.tsv").read_text().splitlines()]
-    assert [r[0] for r in rows] == ["device", "reproduce", "nav2d", "maml_benchmark"]
+    assert [r[0] for r in rows] == ["device", "reproduce", "nav2d", "maml_benchmark", "locomotion"]
     assert all(r[2] == "0" for r in rows), rows
     section = (tmp_path / "RESULTS.md").read_text()
     assert "## GPU run (benchmarks/gpu.sh)" in section and "SMOKE size" in section and "| ProMP |" in section

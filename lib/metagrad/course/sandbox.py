@@ -84,6 +84,10 @@ def command(kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_check
     """The bwrap command line that runs `kernel_cmd` in the sandbox described above."""
     args = [bwrap() or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    # The size-limited /tmp and /dev/shm first: bwrap mounts in order, so the read-only binds below (a venv or a
+    # checkout that lives under /tmp, as in a CI clone) stay visible on top of the empty /tmp.
+    size = str(tmpfs_mb * 2**20)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
     args += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "lib", "lib64", "sbin"):
         path = Path("/") / name
@@ -97,8 +101,6 @@ def command(kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_check
     for path in _ro_paths():
         args += ["--ro-bind", path, path]
     args += ["--ro-bind", str(public_checks), str(CHECKS.resolve())]
-    size = str(tmpfs_mb * 2**20)
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
     args += ["--bind", str(workdir), str(workdir), "--bind", str(sockets), str(sockets), "--chdir", str(workdir)]
     for key, value in env.items():
         args += ["--setenv", key, value]
