@@ -364,11 +364,6 @@ WRONG_ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("name,wrong,explanation", WRONG_ANSWERS, ids=[w.__name__ for _, w, _ in WRONG_ANSWERS])
-def test_check_explains_a_wrong_answer(name, wrong, explanation):
-    assert_check_explains(checks, name, wrong, explanation)
-
-
 def test_check_rejects_a_non_function():
     with pytest.raises(checks.ExerciseCheckFailed, match="pass the function itself"):
         checks.check_hvp(3.0)
@@ -846,8 +841,9 @@ PART_ONE_MORE = [
 ]
 
 
-@pytest.mark.parametrize("name,wrong,explanation", PART_ONE_MORE, ids=[w.__name__ for _, w, _ in PART_ONE_MORE])
-def test_check_names_the_mistake(name, wrong, explanation):
+@pytest.mark.parametrize("name,wrong,explanation", WRONG_ANSWERS + PART_ONE_MORE,
+                         ids=[w.__name__ for _, w, _ in WRONG_ANSWERS + PART_ONE_MORE])
+def test_check_explains_a_wrong_answer(name, wrong, explanation):
     assert_check_explains(checks, name, wrong, explanation)
 
 
