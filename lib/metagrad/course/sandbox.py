@@ -25,10 +25,12 @@ decides every check in its own process, but a student's code can read files the 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 SANDBOX_UID = 65534
@@ -37,17 +39,41 @@ _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitc
         "hosts", "alternatives")
 
 
-def bwrap() -> str | None:
-    """The path of a working `bwrap` (it can create the namespaces here), else None."""
+@functools.cache
+def probe() -> tuple[str | None, bool, str]:
+    """Whether the sandbox works here: `(bwrap path or None, mount_proc, why_not)`.
+
+    Runs the very command [`command`][metagrad.course.sandbox.command] builds, with this Python in place of
+    the kernel, so every mount, the user mapping and the interpreter's paths are tried. Some containers
+    (Docker's default profile masks files of its own `/proc`) forbid mounting a new `/proc`; the sandbox
+    then goes without one (`mount_proc` False: no process, not even the kernel's own, is listed, which
+    hides more, and Python, Jupyter and JAX run without it). `why_not` says why the sandbox cannot be used
+    (empty when it can); the grader prints it. Computed once per process."""
     path = shutil.which("bwrap")
     if path is None:
-        return None
-    try:
-        probe = subprocess.run([path, "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "--", "true"],
-                               capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return path if probe.returncode == 0 else None
+        return None, True, "bubblewrap (bwrap) is not installed"
+    why = ""
+    for mount_proc in (True, False):
+        with tempfile.TemporaryDirectory(prefix="metagrad-probe-") as tmp:
+            root = Path(tmp)
+            folders = [root / name for name in ("work", "sockets", "checks")]
+            for folder in folders:
+                folder.mkdir()
+            args = _args(path, [sys.executable, "-c", "import json, ipykernel"], workdir=folders[0],
+                         sockets=folders[1], public_checks=folders[2], tmpfs_mb=16, env={}, mount_proc=mount_proc)
+            try:
+                run = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                return None, True, f"bwrap did not run: {err}"
+        if run.returncode == 0:
+            return path, mount_proc, ""
+        why = why or (run.stderr.strip().splitlines() or [f"exit code {run.returncode}"])[-1]
+    return None, True, f"bwrap cannot build the sandbox here ({why})"
+
+
+def bwrap() -> str | None:
+    """The path of a `bwrap` that can build the sandbox here, else None (see [`probe`][metagrad.course.sandbox.probe])."""
+    return probe()[0]
 
 
 def isolation() -> str:
@@ -58,12 +84,14 @@ def isolation() -> str:
 def describe(kind: str) -> str:
     """One line for the grader to print when it starts."""
     if kind == "bwrap":
+        no_proc = "" if probe()[1] else " (no /proc: this machine forbids mounting one)"
         return ("isolation: bubblewrap sandbox (uid 65534, own PID/network/mount namespaces, package read-only, "
-                "course, submissions and reference solutions invisible, fresh working folder)")
-    return ("isolation: NONE (bubblewrap unavailable): kernels run as this user in their own process group with "
-            "resource limits and a fresh working folder; checks are still decided outside the kernel, but student "
-            "code can read this user's files, including the reference solutions, and signal this user's "
-            "processes. Install bubblewrap (apt-get install bubblewrap) for the full guarantees (docs/grading.md).")
+                f"course, submissions and reference solutions invisible, fresh working folder){no_proc}")
+    return (f"isolation: NONE ({probe()[2] or 'not requested'}): kernels run as this user in their own process "
+            "group with resource limits and a fresh working folder; checks are still decided outside the kernel, "
+            "but student code can read this user's files, including the reference solutions, and signal this "
+            "user's processes. Install bubblewrap (apt-get install bubblewrap) where user namespaces are allowed "
+            "for the full guarantees (docs/grading.md).")
 
 
 def _ro_paths() -> list[str]:
@@ -82,12 +110,22 @@ def _ro_paths() -> list[str]:
 def command(kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_checks: Path, tmpfs_mb: int,
             env: dict[str, str]) -> list[str]:
     """The bwrap command line that runs `kernel_cmd` in the sandbox described above."""
-    args = [bwrap() or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+    path, mount_proc, why = probe()
+    if path is None:
+        raise RuntimeError(f"no sandbox: {why}")
+    return _args(path, kernel_cmd, workdir=workdir, sockets=sockets, public_checks=public_checks, tmpfs_mb=tmpfs_mb,
+                 env=env, mount_proc=mount_proc)
+
+
+def _args(path: str, kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_checks: Path, tmpfs_mb: int,
+          env: dict[str, str], mount_proc: bool) -> list[str]:
+    args = [path, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     # The size-limited /tmp and /dev/shm first: bwrap mounts in order, so the read-only binds below (a venv or a
     # checkout that lives under /tmp, as in a CI clone) stay visible on top of the empty /tmp.
     size = str(tmpfs_mb * 2**20)
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc"] if mount_proc else []
+    args += ["--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
     args += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "lib", "lib64", "sbin"):
         path = Path("/") / name
