@@ -15,6 +15,9 @@ network, IPC, UTS and mount namespaces (`--unshare-all`), with no capabilities, 
 - dies with the grading worker (`--die-with-parent`); killing the sandbox's first process ends its PID
   namespace, so no background process outlives the kernel.
 
+[`probe`][metagrad.course.sandbox.probe] tries this very command before any kernel starts; where a container
+forbids mounting a new `/proc`, the sandbox has none (processes are then not even listed).
+
 Without bubblewrap (`isolation() == "none"`) the kernel runs as the grader's user, in its own session and
 process group (killed as a whole), with the same resource limits and a fresh working folder; the grader still
 decides every check in its own process, but a student's code can read files the grader's user can read
