@@ -57,7 +57,8 @@ class MAMLConfig:
       outer: `"pg"`, `"promp"` or `"trpo"`; outer_estimator: the surrogate J_out (a registry name).
       outer_lr: the Adam step of `"pg"` and `"promp"`; TRPO has no learning rate (its step is set by
         `max_kl`), so `outer="trpo"` refuses a non-default `outer_lr`.
-      critic: `"linear"`, `"none"` or `"exact"` (tabular only); `None`: exact for tabular, else linear.
+      critic: `"linear"`, `"none"` or `"exact"` (tabular only); `None`: exact for tabular, else linear. A custom
+        `critic=` function (see [`MAML`][metagrad.maml.loop.MAML]) needs it left at `None`.
       num_tasks, num_trajectories, horizon: M tasks × N trajectories × T steps per batch.
       sampling: `"episodes"` (default; pytorch-maml-rl's and this library's scheme, kept for the navigation and
         tabular tasks, which never terminate early): N episodes of horizon T per task. `"steps"`: ProMP's
