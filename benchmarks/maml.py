@@ -15,12 +15,14 @@
    surrogate, conjugate gradient on Gauss–Newton Fisher-vector products through θ'(θ), backtracking line
    search) and ProMP (LVC inner surrogate, 5 clipped-surrogate Adam steps), each as a multiple of the plain
    policy-gradient iteration on the same batch sizes, and TRPO-MAML also as a multiple of the PG meta-iteration
-   of the same config (MAML inner, one inner step, PG outer: issue 14's target ≤ 3×).
+   of the same config (MAML inner, one inner step, PG outer: issue 14's target ≤ 3×); also TRPO-MAML with the
+   opt-in approximation ``cg_subsample=0.25`` (the CG's Fisher-vector products on 10 of the 40 tasks).
 3. ``--fig1d``: the six methods of Fig. 1d at the paper's protocol (``metagrad maml-nav2d``'s configs: corners,
    40 × 20 × 100, 3 inner steps, ProMP's objective form), CPU and wall seconds of one meta-iteration each, and the
    cost of the full protocol (``--fig1d-iterations`` iterations × ``--fig1d-seeds`` seeds × the six methods) projected
    from them. Methods that share an outer step are listed together (TRPO: MAML, FMAML, EMAML, DiCE; ProMP: LVC,
-   TayPO-2), so the cost of the outer optimiser and of the inner estimator can be read apart.
+   TayPO-2), so the cost of the outer optimiser and of the inner estimator can be read apart. A PG-outer
+   meta-iteration of TRPO-MAML's config is timed in the same round-robin, for the TRPO / PG ratio at 3 inner steps.
 4. ``--scaling``: time of one meta-iteration (TayPO-2, one inner step) against the number of tasks per
    meta-batch (``--scaling-tasks``, default 1, 10, 100, 1000), at the quick batch per task (10 trajectories
    × 50 steps) so that a CPU can reach 1000 tasks; on a GPU pass ``--scaling-full`` for 20 × 100.

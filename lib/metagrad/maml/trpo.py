@@ -10,8 +10,13 @@ depend on the vector is computed once per step ([`gauss_newton_fisher`][metagrad
 (`jax.linearize`) and so is the map from θ' to the action distributions' parameters on the post-update batch
 (policies whose `apply` returns a distribution of [`metagrad.policies`][metagrad.policies]) — each product is then linear passes
 only, F v = Σ_g J_gᵀ J_out,gᵀ M J_out,g J_g v with M the Fisher of the action distribution in its own parameters.
-The meta-gradient reuses the same linearised inner steps. Measured (docs/fig1d.md): the two inner-step products per
-CG iteration dominate, so this makes the step about 16 % cheaper, not cheap.
+The meta-gradient reuses the same linearised inner steps, and the line search takes its base objective from θ'_old
+(one adaptation fewer). Measured (`benchmarks/maml.py`, docs/performance.md): the two inner-step products per CG
+iteration dominate, and the step stays about 5× a PG meta-iteration — ten exact products over the whole meta-batch
+cost that much. Applying Jᵀ with `jax.linear_transpose` of the linearised step instead of J (symmetric) was
+measured 33 % slower per product, so it is not used. The opt-in `MAMLConfig.cg_subsample` (ProMP's
+`subsample_factor`; default 1, exact) takes the CG's products on a fraction of the tasks
+([`cg_subset`][metagrad.maml.trpo.cg_subset]).
 """
 
 from __future__ import annotations
@@ -155,7 +160,8 @@ def meta_gradient(maml, params, data: TaskData, old_adapted, transpose):
 def trpo_update(maml, params, data: TaskData):
     """One TRPO-MAML step from θ = `params`: returns `(θ_new, meta-gradient, backtracks)`.
 
-    Direction F⁻¹g by conjugate gradient on [`fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product], g = ∇ of `maml.meta_objective`
+    Direction F⁻¹g by conjugate gradient on [`fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product] (on the
+    tasks of [`cg_subset`][metagrad.maml.trpo.cg_subset] when `cg_subsample` < 1), g = ∇ of `maml.meta_objective`
     ([`meta_gradient`][metagrad.maml.trpo.meta_gradient]); step to the KL radius `max_kl`; backtracking line search on `maml.trpo_objective`
     (off-policy at θ_old, E-MAML term included) under the post-update KL of [`post_kl`][metagrad.maml.trpo.post_kl], both from one
     adaptation per candidate ([`metagrad.outer.trpo_step`][metagrad.outer.trpo_step]).
