@@ -15,12 +15,14 @@
    surrogate, conjugate gradient on Gauss–Newton Fisher-vector products through θ'(θ), backtracking line
    search) and ProMP (LVC inner surrogate, 5 clipped-surrogate Adam steps), each as a multiple of the plain
    policy-gradient iteration on the same batch sizes, and TRPO-MAML also as a multiple of the PG meta-iteration
-   of the same config (MAML inner, one inner step, PG outer: issue 14's target ≤ 3×).
+   of the same config (MAML inner, one inner step, PG outer: issue 14's target ≤ 3×); also TRPO-MAML with the
+   opt-in approximation ``cg_subsample=0.25`` (the CG's Fisher-vector products on 10 of the 40 tasks).
 3. ``--fig1d``: the six methods of Fig. 1d at the paper's protocol (``metagrad maml-nav2d``'s configs: corners,
    40 × 20 × 100, 3 inner steps, ProMP's objective form), CPU and wall seconds of one meta-iteration each, and the
    cost of the full protocol (``--fig1d-iterations`` iterations × ``--fig1d-seeds`` seeds × the six methods) projected
    from them. Methods that share an outer step are listed together (TRPO: MAML, FMAML, EMAML, DiCE; ProMP: LVC,
-   TayPO-2), so the cost of the outer optimiser and of the inner estimator can be read apart.
+   TayPO-2), so the cost of the outer optimiser and of the inner estimator can be read apart. A PG-outer
+   meta-iteration of TRPO-MAML's config is timed in the same round-robin, for the TRPO / PG ratio at 3 inner steps.
 4. ``--scaling``: time of one meta-iteration (TayPO-2, one inner step) against the number of tasks per
    meta-batch (``--scaling-tasks``, default 1, 10, 100, 1000), at the quick batch per task (10 trajectories
    × 50 steps) so that a CPU can reach 1000 tasks; on a GPU pass ``--scaling-full`` for 20 × 100.
@@ -99,7 +101,12 @@ def fig1d_rows(args) -> list[str]:
     """Per-iteration cost of each Fig. 1d method at the protocol, and the full protocol projected from it."""
     from metagrad.experiments.nav_protocol import NAV_METHODS, nav_config
 
-    timers = run({method: nav_config(method) for method in NAV_METHODS}, args.repeats)
+    pg_name = "PG outer (Adam), MAML inner (reference)"
+    configs = {method: nav_config(method) for method in NAV_METHODS}
+    configs[pg_name] = maml.MAMLConfig(**{**configs["TRPO-MAML"].to_json(), "outer": "pg",
+                                          "hidden_sizes": (64, 64), "inner_options": ()})
+    timers = run(configs, args.repeats)
+    pg = timers.pop(pg_name)
     config = nav_config("ProMP")
     lines = ["", f"Fig. 1d at the paper's protocol (`metagrad maml-nav2d`'s configs: navigation-corners, "
              f"{config.num_tasks} tasks × {config.num_trajectories} trajectories × {config.horizon} steps, "
@@ -121,7 +128,10 @@ def fig1d_rows(args) -> list[str]:
               f"({per_iteration_wall:.1f} s wall on this machine). The full protocol, {args.fig1d_iterations} iterations × "
               f"{args.fig1d_seeds} seeds: **{per_iteration_cpu * runs / 3600:.0f} CPU-hours** "
               f"({per_iteration_wall * runs / 3600:.0f} hours wall at this machine's measured wall time per iteration).",
-              f"- Cost by outer step: {spread}."]
+              f"- Cost by outer step: {spread}.",
+              f"- Reference in the same run: the PG meta-iteration (Adam outer step, MAML inner, same protocol) "
+              f"{pg.median:.2f} s wall, {pg.cpu:.2f} CPU s; TRPO-MAML / PG at 3 inner steps: "
+              f"**{timers['TRPO-MAML'].cpu / pg.cpu:.1f}×** CPU ({timers['TRPO-MAML'].median / pg.median:.1f}× wall)."]
     return lines
 
 
@@ -157,6 +167,9 @@ def main(argv=None) -> int:
         "TRPO-MAML, 1 CG iteration, 1 line-search step (profile)": maml.MAMLConfig(
             **{**base.to_json(), "outer": "trpo", "inner_estimator": "maml", "cg_iterations": 1,
                "backtrack_steps": 1, "hidden_sizes": (64, 64), "inner_options": ()}),
+        "TRPO-MAML, opt-in `cg_subsample=0.25` (CG on 10 of 40 tasks)": maml.MAMLConfig(
+            **{**base.to_json(), "outer": "trpo", "inner_estimator": "maml", "cg_subsample": 0.25,
+               "hidden_sizes": (64, 64), "inner_options": ()}),
         "ProMP (LVC inner, 1 inner step, 5 PPO steps)": maml.MAMLConfig(**{**base.to_json(), "outer": "promp",
                                                                            "inner_estimator": "lvc",
                                                                            "hidden_sizes": (64, 64),
@@ -167,7 +180,8 @@ def main(argv=None) -> int:
     plain = timers[names[0]].median
     ratio = timers[names[1]].median / plain
     maml_pg, trpo_timer, trpo_cg1_timer = (timers[names[i]] for i in (3, 4, 5))
-    trpo, promp = trpo_timer.median, timers[names[6]].median
+    trpo, promp = trpo_timer.median, timers[names[7]].median
+    subsampled = timers[names[6]]
     trpo_wall_pg, trpo_cpu_pg = trpo / maml_pg.median, trpo_timer.cpu / maml_pg.cpu  # issue 14's baseline
     trpo_cpu = trpo_timer.cpu / timers[names[0]].cpu
     fvp = (trpo_timer.cpu - trpo_cg1_timer.cpu) / (base.cg_iterations - 1)  # CPU s per extra CG iteration
@@ -208,6 +222,10 @@ def main(argv=None) -> int:
         "policy's output space (J_outᵀ M J_out, linear passes through the network on the post-update batch), and "
         f"a TRPO step takes {base.cg_iterations} of them (one per CG iteration; xᵀFx comes from the product our CG "
         "tracks, where `jax.scipy.sparse.linalg.cg` would need one product more).",
+        f"- Opt-in approximation (`MAMLConfig.cg_subsample`, default 1 = exact; ProMP's `subsample_factor`): the "
+        f"CG's Fisher-vector products on a quarter of the tasks cost {subsampled.cpu:.3f} CPU s per TRPO "
+        f"meta-iteration, **{subsampled.cpu / maml_pg.cpu:.1f}×** the PG meta-iteration by CPU "
+        f"({subsampled.median / maml_pg.median:.1f}× wall).",
     ]
     if args.fig1d:
         lines += fig1d_rows(args)

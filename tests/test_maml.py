@@ -371,6 +371,9 @@ def test_sharded_meta_gradient_matches_single_device():
         (dict(gamma=1.0), "gamma"),
         (dict(critic="exact"), "needs env='tabular'"),
         (dict(critic="learned"), "Unknown critic"),
+        (dict(outer="trpo", cg_subsample=0.0), "`cg_subsample` must be a fraction in (0, 1]"),
+        (dict(outer="trpo", cg_subsample=1.5), "`cg_subsample` must be a fraction in (0, 1]"),
+        (dict(outer="pg", cg_subsample=0.5), "`cg_subsample` = 0.5 is used only by outer='trpo'"),
     ],
 )
 def test_config_errors(change, message):

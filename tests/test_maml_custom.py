@@ -138,6 +138,8 @@ def test_env_without_sample_tasks_is_rejected():
     (dict(env=None, outer_lr=0.5), dict(env="bandit", optimizer=optax.sgd(0.1)), "`outer_lr` = 0.5 would be unused"),
     (dict(env=None, hidden_sizes=(8,)), dict(env="bandit", policy=GaussianMLP(1, 2)), "`hidden_sizes` = \\(8,\\)"),
     (dict(), dict(sample_tasks=lambda k, n: None), "`sample_tasks` draws tasks of a custom `env`"),
+    (dict(env=None, critic="none"), dict(env="bandit", critic=example.mean_reward_critic),
+     "`MAMLConfig.critic` = 'none' would be unused"),
 ])
 def test_config_fields_a_run_would_not_use_are_refused(config, kwargs, message):
     """Issue 20 §1: every config field is used or refused, naming the field."""

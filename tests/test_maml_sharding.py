@@ -30,7 +30,7 @@ DISTRIBUTED = textwrap.dedent(
     from metagrad import maml
     config = maml.MAMLConfig(**json.loads(sys.argv[1]))
     sharding = maml.task_sharding(config)
-    params, history = maml.train(config, jax.random.PRNGKey(0), progress=False)
+    params, history = maml.train(config, jax.random.PRNGKey(0), progress=False, checkpoint_dir=sys.argv[4])
     print(json.dumps({"processes": jax.process_count(), "devices": len(jax.devices()),
                       "local_devices": len(jax.local_devices()),
                       "mesh_processes": sorted({d.process_index for d in sharding.mesh.devices.flat}),
@@ -47,13 +47,15 @@ def _result(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_one_run_splits_over_two_processes_with_jax_distributed():
+def test_one_run_splits_over_two_processes_with_jax_distributed(tmp_path):
     """Two processes (one CPU device each) joined by ``jax.distributed.initialize`` on localhost: the task mesh spans
-    both, each holds half of the meta-batch, and both end with the parameters of the one-process run."""
+    both, each holds half of the meta-batch, and both end with the parameters of the one-process run. Both are
+    given one `checkpoint_dir`: only process 0 locks and writes it (a second writer would raise `RuntimeError`),
+    and the checkpoint holds the run's parameters."""
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
-    procs = [subprocess.Popen([sys.executable, "-c", DISTRIBUTED, json.dumps(CONFIG), str(i), port],
+    procs = [subprocess.Popen([sys.executable, "-c", DISTRIBUTED, json.dumps(CONFIG), str(i), port, str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
              for i in range(2)]
     outs = []
@@ -72,3 +74,7 @@ def test_one_run_splits_over_two_processes_with_jax_distributed():
         assert result["mesh_processes"] == [0, 1]
         np.testing.assert_allclose(result["params"], ravel_pytree(params)[0], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(result["post_return"], history["post_return"], rtol=1e-9, atol=1e-12)
+    saved = maml.load_checkpoint(str(tmp_path), maml.make_train(maml.MAMLConfig(**CONFIG))[0](jax.random.PRNGKey(0)))
+    assert saved[2] == CONFIG["num_iterations"]
+    np.testing.assert_allclose(ravel_pytree(saved[0]["params"])[0], ravel_pytree(params)[0], rtol=1e-9, atol=1e-12)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.json", "checkpoint.npz"]  # lock released, no temp files

@@ -112,6 +112,40 @@ def test_meta_gradient_from_the_linearised_inner_steps_is_the_autodiff_one(case)
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12 * np.linalg.norm(reference))
 
 
+def test_subsampled_fisher_is_the_kl_hessian_of_the_chosen_tasks():
+    """Opt-in `cg_subsample` = 1/2 of M = 4 tasks: the CG's product is the Hessian of the mean post-update KL over
+    tasks 0 and 2 only (each still through its inner steps), written here with `jax.hessian`; a TRPO iteration with
+    it keeps the line search's KL (over all tasks) within `max_kl`."""
+    config = maml_lib.MAMLConfig(outer="trpo", shard=False, env="navigation", num_tasks=4, num_trajectories=4,
+                                 horizon=6, hidden_sizes=(6, 6), inner_step_size=0.3, inner_steps=2, cg_subsample=0.5)
+    m = maml_lib.MAML(config)
+    params, opt_state = m.init(jax.random.PRNGKey(0))
+    data = m.sample_meta_batch(params, jax.random.PRNGKey(1))
+    flat, unravel = ravel_pytree(params)
+    chosen = trpo_lib.cg_subset(data, config.cg_subsample)
+    np.testing.assert_array_equal(chosen.post.rewards, data.post.rewards[np.array([0, 2])])
+
+    def mean_kl(f):  # tasks 0 and 2, written out here
+        def task_kl(d):
+            old = m.adapt(params, d)[0]
+            new = m.adapt(unravel(f), d, True)[0]
+            return jnp.mean(m.policy.kl(old, new, d.post.observations[:, :-1]))
+        return jnp.mean(jax.vmap(task_kl)(jax.tree_util.tree_map(lambda x: x[np.array([0, 2])], data)))
+
+    eye = jnp.eye(flat.size, dtype=flat.dtype)
+    ours = jax.jit(lambda e: jax.vmap(trpo_lib.gauss_newton_fisher(m, params, chosen)[0])(e))(eye)
+    hessian = jax.jit(jax.hessian(mean_kl))(flat)
+    scale = np.linalg.norm(hessian)
+    assert scale > 1e-6
+    np.testing.assert_allclose(ours, hessian, rtol=0, atol=1e-9 * scale)
+
+    new, _, metrics = jax.jit(m.iteration)(params, opt_state, jax.random.PRNGKey(1))
+    assert int(metrics["backtracks"]) < config.backtrack_steps  # a step was taken
+    old_adapted = jax.vmap(lambda d: m.adapt(params, d)[0])(data)
+    new_adapted = jax.vmap(lambda d: m.adapt(new, d, True)[0])(data)
+    assert float(trpo_lib.post_kl(m, old_adapted, new_adapted, data)) <= config.max_kl * (1 + 1e-6)
+
+
 def test_conjugate_gradient_tracks_the_product_and_solves_an_spd_system():
     a = jax.random.normal(jax.random.PRNGKey(0), (6, 6), jnp.float64)
     a = a @ a.T + 0.5 * jnp.eye(6)

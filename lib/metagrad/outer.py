@@ -85,6 +85,7 @@ def trpo_step(
     damping: float = 1e-5,
     backtrack_steps: int = 15,
     backtrack_ratio: float = 0.8,
+    base: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One TRPO ascent step on flat `params`; returns `(new_params, accepted_step_index)`.
 
@@ -92,13 +93,15 @@ def trpo_step(
     tracks (`cg_iterations` Fisher-vector products in all, none extra); try params + βⁱ s for i = 0, 1, … and keep
     the first one with objective > objective(params) and kl ≤ δ (up to 1e-6 relative); if none qualifies the parameters are
     unchanged and the index equals `backtrack_steps`. `objective_and_kl(params) -> (objective, kl)` evaluates both
-    at a candidate (one call, so that the work they share, e.g. MAML's adaptation, is done once).
+    at a candidate (one call, so that the work they share, e.g. MAML's adaptation, is done once). `base`: the
+    objective at `params` when the caller has it already (else one more `objective_and_kl` call computes it).
     """
     matvec = lambda v: fisher_vector_product(v) + damping * v  # noqa: E731
     direction, product = conjugate_gradient(matvec, gradient, cg_iterations, return_product=True)
     shs = jnp.vdot(direction, product)
     full_step = jnp.sqrt(2.0 * max_kl / jnp.maximum(shs, 1e-30)) * direction
-    base = objective_and_kl(params)[0]
+    if base is None:
+        base = objective_and_kl(params)[0]
 
     def acceptable(i):
         value, divergence = objective_and_kl(params + backtrack_ratio**i * full_step)

@@ -57,7 +57,14 @@ class MAMLConfig:
       outer: `"pg"`, `"promp"` or `"trpo"`; outer_estimator: the surrogate J_out (a registry name).
       outer_lr: the Adam step of `"pg"` and `"promp"`; TRPO has no learning rate (its step is set by
         `max_kl`), so `outer="trpo"` refuses a non-default `outer_lr`.
-      critic: `"linear"`, `"none"` or `"exact"` (tabular only); `None`: exact for tabular, else linear.
+      cg_subsample: TRPO only, opt-in approximation (default 1: exact, ProMP's `subsample_factor=1.` in
+        `optimizers/conjugate_gradient_optimizer.py`). A fraction f < 1 computes the conjugate gradient's
+        Fisher-vector products, and the step length's xᵀFx, on ⌈f·M⌉ of the M tasks (evenly spaced in the
+        meta-batch; tasks are drawn i.i.d., so a uniform sample), each task's product still exact through its
+        inner steps; the meta-gradient and the line search (objective and KL) use every task. Cost of the CG part
+        ∝ f (see `benchmarks/maml.py`). Refused with another outer step.
+      critic: `"linear"`, `"none"` or `"exact"` (tabular only); `None`: exact for tabular, else linear. A custom
+        `critic=` function (see [`MAML`][metagrad.maml.loop.MAML]) needs it left at `None`.
       num_tasks, num_trajectories, horizon: M tasks × N trajectories × T steps per batch.
       sampling: `"episodes"` (default; pytorch-maml-rl's and this library's scheme, kept for the navigation and
         tabular tasks, which never terminate early): N episodes of horizon T per task. `"steps"`: ProMP's
@@ -92,6 +99,7 @@ class MAMLConfig:
     cg_damping: float = 1e-5
     backtrack_steps: int = 15
     backtrack_ratio: float = 0.8
+    cg_subsample: float = 1.0
     critic: str | None = None
     num_tasks: int = 40
     num_trajectories: int = 20
@@ -148,6 +156,11 @@ class MAMLConfig:
                 np.isfinite(value) and value >= 0
             ):
                 raise ValueError(f"`{name}` must be a non-negative finite number; got {value!r}.")
+        value = self.cg_subsample
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value <= 1:
+            raise ValueError(f"`cg_subsample` must be a fraction in (0, 1]; got {value!r}.")
+        if self.outer != "trpo" and value != 1:
+            raise ValueError(f"`cg_subsample` = {value} is used only by outer='trpo'; leave it at 1.")
         default_lr = type(self).__dataclass_fields__["outer_lr"].default
         if self.outer == "trpo" and self.outer_lr != default_lr:
             raise ValueError(f"`outer_lr` = {self.outer_lr} is unused by outer='trpo' (its step is set by `max_kl`); "
@@ -188,6 +201,7 @@ class MAMLConfig:
         data.setdefault("objective", "paper")  # checkpoints written before the field existed
         data.setdefault("sampling", "episodes")
         data.setdefault("max_episodes", None)
+        data.setdefault("cg_subsample", 1.0)
         data["hidden_sizes"] = tuple(data["hidden_sizes"])
         data["inner_options"] = tuple(tuple(kv) for kv in data["inner_options"])
         return cls(**data)

@@ -4,6 +4,7 @@ resume) and [`train_seeds`][metagrad.maml.loop.train_seeds] (several seeds in on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -87,7 +88,7 @@ class MAML:
           `kl` ([`metagrad.policies`][metagrad.policies]). Default: [`metagrad.policies.default_policy`][metagrad.policies.default_policy] of the environment's
           spaces with `config.hidden_sizes` (a custom policy refuses a non-default `hidden_sizes`);
         * `critic` — `critic(trajectories, gamma, *, task, policy, params) -> values [N, T+1]` (used
-          under `stop_gradient`; `config.critic` is then ignored);
+          under `stop_gradient`; needs `config.critic` at its default, a named critic is refused);
         * `optimizer` — any `optax.GradientTransformation` for the outer step of `"pg"` and `"promp"`
           (default `optax.adam(config.outer_lr)`). Refused with `outer="trpo"` (no optimiser there), and
           together with a non-default `outer_lr` (which it would replace).
@@ -127,6 +128,9 @@ class MAML:
                                              config.hidden_sizes)
             else:
                 self.policy = _as_policy(policy, self.env, task)
+        if critic is not None and config.critic != ("exact" if config.env == "tabular" else "linear"):
+            raise ValueError(f"`MAMLConfig.critic` = {config.critic!r} would be unused with a custom `critic=`; leave "
+                             "it at its default (None).")
         self.critic = critics_lib.make_critic(config.critic) if critic is None else _check_callable("critic", critic)
         self._surrogate = estimators.surrogate
         name = config.inner_estimator
@@ -445,12 +449,14 @@ def train(
     `optimizer`, `sample_tasks`: custom objects replacing the config's (see [`MAML`][metagrad.maml.loop.MAML]; the open API).
 
     A `checkpoint_dir` is locked for the run ([`checkpoint_lock`][metagrad.maml.checkpoint.checkpoint_lock]): a second run on the same folder
-    raises `RuntimeError`. With `resume=False` a folder that already holds a checkpoint is refused
+    raises `RuntimeError`. Under `jax.distributed` only process 0 takes the lock and writes; every process reads
+    the folder (its checks, `resume`), so it must be on storage all processes share. With `resume=False` a folder that already holds a checkpoint is refused
     (`ValueError`) unless `overwrite=True`, so a finished run is never replaced by accident.
     """
     if checkpoint_dir is None:
         return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
-    with checkpoint_lock(checkpoint_dir):
+    writer = jax.process_index() == 0  # under jax.distributed only process 0 locks and writes the folder
+    with checkpoint_lock(checkpoint_dir) if writer else contextlib.nullcontext():
         if not resume and not overwrite and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
             raise ValueError(
                 f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it or overwrite=True "
@@ -487,7 +493,8 @@ def _train(config, key, checkpoint_dir, resume, progress, label, extras):
             raise ValueError("The checkpoint was written with a different key; resume needs the same key.")
         state = saved
     def checkpoint(state, history, i):
-        write_checkpoint(checkpoint_dir, config, state, history, i)
+        if jax.process_index() == 0:
+            write_checkpoint(checkpoint_dir, config, state, history, i)
 
     state, history = _run_chunks(config, train_chunk, state, history, start, progress, label,
                                  checkpoint if checkpoint_dir is not None else None)

@@ -10,14 +10,22 @@ depend on the vector is computed once per step ([`gauss_newton_fisher`][metagrad
 (`jax.linearize`) and so is the map from θ' to the action distributions' parameters on the post-update batch
 (policies whose `apply` returns a distribution of [`metagrad.policies`][metagrad.policies]) — each product is then linear passes
 only, F v = Σ_g J_gᵀ J_out,gᵀ M J_out,g J_g v with M the Fisher of the action distribution in its own parameters.
-The meta-gradient reuses the same linearised inner steps. Measured (docs/fig1d.md): the two inner-step products per
-CG iteration dominate, so this makes the step about 16 % cheaper, not cheap.
+The meta-gradient reuses the same linearised inner steps, and the line search takes its base objective from θ'_old
+(one adaptation fewer). Measured (`benchmarks/maml.py`, docs/performance.md): the two inner-step products per CG
+iteration dominate, and the step stays about 5× a PG meta-iteration — ten exact products over the whole meta-batch
+cost that much. Applying Jᵀ with `jax.linear_transpose` of the linearised step instead of J (symmetric) was
+measured 33 % slower per product, so it is not used. The opt-in `MAMLConfig.cg_subsample` (ProMP's
+`subsample_factor`; default 1, exact) takes the CG's products on a fraction of the tasks
+([`cg_subset`][metagrad.maml.trpo.cg_subset]).
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from metagrad import outer as outer_lib
@@ -107,6 +115,15 @@ def gauss_newton_fisher(maml, params, data: TaskData):
     return fvp, old_adapted, transpose
 
 
+def cg_subset(data: TaskData, fraction: float) -> TaskData:
+    """The ⌈`fraction`·M⌉ tasks at evenly spaced indices ⌊i·M/m⌋ of the meta-batch `data` (leading task axis M):
+    the tasks of the opt-in subsampled Fisher-vector product (`MAMLConfig.cg_subsample`)."""
+    num_tasks = data.post.rewards.shape[0]
+    m = max(1, math.ceil(fraction * num_tasks - 1e-9))
+    index = (np.arange(m) * num_tasks) // m
+    return jax.tree_util.tree_map(lambda x: x[index], data)
+
+
 def fisher_vector_product(maml, params, data: TaskData):
     """`v ↦ F v`, TRPO-MAML's Gauss–Newton Fisher-vector product at θ = θ_old, on flat vectors `[P]`.
 
@@ -143,7 +160,8 @@ def meta_gradient(maml, params, data: TaskData, old_adapted, transpose):
 def trpo_update(maml, params, data: TaskData):
     """One TRPO-MAML step from θ = `params`: returns `(θ_new, meta-gradient, backtracks)`.
 
-    Direction F⁻¹g by conjugate gradient on [`fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product], g = ∇ of `maml.meta_objective`
+    Direction F⁻¹g by conjugate gradient on [`fisher_vector_product`][metagrad.maml.trpo.fisher_vector_product] (on the
+    tasks of [`cg_subset`][metagrad.maml.trpo.cg_subset] when `cg_subsample` < 1), g = ∇ of `maml.meta_objective`
     ([`meta_gradient`][metagrad.maml.trpo.meta_gradient]); step to the KL radius `max_kl`; backtracking line search on `maml.trpo_objective`
     (off-policy at θ_old, E-MAML term included) under the post-update KL of [`post_kl`][metagrad.maml.trpo.post_kl], both from one
     adaptation per candidate ([`metagrad.outer.trpo_step`][metagrad.outer.trpo_step]).
@@ -151,6 +169,8 @@ def trpo_update(maml, params, data: TaskData):
     config = maml.config
     flat, unravel = ravel_pytree(params)
     fisher_vector_product, old_adapted, transpose = gauss_newton_fisher(maml, params, data)
+    if config.cg_subsample < 1:  # opt-in: the CG's Fisher on ⌈f·M⌉ evenly spaced tasks (MAMLConfig.cg_subsample)
+        fisher_vector_product = gauss_newton_fisher(maml, params, cg_subset(data, config.cg_subsample))[0]
 
     def objective_and_kl(flat_params):  # adapted off-policy once, as in maml.trpo_objective
         p = unravel(flat_params)
@@ -161,9 +181,12 @@ def trpo_update(maml, params, data: TaskData):
         return value, post_kl(maml, old_adapted, adapted, data)
 
     gradient = ravel_pytree(meta_gradient(maml, params, data, old_adapted, transpose))[0]
+    # The objective at θ_old from θ'_old (its off-policy form equals the on-policy one there): no re-adaptation.
+    base = jnp.mean(jax.vmap(lambda a, d: maml.outer_surrogate(a, d.post, d.post_values, d.post_log_probs))(
+        old_adapted, data)) + maml.emaml_term(params, data)
     new_flat, index = outer_lib.trpo_step(
         flat, gradient, fisher_vector_product, objective_and_kl,
         max_kl=config.max_kl, cg_iterations=config.cg_iterations, damping=config.cg_damping,
-        backtrack_steps=config.backtrack_steps, backtrack_ratio=config.backtrack_ratio,
+        backtrack_steps=config.backtrack_steps, backtrack_ratio=config.backtrack_ratio, base=base,
     )
     return unravel(new_flat), unravel(gradient), index
