@@ -975,7 +975,41 @@ def dr_gradient_one_discount_too_many(rewards, values, gamma):
     return gamma ** (jnp.arange(rewards.shape[0]) + 1) * (_dr_returns(rewards, values, gamma) - values[:-1])
 
 
+def step_is_undiscounted(log_ratios, rewards, values, gamma):
+    weights = jnp.exp(jnp.cumsum(log_ratios))
+    return jnp.sum(weights * rewards) + weights[-1] * values[-1]
+
+
+def step_is_inverse_ratios(log_ratios, rewards, values, gamma):  # μ/π instead of π/μ
+    weights = jnp.exp(-jnp.cumsum(log_ratios))
+    return jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[-1]
+
+
+def step_is_with_control_variate(log_ratios, rewards, values, gamma):  # doubly robust where step-wise IS is asked
+    def step(v_next, inputs):
+        log_ratio, reward, value = inputs
+        return value + jnp.exp(log_ratio) * (reward + gamma * v_next - value), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+def reward_to_go_bootstrap_one_short(rewards, gamma, bootstrap):
+    t = jnp.arange(rewards.shape[0])
+    plain = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), 0.0 * bootstrap, rewards, reverse=True)[1]
+    return plain + gamma ** (rewards.shape[0] - 1 - t) * bootstrap
+
+
+def reward_to_go_discounted_from_start(rewards, gamma, bootstrap):
+    returns = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), jnp.asarray(bootstrap, rewards.dtype), rewards, reverse=True)[1]
+    return gamma ** jnp.arange(rewards.shape[0]) * returns
+
+
 PART_ONE_TRIAL = [
+    ("step_importance_sampling", step_is_undiscounted, "ignores γ everywhere"),
+    ("step_importance_sampling", step_is_inverse_ratios, "inverse ratios μ/π"),
+    ("step_importance_sampling", step_is_with_control_variate, "matches doubly robust"),
+    ("reward_to_go", reward_to_go_bootstrap_one_short, "γ^(T−1−t), one factor short"),
+    ("reward_to_go", reward_to_go_discounted_from_start, "discounts from time 0"),
     ("reinforce_gradient", reinforce_flipped, "wrong sign"),
     ("reinforce_gradient", _reinforce_with_returns("next"), "G_{t+1} (off by one)"),
     ("reinforce_gradient", _reinforce_with_returns("start"), "whole return G_0"),

@@ -83,10 +83,21 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
     def bootstrap_discounted_twice(rewards, gamma, bootstrap):
         return reference_reward_to_go(rewards, gamma, gamma * bootstrap)
 
+    def bootstrap_one_step_short(rewards, gamma, bootstrap):  # γ^(T−1−t) · bootstrap
+        horizon = len(rewards)
+        return reference_reward_to_go(rewards, gamma, 0.0) + gamma ** (horizon - 1.0 - np.arange(horizon)) * bootstrap
+
+    def discounted_from_start(rewards, gamma, bootstrap):  # Σ_{s≥t} γ^s r_s: the discount counted from t = 0
+        return gamma ** np.arange(len(rewards)) * reference_reward_to_go(rewards, gamma, bootstrap)
+
     mistakes = [
         (forward_scan, "It runs the recursion forwards in time: G_t = r_t + γ G_{t+1} needs G_{t+1} first, so scan backwards (lax.scan(..., reverse=True)) from G_T = bootstrap."),
         (bootstrap_discounted_twice, "It starts from G_T = γ · bootstrap: the bootstrap is G_T itself, and the recursion applies the γ."),
         (skips_current, "It misses r_t itself (off by one): G_t starts with the reward at time t."),
+        (bootstrap_one_step_short, "It discounts the bootstrap by γ^(T−1−t), one factor short: the bootstrap comes one step "
+                                   "after the last reward r_{T−1}."),
+        (discounted_from_start, "It discounts from time 0 (γ^s r_s): G_t is the return seen from step t, so its first "
+                                "reward r_t is not discounted."),
         (next_step_return, "It returns G_{t+1} at step t (off by one): G_t starts with the reward at time t."),
         (undiscounted, "It ignores γ: each step further away is worth one more factor of γ."),
         (forward_sum, "It sums the past (r_0 … r_t) instead of the future (r_t … r_{T−1})."),

@@ -272,8 +272,10 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
         return wrong
 
     mistakes = [
-        (variant("q"), "It weights ∇²ℓ by Q^π(x, a): the surrogate uses the advantage Â_t = G_t − V(x_t), whose mean given (x, a) is A^π = Q^π − V^π."),
-        (variant("no_occupancy"), "It weights states by the start distribution only: every visit counts, weight the states by the discounted occupancy d^π(x) = Σ_t γ^t Pr(x_t = x)."),
+        (variant("q"), "It weights ∇²ℓ by Q^π(x, a): the surrogate's weight is the advantage estimate Â_t, with the critic "
+                       "subtracted; what is its mean given x_t = x and a_t = a?"),
+        (variant("no_occupancy"), "It weights states by the start distribution only: every visit to x, at every step t, counts "
+                                  "(discounted by γ^t), an occupancy of the kind notebook 01 computed."),
         (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
         (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
         (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),

@@ -125,6 +125,19 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
             lambda lr, r, v, gamma: ope.step_importance_sampling(lr, r, v.at[-1].set(v[0]), gamma),
             "It bootstraps with V(x_0) (values[0]): the bootstrap is the critic at the last state, values[T].",
         ),
+        (
+            lambda lr, r, v, gamma: ope.step_importance_sampling(lr, r, v, 1.0),
+            "It ignores γ everywhere: the reward r_t comes t steps after x_0 and the bootstrap T steps after it.",
+        ),
+        (
+            lambda lr, r, v, gamma: ope.step_importance_sampling(-lr, r, v, gamma),
+            "It uses the inverse ratios μ/π, exp(−κ_t): the data come from μ and the estimate is for π, so each ratio is "
+            "π/μ = exp(κ_t).",
+        ),
+        (
+            ope.doubly_robust,
+            "It matches doubly robust: step-wise IS has no control variate; it uses the critic only for the bootstrap at x_T.",
+        ),
     ]
     return _check_ope("step_importance_sampling", step_importance_sampling, ope.step_importance_sampling, mistakes, "metagrad.ope.step_importance_sampling")
 
