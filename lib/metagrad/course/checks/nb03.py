@@ -152,7 +152,7 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
         (
             lambda s, a, g: g * reference_missing_hessian_terms(s, a, g),
             "It weights step t by γ^(t+1) (one discount too many): step t's terms carry the same γ^t as its ∇²ℓ_t "
-            "term, so the first step's have no discount.",
+            "term, so the first step's terms have no discount.",
         ),
         (
             lambda s, a, g: -reference_missing_hessian_terms(s, a, g),
