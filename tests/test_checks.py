@@ -880,6 +880,164 @@ def test_doubly_robust_check_names_the_mistake(name, wrong, explanation):
     assert_check_explains(checks, name, wrong, explanation)
 
 
+# Trial A of the third edition: wrong answers that got the generic message or a misnamed one.
+
+
+def _reinforce_with_returns(shift):
+    """REINFORCE whose step-t weight uses G_{t+1} (shift "next") or G_0 (shift "start") instead of G_t."""
+    from metagrad.tabular import log_policy
+
+    def wrong(logits, trajectories, critic, gamma):
+        states, actions, rewards = trajectories.observations, trajectories.actions, trajectories.rewards
+        values = critic[states]
+        returns = jax.vmap(lambda r, b: jax.lax.scan(lambda g, x: (x + gamma * g, x + gamma * g), b, r, reverse=True)[1])(
+            rewards, values[:, -1]
+        )
+        if shift == "next":
+            returns = jnp.concatenate([returns[:, 1:], values[:, -1:]], axis=1)
+        else:
+            returns = jnp.broadcast_to(returns[:, :1], returns.shape)
+        weights = gamma ** jnp.arange(rewards.shape[1]) * (returns - values[:, :-1])
+        return jax.grad(lambda th: jnp.mean(jnp.sum(weights * log_policy(th, states[:, :-1], actions), 1)))(logits)
+
+    wrong.__name__ = f"reinforce_returns_from_{shift}"
+    return wrong
+
+
+def reinforce_flipped(logits, trajectories, critic, gamma):
+    return -_reinforce(logits, trajectories, critic, gamma)
+
+
+def occupancy_gradient_flipped(mdp, logits, occupancy):
+    pi, v, q = _pg_pieces(mdp, logits)
+    return occupancy[:, None] * pi * (v[:, None] - q)
+
+
+def occupancy_gradient_extra_gamma(mdp, logits, occupancy):
+    pi, v, q = _pg_pieces(mdp, logits)
+    return mdp.gamma * occupancy[:, None] * pi * (q - v[:, None])
+
+
+def occupancy_gradient_immediate_reward(mdp, logits, occupancy):
+    pi, _, _ = _pg_pieces(mdp, logits)
+    return occupancy[:, None] * pi * (mdp.rewards - jnp.sum(pi * mdp.rewards, axis=1, keepdims=True))
+
+
+def _missing_terms(scores, advantages, gamma, *, power_offset=0, own=True, cross=True):
+    past = jnp.cumsum(scores, axis=0) - scores
+    weights = gamma ** (jnp.arange(scores.shape[0]) + power_offset) * advantages
+    c = jnp.einsum("t,ti,tj->ij", weights, scores, past)
+    return own * jnp.einsum("t,ti,tj->ij", weights, scores, scores) + cross * (c + c.T)
+
+
+def missing_terms_flipped(scores, advantages, gamma):
+    return -_missing_terms(scores, advantages, gamma)
+
+
+def missing_terms_one_discount_too_many(scores, advantages, gamma):
+    return _missing_terms(scores, advantages, gamma, power_offset=1)
+
+
+def missing_terms_cross_only(scores, advantages, gamma):
+    return _missing_terms(scores, advantages, gamma, own=False)
+
+
+def missing_terms_total_outer(scores, advantages, gamma):
+    total = jnp.sum(scores, axis=0)
+    return jnp.sum(gamma ** jnp.arange(scores.shape[0]) * advantages) * jnp.outer(total, total)
+
+
+def _dr_variant(form):
+    def wrong(log_ratios, rewards, values, gamma):
+        def step(v_next, inputs):
+            log_ratio, reward, value = inputs
+            rho = jnp.exp(log_ratio)
+            if form == "discount outside":
+                return value + rho * (reward - value) + gamma * v_next, None
+            return reward + gamma * rho * v_next, None  # the ratio on the next estimate only
+
+        return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+    wrong.__name__ = "dr_" + form.replace(" ", "_")
+    return wrong
+
+
+def dr_gradient_next_return(rewards, values, gamma):
+    returns = _dr_returns(rewards, values, gamma)
+    return gamma ** jnp.arange(rewards.shape[0]) * (jnp.append(returns[1:], values[-1]) - values[:-1])
+
+
+def dr_gradient_flipped(rewards, values, gamma):
+    return -gamma ** jnp.arange(rewards.shape[0]) * (_dr_returns(rewards, values, gamma) - values[:-1])
+
+
+def dr_gradient_one_discount_too_many(rewards, values, gamma):
+    return gamma ** (jnp.arange(rewards.shape[0]) + 1) * (_dr_returns(rewards, values, gamma) - values[:-1])
+
+
+def step_is_undiscounted(log_ratios, rewards, values, gamma):
+    weights = jnp.exp(jnp.cumsum(log_ratios))
+    return jnp.sum(weights * rewards) + weights[-1] * values[-1]
+
+
+def step_is_inverse_ratios(log_ratios, rewards, values, gamma):  # μ/π instead of π/μ
+    weights = jnp.exp(-jnp.cumsum(log_ratios))
+    return jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[-1]
+
+
+def step_is_with_control_variate(log_ratios, rewards, values, gamma):  # doubly robust where step-wise IS is asked
+    def step(v_next, inputs):
+        log_ratio, reward, value = inputs
+        return value + jnp.exp(log_ratio) * (reward + gamma * v_next - value), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+def reward_to_go_bootstrap_one_short(rewards, gamma, bootstrap):
+    t = jnp.arange(rewards.shape[0])
+    plain = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), 0.0 * bootstrap, rewards, reverse=True)[1]
+    return plain + gamma ** (rewards.shape[0] - 1 - t) * bootstrap
+
+
+def reward_to_go_discounted_from_start(rewards, gamma, bootstrap):
+    returns = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), jnp.asarray(bootstrap, rewards.dtype), rewards, reverse=True)[1]
+    return gamma ** jnp.arange(rewards.shape[0]) * returns
+
+
+PART_ONE_TRIAL = [
+    ("step_importance_sampling", step_is_undiscounted, "ignores γ everywhere"),
+    ("step_importance_sampling", step_is_inverse_ratios, "inverse ratios μ/π"),
+    ("step_importance_sampling", step_is_with_control_variate, "matches doubly robust"),
+    ("reward_to_go", reward_to_go_bootstrap_one_short, "γ^(T−1−t), one factor short"),
+    ("reward_to_go", reward_to_go_discounted_from_start, "discounts from time 0"),
+    ("reinforce_gradient", reinforce_flipped, "wrong sign"),
+    ("reinforce_gradient", _reinforce_with_returns("next"), "G_{t+1} (off by one)"),
+    ("reinforce_gradient", _reinforce_with_returns("start"), "whole return G_0"),
+    ("occupancy_policy_gradient", occupancy_gradient_flipped, "wrong sign"),
+    ("occupancy_policy_gradient", occupancy_gradient_extra_gamma, "extra factor γ"),
+    ("occupancy_policy_gradient", occupancy_gradient_immediate_reward, "immediate reward"),
+    ("missing_hessian_terms", missing_terms_flipped, "wrong sign"),
+    ("missing_hessian_terms", missing_terms_one_discount_too_many, "γ^(t+1)"),
+    ("missing_hessian_terms", missing_terms_cross_only, "only the cross terms"),
+    ("missing_hessian_terms", missing_terms_total_outer, "total score"),
+    ("doubly_robust", _dr_variant("discount outside"), "outside the ratio"),
+    ("doubly_robust", _dr_variant("next only"), "next estimate only"),
+    ("dr_log_ratio_gradient", dr_gradient_next_return, "G_{t+1} (off by one)"),
+    ("dr_log_ratio_gradient", dr_gradient_flipped, "wrong sign"),
+    ("dr_log_ratio_gradient", dr_gradient_one_discount_too_many, "γ^(t+1)"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", PART_ONE_TRIAL, ids=[w.__name__ for _, w, _ in PART_ONE_TRIAL])
+def test_check_names_the_mistakes_trial_a_found_unnamed(name, wrong, explanation):
+    """Named on every wrong input (not "On … it matches", a coincidence of some inputs), in one or two sentences."""
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks, f"check_{name}")(wrong)
+    message = str(info.value)
+    assert explanation in message and "matches a known mistake" not in message, message
+    assert len(message) < 400 and checks.results()[name] is False
+
+
 def test_a_mistake_that_explains_only_some_inputs_names_those_inputs():
     from metagrad.course.checks._diagnose import _diagnose
 

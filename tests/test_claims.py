@@ -47,6 +47,20 @@ def test_claims_markdown_lists_every_row_and_course_copy_is_current():
     assert (ROOT / build.COURSE_DIR / build.CLAIMS_FILE).read_text(encoding="utf-8") == text
 
 
+def test_each_notebooks_claims_are_collapsed_until_opened():
+    """CLAIMS.md is in the student folder and answers predictions: every table row sits in a closed <details> block."""
+    text = build.claims_markdown(SOLUTIONS)
+    blocks = text.split("<details><summary>")[1:]
+    assert len(blocks) == len(CLAIMS) and "Spoilers" in text.split("<details>")[0]
+    for number, block in zip(CLAIMS, blocks):
+        summary, body = block.split("</summary>", 1)
+        assert summary == f"Notebook {number} — open after you have finished it"
+        assert body.startswith("\n\n| cell |"), "a blank line after <summary> lets the Markdown table render"
+        table, after = body.split("</details>", 1)
+        assert table.count("\n| ") == len(CLAIMS[number]) + 1 and table.endswith("\n\n")
+        assert "\n| " not in after.split("<details>")[0]  # no row outside a block
+
+
 @pytest.mark.parametrize(
     "content,problem",
     [

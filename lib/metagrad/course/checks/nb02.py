@@ -83,10 +83,21 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
     def bootstrap_discounted_twice(rewards, gamma, bootstrap):
         return reference_reward_to_go(rewards, gamma, gamma * bootstrap)
 
+    def bootstrap_one_step_short(rewards, gamma, bootstrap):  # γ^(T−1−t) · bootstrap
+        horizon = len(rewards)
+        return reference_reward_to_go(rewards, gamma, 0.0) + gamma ** (horizon - 1.0 - np.arange(horizon)) * bootstrap
+
+    def discounted_from_start(rewards, gamma, bootstrap):  # Σ_{s≥t} γ^s r_s: the discount counted from t = 0
+        return gamma ** np.arange(len(rewards)) * reference_reward_to_go(rewards, gamma, bootstrap)
+
     mistakes = [
         (forward_scan, "It runs the recursion forwards in time: G_t = r_t + γ G_{t+1} needs G_{t+1} first, so scan backwards (lax.scan(..., reverse=True)) from G_T = bootstrap."),
         (bootstrap_discounted_twice, "It starts from G_T = γ · bootstrap: the bootstrap is G_T itself, and the recursion applies the γ."),
         (skips_current, "It misses r_t itself (off by one): G_t starts with the reward at time t."),
+        (bootstrap_one_step_short, "It discounts the bootstrap by γ^(T−1−t), one factor short: the bootstrap comes one step "
+                                   "after the last reward r_{T−1}."),
+        (discounted_from_start, "It discounts from time 0 (γ^s r_s): G_t is the return seen from step t, so its first "
+                                "reward r_t is not discounted."),
         (next_step_return, "It returns G_{t+1} at step t (off by one): G_t starts with the reward at time t."),
         (undiscounted, "It ignores γ: each step further away is worth one more factor of γ."),
         (forward_sum, "It sums the past (r_0 … r_t) instead of the future (r_t … r_{T−1})."),
@@ -108,7 +119,8 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
 
 
 def _reinforce_reference(
-    logits, trajectories, critic, gamma, *, time_indexed=False, discount_weights=True, baseline=True, bootstrap=True, mean=True
+    logits, trajectories, critic, gamma, *, time_indexed=False, discount_weights=True, baseline=True, bootstrap=True, mean=True,
+    returns_from="t",
 ):
     from metagrad.tabular import log_policy
 
@@ -120,6 +132,11 @@ def _reinforce_reference(
             for r, s in zip(np.asarray(rewards), np.asarray(states))
         ]
     )
+    if returns_from == "t+1":  # G_{t+1} at step t (G_T = the bootstrap)
+        last = critic[states[:, -1]] if bootstrap else jnp.zeros(states.shape[0], returns.dtype)
+        returns = jnp.concatenate([returns[:, 1:], last[:, None]], axis=1)
+    elif returns_from == "0":  # the whole return G_0 at every step
+        returns = jnp.broadcast_to(returns[:, :1], returns.shape)
     if time_indexed == "next":  # the critic of the next state, critic[x_{t+1}]
         subtracted = critic[states[:, 1:]]
     else:
@@ -186,6 +203,21 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
             lambda *a: _reinforce_reference(*a, mean=False),
             "It sums over the trajectories instead of averaging: the estimate is the batch mean (right for one trajectory only).",
         ),
+        (
+            lambda *a: -_reinforce_reference(*a),
+            "It has the wrong sign (it is minus the policy gradient): the estimate points uphill in J; check the sign "
+            "of the advantage weights or of the surrogate you differentiate.",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, returns_from="t+1"),
+            "It weights step t by the return from step t + 1, G_{t+1} (off by one): the reward r_t that follows the "
+            "action a_t belongs in its weight.",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, returns_from="0"),
+            "It weights every step by the whole return G_0: an action cannot change the rewards that came before it, so "
+            "step t's weight should count only the rewards from t on.",
+        ),
     ]
     _compare(
         "reinforce_gradient",
@@ -217,7 +249,7 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
 
     rng = np.random.default_rng(9)
     mdp_a = _random_mdp(rng, 4, 3, 0.8)
-    mdp_b = _random_mdp(rng, 3, 2, 0.5)
+    mdp_b = _random_mdp(rng, 3, 2, 0.6)  # not 0.5: an extra factor γ and a factor (1 − γ) must differ
     mdp_b = type(mdp_b)(mdp_b.transitions, mdp_b.rewards, _float(rng.dirichlet(np.ones(3))), mdp_b.gamma)
     theta_a, theta_b = _float(rng.normal(size=(4, 3))), _float(rng.normal(size=(3, 2)))
     d_a = mdp_lib.discounted_occupancy(mdp_a, jax.nn.softmax(theta_a, -1))
@@ -225,7 +257,7 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
         ("the discounted occupancy d^π of a 4-state MDP (γ = 0.8)", (mdp_a, theta_a, d_a)),
         ("an arbitrary occupancy vector", (mdp_a, theta_a, _float(rng.uniform(0.1, 3.0, size=4)))),
         (
-            "a 3-state MDP with γ = 0.5, a random start distribution and its d^π",
+            "a 3-state MDP with γ = 0.6, a random start distribution and its d^π",
             (mdp_b, theta_b, mdp_lib.discounted_occupancy(mdp_b, jax.nn.softmax(theta_b, -1))),
         ),
         ("an arbitrary occupancy vector on the 3-state MDP", (mdp_b, theta_b, _float(rng.uniform(0.1, 3.0, size=3)))),
@@ -234,20 +266,31 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
     def variant(kind):
         def wrong(mdp, logits, occupancy):
             pi, v, q = pieces(mdp, logits)
-            weight = {"q": q, "a": q - v[:, None]}["q" if kind == "q" else "a"]
+            weight = {
+                "q": q,
+                "r": mdp.rewards - jnp.sum(pi * mdp.rewards, -1, keepdims=True),
+                "r_raw": mdp.rewards,
+            }.get(kind, q - v[:, None])
             occ = {
                 "initial": mdp.initial,
                 "norm": (1 - mdp.gamma) * occupancy,
                 "own": mdp_lib.discounted_occupancy(mdp, pi),
             }.get(kind, occupancy)
             out = occ[:, None] * weight
-            return out if kind == "no_pi" else out * (1 - pi) if kind == "one_minus_pi" else out * pi
+            out = out if kind == "no_pi" else out * (1 - pi) if kind == "one_minus_pi" else out * pi
+            return {"sign": -out, "gamma": mdp.gamma * out}.get(kind, out)
 
         return wrong
 
     mistakes = [
-        (variant("q"), "It weights by Q^π(x, a): differentiating Σ_b π(b|x) Q(x, b) through the softmax gives π(a|x) (Q(x, a) − V(x)), the advantage."),
-        (variant("no_pi"), "The factor π(a|x) is missing: ∂π(b|x)/∂θ[x, a] = π(b|x) (1{a = b} − π(a|x))."),
+        (variant("q"), "It weights by Q^π(x, a) instead of an advantage: the softmax couples the actions of a state; "
+                       "differentiate Σ_b π(b|x) Q(x, b) in θ[x, a] and see what is subtracted from Q(x, a)."),
+        (variant("no_pi"), "The factor π(a|x) is missing: write out ∂π(b|x)/∂θ[x, a] for the softmax and see what multiplies every term."),
+        (variant("sign"), "It has the wrong sign (it is minus the gradient of J): check the order of the subtraction in the advantage."),
+        (variant("gamma"), "It is γ times the answer: an extra factor γ; the occupancy already carries every discount, "
+                           "so the advantage is not discounted again."),
+        *[(variant(kind), "It weights by the immediate reward r(x, a): an action also changes every later reward, so its "
+                          "weight must count the value of what follows, not only the first reward.") for kind in ("r", "r_raw")],
         (variant("initial"), "It uses the start distribution instead of the `occupancy` argument."),
         (variant("norm"), "It is (1 − γ) times the answer: use the occupancy as given, unnormalised."),
         (

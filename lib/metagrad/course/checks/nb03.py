@@ -98,7 +98,7 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
     cases = [
         ("T = 5 random scores with P = 4", (_float(jax.random.normal(keys[0], (5, 4))), _float(jax.random.normal(keys[1], (5,))), 0.9)),
         ("a single step (T = 1)", (_float(jax.random.normal(keys[2], (1, 3))), _float([2.0]), 0.9)),
-        ("γ = 0.5 and T = 3", (_float(jax.random.normal(keys[3], (3, 2))), _float([1.0, -1.0, 0.5]), 0.5)),
+        ("γ = 0.6 and T = 3", (_float(jax.random.normal(keys[3], (3, 2))), _float([1.0, -1.0, 0.5]), 0.6)),
     ]
 
     def outer_only(scores, adv, gamma):
@@ -136,17 +136,42 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
 
         return wrong
 
+    def total_outer(scores, adv, gamma):  # every score of the trajectory against every other, one weight for all
+        scores = np.asarray(scores)
+        total = scores.sum(0)
+        return float(np.sum(gamma ** np.arange(len(scores)) * np.asarray(adv))) * np.outer(total, total)
+
     mistakes = [
         (
             with_past(1.0, 1.0),
             "It is Σ_t γ^t Â_t (S_{<t} + g_t)(S_{<t} + g_t)ᵀ: the S_{<t} S_{<t}ᵀ part belongs to earlier steps' terms, "
-            "not to step t; keep only the products that contain g_t.",
+            "not to step t; attach each product of two scores to the later of its two steps.",
         ),
-        (with_past(2.0, 0.0), "Its cross terms are doubled: g_t S_{<t}ᵀ and S_{<t} g_tᵀ appear once each."),
+        (with_past(2.0, 0.0), "Its cross terms are doubled: each product of two different steps' scores is counted twice."),
         (undiscounted, "It ignores γ: each step's terms carry the same factor γ^t as its ∇²ℓ_t term in the surrogate."),
-        (outer_only, "It has only the g_t g_tᵀ terms (what LVC keeps): the cross terms with S_{<t} = Σ_{s<t} g_s are missing."),
+        (
+            lambda s, a, g: g * reference_missing_hessian_terms(s, a, g),
+            "It weights step t by γ^(t+1) (one discount too many): step t's terms carry the same γ^t as its ∇²ℓ_t "
+            "term, so the first step's terms have no discount.",
+        ),
+        (
+            lambda s, a, g: -reference_missing_hessian_terms(s, a, g),
+            "It has the wrong sign (it is minus the missing terms): they are added to the surrogate's Hessian; check the "
+            "sign of each product of scores in ∇²p = p (∇²log p + ∇log p ∇log pᵀ).",
+        ),
+        (outer_only, "It has only the g_t g_tᵀ terms (what LVC keeps): the cross terms, products of two different steps' scores, are missing."),
+        (
+            lambda s, a, g: reference_missing_hessian_terms(s, a, g) - outer_only(s, a, g),
+            "It has only the cross terms between different steps: each step's own square g_t g_tᵀ is missing "
+            "(compare M_0 of the two-step example).",
+        ),
+        (
+            total_outer,
+            "It multiplies the outer product of the total score Σ_s g_s by one common weight: step t's weight may only "
+            "multiply products of the scores up to step t (later actions cannot change r_t).",
+        ),
         (inclusive_past, "Its past sum includes step t itself (off by one): S_{<t} runs over s < t only."),
-        (one_sided, "It is not symmetric: add both g_t S_{<t}ᵀ and its transpose S_{<t} g_tᵀ."),
+        (one_sided, "It is not symmetric: every product of two different steps' scores appears in both orders."),
     ]
     _compare(
         "missing_hessian_terms",
@@ -173,24 +198,6 @@ def reference_expected_surrogate_hessian(mdp, logits_fn: Callable, params) -> ja
     weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
     return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
 
-
-
-def reference_expected_lvc_hessian(mdp, logits_fn: Callable, params) -> jax.Array:
-    """E[Σ_t γ^t Â_t (∇²ℓ_t + ∇ℓ_t∇ℓ_tᵀ)], the LVC (TayPO-1) Hessian in expectation (exact critic, on-policy).
-
-    Notebook 03 compares it with the sampled LVC Hessian; kept here so that the notebook does not print the
-    weights of Exercise 3's answer.
-    """
-    from metagrad import mdp as mdp_lib
-
-    def log_pi(p):
-        return jax.nn.log_softmax(logits_fn(p), axis=-1)
-
-    pi = jnp.exp(log_pi(params))
-    v, q = mdp_lib.policy_evaluation(mdp, pi)
-    weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
-    scores = jax.jacobian(log_pi)(params)
-    return reference_expected_surrogate_hessian(mdp, logits_fn, params) + jnp.einsum("sa,sap,saq->pq", weights, scores, scores)
 
 def _policy_classes(num_states: int, num_actions: int, seed: int):
     """(name, logits_fn, params) for a tabular softmax, a log-linear policy and a small tanh network."""
@@ -265,8 +272,10 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
         return wrong
 
     mistakes = [
-        (variant("q"), "It weights ∇²ℓ by Q^π(x, a): the surrogate uses the advantage Â_t = G_t − V(x_t), whose mean given (x, a) is A^π = Q^π − V^π."),
-        (variant("no_occupancy"), "It weights states by the start distribution only: every visit counts, weight the states by the discounted occupancy d^π(x) = Σ_t γ^t Pr(x_t = x)."),
+        (variant("q"), "It weights ∇²ℓ by Q^π(x, a): the surrogate's weight is the advantage estimate Â_t, with the critic "
+                       "subtracted; what is its mean given x_t = x and a_t = a?"),
+        (variant("no_occupancy"), "It weights states by the start distribution only: every visit to x, at every step t, counts "
+                                  "(discounted by γ^t), an occupancy of the kind notebook 01 computed."),
         (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
         (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
         (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),

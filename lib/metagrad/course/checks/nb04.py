@@ -125,6 +125,19 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
             lambda lr, r, v, gamma: ope.step_importance_sampling(lr, r, v.at[-1].set(v[0]), gamma),
             "It bootstraps with V(x_0) (values[0]): the bootstrap is the critic at the last state, values[T].",
         ),
+        (
+            lambda lr, r, v, gamma: ope.step_importance_sampling(lr, r, v, 1.0),
+            "It ignores γ everywhere: the reward r_t comes t steps after x_0 and the bootstrap T steps after it.",
+        ),
+        (
+            lambda lr, r, v, gamma: ope.step_importance_sampling(-lr, r, v, gamma),
+            "It uses the inverse ratios μ/π, exp(−κ_t): the data come from μ and the estimate is for π, so each ratio is "
+            "π/μ = exp(κ_t).",
+        ),
+        (
+            ope.doubly_robust,
+            "It matches doubly robust: step-wise IS has no control variate; it uses the critic only for the bootstrap at x_T.",
+        ),
     ]
     return _check_ope("step_importance_sampling", step_importance_sampling, ope.step_importance_sampling, mistakes, "metagrad.ope.step_importance_sampling")
 
@@ -134,14 +147,19 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
     """`doubly_robust(log_ratios [T], rewards [T], values [T+1], gamma)` -> scalar."""
     from metagrad import ope
 
-    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False, one_step=False, sign=1.0):
+    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False, one_step=False, sign=1.0, ratio_on=""):
         g = 1.0 if undiscounted else gamma
         est = v[-1]
         for t in reversed(range(r.shape[0])):
             rho = jnp.exp(lr[t])
             base = sign * (v[t + 1] if shift else v[t])
             after = v[t + 1] if one_step else est
-            est = rho * (r[t] + g * after) if rho_on_value else base + rho * (r[t] + g * after - base)
+            if ratio_on == "reward":  # γV̂_{t+1} added outside the ratio
+                est = base + rho * (r[t] - base) + g * after
+            elif ratio_on == "next":  # the ratio on the next estimate only
+                est = r[t] + g * rho * after
+            else:
+                est = rho * (r[t] + g * after) if rho_on_value else base + rho * (r[t] + g * after - base)
         return est
 
     mistakes = [
@@ -154,6 +172,16 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
             "corrections survives (that is a one-step, V-trace-like target with c̄ = 0).",
         ),
         (lambda *a: loop(*a, sign=-1.0), "The control variate has the wrong sign: add V(x_t) − ρ_t V(x_t), not its negative."),
+        (
+            lambda *a: loop(*a, ratio_on="reward"),
+            "It adds γ V̂_{t+1} outside the ratio ρ_t: the next state and everything after it follow the action a_t, so "
+            "the next estimate must be reweighted by ρ_t as well.",
+        ),
+        (
+            lambda *a: loop(*a, ratio_on="next"),
+            "It applies ρ_t to the next estimate only: the reward r_t follows a_t too, and the critic term needs its "
+            "ratio (with all ρ = 1 both forms agree, so the on-policy input cannot tell them apart).",
+        ),
         (
             lambda lr, r, v, gamma: ope.doubly_robust(lr, r, v.at[-1].set(0.0), gamma),
             "It does not bootstrap: the recursion starts from V̂_T = V(x_T) (values[T]), not from 0.",
@@ -177,11 +205,26 @@ def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
         return gamma ** jnp.arange(r.shape[0])
 
     mistakes = [
-        (lambda r, v, g: advantages(r, v, g), "It is Â_t without the factor γ^t: the correction at step t enters V̂_0 through t discounts."),
-        (lambda r, v, g: discount(r, g) * _returns(r, v, g), "It is γ^t G_t: the critic's V(x_t) must be subtracted (Â_t = G_t − V(x_t))."),
+        (lambda r, v, g: advantages(r, v, g), "Each entry is right but without the factor γ^t: the correction at step t enters V̂_0 through t discounts."),
+        (lambda r, v, g: discount(r, g) * _returns(r, v, g), "It is γ^t G_t: the critic's control variate at step t is missing; it must be subtracted."),
         (
             lambda r, v, g: discount(r, g) * (r + g * v[1:] - v[:-1]),
-            "It uses the one-step TD error r_t + γV(x_{t+1}) − V(x_t): with all ratios 1, V̂_{t+1} is the full return G_{t+1}, not V(x_{t+1}).",
+            "It uses the one-step TD error r_t + γV(x_{t+1}) − V(x_t): with all ratios 1, V̂_{t+1} is not the critic's "
+            "V(x_{t+1}); unroll the recursion to see what it is.",
+        ),
+        (
+            lambda r, v, g: discount(r, g) * (jnp.append(_returns(r, v, g)[1:], v[-1]) - v[:-1]),
+            "It uses the return from step t + 1, G_{t+1} (off by one): ρ_t multiplies the reward r_t too, so r_t belongs "
+            "in the derivative in κ_t.",
+        ),
+        (
+            lambda r, v, g: g * discount(r, g) * (_returns(r, v, g) - v[:-1]),
+            "It carries γ^(t+1) (one discount too many): step t's correction enters V̂_0 through t discounts, step 0's "
+            "through none.",
+        ),
+        (
+            lambda r, v, g: -reference(r, v, g),
+            "It has the wrong sign (it is minus the derivative): ∂ρ_t/∂κ_t = +ρ_t; check the sign of what ρ_t multiplies.",
         ),
         (lambda r, v, g: discount(r, g) * (_returns(r, v, g) - v[1:]), "It subtracts V(x_{t+1}) (off by one): the control variate at step t is V(x_t)."),
         (lambda r, v, g: discount(r, g) * (_returns(r, jnp.zeros_like(v), g) - v[:-1]), "Its returns ignore the bootstrap γ^{T−t} V(x_T) at the end of the trajectory."),
