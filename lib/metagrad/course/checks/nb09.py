@@ -206,8 +206,8 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         return jax.jacobian(lambda th: fn(th, batch, critic, behaviour, 0.8, 0.5, estimator))(theta)
 
     for estimator in ("taypo2", "dr"):
-        expected = np.asarray(jacobian(_reference_off_policy_inner_step, estimator))
-        got = _call("off_policy_inner_step", jacobian, (off_policy_inner_step, estimator),
+        expected = np.asarray(jax.jit(jacobian, static_argnums=(0, 1))(_reference_off_policy_inner_step, estimator))
+        got = _call("off_policy_inner_step", jax.jit(jacobian, static_argnums=(0, 1)), (off_policy_inner_step, estimator),
                     f"the Jacobian of θ' in θ (θ ≠ μ, estimator {estimator!r})")
         got = np.asarray(got, dtype=np.float64)
         if _close(got, expected):
