@@ -556,6 +556,68 @@ def off_policy_step_probabilities(logits, batch, critic, behaviour_logits, gamma
     return logits + step_size * jax.grad(surrogate)(logits)
 
 
+# Trial B (notebooks 07 and 09): wrong answers that passed or got a generic message.
+
+
+def squared_bias_subtracts_the_noise_level(estimates, truth):
+    m = estimates.shape[0]
+    return jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.sqrt(jnp.sum(estimates.var(0, ddof=1)) / m)  # √, not squared
+
+
+def squared_bias_float32(estimates, truth):
+    m = estimates.shape[0]
+    e = estimates.astype(jnp.float32)  # the mistake: half the digits
+    return jnp.sum((e.mean(0) - truth.astype(jnp.float32)) ** 2) - jnp.sum(e.var(0, ddof=1)) / m
+
+
+def choose_absolute_squared_bias(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda k: abs(squared_bias[k]) + variance[k] / num_trajectories)  # |b²|, not max(b², 0)
+
+
+def choose_variance_over_n_squared(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] / num_trajectories**2)
+
+
+def _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, discounted=True, ratio=False):
+    d = jnp.exp(log_ratios) if ratio else jnp.expm1(log_ratios)
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+    discount = gamma ** jnp.arange(rewards.shape[0]) if discounted else 1.0
+    weights = discount * (g - values[:-1]) * d
+
+    def step(e, inputs):
+        d_t, w_t = inputs
+        return e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]), w_t * e
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
+    return jnp.sum(contributions, axis=0)
+
+
+def taypo_terms_without_discount(log_ratios, rewards, values, gamma, order):
+    return _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, discounted=False)  # no γ^t
+
+
+def taypo_terms_ratio_for_d(log_ratios, rewards, values, gamma, order):
+    return _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, ratio=True)  # ρ_t where d_t = ρ_t − 1
+
+
+def off_policy_step_stopped_gradient(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    log_mu = tabular.log_policy(behaviour_logits, batch.observations[:, :-1], batch.actions)
+    gradient = _inner_gradient(logits, batch, critic[batch.observations], gamma, estimator, behaviour_log_probs=log_mu)
+    return logits + step_size * jax.lax.stop_gradient(gradient)  # the mistake: θ' no longer depends on θ through it
+
+
+def off_policy_step_next_state(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    log_mu = tabular.log_policy(behaviour_logits, batch.observations[:, 1:], batch.actions)  # the mistake: x_{t+1}
+    return logits + step_size * _inner_gradient(logits, batch, critic[batch.observations], gamma, estimator,
+                                                behaviour_log_probs=log_mu)
+
+
+def off_policy_step_raw_logits(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    log_mu = behaviour_logits[batch.observations[:, :-1], batch.actions]  # the mistake: no log-softmax
+    return logits + step_size * _inner_gradient(logits, batch, critic[batch.observations], gamma, estimator,
+                                                behaviour_log_probs=log_mu)
+
+
 WRONG_ANSWERS = [
     ("on_policy_importance_sampling", on_policy_is_without_stop_gradient, "ℓ_t − stop_gradient(ℓ_t)"),
     ("on_policy_importance_sampling", on_policy_is_constant_ratios, "derivatives are all zero"),
@@ -638,6 +700,15 @@ WRONG_ANSWERS = [
     ("taypo_terms", taypo_terms_plus_g0, "adds G_0 to every term"),
     ("sampled_inner_step", inner_step_critic_by_time_wrapped, "indexed by time"),
     ("off_policy_inner_step", off_policy_step_probabilities, "probabilities"),
+    ("squared_bias", squared_bias_subtracts_the_noise_level, "noise level"),
+    ("squared_bias", squared_bias_float32, "float32"),
+    ("choose_estimator", choose_absolute_squared_bias, "absolute value"),
+    ("choose_estimator", choose_variance_over_n_squared, "by N²"),
+    ("taypo_terms", taypo_terms_without_discount, "discount γ^t"),
+    ("taypo_terms", taypo_terms_ratio_for_d, "d_t = ρ_t − 1"),
+    ("off_policy_inner_step", off_policy_step_stopped_gradient, "do not depend on θ through the inner gradient"),
+    ("off_policy_inner_step", off_policy_step_next_state, "next state"),
+    ("off_policy_inner_step", off_policy_step_raw_logits, "raw behaviour logits"),
 ]
 
 

@@ -13,6 +13,7 @@ from metagrad.course.checks._diagnose import (
     _close,
     _fail,
     _float,
+    _refuse_float32,
     _register,
 )
 
@@ -46,6 +47,9 @@ def _squared_bias_mistakes():
     def mean_of_squares(est, truth):
         return jnp.mean(jnp.sum((est - truth) ** 2, axis=1))
 
+    def root_noise(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.sqrt(jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0])
+
     return [
         (reference_squared_bias, "(never matched here: listed so that its square root is recognised)"),
         (uncorrected, "It is ‖ḡ − g‖², which also contains the noise of the mean, tr Σ / M: subtract an unbiased estimate of it."),
@@ -53,6 +57,8 @@ def _squared_bias_mistakes():
         (whole_variance, "It subtracts tr Σ̂, the variance of ONE estimate; the mean of M estimates has variance tr Σ / M."),
         (clipped, "It clips negative values at 0, which makes the estimate biased upwards; return it unclipped."),
         (mean_of_squares, "It is the mean of ‖ĝ_i − g‖², the mean squared error of ONE estimate (bias² + tr Σ), not the squared bias."),
+        (root_noise, "It subtracts the noise level √(tr Σ̂ / M), a norm, from a squared norm: subtract the squared noise, "
+                     "tr Σ̂ / M, itself."),
     ]
 
 
@@ -83,6 +89,7 @@ def check_squared_bias(squared_bias: Callable) -> str:
     mistakes = _squared_bias_mistakes()
     for label, (m, bias, scales) in cases:
         estimates, truth, true_value = _squared_bias_data(rng, replications, m, bias, scales)
+        _refuse_float32(exercise, squared_bias, (estimates[0], truth), label)
         single = _call(exercise, squared_bias, (estimates[0], truth), label)
         try:
             single = np.asarray(single, dtype=np.float64)
@@ -94,8 +101,9 @@ def check_squared_bias(squared_bias: Callable) -> str:
                         f"{label}, under jax.jit(jax.vmap(...)) over replications")
         batched = np.asarray(batched, dtype=np.float64)
         if batched.shape != (replications,) or not _close(batched[0], single):
-            _fail(exercise, f"on {label} it gives a different result under jax.jit(jax.vmap(...)) than called directly "
-                            "(use jnp functions and no Python branching on values).")
+            _fail(exercise, f"on {label} it gives a different result under jax.jit(jax.vmap(...)) than called directly: "
+                            "something in it depends on how it is called (a Python branch or a NumPy conversion of a "
+                            "value, or a global); use jnp functions only.")
         if not np.all(np.isfinite(batched)):
             _fail(exercise, f"on {label} it returned NaN or infinite values.")
         reference = np.asarray(jax.vmap(reference_squared_bias, in_axes=(0, None))(estimates, truth))
@@ -141,6 +149,10 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         ("the same measurements with N = 100 000", (*measured, 100_000)),
         ("squared biases below 1, N = 100", ({"a": 0.09, "b": 0.25}, {"a": 30.0, "b": 12.0}, 100)),
         ("an unresolved (negative) squared-bias estimate, N = 100", ({"a": -0.01, "b": 0.0}, {"a": 1.0, "b": 0.5}, 100)),
+        # A clearly negative estimate next to a close competitor: max(b², 0) picks "a" (0.005 < 0.02), |b²| picks "b"
+        # (0.045 > 0.02).
+        ("a clearly negative squared-bias estimate and a close competitor, N = 100",
+         ({"a": -0.04, "b": 0.01}, {"a": 0.5, "b": 1.0}, 100)),
         ("a single estimator", ({"dr": 0.01}, {"dr": 5.0}, 50)),
         # max(b², 0) + v/N, b⁴ + v/N and b² + v/√N choose three different estimators here.
         ("three estimators on which the candidate rules disagree, N = 100",
@@ -158,6 +170,12 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] / np.sqrt(n)),
          "It divides the variance by √N: that is the standard deviation's scaling; the variance of a mean of N "
          "trajectories is variance / N."),
+        (lambda b, v, n: min(b, key=lambda k: abs(b[k]) + v[k] / n),
+         "It uses |‖b‖²|, the absolute value, for a negative squared-bias estimate: a negative estimate means the bias is "
+         "unresolved (indistinguishable from 0), so it contributes max(‖b‖², 0) = 0, not its size."),
+        (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] / n**2),
+         "It divides the variance by N²: the variance of a mean of N independent trajectories is variance / N "
+         "(N copies of variance / N² each)."),
         (lambda b, v, n: min(b, key=lambda k: b[k] ** 2 + v[k] / n),
          "It squares the squared bias: the dict already holds ‖b‖², so the mean squared error is ‖b‖² + variance / N."),
     ]
@@ -176,5 +194,5 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
             agree = [hint for rule, hint in wrong_rules if all(rule(*args) == c for (_, args), c in zip(cases, choices))]
             agree += [hint for rule, hint in wrong_rules if rule(bias, variance, n) == got]
             _fail(exercise, message + (" " + agree[0] if agree else ""))
-    return ("picks the smallest max(‖b‖², 0) + variance / N on 7 inputs (N = 10 … 100 000, a negative ‖b‖² estimate, one "
-            "estimator, candidate rules that disagree).")
+    return (f"picks the smallest max(‖b‖², 0) + variance / N on {len(cases)} inputs (N = 10 … 100 000, negative ‖b‖² "
+            "estimates, one estimator, candidate rules that disagree).")

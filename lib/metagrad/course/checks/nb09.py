@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    _call,
+    _close,
     _compare,
+    _fail,
     _float,
     _register,
     _returns,
@@ -66,14 +69,17 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         terms = _reference_taypo_terms(lr, r, v, g, k)
         return jnp.concatenate([_returns(r, v, g)[:1], terms[:-1]])
 
-    def inclusive(lr, r, v, g, k):
-        d = jnp.expm1(lr)
-        weights = g ** jnp.arange(r.shape[0]) * (_returns(r, v, g) - v[:-1])
+    def loop(lr, r, v, g, k, inclusive=False, discounted=True, d_of=jnp.expm1):
+        """Û_k = Σ_t γ^t d_t Â_t e_{k−1}(d_0 … d_{t−1}) by the recursion, and its variants (the keywords)."""
+        d = d_of(lr)
+        weights = (g ** jnp.arange(r.shape[0]) if discounted else 1.0) * (_returns(r, v, g) - v[:-1])
         e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
         terms = jnp.zeros(k, lr.dtype)
         for t in range(r.shape[0]):
-            e = e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]])
+            update = lambda e: e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]])  # noqa: E731
+            e = update(e) if inclusive else e
             terms = terms + weights[t] * d[t] * e
+            e = e if inclusive else update(e)
         return terms
 
     mistakes = [
@@ -81,7 +87,13 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         (partial_sums, "It returns the partial sums Û_1 + … + Û_k (TayPO-k minus G_0); return each order's term Û_k alone."),
         (plus_g0, "It adds G_0 to every term: Û_0 = G_0 is not among the returned terms; return Û_1 … Û_K alone."),
         (from_zero, "It is shifted by one order: [Û_0, …, Û_{K−1}] with Û_0 = G_0; return Û_1 … Û_K."),
-        (inclusive, "It updates e_j with d_t before using it (off by one): Û_k at step t needs e_{k−1}(d_0 … d_{t−1})."),
+        (functools.partial(loop, inclusive=True),
+         "It updates e_j with d_t before using it (off by one): Û_k at step t needs e_{k−1}(d_0 … d_{t−1})."),
+        (functools.partial(loop, discounted=False),
+         "It leaves out the discount γ^t of step t: each term is γ^t d_t Â_t e_{k−1}(d_0 … d_{t−1})."),
+        (functools.partial(loop, d_of=jnp.exp),
+         "It uses the ratio ρ_t = exp(log_ratios[t]) where the expansion needs d_t = ρ_t − 1 (jnp.expm1), the "
+         "deviation of the ratio from 1."),
     ]
     _compare(
         "taypo_terms",
@@ -144,7 +156,34 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
 
         return logits + step_size * jax.grad(inner)(logits)
 
+    def behaviour_from(log_mu_of):
+        """The reference step with log μ = log_mu_of(behaviour_logits, batch) (a wrong log μ, for the mistakes)."""
+
+        def step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+            from metagrad import estimators
+            from metagrad.tabular import log_policy
+
+            def inner(theta):
+                return estimators.surrogate(estimator, log_policy, theta, batch, critic[batch.observations], gamma,
+                                            behaviour_log_probs=log_mu_of(behaviour_logits, batch))
+
+            return logits + step_size * jax.grad(inner)(logits)
+
+        return step
+
+    def shifted(behaviour_logits, batch):  # μ(a_t | x_{t+1}): the next state's row
+        from metagrad.tabular import log_policy
+
+        return log_policy(behaviour_logits, batch.observations[:, 1:], batch.actions)
+
+    def raw_logits(behaviour_logits, batch):  # the unnormalised logits, not log μ
+        return behaviour_logits[batch.observations[:, :-1], batch.actions]
+
     mistakes = [
+        (behaviour_from(shifted), "It reads μ at the next state, x_{t+1}: the action a_t was taken in x_t, so log μ "
+                                  "is log_policy(behaviour_logits, observations[:, :-1], actions)."),
+        (behaviour_from(raw_logits), "It uses the raw behaviour logits as log μ: they are log-probabilities only after "
+                                     "normalisation; use log_policy(behaviour_logits, …) (a log-softmax)."),
         (probabilities, "It passes the behaviour probabilities μ(a|x) where log-probabilities are expected: "
                         "behaviour_log_probs = log_policy(behaviour_logits, …), not its exp."),
         (on_policy, "It treats the data as on-policy (μ = stop_gradient(π_θ)): the data came from the behaviour policy, "
@@ -161,4 +200,26 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         expected_form="(same as logits, [S, A])",
         mistakes=mistakes,
     )
-    return "matches θ + η ∇V̂(θ; μ) with the behaviour log-probabilities for 'taypo2' and 'dr', and the on-policy step at θ = μ."
+
+    # θ' must depend on θ through the inner gradient too: its Jacobian is I + η ∇²V̂(θ; μ), which the meta-gradient uses.
+    def jacobian(fn, estimator):
+        return jax.jacobian(lambda th: fn(th, batch, critic, behaviour, 0.8, 0.5, estimator))(theta)
+
+    for estimator in ("taypo2", "dr"):
+        expected = np.asarray(jax.jit(jacobian, static_argnums=(0, 1))(_reference_off_policy_inner_step, estimator))
+        got = _call("off_policy_inner_step", jax.jit(jacobian, static_argnums=(0, 1)), (off_policy_inner_step, estimator),
+                    f"the Jacobian of θ' in θ (θ ≠ μ, estimator {estimator!r})")
+        got = np.asarray(got, dtype=np.float64)
+        if _close(got, expected):
+            continue
+        if _close(got, np.eye(theta.size).reshape(expected.shape)):
+            _fail("off_policy_inner_step", "θ' is right, but the adapted parameters do not depend on θ through the inner "
+                                           "gradient: ∂θ'/∂θ is the identity, where it should be I + η ∇²V̂(θ; μ). Remove "
+                                           "the stop_gradient (or NumPy conversion) around the inner gradient: the "
+                                           "meta-gradient needs its Hessian.")
+        _fail("off_policy_inner_step", f"θ' is right, but its Jacobian in θ is not (estimator {estimator!r}, largest "
+                                       f"absolute error {float(np.max(np.abs(got - expected))):.3g}): keep the inner "
+                                       "gradient differentiable in θ, with log μ a constant (it comes from "
+                                       "behaviour_logits).")
+    return ("matches θ + η ∇V̂(θ; μ) with the behaviour log-probabilities for 'taypo2' and 'dr', and the on-policy step at "
+            "θ = μ, in value and in its Jacobian in θ.")
