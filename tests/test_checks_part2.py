@@ -88,6 +88,20 @@ def taypo2_is_lvc(log_ratios, rewards, values, gamma):
     return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=1)
 
 
+def _taypo2_with_second_factor(prefix_of, scale=1.0):
+    def taypo2(log_ratios, rewards, values, gamma):
+        d = jnp.expm1(log_ratios)
+        g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+        t = jnp.arange(rewards.shape[0])
+        return g[0] + jnp.sum(gamma**t * d * (g - values[:-1]) * (1.0 + scale * prefix_of(d)))
+
+    return taypo2
+
+
+taypo2_half_second_order = _taypo2_with_second_factor(lambda d: jnp.cumsum(d) - d, 0.5)  # a Taylor ½ that is not there
+taypo2_all_other_steps = _taypo2_with_second_factor(lambda d: jnp.sum(d) - d)  # pairs d_t with every s ≠ t
+
+
 def taypo2_inclusive_prefix(log_ratios, rewards, values, gamma):
     d = jnp.expm1(log_ratios)
     discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
@@ -631,6 +645,8 @@ WRONG_ANSWERS = [
     ("taypo2", taypo2_log_ratio_as_d, "d_t is the log-ratio"),
     ("taypo2", taypo2_no_bootstrap, "bootstrapped"),
     ("taypo2", taypo2_float32, "float32"),
+    ("taypo2", taypo2_half_second_order, "factor ½"),
+    ("taypo2", taypo2_all_other_steps, "every s ≠ t"),
     ("taypo_k", taypo_k_without_g0, "zeroth-order term"),
     ("taypo_k", taypo_k_float32, "float32"),
     ("choose_estimator", choose_with_square_root_of_n, "by √N"),
