@@ -257,8 +257,8 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
         return _loaded(lp, r, adv, lambda w, x: lam * (w + x))
 
-    def boxes(first, second, plus_g0=False):
-        """Σ_t γ^t Â_t (first − second) from the weighted exponents w_t = λ w_{t−1} + ℓ_t − sg(ℓ_t)."""
+    def boxes(second, plus_g0=False):
+        """Σ_t γ^t Â_t (□(w_t) − second(w, w_before, x)), w_t = λ w_{t−1} + x_t, x_t = ℓ_t − sg(ℓ_t), w_before = w_{t−1}."""
 
         def estimate(lp, states, r, critic, g, lam):
             values = critic[states]
@@ -266,20 +266,15 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
             adv = g ** jnp.arange(r.shape[0]) * (returns - values[:-1])
             x = lp - jax.lax.stop_gradient(lp)
             w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x)[1]
-            w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])  # w_{t−1}
-            value = jnp.sum(adv * (first(w) - second(w, w_before, x, lam)))
+            w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+            value = jnp.sum(adv * (jnp.exp(w) - second(w, w_before, x)))
             return value + returns[0] if plus_g0 else value
 
         return estimate
 
-    def second_box_previous_w(lp, states, r, critic, g, lam):
-        return boxes(jnp.exp, lambda w, w_before, x, lam: jnp.exp(w_before))(lp, states, r, critic, g, lam)
-
-    def second_box_one(lp, states, r, critic, g, lam):
-        return boxes(jnp.exp, lambda w, w_before, x, lam: 1.0)(lp, states, r, critic, g, lam)
-
-    def with_g0(lp, states, r, critic, g, lam):
-        return boxes(jnp.exp, lambda w, w_before, x, lam: jnp.exp(w - x), plus_g0=True)(lp, states, r, critic, g, lam)
+    second_box_previous_w = boxes(lambda w, w_before, x: jnp.exp(w_before))
+    second_box_one = boxes(lambda w, w_before, x: 1.0)
+    with_g0 = boxes(lambda w, w_before, x: jnp.exp(w - x), plus_g0=True)
 
     mistakes = [
         (second_box_previous_w, "Its second box is □(w_{t−1}): in the term of step t, an earlier ℓ_s carries the weight "
