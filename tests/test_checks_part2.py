@@ -88,6 +88,20 @@ def taypo2_is_lvc(log_ratios, rewards, values, gamma):
     return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=1)
 
 
+def _taypo2_with_second_factor(prefix_of, scale=1.0):
+    def taypo2(log_ratios, rewards, values, gamma):
+        d = jnp.expm1(log_ratios)
+        g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+        t = jnp.arange(rewards.shape[0])
+        return g[0] + jnp.sum(gamma**t * d * (g - values[:-1]) * (1.0 + scale * prefix_of(d)))
+
+    return taypo2
+
+
+taypo2_half_second_order = _taypo2_with_second_factor(lambda d: jnp.cumsum(d) - d, 0.5)  # a Taylor ½ that is not there
+taypo2_all_other_steps = _taypo2_with_second_factor(lambda d: jnp.sum(d) - d)  # pairs d_t with every s ≠ t
+
+
 def taypo2_inclusive_prefix(log_ratios, rewards, values, gamma):
     d = jnp.expm1(log_ratios)
     discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
@@ -465,6 +479,29 @@ def _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, *, sign=1.
     return sign * jnp.sum(weights * (_box(w) - _box(w - log_pi)))
 
 
+def _loaded_dice_boxes(log_pi, states, rewards, critic, gamma, lam, *, second, plus_g0=False):
+    values = critic[states]
+    returns = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+    weights = gamma ** jnp.arange(rewards.shape[0]) * jax.lax.stop_gradient(returns - values[:-1])
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), log_pi.dtype), x)[1]
+    w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+    value = jnp.sum(weights * (jnp.exp(w) - second(w, w_before, x)))
+    return value + returns[0] if plus_g0 else value
+
+
+def loaded_dice_second_box_previous_w(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_boxes(log_pi, states, rewards, critic, gamma, lam, second=lambda w, wb, x: jnp.exp(wb))
+
+
+def loaded_dice_second_box_one(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_boxes(log_pi, states, rewards, critic, gamma, lam, second=lambda w, wb, x: 1.0)
+
+
+def loaded_dice_plus_g0(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_boxes(log_pi, states, rewards, critic, gamma, lam, second=lambda w, wb, x: jnp.exp(w - x), plus_g0=True)
+
+
 def loaded_dice_returns_not_advantages(log_pi, states, rewards, critic, gamma, lam):
     return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, returns_only=True)
 
@@ -689,10 +726,15 @@ WRONG_ANSWERS = [
     ("loaded_dice", loaded_dice_flipped_sign, "wrong sign"),
     ("loaded_dice", loaded_dice_lambda_outside, "λ discounts only the past"),
     ("loaded_dice", loaded_dice_float32, "float32"),
+    ("loaded_dice", loaded_dice_second_box_previous_w, "□(w_{t−1})"),
+    ("loaded_dice", loaded_dice_second_box_one, "second box is 1"),
+    ("loaded_dice", loaded_dice_plus_g0, "adds G_0"),
     ("taypo2", taypo2_undiscounted, "discount γ^t"),
     ("taypo2", taypo2_log_ratio_as_d, "d_t is the log-ratio"),
     ("taypo2", taypo2_no_bootstrap, "bootstrapped"),
     ("taypo2", taypo2_float32, "float32"),
+    ("taypo2", taypo2_half_second_order, "factor ½"),
+    ("taypo2", taypo2_all_other_steps, "every s ≠ t"),
     ("taypo_k", taypo_k_without_g0, "zeroth-order term"),
     ("taypo_k", taypo_k_float32, "float32"),
     ("choose_estimator", choose_with_square_root_of_n, "by √N"),

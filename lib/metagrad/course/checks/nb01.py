@@ -44,7 +44,7 @@ def _p_pi(mdp, policy):
 
 @_register("01", "policy_evaluation")
 def check_policy_evaluation(policy_evaluation: Callable) -> str:
-    """`policy_evaluation(mdp, policy [S, A])` -> V^π [S] = (I − γ P^π)⁻¹ r^π."""
+    """`policy_evaluation(mdp, policy [S, A])` -> V^π [S], the exact value of every state."""
     from metagrad import mdp as mdp_lib
 
     @jax.jit

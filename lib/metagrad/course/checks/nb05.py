@@ -257,7 +257,32 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
         return _loaded(lp, r, adv, lambda w, x: lam * (w + x))
 
+    def boxes(second, plus_g0=False):
+        """Σ_t γ^t Â_t (□(w_t) − second(w, w_before, x)), w_t = λ w_{t−1} + x_t, x_t = ℓ_t − sg(ℓ_t), w_before = w_{t−1}."""
+
+        def estimate(lp, states, r, critic, g, lam):
+            values = critic[states]
+            returns = _returns(r, values, g)
+            adv = g ** jnp.arange(r.shape[0]) * (returns - values[:-1])
+            x = lp - jax.lax.stop_gradient(lp)
+            w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x)[1]
+            w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+            value = jnp.sum(adv * (jnp.exp(w) - second(w, w_before, x)))
+            return value + returns[0] if plus_g0 else value
+
+        return estimate
+
+    second_box_previous_w = boxes(lambda w, w_before, x: jnp.exp(w_before))
+    second_box_one = boxes(lambda w, w_before, x: 1.0)
+    with_g0 = boxes(lambda w, w_before, x: jnp.exp(w - x), plus_g0=True)
+
     mistakes = [
+        (second_box_previous_w, "Its second box is □(w_{t−1}): in the term of step t, an earlier ℓ_s carries the weight "
+                                "λ^(t−s) in both boxes, so the second box is □(w_t − ℓ_t) = □(λ w_{t−1})."),
+        (second_box_one, "Its second box is 1: W_{t−1} = Π_{s<t} ρ_s depends on θ too, so at μ = sg(π) it is a box of the "
+                         "earlier log-probabilities, not a constant."),
+        (with_g0, "It adds G_0: constant in θ, it changes only the value, and Loaded DiCE keeps only the terms that carry "
+                  "derivatives (its value is 0)."),
         (time_indexed, "It matches a critic indexed by time, critic[t]: the critic must be indexed by the visited state, critic[states]."),
         (no_stop_gradient, "Its value is not 0: the box is exp(w − stop_gradient(w)); without stop_gradient it is a plain exp."),
         (_undiscounted, "It weights Â_t without γ^t: Loaded DiCE's A_t = γ^t Â_t, like the policy-gradient theorem."),

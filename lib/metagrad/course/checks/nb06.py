@@ -73,7 +73,24 @@ def check_taypo2(taypo2: Callable) -> str:
         prefix = jnp.cumsum(jnp.exp(lr)) - jnp.exp(lr)
         return _returns(r, v, g)[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * d * adv * (1.0 + prefix))
 
+    def second_order(prefix_of, scale=1.0):
+        def estimate(lr, r, v, g):
+            d = jnp.expm1(lr)
+            adv = _returns(r, v, g) - v[:-1]
+            return _returns(r, v, g)[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * d * adv * (1.0 + scale * prefix_of(d)))
+
+        return estimate
+
     mistakes = [
+        (
+            second_order(lambda d: jnp.cumsum(d) - d, 0.5),
+            "Its second-order term has a factor ½ (as in a Taylor series): each pair d_t d_s (s < t) appears once in "
+            "the product form, with coefficient 1.",
+        ),
+        (
+            second_order(lambda d: jnp.sum(d) - d),
+            "Its second factor d_s runs over every s ≠ t: the product in step t runs over the earlier steps s < t only.",
+        ),
         (_taylor_reference(1), "It equals TayPO-1 (the estimate behind LVC): the second-order factor (1 + Σ_{s<t} d_s) is missing."),
         (_inclusive_taypo2, "Its prefix sum includes d_t itself (off by one): the second-order term pairs d_t with d_s for s < t only."),
         (ratio_prefix, "Its prefix sums the ratios ρ_s; the expansion is in d_s = ρ_s − 1."),
