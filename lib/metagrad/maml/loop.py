@@ -429,6 +429,7 @@ def train(
     critic=None,
     optimizer=None,
     sample_tasks=None,
+    on_chunk=None,
 ) -> tuple[Any, dict]:
     """Meta-train for `config.num_iterations` iterations; returns `(params, history)`.
 
@@ -449,17 +450,19 @@ def train(
     (`ValueError`) unless `overwrite=True`, so a finished run is never replaced by accident.
     """
     if checkpoint_dir is None:
-        return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
+        return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks),
+                      on_chunk)
     with checkpoint_lock(checkpoint_dir):
         if not resume and not overwrite and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
             raise ValueError(
                 f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it or overwrite=True "
                 "to start again."
             )
-        return _train(config, key, checkpoint_dir, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
+        return _train(config, key, checkpoint_dir, resume, progress, label, (env, policy, critic, optimizer, sample_tasks),
+                      on_chunk)
 
 
-def _train(config, key, checkpoint_dir, resume, progress, label, extras):
+def _train(config, key, checkpoint_dir, resume, progress, label, extras, on_chunk=None):
     env, policy, critic, optimizer, sample_tasks = extras
     init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
                                    sample_tasks=sample_tasks)
@@ -486,9 +489,11 @@ def _train(config, key, checkpoint_dir, resume, progress, label, extras):
         if not np.array_equal(key_data(saved["key"]), key_data(state["key"])):
             raise ValueError("The checkpoint was written with a different key; resume needs the same key.")
         state = saved
-    def checkpoint(state, history, i):
-        write_checkpoint(checkpoint_dir, config, state, history, i)
+    def after_chunk(state, history, i):
+        if checkpoint_dir is not None:
+            write_checkpoint(checkpoint_dir, config, state, history, i)
+        if on_chunk is not None:
+            on_chunk(history, i)
 
-    state, history = _run_chunks(config, train_chunk, state, history, start, progress, label,
-                                 checkpoint if checkpoint_dir is not None else None)
+    state, history = _run_chunks(config, train_chunk, state, history, start, progress, label, after_chunk)
     return state["params"], history
