@@ -109,7 +109,7 @@ def test_halfcheetah_command_trains_and_writes_outputs(halfcheetah_run):
 
 def test_resume_equals_uninterrupted(halfcheetah_run, capsys):
     """A run checkpointed after 1 iteration and resumed to 2 gives the uninterrupted run's curves exactly; a folder
-    that holds checkpoints is refused without --resume."""
+    that holds checkpoints is refused without --resume, and a resume to fewer iterations than done is refused."""
     tmp_path, full, _ = halfcheetah_run
     ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
     _run(tmp_path, "part", "--iterations", "1", *ckpt)
@@ -120,6 +120,10 @@ def test_resume_equals_uninterrupted(halfcheetah_run, capsys):
     for name in ("post_return", "pre_return"):
         np.testing.assert_array_equal(resumed["results"]["halfcheetah-direction"][name][METHOD],
                                       full["results"]["halfcheetah-direction"][name][METHOD])
+    shorter = ["maml-locomotion", "--out", str(tmp_path / "y"), "--methods", METHOD, "--seeds", "2", *TINY_ARGS,
+               "--iterations", "1", "--resume", *ckpt]
+    assert cli.main(shorter) == 2
+    assert "--resume of halfcheetah-direction promp-taypo2 seed 0: The checkpoint is at iteration 2" in capsys.readouterr().err
 
 
 def test_figure_panels_and_palette(tmp_path, monkeypatch):

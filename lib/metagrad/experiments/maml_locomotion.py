@@ -195,7 +195,7 @@ def _command_line(args) -> str | None:
 
 
 def _cmd_locomotion(args) -> int:
-    from metagrad._validation import write_json_atomic
+    from metagrad._validation import OptionError, write_json_atomic
 
     check_locomotion(args)  # every option, before any computation (fills the --quick defaults)
     from metagrad.cli import environment_info
@@ -225,8 +225,13 @@ def _cmd_locomotion(args) -> int:
 
                     folder = os.path.join(args.checkpoint_dir, task, method, f"seed-{s}")
                     resume = args.resume and os.path.exists(os.path.join(folder, CHECKPOINT))
-                histories.append(run_seed(task, method, config, seed_key(args.seed, s), checkpoint_dir=folder,
-                                          resume=resume, progress=not args.no_progress))
+                try:
+                    histories.append(run_seed(task, method, config, seed_key(args.seed, s), checkpoint_dir=folder,
+                                              resume=resume, progress=not args.no_progress))
+                except ValueError as err:  # a checkpoint of other options, or further than --iterations
+                    if not resume:
+                        raise
+                    raise OptionError(f"--resume of {task} {method} seed {s}: {err}") from None
             budget = env_steps_per_iteration(config)
             entry["env_steps"] = (budget * np.arange(1, config.num_iterations + 1)).tolist()
             entry["post_return"][method] = np.stack([h["post_return"] for h in histories]).tolist()
