@@ -185,8 +185,21 @@ def plot(results: dict, path: str, title: str) -> None:
 
 
 def _title(label: str, config, seeds: int) -> str:
-    return (f"{label}: {config.num_tasks} tasks × {config.num_trajectories} traj. × {config.horizon} steps, "
-            f"{config.inner_steps} inner step, {config.num_iterations} iterations; mean ± s.e. over {seeds} seeds")
+    return (f"{label}\n{config.num_tasks} tasks × {config.num_trajectories} traj. × {config.horizon} steps, "
+            f"{config.inner_steps} inner step, {config.num_iterations} iterations\nmean ± s.e. over {seeds} seeds")
+
+
+def replot(json_path: str) -> None:
+    """Redraw `maml_locomotion.png` next to `json_path` from its curves (no training)."""
+    import json
+
+    from metagrad import maml
+
+    data = json.load(open(json_path))
+    config = maml.MAMLConfig.from_json(next(iter(next(iter(data["configs"].values())).values())))
+    label = "paper protocol" if data["settings"]["paper_protocol"] else "REDUCED size (not the paper's protocol)"
+    plot(data["results"], os.path.join(os.path.dirname(json_path), f"{OUTPUT}.png"),
+         _title(label, config, data["settings"]["seeds"]))
 
 
 def _command_line(args) -> str | None:
