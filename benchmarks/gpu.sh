@@ -97,12 +97,14 @@ else
 fi
 
 # Locomotion on MJX (needs the extra metagrad[locomotion]; docs/locomotion.md): env steps/s at B = 800 and 8192,
-# default vs capped solver iterations; the full run rewrites the "## Locomotion" section of RESULTS.md.
+# default vs capped solver iterations, and (full run only) seconds per ProMP meta-iteration at the paper's protocol
+# for the four tasks; the full run rewrites the two "## Locomotion" sections of RESULTS.md.
 if [[ $SMOKE == 1 ]]; then
   step locomotion "$PYTHON" benchmarks/locomotion.py --tasks halfcheetah-direction --batches 8 --fast-batches 8 \
     --steps 2 --repeats 1 --no-write
 else
-  step locomotion "$PYTHON" benchmarks/locomotion.py
+  step locomotion "$PYTHON" benchmarks/locomotion.py \
+    --meta-tasks halfcheetah-direction,ant-direction,ant-goal,walker2d-direction
 fi
 
 "$PYTHON" - "$OUT" "$RESULTS" "$SMOKE" <<'EOF'

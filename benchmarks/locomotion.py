@@ -14,10 +14,18 @@ capped iterations (default 4 / 6, the values of the issue's reference point). Th
 cap changes: the mean reward per step of each setting, and the mean |Δ reward| per step between them, on
 identical inputs.
 
+Seconds per ProMP meta-iteration (``--meta-tasks``): the compiled iteration of ``metagrad maml-locomotion``
+(``metagrad.experiments.maml_locomotion.loco_config``: sampling of the pre- and post-update batches, the linear
+baseline, the inner step and ProMP's 5 outer steps) at the paper's protocol (``--meta-sizes 40,20,100``: 40 tasks
+× 20 trajectories × horizon 100, one inner step) or a smaller one. Timed: ``lower().compile()`` (cold) and each
+of ``--meta-repeats`` calls of the compiled one-iteration chunk (the first with no warm-up before it); steps/s =
+simulated env steps of the iteration / its seconds. Written to its own section of RESULTS.md.
+
 Run from the repository root (JAX's default float32; CPU is the default backend here)::
 
     nice python benchmarks/locomotion.py                                   # every task, B = 800 and 8192
     python benchmarks/locomotion.py --tasks halfcheetah-direction --batches 800 --no-write
+    nice python benchmarks/locomotion.py --tasks "" --meta-tasks halfcheetah-direction   # meta-iteration only
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from _common import environment, write_section
 from metagrad.envs.locomotion import TASKS, Locomotion
 
 SECTION = "## Locomotion (benchmarks/locomotion.py)"
+SECTION_META = "## Locomotion: ProMP meta-iteration (benchmarks/locomotion.py --meta-tasks)"
 
 
 def make_rollout(env: Locomotion, batch: int, steps: int):
@@ -74,6 +83,61 @@ def measure(env: Locomotion, batch: int, steps: int, repeats: int):
     return compile_s, best, np.asarray(rewards)
 
 
+def measure_meta_iteration(task: str, method: str, sizes: tuple[int, int, int], repeats: int):
+    """(config, compile seconds, [seconds of each compiled call]) of one ProMP meta-iteration of ``task``."""
+    from metagrad import maml
+    from metagrad.experiments.maml_locomotion import loco_config, loco_env
+
+    num_tasks, num_trajectories, horizon = sizes
+    config = loco_config(task, method, num_tasks=num_tasks, num_trajectories=num_trajectories, horizon=horizon,
+                         num_iterations=1)
+    init, chunk = maml.make_train(config, env=loco_env(task))
+    state = init(jax.random.PRNGKey(0))
+    tic = time.perf_counter()
+    compiled = chunk.lower(state, jnp.arange(0, 1)).compile()
+    compile_s = time.perf_counter() - tic
+    seconds = []
+    for i in range(repeats):
+        tic = time.perf_counter()
+        state, metrics = jax.block_until_ready(compiled(state, jnp.arange(i, i + 1)))
+        seconds.append(time.perf_counter() - tic)
+        if not np.all(np.isfinite(np.asarray(metrics["post_return"]))):
+            raise RuntimeError(f"{task}: the meta-iteration returned a non-finite return")
+    return config, compile_s, seconds
+
+
+def meta_section(args, argv) -> str:
+    """Time ``--meta-tasks`` and return the RESULTS.md section (also printed line by line)."""
+    from metagrad.experiments.maml_locomotion import env_steps_per_iteration, simulated_steps_per_iteration
+
+    sizes = tuple(int(v) for v in args.meta_sizes.split(","))
+    rows = []
+    for task in [t for t in args.meta_tasks.split(",") if t]:
+        config, compile_s, seconds = measure_meta_iteration(task, args.meta_method, sizes, args.meta_repeats)
+        best = min(seconds)
+        simulated = simulated_steps_per_iteration(config)
+        print(f"{task} meta-iteration {sizes}: compile {compile_s:.0f} s, calls "
+              f"{', '.join(f'{s:.1f}' for s in seconds)} s, {simulated / best:,.0f} simulated steps/s", flush=True)
+        rows.append(f"| {task} | {args.meta_method} | {' × '.join(map(str, sizes))} | {config.sampling} | "
+                    f"{env_steps_per_iteration(config):,} | {simulated:,} | {compile_s:.0f} | "
+                    f"{', '.join(f'{s:.1f}' for s in seconds)} | {simulated / best:,.0f} | "
+                    f"{best * 1001 / 3600:.1f} |")
+    command = "python benchmarks/locomotion.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return "\n".join([
+        SECTION_META, "",
+        f"Machine: {environment('mujoco', 'mujoco-mjx')}. Load average (1 min) at the end: {load:.1f}. "
+        f"Command: `{command.strip()}`. One compiled meta-iteration of `metagrad maml-locomotion` (tasks × "
+        "trajectories × horizon, one inner step, ProMP's 5 outer steps, default solver settings); compile = "
+        "`lower().compile()`, cold; each compiled call timed (the first without warm-up). Budget = ProMP's env "
+        "steps per iteration (the figure's x-axis); simulated = steps the sampler runs (2T − 1 per environment with "
+        "fixed-steps sampling). 1001 iterations = ProMP's `n_itr`, from the best call.", "",
+        "| task | method | M × N × T | sampling | budget steps/iter | simulated steps/iter | compile s | "
+        "s per iteration (each call) | simulated steps/s | 1001 iterations (h) |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
+        *rows, ""])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names (default: all four)")
@@ -83,12 +147,25 @@ def main(argv=None) -> int:
     parser.add_argument("--fast", default="4,6", help="capped solver,line-search iterations (default 4,6)")
     parser.add_argument("--fast-batches", default="800", help="batch sizes at which the capped setting is also "
                         "timed (default 800; each setting and size is one more compilation)")
+    parser.add_argument("--meta-tasks", default="", help="comma-separated tasks whose ProMP meta-iteration is timed "
+                        "(default: none)")
+    parser.add_argument("--meta-sizes", default="40,20,100", help="tasks,trajectories,horizon of the timed "
+                        "meta-iteration (default 40,20,100: the paper's protocol)")
+    parser.add_argument("--meta-method", default="promp", choices=["promp", "promp-taypo2"])
+    parser.add_argument("--meta-repeats", type=int, default=2, help="timed calls of the compiled iteration (default 2)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    tasks = args.tasks.split(",")
-    unknown = [t for t in tasks if t not in TASKS]
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = [t for t in tasks + [t for t in args.meta_tasks.split(",") if t] if t not in TASKS]
     if unknown:
-        parser.error(f"--tasks: unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+        parser.error(f"--tasks / --meta-tasks: unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    try:
+        meta_sizes = [int(v) for v in args.meta_sizes.split(",")]
+    except ValueError:
+        meta_sizes = []
+    if len(meta_sizes) != 3 or min(meta_sizes) < 1 or args.meta_repeats < 1:
+        parser.error("--meta-sizes must be three positive integers 'tasks,trajectories,horizon' and --meta-repeats "
+                     "positive")
     try:
         batches = [int(b) for b in args.batches.split(",")]
         fast_batches = {int(b) for b in args.fast_batches.split(",") if b}
@@ -98,6 +175,13 @@ def main(argv=None) -> int:
     if min(batches) < 1 or args.steps < 1 or args.repeats < 1 or min(solver, line_search) < 1:
         parser.error("--batches, --steps, --repeats and --fast must be positive")
 
+    if args.meta_tasks:
+        section = meta_section(args, argv)
+        print(section)
+        if not args.no_write:
+            write_section(section, SECTION_META)
+    if not tasks:
+        return 0
     rows = []
     for task in tasks:
         for batch in batches:

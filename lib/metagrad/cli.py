@@ -47,6 +47,7 @@ def _cmd_info(args) -> int:
 _SUBCOMMAND_MODULES = (
     "metagrad.experiments.reproduce",
     "metagrad.experiments.maml_experiments",
+    "metagrad.experiments.maml_locomotion",
     "metagrad.course.cli",
 )
 

@@ -433,6 +433,7 @@ def train(
     critic=None,
     optimizer=None,
     sample_tasks=None,
+    on_chunk=None,
 ) -> tuple[Any, dict]:
     """Meta-train for `config.num_iterations` iterations; returns `(params, history)`.
 
@@ -454,7 +455,8 @@ def train(
     (`ValueError`) unless `overwrite=True`, so a finished run is never replaced by accident.
     """
     if checkpoint_dir is None:
-        return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
+        return _train(config, key, None, resume, progress, label, (env, policy, critic, optimizer, sample_tasks),
+                      on_chunk)
     writer = jax.process_index() == 0  # under jax.distributed only process 0 locks and writes the folder
     with checkpoint_lock(checkpoint_dir) if writer else contextlib.nullcontext():
         if not resume and not overwrite and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
@@ -462,10 +464,11 @@ def train(
                 f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it or overwrite=True "
                 "to start again."
             )
-        return _train(config, key, checkpoint_dir, resume, progress, label, (env, policy, critic, optimizer, sample_tasks))
+        return _train(config, key, checkpoint_dir, resume, progress, label, (env, policy, critic, optimizer, sample_tasks),
+                      on_chunk)
 
 
-def _train(config, key, checkpoint_dir, resume, progress, label, extras):
+def _train(config, key, checkpoint_dir, resume, progress, label, extras, on_chunk=None):
     env, policy, critic, optimizer, sample_tasks = extras
     init, train_chunk = make_train(config, env=env, policy=policy, critic=critic, optimizer=optimizer,
                                    sample_tasks=sample_tasks)
@@ -492,10 +495,11 @@ def _train(config, key, checkpoint_dir, resume, progress, label, extras):
         if not np.array_equal(key_data(saved["key"]), key_data(state["key"])):
             raise ValueError("The checkpoint was written with a different key; resume needs the same key.")
         state = saved
-    def checkpoint(state, history, i):
-        if jax.process_index() == 0:
+    def after_chunk(state, history, i):
+        if checkpoint_dir is not None and jax.process_index() == 0:
             write_checkpoint(checkpoint_dir, config, state, history, i)
+        if on_chunk is not None:
+            on_chunk(history, i)
 
-    state, history = _run_chunks(config, train_chunk, state, history, start, progress, label,
-                                 checkpoint if checkpoint_dir is not None else None)
+    state, history = _run_chunks(config, train_chunk, state, history, start, progress, label, after_chunk)
     return state["params"], history
