@@ -777,6 +777,15 @@ def test_squared_bias_accepts_another_unbiased_estimate():
     assert checks.results()["squared_bias"] is True
 
 
+def test_library_squared_bias_and_choice_pass_notebook_07s_checks():
+    """09 uses `maml_experiments.squared_bias_report` / `choose_by_mse` in place of 07's answers: they must pass 07's checks."""
+    from metagrad.experiments import maml_experiments
+
+    checks.check_squared_bias(maml_experiments.squared_bias)
+    checks.check_choose_estimator(maml_experiments.choose_by_mse)
+    assert checks.results()["squared_bias"] is True and checks.results()["choose_estimator"] is True
+
+
 def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
     """Independent check of the check's reference: ∇²(TayPO-2) − ∇²(TayPO-1) at π = μ, by autodiff, for a softmax
     policy with non-linear logits tanh(Φθ), whose ∇²ℓ depends on the action (nothing special to tabular softmax)."""

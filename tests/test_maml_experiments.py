@@ -84,3 +84,28 @@ def test_nav2d_checkpoints_resume_to_the_uninterrupted_run(tmp_path, capsys):
     np.testing.assert_array_equal(resumed["pre_curves"]["ProMP"], full["pre_curves"]["ProMP"])
     assert cli.main(base + ["--out", str(tmp_path / "x"), "--resume"]) == 2
     assert "--resume continues the checkpoints of --checkpoint-dir" in capsys.readouterr().err
+
+
+def test_squared_bias_helpers_match_naive_loops():
+    """`squared_bias` = the mean of (ĝ_i − g)·(ĝ_j − g) over pairs i ≠ j; the report's jackknife by a loop; the MSE choice."""
+    import itertools
+
+    from metagrad.experiments import maml_experiments as mx
+
+    rng = np.random.default_rng(3)
+    estimates, truth = rng.normal(0.3, 1.0, (7, 4)), rng.normal(size=4)
+    errors = estimates - truth
+    pairs = [errors[i] @ errors[j] for i, j in itertools.permutations(range(7), 2)]
+    np.testing.assert_allclose(float(mx.squared_bias(estimates, truth)), np.mean(pairs), rtol=1e-12)
+    b2, se, var = map(float, mx.squared_bias_report(estimates, truth))
+    partial = [float(mx.squared_bias(np.delete(estimates, i, axis=0), truth)) for i in range(7)]
+    np.testing.assert_allclose(se, np.sqrt(6 / 7 * np.sum((np.array(partial) - np.mean(partial)) ** 2)), rtol=1e-10)
+    np.testing.assert_allclose(var, sum(np.var(estimates[:, d], ddof=1) for d in range(4)), rtol=1e-12)
+    np.testing.assert_allclose(b2, np.mean(pairs), rtol=1e-12)
+    # A negative (unresolved) squared bias counts as 0, not as a gain: b wins at N = 1 only through that rule.
+    assert mx.choose_by_mse({"a": -5.0, "b": 1.0}, {"a": 3.0, "b": 1.0}, 1) == "b"
+    assert mx.choose_by_mse({"a": -5.0, "b": 1.0}, {"a": 3.0, "b": 1.0}, 100) == "a"
+    with pytest.raises(ValueError, match="num_samples"):
+        mx.choose_by_mse({"a": 0.0}, {"a": 1.0}, 0)
+    with pytest.raises(ValueError, match="same non-empty keys"):
+        mx.choose_by_mse({"a": 0.0}, {"b": 1.0}, 1)

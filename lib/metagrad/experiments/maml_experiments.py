@@ -57,6 +57,71 @@ def _mean_se(values) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------ accuracy
+def squared_bias(estimates, truth):
+    """An unbiased estimate of the squared bias $\|\mathbb E\hat g - g\|^2$ from $M$ independent estimates.
+
+    Args:
+        estimates: `[M, D]`, $M \ge 2$ independent, identically distributed estimates $\hat g_i$.
+        truth: `[D]`, the exact value $g$.
+
+    Returns:
+        A scalar whose expectation is $\|\mathbb E\hat g - g\|^2$. The noise of the mean of the $M$ estimates is
+        removed, so the value may be negative when the bias is smaller than that noise; it is not clipped.
+        Traceable (`jax.jit`, `jax.vmap`). Notebook 07 derives it; [`squared_bias_report`][metagrad.experiments.maml_experiments.squared_bias_report]
+        adds its standard error.
+    """
+    import jax.numpy as jnp
+
+    m = estimates.shape[0]
+    error = jnp.mean(estimates, axis=0) - truth
+    return jnp.sum(error**2) - jnp.sum(jnp.var(estimates, axis=0, ddof=1)) / m
+
+
+def squared_bias_report(estimates, truth):
+    """(squared bias, its jackknife standard error, per-estimate variance $\operatorname{tr}\hat\Sigma$).
+
+    Args:
+        estimates: `[M, D]`, $M \ge 3$ independent estimates.
+        truth: `[D]`, the exact value.
+
+    Returns:
+        Three scalars: [`squared_bias`][metagrad.experiments.maml_experiments.squared_bias]; its jackknife standard
+        error over the $M$ leave-one-out subsets (Efron & Stein, 1981), $\sqrt{\tfrac{M-1}{M}\sum_i(\hat b^2_{(i)} -
+        \overline{\hat b^2_{(\cdot)}})^2}$; and the trace of the sample covariance (ddof 1) of one estimate. A bias is
+        resolved when the first exceeds about twice the second. Traceable.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    estimates = jnp.asarray(estimates)
+    m = estimates.shape[0]
+    others = jnp.arange(m - 1)[None, :]
+    leave_one_out = others + (others >= jnp.arange(m)[:, None])  # row i: every index but i
+    partial = jax.vmap(lambda rows: squared_bias(estimates[rows], truth))(leave_one_out)
+    se = jnp.sqrt((m - 1) / m * jnp.sum((partial - partial.mean()) ** 2))
+    return squared_bias(estimates, truth), se, jnp.sum(jnp.var(estimates, axis=0, ddof=1))
+
+
+def choose_by_mse(squared_biases: dict, variances: dict, num_samples: int) -> str:
+    """The name with the smallest predicted mean squared error of a mean of `num_samples` estimates.
+
+    Args:
+        squared_biases: name -> unbiased estimate of $\|b\|^2$ (may be negative when unresolved; a squared bias
+            cannot be, so 0 is used there).
+        variances: name -> per-estimate variance $\operatorname{tr}\Sigma$ (same keys).
+        num_samples: $N \ge 1$, the number of estimates averaged.
+
+    Returns:
+        $\arg\min_{\text{name}}\ \max(\hat b^2, 0) + \operatorname{tr}\Sigma / N$ (notebook 07 §3).
+    """
+    if set(squared_biases) != set(variances) or not squared_biases:
+        raise ValueError(f"`squared_biases` and `variances` need the same non-empty keys; got {sorted(squared_biases)} "
+                         f"and {sorted(variances)}.")
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive integer; got {num_samples!r}.")
+    return min(squared_biases, key=lambda name: max(squared_biases[name], 0.0) + variances[name] / num_samples)
+
+
 def run_accuracy(*, seed: int, seeds: int, batch_sizes, estimators, num_tasks: int, num_states: int,
                  num_actions: int, horizon: int, gamma: float, step_size: float, repeats: int = 4,
                  progress: bool = True) -> dict:

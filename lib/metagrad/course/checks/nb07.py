@@ -16,19 +16,14 @@ from metagrad.course.checks._diagnose import (
     _refuse_float32,
     _register,
 )
+from metagrad.experiments import maml_experiments
 
 __all__ = ['check_squared_bias', 'check_choose_estimator']
 
 
 def reference_squared_bias(estimates, truth):
-    """‖ḡ − g‖² − tr Σ̂ / M: an unbiased estimate of ‖E ĝ − g‖² from M independent estimates `[M, D]`.
-
-    E‖ḡ − g‖² = ‖b‖² + tr Σ / M (the cross term has mean zero) and the sample covariance Σ̂ (M − 1 in the
-    denominator) is unbiased for Σ. Equivalently, the mean of (ĝ_i − g)·(ĝ_j − g) over the pairs i ≠ j.
-    """
-    m = estimates.shape[0]
-    error = jnp.mean(estimates, axis=0) - truth
-    return jnp.sum(error**2) - jnp.sum(jnp.var(estimates, axis=0, ddof=1)) / m
+    """‖ḡ − g‖² − tr Σ̂ / M: an unbiased estimate of ‖E ĝ − g‖² from M independent estimates `[M, D]` (the library's)."""
+    return maml_experiments.squared_bias(estimates, truth)
 
 
 def _squared_bias_mistakes():
@@ -127,12 +122,8 @@ def check_squared_bias(squared_bias: Callable) -> str:
 
 
 def reference_choose_estimator(squared_bias: dict, variance: dict, num_trajectories: int) -> str:
-    """argmin_name  max(squared_bias[name], 0) + variance[name] / N: the smallest predicted mean squared error.
-
-    `squared_bias` holds unbiased estimates of ‖b‖², which may be slightly negative when the bias is
-    unresolved; a squared bias cannot be negative, so the prediction uses 0 there.
-    """
-    return min(squared_bias, key=lambda name: max(squared_bias[name], 0.0) + variance[name] / num_trajectories)
+    """argmin_name max(squared_bias[name], 0) + variance[name] / N (the library's `choose_by_mse`)."""
+    return maml_experiments.choose_by_mse(squared_bias, variance, num_trajectories)
 
 
 @_register("07", "choose_estimator")
