@@ -321,7 +321,7 @@ def truncated_occupancy_full(mdp, policy, horizon):  # the library's d^π: ignor
 
 
 WRONG_ANSWERS = [
-    ("hvp", hvp_elementwise, "differentiate the gradient"),
+    ("hvp", hvp_elementwise, "∇f(x)·v elementwise"),
     ("score_function_gradient", score_of_probability, "log π"),
     ("score_function_gradient", score_gradient_python_loop, "cannot trace"),
     ("score_function_hessian", score_hessian_naive, "Hessian of the surrogate"),

@@ -49,7 +49,7 @@ def check_hvp(hvp: Callable) -> str:
         return jax.hessian(f)(x) @ v
 
     mistakes = [
-        (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise: differentiate the gradient, not f."),
+        (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise, a first derivative: the product needs second derivatives of f."),
         (lambda f, x, v: jax.grad(f)(x), "It equals the gradient ∇f(x): the direction v is missing."),
         (
             lambda f, x, v: reference(f, x, jnp.ones_like(v)),
@@ -58,7 +58,7 @@ def check_hvp(hvp: Callable) -> str:
         (
             lambda f, x, v: jnp.diag(jax.hessian(f)(x)) * v,
             "It uses only the diagonal of the Hessian: right for Σ sin(x)·x³ (diagonal Hessian) but not for a function "
-            "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0; differentiate the whole gradient along v.",
+            "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0: every entry of the Hessian contributes to the product.",
         ),
     ]
     mistakes.append((lambda f, x, v: -reference(f, x, v), "It is −∇²f(x) v: the sign is flipped."))
@@ -160,7 +160,8 @@ def _refuse_full_hessian(hvp: Callable, f: Callable) -> None:
             "hvp",
             f"its values are right, but at an input of size n = {n} it builds an n×n array: the full Hessian "
             "(e.g. jax.hessian(f)(x) @ v or jax.jacfwd(jax.grad(f))). The exercise asks for the product without "
-            "it, in the memory and time of a few gradients: differentiate the gradient along v instead.",
+            "it, in the memory and time of a few gradients: which transformation gives a Jacobian times a vector without "
+            "forming the Jacobian?",
         )
 
 
@@ -216,7 +217,7 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             "It differentiates the logit θ[a] instead of log softmax(θ)[a]: the normaliser log Σ_b exp θ_b depends "
             "on θ too (jax.nn.log_softmax includes it).",
         ),
-        (lambda th, a, r: -reference(th, a, r), "It is −(1/N) Σ r_i ∇ log π(a_i): the sign is flipped (we ascend J, no minus)."),
+        (lambda th, a, r: -reference(th, a, r), "The sign is flipped: we ascend J, so no minus."),
         (
             lambda th, a, r: jnp.mean(r) * jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[a]))(th),
             "It is mean(r) × mean(∇ log π): each reward must multiply the score of its own action, inside the average.",
