@@ -1192,3 +1192,17 @@ def test_hvp_check_accepts_every_exact_matrix_free_product(exact_hvp, capsys):
     jax.hessian(f)(x) @ v and jacfwd(grad) @ v pass it too and are refused only for the n×n array (tests above)."""
     checks.check_hvp(exact_hvp)
     assert checks.results()["hvp"] is True
+
+
+def test_no_finite_difference_step_passes_the_hvp_exactness_test():
+    """On the check's function, the best central difference over 800 steps h is still ≥ 10× the tolerance."""
+    from metagrad.course.checks.nb00 import _EXACT_RTOL, _exactness_case
+
+    f, x, v, _ = _exactness_case()
+    exact = np.asarray(jax.jvp(jax.grad(f), (x,), (v,))[1])
+    grad = jax.jit(jax.grad(f))
+    best = min(
+        float(np.max(np.abs((grad(x + h * v) - grad(x - h * v)) / (2 * h) - exact)) / np.max(np.abs(exact)))
+        for h in np.logspace(-9, -1, 800)
+    )
+    assert best > 6e-9 > 10 * _EXACT_RTOL, best  # the bound the ✓ line and the docstring state

@@ -68,8 +68,8 @@ def check_hvp(hvp: Callable) -> str:
     _refuse_full_hessian(hvp, cubic_sine)
     return (
         "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions at random points and directions, and "
-        f"v = 0), also under jax.jit, exactly (to {_EXACT_RTOL:.0e} relative in float64, where finite differences "
-        f"of gradients are off by about 1e-8), and builds no {_HESSIAN_PROBE}×{_HESSIAN_PROBE} array (no full Hessian)."
+        f"v = 0), also under jax.jit, exactly (to {_EXACT_RTOL:.0e} relative in float64, on a function where central "
+        f"differences of gradients are off by 6e-9 or more), and builds no {_HESSIAN_PROBE}×{_HESSIAN_PROBE} array (no full Hessian)."
     )
 
 
@@ -91,26 +91,31 @@ def _finite_difference(h: float, central: bool) -> Callable:
     return approximate
 
 
-_EXACT_RTOL = 1e-10  # automatic differentiation in float64 meets it (~1e-15); finite differences cannot (~1e-8 at best)
+_EXACT_RTOL = 1e-10  # autodiff in float64 meets it (~1e-16); central differences on `_exactness_case` miss it (≥ 6e-9)
+
+
+def _exactness_case():
+    """`(f, x, v, label)` on which finite differences of gradients are visibly inexact in float64."""
+
+    def stiff(x):
+        return jnp.sum(jnp.exp(2.0 * x)) + 1e6 * jnp.sum(x) + jnp.prod(jnp.cos(x))
+
+    x, v = _float([0.5, -0.3, 1.1, 0.2]), _float([0.7, 1.3, -0.4, 0.9])
+    return stiff, x, v, "f(x) = Σ exp(2x) + 10⁶·Σ x + Π cos(x) in float64"
 
 
 def _refuse_approximation(hvp: Callable, reference: Callable) -> None:
     """Refuse a product that is only approximately ∇²f(x) v, such as central finite differences of gradients.
 
-    The test function has a large gradient (a linear term 10⁴·Σx: rounding in ∇f(x ± hv) costs about
-    ε·10⁴/h) and a large fourth derivative (exp(2x): truncation costs about h²·16/6), so no step h gets a
-    finite difference closer than ~1e-8 relative, while `jax.jvp` of `jax.grad`, `jax.grad` of ⟨∇f, v⟩ or
-    `jax.hessian(f)(x) @ v` agree to ~1e-15. Runs only in float64 (the notebook's precision); a float32
-    result is named as such first.
+    The test function (`_exactness_case`) has a large gradient (a linear term 10⁶·Σx: rounding in
+    ∇f(x ± hv) costs about ε·10⁶/h) and a large fourth derivative (exp(2x): truncation costs about h²·16/6),
+    so no step h gets a central difference closer than 6e-9 relative (tests/test_checks.py scans h), while
+    `jax.jvp` of `jax.grad`, `jax.grad` of ⟨∇f, v⟩ or `jax.hessian(f)(x) @ v` agree to ~1e-16. Runs only
+    in float64 (the notebook's precision); a float32 result is named as such first.
     """
     if jnp.result_type(float) != jnp.float64:
         return
-
-    def stiff(x):
-        return jnp.sum(jnp.exp(2.0 * x)) + 1e4 * jnp.sum(x) + jnp.prod(jnp.cos(x))
-
-    x, v = _float([0.5, -0.3, 1.1, 0.2]), _float([0.7, 1.3, -0.4, 0.9])
-    label = "f(x) = Σ exp(2x) + 10⁴·Σ x + Π cos(x) in float64"
+    stiff, x, v, label = _exactness_case()
     _refuse_float32("hvp", hvp, (stiff, x, v), label)
     got = np.asarray(_call("hvp", hvp, (stiff, x, v), label), dtype=np.float64)
     expected = np.asarray(reference(stiff, x, v), dtype=np.float64)
