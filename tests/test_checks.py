@@ -1069,6 +1069,11 @@ def policy_evaluation_100_backups(mdp, policy):
     return value
 
 
+def policy_evaluation_wrong_axes(mdp, policy):  # π(a|x) paired with transitions[x', a, x]
+    p_pi = jnp.einsum("xa,yax->xy", policy, mdp.transitions)
+    return jnp.linalg.solve(jnp.eye(p_pi.shape[0]) - mdp.gamma * p_pi, jnp.sum(policy * mdp.rewards, axis=-1))
+
+
 def occupancy_from_step_one(mdp, policy):  # d^π − p_0
     p_pi, _ = _policy_evaluation_parts(mdp, policy)
     return jnp.linalg.solve(jnp.eye(p_pi.shape[0]) - mdp.gamma * p_pi.T, mdp.initial) - mdp.initial
@@ -1114,6 +1119,7 @@ PART_ONE_TRIAL = [
     ("policy_evaluation", policy_evaluation_from_next_step, "V^π − r^π"),
     ("policy_evaluation", policy_evaluation_uniform_rewards, "uniformly over actions"),
     ("policy_evaluation", policy_evaluation_100_backups, "100 Bellman backups"),
+    ("policy_evaluation", policy_evaluation_wrong_axes, "contracts the wrong axes"),
     ("discounted_occupancy", occupancy_from_step_one, "d^π − p_0"),
     ("discounted_occupancy", occupancy_never_moves, "p_0/(1 − γ)"),
     ("discounted_occupancy", occupancy_uniform_start, "uniform distribution"),

@@ -73,6 +73,14 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], jnp.mean(mdp.rewards, axis=-1)),
             "It averages the rewards uniformly over actions: r^π(x) weights each action by the policy's π(a|x).",
         ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(
+                jnp.eye(policy.shape[0]) - mdp.gamma * jnp.einsum("sa,tas->st", policy, mdp.transitions),
+                _p_pi(mdp, policy)[1],
+            ),
+            "Its P^π contracts the wrong axes of mdp.transitions[x, a, x']: the policy's π(a|x) must act on the "
+            "state the transition leaves from.",
+        ),
         *_capped_backups("It matches {K} Bellman backups from V = 0, a truncated sum: V^π is the fixed point of the "
                          "backup, the solution of a linear system."),
         (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
