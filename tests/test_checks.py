@@ -321,13 +321,13 @@ def truncated_occupancy_full(mdp, policy, horizon):  # the library's d^π: ignor
 
 
 WRONG_ANSWERS = [
-    ("hvp", hvp_elementwise, "differentiate the gradient"),
+    ("hvp", hvp_elementwise, "∇f(x)·v elementwise"),
     ("score_function_gradient", score_of_probability, "log π"),
     ("score_function_gradient", score_gradient_python_loop, "cannot trace"),
-    ("score_function_hessian", score_hessian_naive, "outer product ∇ℓ ∇ℓᵀ is missing"),
+    ("score_function_hessian", score_hessian_naive, "Hessian of the surrogate"),
     ("score_function_hessian", score_hessian_summed, "N times too large"),
     ("score_function_hessian", score_hessian_outer_of_mean, "averaged score"),
-    ("score_function_hessian", score_hessian_outer_only, "∇² log π(a_i) term is missing"),
+    ("score_function_hessian", score_hessian_outer_only, "only the score outer products"),
     ("magic_box", magic_box_without_stop_gradient, "without stop_gradient"),
     ("magic_box", magic_box_plain_exp, "exactly 1"),
     ("policy_evaluation", policy_evaluation_transposed, "no transpose"),
@@ -1004,7 +1004,127 @@ def reward_to_go_discounted_from_start(rewards, gamma, bootstrap):
     return gamma ** jnp.arange(rewards.shape[0]) * returns
 
 
+def hvp_central_differences(f, x, v):  # approximate: passes a loose tolerance, not an exactness test
+    return (jax.grad(f)(x + 1e-4 * v) - jax.grad(f)(x - 1e-4 * v)) / 2e-4
+
+
+def hvp_ones_direction(f, x, v):  # ignores v
+    return jax.jvp(jax.grad(f), (x,), (jnp.ones_like(v),))[1]
+
+
+def _plug_in_table(logits, actions, rewards):
+    counts = jnp.zeros_like(logits).at[actions].add(1.0)
+    return jnp.zeros_like(logits).at[actions].add(rewards) / jnp.maximum(counts, 1.0)
+
+
+def score_gradient_plug_in(logits, actions, rewards):  # exact gradient with the empirical reward table
+    return jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * _plug_in_table(logits, actions, rewards)))(logits)
+
+
+def score_hessian_plug_in(logits, actions, rewards):
+    return jax.hessian(lambda t: jnp.sum(jax.nn.softmax(t) * _plug_in_table(logits, actions, rewards)))(logits)
+
+
+def _score_hessian_weighted(outer_factor, reward_power):
+    def wrong(logits, actions, rewards):
+        def log_pi(t, a):
+            return jax.nn.log_softmax(t)[a]
+
+        scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(logits, actions)
+        curvature = jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(logits, actions)
+        return jnp.mean(
+            rewards[:, None, None] * curvature
+            + outer_factor * (rewards**reward_power)[:, None, None] * scores[:, :, None] * scores[:, None, :],
+            axis=0,
+        )
+
+    wrong.__name__ = f"score_hessian_outer_times_{outer_factor}_r_power_{reward_power}"
+    return wrong
+
+
+def magic_box_ratio(x):  # value 1, derivative 1/x
+    return x / jax.lax.stop_gradient(x)
+
+
+def _policy_evaluation_parts(mdp, policy):
+    p_pi = jnp.einsum("sa,sat->st", policy, mdp.transitions)
+    return p_pi, jnp.sum(policy * mdp.rewards, axis=-1)
+
+
+def policy_evaluation_from_next_step(mdp, policy):  # V − r^π = γ P^π V
+    p_pi, r_pi = _policy_evaluation_parts(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p_pi.shape[0]) - mdp.gamma * p_pi, r_pi) - r_pi
+
+
+def policy_evaluation_uniform_rewards(mdp, policy):
+    p_pi, _ = _policy_evaluation_parts(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p_pi.shape[0]) - mdp.gamma * p_pi, jnp.mean(mdp.rewards, axis=-1))
+
+
+def policy_evaluation_100_backups(mdp, policy):
+    p_pi, r_pi = _policy_evaluation_parts(mdp, policy)
+    value = jnp.zeros_like(r_pi)
+    for _ in range(100):
+        value = r_pi + mdp.gamma * p_pi @ value
+    return value
+
+
+def policy_evaluation_wrong_axes(mdp, policy):  # π(a|x) paired with transitions[x', a, x]
+    p_pi = jnp.einsum("xa,yax->xy", policy, mdp.transitions)
+    return jnp.linalg.solve(jnp.eye(p_pi.shape[0]) - mdp.gamma * p_pi, jnp.sum(policy * mdp.rewards, axis=-1))
+
+
+def occupancy_from_step_one(mdp, policy):  # d^π − p_0
+    p_pi, _ = _policy_evaluation_parts(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(p_pi.shape[0]) - mdp.gamma * p_pi.T, mdp.initial) - mdp.initial
+
+
+def occupancy_never_moves(mdp, policy):
+    return mdp.initial / (1 - mdp.gamma)
+
+
+def occupancy_uniform_start(mdp, policy):
+    p_pi, _ = _policy_evaluation_parts(mdp, policy)
+    n = p_pi.shape[0]
+    return jnp.linalg.solve(jnp.eye(n) - mdp.gamma * p_pi.T, jnp.full(n, 1.0 / n))
+
+
+def _truncated_occupancy_loop(mdp, policy, horizon, first_power):
+    p_pi, _ = _policy_evaluation_parts(mdp, policy)
+    p, out = mdp.initial, jnp.zeros_like(mdp.initial)
+    for t in range(horizon):
+        out = out + mdp.gamma ** (t + first_power) * p
+        p = p_pi.T @ p
+    return out
+
+
+def truncated_occupancy_one_discount_too_many(mdp, policy, horizon):
+    return _truncated_occupancy_loop(mdp, policy, horizon, 1)
+
+
+def truncated_occupancy_scaled(mdp, policy, horizon):
+    from metagrad import mdp as mdp_lib
+
+    return (1 - mdp.gamma**horizon) * mdp_lib.discounted_occupancy(mdp, policy)
+
+
 PART_ONE_TRIAL = [
+    ("hvp", hvp_central_differences, "finite differences are approximate"),
+    ("hvp", hvp_ones_direction, "ignores the argument v"),
+    ("score_function_gradient", score_gradient_plug_in, "plug-in estimate"),
+    ("score_function_hessian", score_hessian_plug_in, "plug-in estimate"),
+    ("score_function_hessian", _score_hessian_weighted(1.0, 2), "by r_i²"),
+    ("score_function_hessian", _score_hessian_weighted(0.5, 1), "weighted by ½"),
+    ("magic_box", magic_box_ratio, "divides by the value"),
+    ("policy_evaluation", policy_evaluation_from_next_step, "V^π − r^π"),
+    ("policy_evaluation", policy_evaluation_uniform_rewards, "uniformly over actions"),
+    ("policy_evaluation", policy_evaluation_100_backups, "100 Bellman backups"),
+    ("policy_evaluation", policy_evaluation_wrong_axes, "contracts the wrong axes"),
+    ("discounted_occupancy", occupancy_from_step_one, "d^π − p_0"),
+    ("discounted_occupancy", occupancy_never_moves, "p_0/(1 − γ)"),
+    ("discounted_occupancy", occupancy_uniform_start, "uniform distribution"),
+    ("truncated_occupancy", truncated_occupancy_one_discount_too_many, "γ^(t+1)"),
+    ("truncated_occupancy", truncated_occupancy_scaled, "(1 − γ^T)·d^π"),
     ("step_importance_sampling", step_is_undiscounted, "ignores γ everywhere"),
     ("step_importance_sampling", step_is_inverse_ratios, "inverse ratios μ/π"),
     ("step_importance_sampling", step_is_with_control_variate, "matches doubly robust"),
@@ -1062,3 +1182,33 @@ def test_an_ignored_argument_fails_on_more_than_one_input(name, wrong):
     with pytest.raises(checks.ExerciseCheckFailed) as info:
         getattr(checks, f"check_{name}")(wrong)
     assert "wrong on 2 of 4 inputs" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "exact_hvp",
+    [
+        lambda f, x, v: jax.grad(lambda y: jnp.vdot(jax.grad(f)(y), v))(x),  # reverse over reverse
+        lambda f, x, v: jax.vjp(jax.grad(f), x)[1](v)[0],  # the Hessian is symmetric
+        lambda f, x, v: jax.linearize(jax.grad(f), x)[1](v),
+    ],
+    ids=["grad_of_grad_dot_v", "vjp_of_grad", "linearize_of_grad"],
+)
+def test_hvp_check_accepts_every_exact_matrix_free_product(exact_hvp, capsys):
+    """The exactness test (float64, 1e-10 relative) refuses finite differences, not other exact autodiff forms;
+    jax.hessian(f)(x) @ v and jacfwd(grad) @ v pass it too and are refused only for the n×n array (tests above)."""
+    checks.check_hvp(exact_hvp)
+    assert checks.results()["hvp"] is True
+
+
+def test_no_finite_difference_step_passes_the_hvp_exactness_test():
+    """On the check's function, the best central difference over 800 steps h is still ≥ 10× the tolerance."""
+    from metagrad.course.checks.nb00 import _EXACT_RTOL, _exactness_case
+
+    f, x, v, _ = _exactness_case()
+    exact = np.asarray(jax.jvp(jax.grad(f), (x,), (v,))[1])
+    grad = jax.jit(jax.grad(f))
+    best = min(
+        float(np.max(np.abs((grad(x + h * v) - grad(x - h * v)) / (2 * h) - exact)) / np.max(np.abs(exact)))
+        for h in np.logspace(-9, -1, 800)
+    )
+    assert best > 6e-9 > 10 * _EXACT_RTOL, best  # the bound the ✓ line and the docstring state

@@ -15,6 +15,7 @@ from metagrad.course.checks._diagnose import (
     _compare,
     _fail,
     _float,
+    _refuse_float32,
     _register,
 )
 
@@ -48,21 +49,86 @@ def check_hvp(hvp: Callable) -> str:
         return jax.hessian(f)(x) @ v
 
     mistakes = [
-        (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise: differentiate the gradient, not f."),
+        (lambda f, x, v: jax.grad(f)(x) * v, "It equals ∇f(x)·v elementwise, a first derivative: the product needs second derivatives of f."),
         (lambda f, x, v: jax.grad(f)(x), "It equals the gradient ∇f(x): the direction v is missing."),
+        (
+            lambda f, x, v: reference(f, x, jnp.ones_like(v)),
+            "It equals ∇²f(x) 1, the product with a vector of ones: it ignores the argument v; multiply along v.",
+        ),
         (
             lambda f, x, v: jnp.diag(jax.hessian(f)(x)) * v,
             "It uses only the diagonal of the Hessian: right for Σ sin(x)·x³ (diagonal Hessian) but not for a function "
-            "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0; differentiate the whole gradient along v.",
+            "with mixed derivatives ∂²f/∂x_i∂x_j ≠ 0: every entry of the Hessian contributes to the product.",
         ),
     ]
     mistakes.append((lambda f, x, v: -reference(f, x, v), "It is −∇²f(x) v: the sign is flipped."))
+    mistakes += [(_finite_difference(h, central), _FINITE_DIFFERENCE_HINT) for h in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6) for central in (True, False)]
     _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
+    _refuse_approximation(hvp, reference)
     _refuse_full_hessian(hvp, cubic_sine)
     return (
         "matches jax.hessian(f)(x) @ v on 3 inputs (two random functions at random points and directions, and "
-        f"v = 0), also under jax.jit, and builds no {_HESSIAN_PROBE}×{_HESSIAN_PROBE} array (no full Hessian)."
+        f"v = 0), also under jax.jit, exactly (to {_EXACT_RTOL:.0e} relative in float64, on a function where central "
+        f"differences of gradients are off by 6e-9 or more), and builds no {_HESSIAN_PROBE}×{_HESSIAN_PROBE} array (no full Hessian)."
     )
+
+
+_FINITE_DIFFERENCE_HINT = (
+    "It matches a finite difference of gradients: finite differences are approximate; the exercise asks for the exact "
+    "product that automatic differentiation gives: differentiate with JAX, not with a small step h."
+)
+
+
+def _finite_difference(h: float, central: bool) -> Callable:
+    """A plausible mistake: (∇f(x + hv) − ∇f(x − hv)) / 2h (central) or (∇f(x + hv) − ∇f(x)) / h (forward)."""
+
+    def approximate(f, x, v):
+        grad = jax.grad(f)
+        if central:
+            return (grad(x + h * v) - grad(x - h * v)) / (2 * h)
+        return (grad(x + h * v) - grad(x)) / h
+
+    return approximate
+
+
+_EXACT_RTOL = 1e-10  # autodiff in float64 meets it (~1e-16); central differences on `_exactness_case` miss it (≥ 6e-9)
+
+
+def _exactness_case():
+    """`(f, x, v, label)` on which finite differences of gradients are visibly inexact in float64."""
+
+    def stiff(x):
+        return jnp.sum(jnp.exp(2.0 * x)) + 1e6 * jnp.sum(x) + jnp.prod(jnp.cos(x))
+
+    x, v = _float([0.5, -0.3, 1.1, 0.2]), _float([0.7, 1.3, -0.4, 0.9])
+    return stiff, x, v, "f(x) = Σ exp(2x) + 10⁶·Σ x + Π cos(x) in float64"
+
+
+def _refuse_approximation(hvp: Callable, reference: Callable) -> None:
+    """Refuse a product that is only approximately ∇²f(x) v, such as central finite differences of gradients.
+
+    The test function (`_exactness_case`) has a large gradient (a linear term 10⁶·Σx: rounding in
+    ∇f(x ± hv) costs about ε·10⁶/h) and a large fourth derivative (exp(2x): truncation costs about h²·16/6),
+    so no step h gets a central difference closer than 6e-9 relative (tests/test_checks.py scans h), while
+    `jax.jvp` of `jax.grad`, `jax.grad` of ⟨∇f, v⟩ or `jax.hessian(f)(x) @ v` agree to ~1e-16. Runs only
+    in float64 (the notebook's precision); a float32 result is named as such first.
+    """
+    if jnp.result_type(float) != jnp.float64:
+        return
+    stiff, x, v, label = _exactness_case()
+    _refuse_float32("hvp", hvp, (stiff, x, v), label)
+    got = np.asarray(_call("hvp", hvp, (stiff, x, v), label), dtype=np.float64)
+    expected = np.asarray(reference(stiff, x, v), dtype=np.float64)
+    if got.shape != expected.shape:
+        _fail("hvp", f"on {label} it returned shape {got.shape}; expected {expected.shape} (same as x).")
+    relative = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
+    if relative > _EXACT_RTOL:
+        _fail(
+            "hvp",
+            f"on {label} it matches jax.hessian(f)(x) @ v only to ~{relative:.0e} (relative): finite differences "
+            "are approximate; the exercise asks for the exact product that automatic differentiation gives "
+            f"(to better than {_EXACT_RTOL:.0e} here): differentiate with JAX, not with a small step h.",
+        )
 
 
 _HESSIAN_PROBE = 257  # an input size at which no honest Hessian-vector product needs an n×n array
@@ -99,7 +165,8 @@ def _refuse_full_hessian(hvp: Callable, f: Callable) -> None:
             "hvp",
             f"its values are right, but at an input of size n = {n} it builds an n×n array: the full Hessian "
             "(e.g. jax.hessian(f)(x) @ v or jax.jacfwd(jax.grad(f))). The exercise asks for the product without "
-            "it, in the memory and time of a few gradients: differentiate the gradient along v instead.",
+            "it, in the memory and time of a few gradients: which transformation gives a Jacobian times a vector without "
+            "forming the Jacobian?",
         )
 
 
@@ -116,6 +183,18 @@ def _bandit_cases():
     ]
 
 
+def _plug_in_rewards(logits, actions, rewards):
+    """r̂(a): the mean reward of the samples with action a (0 for actions never sampled), [A]."""
+    counts = jnp.zeros_like(logits).at[actions].add(1.0)
+    return jnp.zeros_like(logits).at[actions].add(rewards) / jnp.maximum(counts, 1.0)
+
+
+def _plug_in_gradient(logits, actions, rewards):
+    """A plausible mistake: ∇ Σ_a π(a) r̂(a), the exact gradient with the empirical reward table plugged in."""
+    table = _plug_in_rewards(logits, actions, rewards)
+    return jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * table))(logits)
+
+
 @_register("00", "score_function_gradient")
 def check_score_function_gradient(score_function_gradient: Callable) -> str:
     """`score_function_gradient(logits [A], actions [N], rewards [N])` -> (1/N) Σ_i r_i ∇ log π(a_i) [A]."""
@@ -130,6 +209,11 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             "It equals the gradient of π(a) instead of log π(a): the score is ∇ log π = ∇π / π.",
         ),
         (
+            _plug_in_gradient,
+            "It is the exact gradient of Σ_a π(a) r̂(a) with r̂(a) the average reward seen for action a (a plug-in "
+            "estimate): the exercise asks for the score-function estimate, one term per sample.",
+        ),
+        (
             lambda th, a, r: jax.grad(lambda t: jnp.sum(r * jax.nn.log_softmax(t)[a]))(th),
             "It is N times too large: average over the samples instead of summing.",
         ),
@@ -138,7 +222,7 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             "It differentiates the logit θ[a] instead of log softmax(θ)[a]: the normaliser log Σ_b exp θ_b depends "
             "on θ too (jax.nn.log_softmax includes it).",
         ),
-        (lambda th, a, r: -reference(th, a, r), "It is −(1/N) Σ r_i ∇ log π(a_i): the sign is flipped (we ascend J, no minus)."),
+        (lambda th, a, r: -reference(th, a, r), "The sign is flipped: we ascend J, so no minus."),
         (
             lambda th, a, r: jnp.mean(r) * jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[a]))(th),
             "It is mean(r) × mean(∇ log π): each reward must multiply the score of its own action, inside the average.",
@@ -190,20 +274,59 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
     def probability_hessian(th, a, r):
         return jax.hessian(lambda t: jnp.mean(r * jax.nn.softmax(t)[a]))(th)
 
+    def weighted(outer_factor, reward_power=1):
+        def wrong(th, a, r):
+            _, _, scores = parts(th, a, r)
+            curvature = jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(th, a)
+            outer = jnp.einsum("n,ni,nj->ij", r**reward_power, scores, scores) / r.shape[0]
+            return jnp.einsum("n,nij->ij", r, curvature) / r.shape[0] + outer_factor * outer
+
+        return wrong
+
+    def plug_in_hessian(th, a, r):
+        table = _plug_in_rewards(th, a, r)
+        return jax.hessian(lambda t: jnp.sum(jax.nn.softmax(t) * table))(th)
+
     mistakes = [
-        (lambda th, a, r: parts(th, a, r)[0], "It is the Hessian of the surrogate (1/N) Σ r_i log π(a_i) only: the score outer product ∇ℓ ∇ℓᵀ is missing (the samples depend on θ too)."),
-        (lambda th, a, r: parts(th, a, r)[1], "It has only the score outer products: the ∇² log π(a_i) term is missing."),
+        (
+            lambda th, a, r: parts(th, a, r)[0],
+            "It is the Hessian of the surrogate (1/N) Σ r_i log π(a_i) only: a term is missing, because the samples "
+            "depend on θ too (differentiate π(a) ∇ log π(a), not only ∇ log π(a)).",
+        ),
+        (
+            lambda th, a, r: parts(th, a, r)[1],
+            "It has only the score outer products ∇ℓ ∇ℓᵀ: the other term of the product rule, from differentiating the "
+            "score itself, is missing.",
+        ),
         (lambda th, a, r: reference(th, a, r) * r.shape[0], "It is N times too large: average over the samples instead of summing."),
         (mean_score_outer, "It uses the outer product of the averaged score: each sample needs its own ∇ℓ_i ∇ℓ_iᵀ."),
         (
-            lambda th, a, r: parts(th, a, r)[0] - parts(th, a, r)[1],
-            "The score outer product has the wrong sign: ∇²(π) / π = ∇² log π + ∇ log π ∇ log πᵀ, a plus.",
+            weighted(1.0, reward_power=2),
+            "It weights the score outer product by r_i²: each sample's reward multiplies its whole term once.",
         ),
         (
-            lambda th, a, r: parts(th, a, r)[0] + 2 * parts(th, a, r)[1],
-            "The score outer product is counted twice: ∇²(π) / π = ∇² log π + ∇ log π ∇ log πᵀ, once.",
+            weighted(-1.0),
+            "The score outer product has the wrong sign: redo the product rule on ∇π = π ∇ log π and check the sign "
+            "of each term.",
         ),
-        (probability_hessian, "It differentiates the sampled π(a_i) twice: that is an importance-weighted estimate at the wrong point; use log π and add the outer product of the scores."),
+        (
+            weighted(2.0),
+            "The score outer product is counted twice: redo the product rule on ∇π = π ∇ log π and count its terms.",
+        ),
+        (
+            weighted(0.5),
+            "The score outer product is weighted by ½: redo the product rule on ∇π = π ∇ log π and count its terms.",
+        ),
+        (
+            probability_hessian,
+            "It differentiates the sampled π(a_i) twice: without dividing by π(a_i) the samples are not weighted "
+            "right; write ∇²π / π in terms of log π.",
+        ),
+        (
+            plug_in_hessian,
+            "It is the exact Hessian of Σ_a π(a) r̂(a) with r̂(a) the average reward seen for action a (a plug-in "
+            "estimate): the exercise asks for the score-function estimate, one term per sample.",
+        ),
     ]
     _compare(
         "score_function_hessian",
@@ -223,8 +346,8 @@ def check_magic_box(magic_box: Callable) -> str:
     """`magic_box(x)`: value 1 elementwise, and ∇□(w) = □(w)∇w at every order (checked up to the third).
 
     Mistake classes: plain exp(x) (value not 1); no stop_gradient (derivative 0); flipped sign
-    exp(sg(x) − x); right to first order only (1 + x − sg(x)); right to second order only (a truncated
-    Taylor series); not jit-compatible.
+    exp(sg(x) − x); a ratio x / sg(x) (derivative w′/w); right to first order only (1 + x − sg(x)); right to
+    second order only (a truncated Taylor series); not jit-compatible. Messages hint, they do not give the form.
     """
     exercise = "magic_box"
     x = _float([0.3, -1.2, 2.0])
@@ -232,7 +355,12 @@ def check_magic_box(magic_box: Callable) -> str:
     if value.shape != x.shape:
         _fail(exercise, f"on x of shape {x.shape} it returned shape {value.shape}; it must act elementwise.")
     if not _close(value, np.ones(3)):
-        hint = " It equals exp(x): subtract stop_gradient(x) inside the exponential." if _close(value, np.exp(x)) else ""
+        hint = (
+            " It equals exp(x): keep the exponential's derivatives but make its value 1 (does jax.lax.stop_gradient "
+            "change a value or a derivative?)."
+            if _close(value, np.exp(x))
+            else ""
+        )
         _fail(exercise, f"its value must be exactly 1 for every x; got {np.round(value, 4).tolist()}.{hint}")
 
     def w(theta):  # a log-probability-like function of θ
@@ -251,10 +379,17 @@ def check_magic_box(magic_box: Callable) -> str:
         _fail(
             exercise,
             "the derivative of magic_box(w(θ)) is 0, but it must be w'(θ): the value 1 is right, but a constant "
-            "(ones_like(x), or exp(x − x) without stop_gradient) carries no derivative; subtract stop_gradient(x).",
+            "(ones_like(x), or exp(x − x) without stop_gradient) carries no derivative; the derivative must still see x.",
         )
     if _close(first, -d1):
-        _fail(exercise, "d/dθ magic_box(w(θ)) is −w'(θ): the sign is flipped; the exponent must be x − stop_gradient(x).")
+        _fail(exercise, "d/dθ magic_box(w(θ)) is −w'(θ): the sign is flipped; check which term of the exponent is differentiated.")
+    if _close(first, d1 / float(w(theta))):
+        _fail(
+            exercise,
+            f"d/dθ magic_box(w(θ)) is w'/w = {float(first):.4f} instead of w'(θ) = {d1:.4f}: it divides by the value "
+            "(like x / stop_gradient(x)), whose derivative depends on x; the derivative of magic_box(x) must equal "
+            "magic_box(x) itself at every x.",
+        )
     if not _close(first, d1):
         _fail(exercise, f"d/dθ magic_box(w(θ)) should be w'(θ) = {d1:.4f}; got {float(first):.4f}.")
     second = _call(exercise, jax.grad(jax.grad(box)), (theta,), "θ = 0.7 (second derivative)")
@@ -273,7 +408,7 @@ def check_magic_box(magic_box: Callable) -> str:
         if _close(third, d3 + 3 * d1 * d2):
             hint = (
                 " It is right to second order only (like the Taylor polynomial 1 + y + y²/2, y = x − stop_gradient(x)):"
-                " DiCE needs every order, so use the exponential itself."
+                " DiCE needs every order: which function equals all of its own derivatives?"
             )
         _fail(
             exercise,

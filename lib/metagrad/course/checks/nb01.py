@@ -64,7 +64,25 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
 
     mistakes = [
         (transposed, "It matches solving with (I − γ (P^π)ᵀ): P^π[x, x'] is the probability of x → x', no transpose here."),
-        (one_step, "It equals r^π, the one-step reward: the future γ P^π V^π term is missing."),
+        (one_step, "It equals r^π, the one-step reward: the discounted value of what follows x is missing."),
+        (
+            lambda mdp, policy: reference(mdp, policy) - one_step(mdp, policy),
+            "It equals V^π − r^π, the value from the next step on: V^π(x) includes the reward collected in x itself.",
+        ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], jnp.mean(mdp.rewards, axis=-1)),
+            "It averages the rewards uniformly over actions: r^π(x) weights each action by the policy's π(a|x).",
+        ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(
+                jnp.eye(policy.shape[0]) - mdp.gamma * jnp.einsum("sa,tas->st", policy, mdp.transitions),
+                _p_pi(mdp, policy)[1],
+            ),
+            "Its P^π contracts the wrong axes of mdp.transitions[x, a, x']: the policy's π(a|x) must act on the "
+            "state the transition leaves from.",
+        ),
+        *_capped_backups("It matches {K} Bellman backups from V = 0, a truncated sum: V^π is the fixed point of the "
+                         "backup, the solution of a linear system."),
         (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
         (
             lambda mdp, policy: (1 - mdp.gamma) * reference(mdp, policy),
@@ -72,7 +90,8 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         ),
         (
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) + mdp.gamma * _p_pi(mdp, policy)[0], _p_pi(mdp, policy)[1]),
-            "It solves (I + γ P^π) V = r^π: the Bellman equation V = r^π + γ P^π V gives (I − γ P^π) V = r^π.",
+            "It solves (I + γ P^π) V = r^π: check the sign when you move the γ P^π V term of the Bellman equation "
+            "to the other side.",
         ),
         (
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], mdp.rewards[:, 0]),
@@ -107,14 +126,32 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         return (1 - mdp.gamma) * mdp_lib.discounted_occupancy(mdp, policy)
 
     mistakes = [
-        (not_transposed, "It matches solving with P^π instead of (P^π)ᵀ: probability flows from x to x', so transpose."),
+        (
+            not_transposed,
+            "It matches solving with P^π untransposed: P^π[x, x'] moves probability from x to x'; check which index "
+            "the mass arriving in a state sums over (a transpose question).",
+        ),
+        (
+            lambda mdp, policy: mdp_lib.discounted_occupancy(mdp, policy) - mdp.initial,
+            "It is d^π − p_0, the visits from t = 1 on: the start distribution counts at t = 0.",
+        ),
+        (
+            lambda mdp, policy: mdp.initial / (1 - mdp.gamma),
+            "It is p_0/(1 − γ), as if the state never changed: the transitions move the visits after t = 0.",
+        ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(
+                jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0].T, jnp.full(policy.shape[0], 1.0 / policy.shape[0])
+            ),
+            "It starts from the uniform distribution: the visits start from the start distribution mdp.initial.",
+        ),
         (normalised, "It is the normalised occupancy (1 − γ) d^π; here we want the unnormalised one, summing to 1/(1 − γ)."),
         (
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0].T, jnp.ones(policy.shape[0])),
             "It solves with a vector of ones on the right-hand side: the visits start from the start distribution mdp.initial.",
         ),
-        *_capped_loops("It matches the sum stopped after {K} steps: d^π is the infinite sum (with γ = 0.99, even 1000 "
-                       "steps miss γ^K/(1 − γ)); derive the linear equation d^π satisfies and solve it once."),
+        *_capped_loops("It matches the sum stopped after {K} steps: d^π is the infinite sum, and with γ = 0.99 the "
+                       "steps left out still carry visible mass; derive the linear equation d^π satisfies and solve it once."),
     ]
     cases = _mdp_cases()
     long_memory = _random_mdp(np.random.default_rng(12), 5, 3, 0.99)
@@ -138,6 +175,22 @@ def _full_occupancy(mdp, policy):
     from metagrad import mdp as mdp_lib
 
     return mdp_lib.discounted_occupancy(mdp, policy)
+
+
+def _capped_backups(hint: str, caps=(10, 50, 100, 200, 500, 1000)):
+    """Mistakes "V ← r^π + γ P^π V repeated K times from V = 0" (value iteration stopped early), one per usual K."""
+
+    def capped(cap):
+        def wrong(mdp, policy):
+            p_pi, r_pi = (np.asarray(a, dtype=np.float64) for a in _p_pi(mdp, policy))
+            value = np.zeros_like(r_pi)
+            for _ in range(cap):
+                value = r_pi + float(mdp.gamma) * p_pi @ value
+            return value
+
+        return wrong
+
+    return [(capped(cap), hint.format(K=cap)) for cap in caps]
 
 
 def _capped_loops(hint: str, caps=(50, 64, 100, 128, 200, 256, 500, 1000)):
@@ -195,6 +248,15 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
         (variant("short"), "It sums T − 1 terms (off by one): t runs over 0, …, T − 1."),
         (variant("skip_first"), "It starts from p_1 instead of p_0 (off by one): the start distribution counts at t = 0."),
         (lambda m, pi, T: _full_occupancy(m, pi), "It is the full d^π: sum only the first `horizon` terms."),
+        (
+            lambda m, pi, T: float(m.gamma) * reference_truncated_occupancy(m, pi, T),
+            "It discounts the visits at time t by γ^(t+1), one factor too many: the start distribution counts with weight 1.",
+        ),
+        (
+            lambda m, pi, T: (1 - float(m.gamma) ** T) * np.asarray(_full_occupancy(m, pi)),
+            "It is (1 − γ^T)·d^π: that holds only if the state distribution never changed over time; sum the first "
+            "`horizon` terms of the visits instead.",
+        ),
         *_capped_loops("It is right for short horizons but stops after {K} steps on T = 400: a fixed-size array or "
                        "loop caps the horizon; run the loop (or lax.scan) `horizon` times."),
     ]
