@@ -58,7 +58,7 @@ def _mean_se(values) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------------------ accuracy
 def squared_bias(estimates, truth):
-    """An unbiased estimate of the squared bias $\|\mathbb E\hat g - g\|^2$ from $M$ independent estimates.
+    r"""An unbiased estimate of the squared bias $\|\mathbb E\hat g - g\|^2$ from $M$ independent estimates.
 
     Args:
         estimates: `[M, D]`, $M \ge 2$ independent, identically distributed estimates $\hat g_i$.
@@ -78,7 +78,7 @@ def squared_bias(estimates, truth):
 
 
 def squared_bias_report(estimates, truth):
-    """(squared bias, its jackknife standard error, per-estimate variance $\operatorname{tr}\hat\Sigma$).
+    r"""(squared bias, its jackknife standard error, per-estimate variance $\operatorname{tr}\hat\Sigma$).
 
     Args:
         estimates: `[M, D]`, $M \ge 3$ independent estimates.
@@ -103,7 +103,7 @@ def squared_bias_report(estimates, truth):
 
 
 def choose_by_mse(squared_biases: dict, variances: dict, num_samples: int) -> str:
-    """The name with the smallest predicted mean squared error of a mean of `num_samples` estimates.
+    r"""The name with the smallest predicted mean squared error of a mean of `num_samples` estimates.
 
     Args:
         squared_biases: name -> unbiased estimate of $\|b\|^2$ (may be negative when unresolved; a squared bias
