@@ -209,7 +209,7 @@ def test_honest_wrong_and_the_message_the_student_saw(batch):
         with pytest.raises(checks.ExerciseCheckFailed) as failure:
             check(fn)
         seen.append(str(failure.value))
-    assert "differentiate the gradient, not f" in seen[1]
+    assert "a first derivative: the product needs second derivatives of f" in seen[1]
     assert rows["wrong"]["messages"].split(" | ")[:2] == seen
 
 
@@ -551,3 +551,22 @@ def test_the_sandbox_probe_runs_the_grader_s_own_command_and_says_why_not():
     else:
         assert sandbox.command(["true"], **folders) == sandbox._args(path, ["true"], **folders, mount_proc=mount_proc)
         assert ("no /proc" in sandbox.describe("bwrap")) == (not mount_proc)
+
+
+def test_the_interpreter_s_links_outside_the_bound_folders_are_recreated_in_the_sandbox(tmp_path, monkeypatch):
+    # CI makes its virtual environments with `python3` reached through a link in a `mktemp -d` folder, so the
+    # venv's bin/python points into /tmp, which the sandbox replaces by an empty tmpfs: the link must be made again.
+    real = Path(sys.executable).resolve()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "python3").symlink_to(real)
+    (tmp_path / "bin" / "python").symlink_to(tmp_path / "python3")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    assert sandbox._interpreter_links([]) == [(str(tmp_path / "python3"), str(tmp_path / "bin" / "python")),
+                                              (str(real), str(tmp_path / "python3"))]
+    # a link inside a bound folder is there already
+    assert sandbox._interpreter_links([str(tmp_path / "bin")]) == [(str(real), str(tmp_path / "python3"))]
+    args = sandbox._args("bwrap", ["true"], workdir=Path("/w"), sockets=Path("/s"), public_checks=Path("/c"),
+                         tmpfs_mb=8, env={}, mount_proc=True)
+    link = ["--symlink", str(real), str(tmp_path / "python3")]
+    at = [i for i in range(len(args)) if args[i:i + 3] == link]
+    assert len(at) == 1 and at[0] > args.index("/tmp")  # made after the empty /tmp is mounted

@@ -110,6 +110,22 @@ def _ro_paths() -> list[str]:
     return paths
 
 
+def _interpreter_links(bound: list[str]) -> list[tuple[str, str]]:
+    """The symbolic links on the way from `sys.executable` to the interpreter, as `(target, link)`, that lie
+    outside `bound` (and /usr). A virtual environment made by an interpreter reached through a link in a
+    temporary folder (as CI does: `python3` is a link in `mktemp -d`) points its `bin/python` and its
+    `pyvenv.cfg` home at that link; without it in the sandbox the kernel cannot even start."""
+    links, path, seen = [], os.path.abspath(sys.executable), set()
+    while os.path.islink(path) and path not in seen:
+        seen.add(path)
+        target = os.readlink(path)
+        inside = path.startswith("/usr/") or any(path.startswith(p.rstrip("/") + "/") for p in bound)
+        if not inside:
+            links.append((target, path))
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return links
+
+
 def command(kernel_cmd: list[str], *, workdir: Path, sockets: Path, public_checks: Path, tmpfs_mb: int,
             env: dict[str, str]) -> list[str]:
     """The bwrap command line that runs `kernel_cmd` in the sandbox described above."""
@@ -139,8 +155,11 @@ def _args(path: str, kernel_cmd: list[str], *, workdir: Path, sockets: Path, pub
     for name in _ETC:
         if (Path("/etc") / name).exists():
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    for path in _ro_paths():
+    bound = _ro_paths()
+    for path in bound:
         args += ["--ro-bind", path, path]
+    for target, link in _interpreter_links(bound):
+        args += ["--symlink", target, link]
     args += ["--ro-bind", str(public_checks), str(CHECKS.resolve())]
     args += ["--bind", str(workdir), str(workdir), "--bind", str(sockets), str(sockets), "--chdir", str(workdir)]
     for key, value in env.items():
