@@ -130,6 +130,10 @@ def batch(course, tmp_path_factory):
         _submission(course, root / "frame", name, replace={"hvp": attacks.FRAME}),
         _submission(course, root / "proc_memory", name, replace={"hvp": attacks.PROC_MEMORY}),
         _submission(course, root / "alias", name, replace={"hvp": attacks.ALIAS}),
+        # The library's own magic box handed in: refused in the kernel, with the check's message.
+        _submission(course, root / "library", name, replace={
+            "magic_box": "from metagrad.prior import magic_box as box\n\ndef magic_box(x):\n    return box(x)",
+            "hvp": GOOD_HVP}),
         _submission(course, root / "reference", "02_ref.ipynb", notebook="02_ref.ipynb",
                     replace={"reward_to_go": attacks.REFERENCE_IMPORT}),
         # Delete the check cells: the old grader then scored only what was left.
@@ -282,12 +286,12 @@ def test_bad_files_get_a_row_and_never_lose_the_others(batch):
     assert rows["v3"]["status"] == "unsupported format" and _scores(rows["v3"]) == NOTHING
     assert "nbformat 3" in rows["v3"]["messages"]
     assert rows["bad_metadata"]["status"] == "not a notebook" and _scores(rows["bad_metadata"]) == NOTHING
-    assert len(rows) == 20 + SANDBOX
+    assert len(rows) == 21 + SANDBOX
 
 
 def test_the_csv_is_rewritten_atomically_after_every_row(batch):
     _, snapshots, root, _ = batch
-    assert [len(s.strip().splitlines()) - 1 for s in snapshots] == list(range(1, 21 + SANDBOX))
+    assert [len(s.strip().splitlines()) - 1 for s in snapshots] == list(range(1, 22 + SANDBOX))
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -570,3 +574,10 @@ def test_the_interpreter_s_links_outside_the_bound_folders_are_recreated_in_the_
     link = ["--symlink", str(real), str(tmp_path / "python3")]
     at = [i for i in range(len(args)) if args[i:i + 3] == link]
     assert len(at) == 1 and at[0] > args.index("/tmp")  # made after the empty /tmp is mounted
+
+
+def test_a_library_shortcut_is_refused_in_the_kernel_with_the_check_s_message(batch):
+    rows, _, _, _ = batch
+    row = rows["library"]
+    assert row["status"] == "graded" and row["magic_box"] == "0" and row["hvp"] != "0", row
+    assert "It calls `metagrad.prior.magic_box`, the library's own version" in row["messages"], row["messages"]

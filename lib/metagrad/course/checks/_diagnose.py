@@ -18,6 +18,11 @@ over all wrong cases, not only the first; `jit=True` / `vmap_in_axes=(0, None, .
 student's function under `jax.jit` and `jax.vmap` (`_check_transforms`); `_as_result` turns
 type, shape, dtype and NaN problems into one sentence.
 
+Some exercises forbid a shortcut (`FORBIDDEN`): the library's own version of the function the student writes, or
+automatic differentiation where the exercise asks for a derived closed form. `_call` and `_call_transformed` run
+the student's code through `Forbidding`, which makes those functions raise `ForbiddenCall` with a message
+naming the shortcut for the duration of the call (in the grading kernel too: it is pickled with the call).
+
 Every outcome is recorded in `results` (exercise name -> passed) for the notebook's own use.
 
 Grading (`metagrad course grade`) runs a check in the grader's process, not in the student's kernel: the
@@ -31,7 +36,9 @@ a reference solution into them: whatever they receive runs in the student's kern
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 from typing import Callable, Sequence
 
 import jax
@@ -83,6 +90,122 @@ class RemoteFunction:
 
 class RemoteTracedError(BaseException):
     """A check applied a JAX transformation to the student's proxy in the grader (a bug of the check)."""
+
+
+_AUTODIFF = ("grad", "value_and_grad", "vjp", "jvp", "jacfwd", "jacrev", "hessian", "linearize", "linear_transpose")
+
+
+def _library(name: str, what: str = "") -> dict[str, str]:
+    """`{target: message}` forbidding the library function `module:attr` an exercise asks the student to write."""
+    module, attr = name.split(":")
+    return {name: f"It calls `{module}.{attr}`, the library's own version of {what or 'this function'}: the exercise "
+                  "is to write it yourself (the check compares your function with it)."}
+
+
+def _no_autodiff(why: str) -> dict[str, str]:
+    return {f"jax:{attr}": f"It uses automatic differentiation (`jax.{attr}`); {why}" for attr in _AUTODIFF}
+
+
+#: Exercise -> {"module:attr": message}: calls that raise `ForbiddenCall` while the student's function runs.
+FORBIDDEN: dict[str, dict[str, str]] = {
+    "score_function_hessian": {"jax.lax:stop_gradient": "It uses stop_gradient, i.e. the magic box of the next exercise; this "
+                               "one asks for the score-function form itself: E[f(x)(∇log p ∇log pᵀ + ∇²log p)], "
+                               "with the derivatives of log p."},
+    "magic_box": _library("metagrad.prior:magic_box"),
+    "policy_evaluation": _library("metagrad.mdp:policy_evaluation"),
+    "discounted_occupancy": _library("metagrad.mdp:discounted_occupancy"),
+    "reward_to_go": {**_library("metagrad.ope:returns", "the reward-to-go"), **_library("metagrad.prior:returns", "the reward-to-go")},
+    "occupancy_policy_gradient": _library("metagrad.exact:gradient", "the policy gradient"),
+    "inner_step": _library("metagrad.exact:adapted_logits"),
+    "missing_hessian_terms": _no_autodiff("this exercise asks for the terms you derive, written with jax.numpy only."),
+    "step_importance_sampling": _library("metagrad.ope:step_importance_sampling"),
+    "doubly_robust": _library("metagrad.ope:doubly_robust"),
+    "dr_log_ratio_gradient": _no_autodiff("this exercise asks for the closed form you derive, written with jax.numpy only."),
+    "dice_objective": _library("metagrad.prior:dice_objective"),
+    "loaded_dice": _library("metagrad.prior:loaded_dice_objective"),
+    "taypo2": _library("metagrad.ope:taylor_expansion", "TayPO-K"),
+    "taypo_k": _library("metagrad.ope:taylor_expansion", "TayPO-K"),
+    "taypo_terms": _library("metagrad.ope:taylor_expansion", "TayPO-K"),
+    "squared_bias": {**_library("metagrad.experiments.maml_experiments:squared_bias"),
+                     **_library("metagrad.experiments.maml_experiments:squared_bias_report", "the squared bias")},
+    "choose_estimator": _library("metagrad.experiments.maml_experiments:choose_by_mse", "this rule"),
+}
+
+
+class ForbiddenCall(Exception):
+    """Raised by a forbidden function while a check runs the student's code (`FORBIDDEN`)."""
+
+
+@contextlib.contextmanager
+def _forbidden(forbidden: dict[str, str], namespaces: list[dict]):
+    """Replace each `module:attr` of `forbidden` by a function raising `ForbiddenCall(message)`, in its module and
+    wherever a namespace of the student's code holds it under another name; restore everything afterwards."""
+    undo = []
+    try:
+        for target, message in forbidden.items():
+            module_name, attr = target.split(":")
+            try:
+                module = importlib.import_module(module_name)
+                original = getattr(module, attr)
+            except (ImportError, AttributeError):
+                continue
+
+            def refuse(*args, _message=message, **kwargs):
+                raise ForbiddenCall(_message)
+
+            undo.append((module, attr, original))
+            setattr(module, attr, refuse)
+            for namespace in namespaces:
+                for name, value in list(namespace.items()):
+                    if value is original:
+                        undo.append((namespace, name, original))
+                        namespace[name] = refuse
+        yield
+    finally:
+        for holder, name, original in reversed(undo):
+            if isinstance(holder, dict):
+                holder[name] = original
+            else:
+                setattr(holder, name, original)
+
+
+def _namespaces(objects) -> list[dict]:
+    """The global namespaces of the functions among `objects` (through `jax.jit` and `functools.partial`)."""
+    found = []
+    for obj in objects:
+        for _ in range(4):
+            if obj is None or hasattr(obj, "__globals__"):
+                break
+            obj = getattr(obj, "__wrapped__", None) or getattr(obj, "func", None)
+        namespace = getattr(obj, "__globals__", None)
+        if isinstance(namespace, dict) and all(namespace is not other for other in found):
+            found.append(namespace)
+    return found
+
+
+class Forbidding:
+    """`fn` run with the shortcuts of `FORBIDDEN[exercise]` refused (see `_forbidden`); picklable, so the grader
+    sends it to the student's kernel, where the refusal applies to the student's own namespace."""
+
+    def __init__(self, fn: Callable, exercise: str):
+        self.fn, self.exercise = fn, exercise
+
+    def __call__(self, *args):
+        forbidden = FORBIDDEN.get(self.exercise, {})
+        if not forbidden:
+            return self.fn(*args)
+        with _forbidden(forbidden, _namespaces([self.fn, *[a for a in args if callable(a)]])):
+            return self.fn(*args)
+
+
+def _forbidding(exercise: str, fn: Callable) -> Callable:
+    return Forbidding(fn, exercise) if exercise in FORBIDDEN else fn
+
+
+def _refused(exercise: str, err: Exception) -> None:
+    """Fail with the shortcut's own message when `err` is a `ForbiddenCall` (here, or re-raised from the kernel)."""
+    if type(err).__name__ == "ForbiddenCall":
+        _fail(exercise, str(err))
 
 
 def _run(fn: Callable, args: Sequence):
@@ -147,7 +270,7 @@ def _close(a, b) -> bool:
 def _call(exercise: str, fn: Callable, args: Sequence, label: str):
     """Call the student's function; turn any exception into one friendly sentence."""
     try:
-        return _run(fn, args)
+        return _run(_forbidding(exercise, fn), args)
     except NotImplementedError:
         _fail(
             exercise,
@@ -157,6 +280,7 @@ def _call(exercise: str, fn: Callable, args: Sequence, label: str):
     except ExerciseCheckFailed:
         raise
     except Exception as err:  # noqa: BLE001 — any error in student code becomes a message
+        _refused(exercise, err)
         if "Tracer" in type(err).__name__ or "Concretization" in type(err).__name__:
             _fail(
                 exercise,
@@ -354,12 +478,13 @@ def _check_transforms(
 
 def _call_transformed(exercise: str, fn: Callable, args: Sequence, label: str):
     try:
-        return _run(fn, args)
+        return _run(_forbidding(exercise, fn), args)
     except NotImplementedError:
         _fail(exercise, "not implemented yet: replace the `raise NotImplementedError(...)` line with your code, run that cell, then run this check again.")
     except ExerciseCheckFailed:
         raise
     except Exception as err:  # noqa: BLE001
+        _refused(exercise, err)
         kind = type(err).__name__
         if "Tracer" in kind or "Concretization" in kind:
             _fail(
