@@ -5,6 +5,8 @@ where TayPO-2 was asked, an off-by-one prefix sum, a decision rule that ignores 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -13,6 +15,13 @@ from _exercises import assert_check_explains
 from metagrad import estimators, exact, ope, prior, tabular
 from metagrad.course import checks
 from metagrad.course.checks import nb06
+
+# The checks refuse a student's call of the library's own version of an exercise (`FORBIDDEN` in checks/_diagnose.py);
+# the wrong answers below that are built from those library functions call them through these aliases, bound at import
+# (the refusal replaces the module attributes, not these objects).
+taylor_expansion = functools.partial(ope.taylor_expansion)
+dice_objective = functools.partial(prior.dice_objective)
+loaded_dice_objective = functools.partial(prior.loaded_dice_objective)
 
 # ---------------------------------------------------------------------------------------------------
 # Plausible wrong answers, each with the words the check must use to explain it.
@@ -73,7 +82,7 @@ def dice_boxing_one_step(log_pi, rewards, values, gamma):
 
 def loaded_dice_time_indexed_critic(log_pi, states, rewards, critic, gamma, lam):
     values = critic[jnp.arange(states.shape[0])]  # the mistake: V(t) instead of V(x_t)
-    return prior.loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
+    return loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
 
 
 def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, lam):
@@ -85,7 +94,7 @@ def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, la
 
 
 def taypo2_is_lvc(log_ratios, rewards, values, gamma):
-    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=1)
+    return taylor_expansion(log_ratios, rewards, values, gamma, order=1)
 
 
 def _taypo2_with_second_factor(prefix_of, scale=1.0):
@@ -173,6 +182,16 @@ def spread_of_hessian_sizes(log_prob, params, obs, actions):
 def spread_of_first_and_last(log_prob, params, obs, actions):
     hessian = jax.hessian(log_prob)
     return jnp.max(jnp.abs(hessian(params, obs, actions[-1]) - hessian(params, obs, actions[0])))
+
+
+def spread_by_finite_differences(log_prob, params, obs, actions, eps=1e-4):
+    def hessian(a):  # central differences of the exact gradient, one column per unit vector
+        grad = jax.grad(log_prob)
+        return jax.vmap(lambda e: (grad(params + eps * e, obs, a) - grad(params - eps * e, obs, a)) / (2 * eps))(
+            jnp.eye(params.shape[0]))
+
+    hessians = jax.vmap(hessian)(actions)
+    return jnp.max(jnp.abs(hessians - hessians[0]))
 
 
 def spread_as_a_list(log_prob, params, obs, actions):
@@ -275,7 +294,7 @@ def meta_gradient_before_adaptation(theta, mdp, batch, critic, gamma, step_size,
 
 
 def taypo_terms_cumulative(log_ratios, rewards, values, gamma, order):
-    estimates = jnp.stack([ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
+    estimates = jnp.stack([taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
     return estimates  # the mistake: V̂_1 … V̂_K instead of Û_1 … Û_K
 
 
@@ -343,7 +362,7 @@ def dice_ratio_of_exponentials(log_pi, rewards, values, gamma):
 
 
 def loaded_dice_ignores_lambda(log_pi, states, rewards, critic, gamma, lam):
-    return prior.loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
+    return loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
 
 
 def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, lam):
@@ -357,20 +376,20 @@ def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, la
 
 def taypo2_without_g0(log_ratios, rewards, values, gamma):
     discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
-    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
+    return taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
 
 
 def taypo_k_top_term_only(log_ratios, rewards, values, gamma, order):
-    full = ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order)
+    full = taylor_expansion(log_ratios, rewards, values, gamma, order=order)
     if order == 1:
         return full
     g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))[0]
-    return full - ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
+    return full - taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
 
 
 def taypo_k_fixed_buffer(log_ratios, rewards, values, gamma, order):
     horizon = min(rewards.shape[0], 64)  # the mistake: a buffer sized for the short examples
-    return ope.taylor_expansion(log_ratios[:horizon], rewards[:horizon],
+    return taylor_expansion(log_ratios[:horizon], rewards[:horizon],
                                 jnp.concatenate([values[:horizon], values[-1:]]), gamma, order=order)
 
 
@@ -394,7 +413,7 @@ def taypo_terms_shifted(log_ratios, rewards, values, gamma, order):
     previous = g0[0]
     terms = [g0[0]]
     for k in range(1, order):
-        current = ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k)
+        current = taylor_expansion(log_ratios, rewards, values, gamma, order=k)
         terms.append(current - previous)
         previous = current
     return jnp.stack(terms)  # the mistake: Û_0 … Û_{K−1}
@@ -451,7 +470,7 @@ def dice_exclusive_everywhere(log_pi, rewards, values, gamma):
 
 def dice_float32(log_pi, rewards, values, gamma):
     f32 = jnp.float32
-    return prior.dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
+    return dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
 
 
 def dice_first_order_box(log_pi, rewards, values, gamma):
@@ -516,7 +535,7 @@ def loaded_dice_lambda_outside(log_pi, states, rewards, critic, gamma, lam):
 
 def loaded_dice_float32(log_pi, states, rewards, critic, gamma, lam):
     values = critic[states].astype(jnp.float32)
-    return prior.loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
+    return loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
 
 
 def _taypo2_variant(log_ratios, rewards, values, gamma, *, d=None, discount=True, bootstrap=True):
@@ -540,17 +559,17 @@ def taypo2_no_bootstrap(log_ratios, rewards, values, gamma):
 
 def taypo2_float32(log_ratios, rewards, values, gamma):
     f32 = jnp.float32
-    return ope.taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
+    return taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
 
 
 def taypo_k_without_g0(log_ratios, rewards, values, gamma, order):
     g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]
-    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
+    return taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
 
 
 def taypo_k_float32(log_ratios, rewards, values, gamma, order):
     f32 = jnp.float32
-    return ope.taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
+    return taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
 
 
 def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
@@ -559,7 +578,7 @@ def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
 
 def _taypo_terms(log_ratios, rewards, values, gamma, order):
     estimates = [ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]]
-    estimates += [ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
+    estimates += [taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
     return jnp.diff(jnp.stack(estimates)), estimates[0]
 
 
@@ -687,6 +706,7 @@ WRONG_ANSWERS = [
     ("hessian_spread_over_actions", spread_of_hessian_sizes, "size of the Hessians"),
     ("hessian_spread_over_actions", spread_of_first_and_last, "first and the last"),
     ("hessian_spread_over_actions", spread_as_a_list, "expected one number"),
+    ("hessian_spread_over_actions", spread_by_finite_differences, "finite differences"),
     ("choose_estimator", choose_lowest_variance, "ignores the bias"),
     ("choose_estimator", choose_ignoring_budget, "ignores N"),
     ("choose_estimator", choose_squaring_twice, "squares the squared bias"),
@@ -802,7 +822,7 @@ def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
     def surrogate(order):
         def f(th):
             lp = log_pi(th)
-            return ope.taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
+            return taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
 
         return jax.hessian(f)(theta)
 

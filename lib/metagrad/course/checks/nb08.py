@@ -250,6 +250,10 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
     for label, args in cases:
         expected = float(reference(*args))
         got = _call(exercise, student, args, f"{label} (under jax.jit)")
+        if expected == 0.0 and np.ndim(got) == 0 and 0.0 < abs(float(got)) < 1e-6:
+            _fail(exercise, f"on {label}, whose ∇²ℓ is the same for every action, it returned {float(got):.2g} instead of "
+                            "exactly 0: an approximate Hessian (finite differences?) leaves a rounding residue. Autodiff gives "
+                            "the Hessian exactly, and the notebook needs the exact 0 to tell the classes apart.")
         try:
             got = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
