@@ -62,6 +62,17 @@ def check_hvp(hvp: Callable) -> str:
         ),
     ]
     mistakes.append((lambda f, x, v: -reference(f, x, v), "It is −∇²f(x) v: the sign is flipped."))
+    mistakes += [
+        (
+            lambda f, x, v: jax.jvp(f, (x,), (v,))[1] * v,
+            "It is (∇f(x)·v) v, the directional derivative of f times v: a first derivative; the product needs the "
+            "derivative of the gradient ∇f along v.",
+        ),
+        (
+            lambda f, x, v: reference(f, v, x),
+            "It is ∇²f(v) x, with x and v swapped: the Hessian is taken at the point x and multiplies the direction v.",
+        ),
+    ]
     mistakes += [(_finite_difference(h, central), _FINITE_DIFFERENCE_HINT) for h in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6) for central in (True, False)]
     _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
     _refuse_approximation(hvp, reference)
@@ -228,6 +239,11 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             "It is mean(r) × mean(∇ log π): each reward must multiply the score of its own action, inside the average.",
         ),
         (
+            lambda th, a, r: reference(th, a, r - jnp.mean(r)),
+            "It subtracts the batch-mean reward (a baseline): that changes the estimate (and, with the sample's own "
+            "mean, biases it slightly); the exercise asks for the plain estimate (1/N) Σ r_i ∇log π(a_i).",
+        ),
+        (
             lambda th, a, r: jax.grad(lambda t: jnp.mean(jax.nn.log_softmax(t)[a]))(th),
             "It ignores the rewards (it is the mean score, whose expectation is 0): weight each score by its reward r_i.",
         ),
@@ -297,6 +313,11 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
             lambda th, a, r: parts(th, a, r)[1],
             "It has only the score outer products ∇ℓ ∇ℓᵀ: the other term of the product rule, from differentiating the "
             "score itself, is missing.",
+        ),
+        (
+            lambda th, a, r: parts(th, a, r)[0] + parts(th, a, jnp.ones_like(r))[1],
+            "Its score outer products are not weighted by the rewards: each sample's whole term, ∇²ℓ_i + ∇ℓ_i ∇ℓ_iᵀ, "
+            "is multiplied by its r_i.",
         ),
         (lambda th, a, r: reference(th, a, r) * r.shape[0], "It is N times too large: average over the samples instead of summing."),
         (mean_score_outer, "It uses the outer product of the averaged score: each sample needs its own ∇ℓ_i ∇ℓ_iᵀ."),

@@ -38,6 +38,64 @@ def _mdp_cases():
     return cases
 
 
+_NEAR_ONE = 0.9999  # an effective horizon of 10 000 steps: a few thousand iterations are far from converged
+
+
+def _near_one_case(label: str = "γ = 0.9999 (an effective horizon of 10 000 steps)"):
+    """A 4-state MDP with γ = 0.9999: any fixed number K ≤ 20 000 of backups or loop steps misses ≥ γ^K ≈ 14 % of the sum."""
+    rng = np.random.default_rng(21)
+    gamma = _NEAR_ONE if jnp.result_type(float) == jnp.float64 else 0.999  # float32 cannot resolve 1 − 10⁻⁴ well
+    return (label, (_random_mdp(rng, 4, 2, gamma), _random_policy(rng, 4, 2)))
+
+
+def _iterates(start, step, cap=100_000):
+    """The iterates start, step(start), … (NumPy, float64) up to `cap` steps, as one [cap + 1, S] array."""
+    out = np.empty((cap + 1, start.shape[0]))
+    out[0] = start
+    for k in range(cap):
+        out[k + 1] = step(out[k])
+    return out
+
+
+def _refuse_fixed_iterations(
+    exercise: str, student_fn: Callable, reference: Callable, what: str, *, only_named: bool, skip=frozenset()
+) -> None:
+    """Fail with a named message when the student's result on the γ ≈ 1 case is a fixed number of iterations.
+
+    `what` is "backup" (V ← r^π + γ P^π V from V = 0) or "occupancy" (d ← p_0 + γ (P^π)ᵀ d from d = 0). Any K up to
+    100 000 is recognised. Run before the other cases with `only_named=True` (fails only when the result is such an
+    iterate) and after them with `only_named=False` (any result wrong only here gets the same advice without a K).
+    `skip` lists the K that the mistakes of `_compare` name on every input (0, 1: zero and r^π; the usual caps).
+    """
+    from metagrad.course.checks._diagnose import _call, _close, _fail
+
+    label, (mdp, policy) = _near_one_case()
+    got = np.asarray(_call(exercise, student_fn, (mdp, policy), label), dtype=np.float64)
+    expected = np.asarray(reference(mdp, policy), dtype=np.float64)
+    if got.shape != expected.shape or _close(got, expected):
+        return
+    p_pi, r_pi = (np.asarray(a, dtype=np.float64) for a in _p_pi(mdp, policy))
+    gamma = float(mdp.gamma)
+    if what == "backup":
+        path = _iterates(np.zeros_like(r_pi), lambda v: r_pi + gamma * p_pi @ v)
+    else:
+        p0 = np.asarray(mdp.initial, dtype=np.float64)
+        path = _iterates(np.zeros_like(p0), lambda d: p0 + gamma * p_pi.T @ d)
+    scale = np.max(np.abs(expected))
+    distance = np.max(np.abs(path - got), axis=1) / scale
+    k = int(np.argmin(distance))
+    if only_named and (distance[k] >= 1e-6 or k in skip):
+        return
+    found = f"it matches {k} iterations of the fixed-point update from zero" if distance[k] < 1e-6 else (
+        "it is wrong only at γ close to 1 (right at γ ≤ 0.99)")
+    _fail(
+        exercise,
+        f"on {label}: {found} (largest relative error {np.max(np.abs(got - expected)) / scale:.2g}). After K "
+        f"iterations the error shrinks only like γ^K: with γ = {gamma} a few thousand leave a large part of the sum "
+        "out; solve the linear system once instead.",
+    )
+
+
 def _p_pi(mdp, policy):
     return jnp.einsum("sa,sat->st", policy, mdp.transitions), jnp.sum(policy * mdp.rewards, axis=-1)
 
@@ -83,6 +141,11 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         ),
         *_capped_backups("It matches {K} Bellman backups from V = 0, a truncated sum: V^π is the fixed point of the "
                          "backup, the solution of a linear system."),
+        (
+            lambda mdp, policy: jnp.full(policy.shape[0], jnp.dot(mdp.initial, reference(mdp, policy))),
+            "It returns the scalar J = p_0ᵀV^π copied into every state: policy_evaluation returns one value per state, "
+            "V^π(x) for each start state x.",
+        ),
         (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
         (
             lambda mdp, policy: (1 - mdp.gamma) * reference(mdp, policy),
@@ -98,6 +161,8 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
             "It uses the rewards of action 0 only: r^π(x) = Σ_a π(a|x) r(x, a) averages over the policy's actions.",
         ),
     ]
+    _refuse_fixed_iterations("policy_evaluation", policy_evaluation, reference, "backup", only_named=True,
+                             skip={0, 1, *_BACKUP_CAPS})
     _compare(
         "policy_evaluation",
         policy_evaluation,
@@ -107,9 +172,10 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         mistakes=mistakes,
         jit=True,
     )
+    _refuse_fixed_iterations("policy_evaluation", policy_evaluation, reference, "backup", only_named=False)
     return (
-        "matches metagrad.mdp.policy_evaluation on 6 MDPs (random, near-deterministic, γ = 0, one state, "
-        "deterministic policy, random start), also under jax.jit."
+        "matches metagrad.mdp.policy_evaluation on 7 MDPs (random, near-deterministic, γ = 0, one state, "
+        "deterministic policy, random start, γ = 0.9999), also under jax.jit."
     )
 
 
@@ -145,6 +211,15 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
             ),
             "It starts from the uniform distribution: the visits start from the start distribution mdp.initial.",
         ),
+        (
+            lambda mdp, policy: jnp.linalg.solve(
+                jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0].T, _p_pi(mdp, policy)[0].T @ mdp.initial
+            ),
+            "It solves with p_1 = (P^π)ᵀ p_0 on the right-hand side, the visits from t = 1 on shifted back one step: "
+            "the right-hand side is the t = 0 term, the start distribution p_0 itself.",
+        ),
+        (_stationary_over_one_minus_gamma, "It is the stationary distribution divided by (1 − γ), the long-run visits: "
+                                           "d^π weights early steps most (γ^t), so it depends on where the chain starts, p_0."),
         (normalised, "It is the normalised occupancy (1 − γ) d^π; here we want the unnormalised one, summing to 1/(1 − γ)."),
         (
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0].T, jnp.ones(policy.shape[0])),
@@ -153,6 +228,8 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         *_capped_loops("It matches the sum stopped after {K} steps: d^π is the infinite sum, and with γ = 0.99 the "
                        "steps left out still carry visible mass; derive the linear equation d^π satisfies and solve it once."),
     ]
+    _refuse_fixed_iterations("discounted_occupancy", discounted_occupancy, jax.jit(mdp_lib.discounted_occupancy), "occupancy",
+                             only_named=True, skip={0, 1, *_LOOP_CAPS})
     cases = _mdp_cases()
     long_memory = _random_mdp(np.random.default_rng(12), 5, 3, 0.99)
     cases.append(("γ = 0.99 (an effective horizon of about 100 steps)", (long_memory, _random_policy(np.random.default_rng(13), 5, 3))))
@@ -165,10 +242,19 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         mistakes=mistakes,
         jit=True,
     )
+    _refuse_fixed_iterations("discounted_occupancy", discounted_occupancy, jax.jit(mdp_lib.discounted_occupancy), "occupancy", only_named=False)
     return (
-        "matches metagrad.mdp.discounted_occupancy on 7 MDPs (random, near-deterministic, γ = 0, one state, "
-        "deterministic policy, random start, γ = 0.99), also under jax.jit."
+        "matches metagrad.mdp.discounted_occupancy on 8 MDPs (random, near-deterministic, γ = 0, one state, "
+        "deterministic policy, random start, γ = 0.99 and γ = 0.9999), also under jax.jit."
     )
+
+
+def _stationary_over_one_minus_gamma(mdp, policy):
+    """The stationary distribution of P^π (eigenvalue 1 of (P^π)ᵀ, normalised) divided by (1 − γ)."""
+    p = np.asarray(_p_pi(mdp, policy)[0], dtype=np.float64)
+    values, vectors = np.linalg.eig(p.T)
+    stationary = np.real(vectors[:, int(np.argmin(np.abs(values - 1.0)))])
+    return stationary / stationary.sum() / (1 - float(mdp.gamma))
 
 
 def _full_occupancy(mdp, policy):
@@ -177,7 +263,11 @@ def _full_occupancy(mdp, policy):
     return mdp_lib.discounted_occupancy(mdp, policy)
 
 
-def _capped_backups(hint: str, caps=(10, 50, 100, 200, 500, 1000)):
+_BACKUP_CAPS = (10, 50, 100, 200, 500, 1000)
+_LOOP_CAPS = (50, 64, 100, 128, 200, 256, 500, 1000)
+
+
+def _capped_backups(hint: str, caps=_BACKUP_CAPS):
     """Mistakes "V ← r^π + γ P^π V repeated K times from V = 0" (value iteration stopped early), one per usual K."""
 
     def capped(cap):
@@ -193,7 +283,7 @@ def _capped_backups(hint: str, caps=(10, 50, 100, 200, 500, 1000)):
     return [(capped(cap), hint.format(K=cap)) for cap in caps]
 
 
-def _capped_loops(hint: str, caps=(50, 64, 100, 128, 200, 256, 500, 1000)):
+def _capped_loops(hint: str, caps=_LOOP_CAPS):
     """Mistakes "the loop over time stops after K steps" (a fixed-size buffer or loop), one per usual K."""
 
     def capped(cap):
@@ -248,6 +338,11 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
         (variant("short"), "It sums T − 1 terms (off by one): t runs over 0, …, T − 1."),
         (variant("skip_first"), "It starts from p_1 instead of p_0 (off by one): the start distribution counts at t = 0."),
         (lambda m, pi, T: _full_occupancy(m, pi), "It is the full d^π: sum only the first `horizon` terms."),
+        (
+            lambda m, pi, T: (1 - float(m.gamma)) * reference_truncated_occupancy(m, pi, T),
+            "It is (1 − γ) times the truncated sum, the normalised occupancy: here we want the plain Σ_{t<T} γ^t p_t, "
+            "with no (1 − γ) factor.",
+        ),
         (
             lambda m, pi, T: float(m.gamma) * reference_truncated_occupancy(m, pi, T),
             "It discounts the visits at time t by γ^(t+1), one factor too many: the start distribution counts with weight 1.",

@@ -137,6 +137,8 @@ def _reinforce_reference(
         returns = jnp.concatenate([returns[:, 1:], last[:, None]], axis=1)
     elif returns_from == "0":  # the whole return G_0 at every step
         returns = jnp.broadcast_to(returns[:, :1], returns.shape)
+    elif returns_from == "r":  # the immediate reward r_t in place of G_t
+        returns = rewards.astype(returns.dtype)
     if time_indexed == "next":  # the critic of the next state, critic[x_{t+1}]
         subtracted = critic[states[:, 1:]]
     else:
@@ -218,6 +220,27 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
             "It weights every step by the whole return G_0: an action cannot change the rewards that came before it, so "
             "step t's weight should count only the rewards from t on.",
         ),
+        *[
+            (
+                lambda *a, _b=b: _reinforce_reference(*a, returns_from="0", discount_weights=False, baseline=_b),
+                "It weights every step by the whole return G_0 with no γ^t: step t's weight is γ^t (G_t − critic[x_t]), "
+                "the discounted return from t on (an action cannot change earlier rewards).",
+            )
+            for b in (True, False)
+        ],
+        (
+            lambda *a: _reinforce_reference(*a) / a[1].rewards.shape[1],
+            "It is T times too small (divided by the horizon): average over trajectories only; the steps of one "
+            "trajectory are summed, Σ_t γ^t Â_t ∇ℓ_t.",
+        ),
+        *[
+            (
+                lambda *a, _b=b: _reinforce_reference(*a, returns_from="r", baseline=_b),
+                "It weights step t by the immediate reward r_t instead of the return G_t: the action a_t also changes "
+                "every later reward, so its weight must count them (G_t = r_t + γ G_{t+1}).",
+            )
+            for b in (True, False)
+        ],
     ]
     _compare(
         "reinforce_gradient",
@@ -278,6 +301,8 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
             }.get(kind, occupancy)
             out = occ[:, None] * weight
             out = out if kind == "no_pi" else out * (1 - pi) if kind == "one_minus_pi" else out * pi
+            if kind in ("diag_q", "diag_a"):
+                out = occ[:, None] * pi * (1 - pi) * (q if kind == "diag_q" else q - v[:, None])
             return {"sign": -out, "gamma": mdp.gamma * out}.get(kind, out)
 
         return wrong
@@ -303,6 +328,14 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
             "It multiplies the advantage by 1 − π(a|x), the derivative of log π(a|x) in its own logit: the field is "
             "Σ_b Q(x, b) ∂π(b|x)/∂θ[x, a], a sum over every action b, not only b = a.",
         ),
+        *[
+            (
+                variant(kind),
+                "It uses π(a|x)(1 − π(a|x)), only the diagonal of the softmax Jacobian: ∂π(b|x)/∂θ[x, a] = −π(b|x)π(a|x) "
+                "is not zero for b ≠ a, so the field is Σ_b Q(x, b) ∂π(b|x)/∂θ[x, a] over every action b.",
+            )
+            for kind in ("diag_q", "diag_a")
+        ],
     ]
     _compare(
         "occupancy_policy_gradient",

@@ -49,6 +49,11 @@ def check_inner_step(inner_step: Callable) -> str:
             lambda m, th, eta: eta * exact.gradient(m, th),
             "It returns only the step η ∇J(θ): θ' starts from θ.",
         ),
+        (
+            lambda m, th, eta: th + eta * exact.gradient(m, th) / jnp.linalg.norm(exact.gradient(m, th)),
+            "It normalises the gradient (η ∇J/‖∇J‖): MAML's inner step is the plain gradient step θ + η ∇J(θ), whose "
+            "length scales with ‖∇J‖.",
+        ),
     ]
     _compare(
         "inner_step",
@@ -77,7 +82,48 @@ def check_inner_step(inner_step: Callable) -> str:
             else ""
         )
         _fail("inner_step", f"θ' is right, but differentiating J(θ'(θ)) does not give the exact meta-gradient.{hint}")
-    return "matches metagrad.exact.adapted_logits on 3 inputs (also under jax.jit and jax.vmap over tasks), and the meta-gradient through it is exact."
+    _refuse_approximate_step(inner_step)
+    return (
+        "matches metagrad.exact.adapted_logits on 3 inputs (also under jax.jit and jax.vmap over tasks); its step "
+        f"matches η ∇J to {_STEP_RTOL:.0e} relative in float64 (finite differences miss by 4e-9 or more there), and "
+        "jax.grad through it matches metagrad.exact.maml_gradient on one task."
+    )
+
+
+_STEP_RTOL = 1e-11  # jax.grad of exact.value meets it (~1e-15); central differences on `_step_exactness_case` miss (≥ 4e-9)
+
+
+def _step_exactness_case():
+    """`(mdp, logits, label)` on which central finite differences of J are visibly inexact in float64."""
+    rng = np.random.default_rng(31)
+    mdp = _random_mdp(rng, 4, 3, 0.999)
+    return mdp, _float(2.0 * rng.normal(size=(4, 3))), "a 4-state MDP with γ = 0.999 and large logits (step size 1)"
+
+
+def _refuse_approximate_step(inner_step: Callable) -> None:
+    """Refuse θ' whose step is only approximately η ∇J(θ), such as central finite differences of `exact.value`.
+
+    On `_step_exactness_case` (γ = 0.999: J ~ 10³ makes rounding in J(θ ± h e) cost ~ε·10³/h; peaked logits make the
+    third derivative large) the best central difference over h is off by ≥ 4e-9 relative (tests scan h), while
+    autodiff agrees with `exact.gradient` to ~1e-15. Float64 only (the notebook's precision).
+    """
+    from metagrad import exact
+
+    if jnp.result_type(float) != jnp.float64:
+        return
+    mdp, theta, label = _step_exactness_case()
+    got = np.asarray(_call("inner_step", inner_step, (mdp, theta, 1.0), label), dtype=np.float64)
+    expected = np.asarray(jax.jit(exact.gradient)(mdp, theta), dtype=np.float64)
+    if got.shape != expected.shape:
+        _fail("inner_step", f"on {label} it returned shape {got.shape}; expected {expected.shape} (same as logits).")
+    relative = float(np.max(np.abs(got - np.asarray(theta) - expected)) / np.max(np.abs(expected)))
+    if relative > _STEP_RTOL:
+        _fail(
+            "inner_step",
+            f"on {label} its step θ' − θ matches ∇J(θ) only to ~{relative:.0e} (relative): finite differences of J "
+            "are approximate; differentiate exact.value with jax.grad, which is exact (to better than "
+            f"{_STEP_RTOL:.0e} here) and keeps the meta-gradient exact.",
+        )
 
 
 def reference_missing_hessian_terms(scores, advantages, gamma) -> np.ndarray:
@@ -141,7 +187,20 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
         total = scores.sum(0)
         return float(np.sum(gamma ** np.arange(len(scores)) * np.asarray(adv))) * np.outer(total, total)
 
+    def with_future(scores, adv, gamma):  # g_t paired with the later scores S_{>t}
+        scores = np.asarray(scores)
+        out = 0.0
+        for t, g in enumerate(scores):
+            future = scores[t + 1 :].sum(0)
+            out = out + gamma**t * float(adv[t]) * (np.outer(g, g) + np.outer(g, future) + np.outer(future, g))
+        return out
+
     mistakes = [
+        (
+            with_future,
+            "It pairs g_t with the later scores S_{>t}: step t's reward depends only on actions up to t, so its weight "
+            "multiplies products of g_t with the earlier scores S_{<t}.",
+        ),
         (
             with_past(1.0, 1.0),
             "It is Σ_t γ^t Â_t (S_{<t} + g_t)(S_{<t} + g_t)ᵀ: the S_{<t} S_{<t}ᵀ part belongs to earlier steps' terms, "
@@ -197,6 +256,12 @@ def reference_expected_surrogate_hessian(mdp, logits_fn: Callable, params) -> ja
     v, q = mdp_lib.policy_evaluation(mdp, pi)
     weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * (q - v[:, None])
     return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
+
+
+def _exact_value(mdp, logits):
+    from metagrad import exact
+
+    return exact.value(mdp, logits)
 
 
 def _policy_classes(num_states: int, num_actions: int, seed: int):
@@ -261,6 +326,7 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                 "no_occupancy": mdp.initial[:, None] * pi * adv,
                 "start_0": mdp_lib.discounted_occupancy(mdp._replace(initial=jnp.eye(mdp.num_states)[0]), pi)[:, None] * pi * adv,
                 "no_pi": d[:, None] * adv,
+                "no_states": pi * adv,
                 "lvc": d[:, None] * pi * adv,
                 "normalised": (1 - mdp.gamma) * d[:, None] * pi * adv,
             }[kind]
@@ -276,6 +342,18 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                        "subtracted; what is its mean given x_t = x and a_t = a?"),
         (variant("no_occupancy"), "It weights states by the start distribution only: every visit to x, at every step t, counts "
                                   "(discounted by γ^t), an occupancy of the kind notebook 01 computed."),
+        (variant("no_states"), "It sums over states with equal weight: each state counts as often as it is visited, "
+                               "discounted, i.e. weighted by the occupancy d^π(x) of notebook 01."),
+        (
+            lambda mdp, fn, params: jnp.zeros((params.shape[0], params.shape[0])),
+            "It is zero: true only for logits linear in θ (tabular, log-linear); for the tanh network ∇²log π depends "
+            "on the action and the expectation is not zero.",
+        ),
+        (
+            lambda mdp, fn, params: jax.hessian(lambda p: _exact_value(mdp, fn(p)))(params),
+            "It is the exact Hessian ∇²J: the surrogate's expected Hessian keeps only the Σ_t γ^t Â_t ∇²ℓ_t part, "
+            "without the products of scores (the missing terms of section 2).",
+        ),
         (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
         (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
         (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),

@@ -114,6 +114,10 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
             "It uses the log-ratios κ_t as the ratios: ρ_t = exp(κ_t).",
         ),
         (
+            lambda lr, r, v, gamma: no_bootstrap(lr, r, v, gamma) + gamma ** (r.shape[0] - 1) * jnp.exp(jnp.sum(lr)) * v[-1],
+            "Its bootstrap term is discounted by γ^(T−1), one factor short: V(x_T) comes T steps after x_0, so γ^T.",
+        ),
+        (
             lambda lr, r, v, gamma: no_bootstrap(lr, r, v, gamma) + jnp.exp(jnp.sum(lr)) * v[-1],
             "Its bootstrap term lacks the discount γ^T: V(x_T) comes T steps after x_0.",
         ),
@@ -140,6 +144,14 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
         ),
     ]
     return _check_ope("step_importance_sampling", step_importance_sampling, ope.step_importance_sampling, mistakes, "metagrad.ope.step_importance_sampling")
+
+
+def _dr_variant(lr, r, v, gamma, *, outside, inside):
+    """V̂_t = outside·V(x_t) + ρ_t (r_t + γ V̂_{t+1} − inside·V(x_t)) from V̂_T = V(x_T) (DR: outside = inside = 1)."""
+    est = v[-1]
+    for t in reversed(range(r.shape[0])):
+        est = outside * v[t] + jnp.exp(lr[t]) * (r[t] + gamma * est - inside * v[t])
+    return est
 
 
 @_register("04", "doubly_robust")
@@ -170,6 +182,16 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
             lambda *a: loop(*a, one_step=True),
             "It uses the critic V(x_{t+1}) where the recursion needs the next estimate V̂_{t+1}: only one step of "
             "corrections survives (that is a one-step, V-trace-like target with c̄ = 0).",
+        ),
+        (
+            lambda *a: _dr_variant(*a, outside=0.0, inside=1.0),
+            "It has −ρ_t V(x_t) inside the ratio's bracket but not the + V(x_t) outside it: the control variate is "
+            "V(x_t) − ρ_t V(x_t), whose mean under μ is zero.",
+        ),
+        (
+            lambda lr, r, v, gamma: _dr_variant(lr, r, v, gamma, outside=gamma, inside=gamma),
+            "Its control variate is γ V(x_t): the critic's value of the state x_t is V(x_t), undiscounted (the step's "
+            "own reward r_t is not discounted either).",
         ),
         (lambda *a: loop(*a, sign=-1.0), "The control variate has the wrong sign: add V(x_t) − ρ_t V(x_t), not its negative."),
         (
@@ -225,6 +247,16 @@ def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
         (
             lambda r, v, g: -reference(r, v, g),
             "It has the wrong sign (it is minus the derivative): ∂ρ_t/∂κ_t = +ρ_t; check the sign of what ρ_t multiplies.",
+        ),
+        (
+            lambda r, v, g: jnp.cumsum(discount(r, g) * (r + g * v[1:] - v[:-1])),
+            "It sums the discounted TD errors of the steps up to t (a forward cumulative sum): κ_t reweights what "
+            "follows a_t, so its derivative sums the TD errors from t on (a reverse cumulative sum).",
+        ),
+        (
+            lambda r, v, g: discount(r, g) * r,
+            "It is γ^t r_t, the discounted reward of step t only: ρ_t also reweights everything after a_t, and the "
+            "critic's control variate V(x_t) is subtracted.",
         ),
         (lambda r, v, g: discount(r, g) * (_returns(r, v, g) - v[1:]), "It subtracts V(x_{t+1}) (off by one): the control variate at step t is V(x_t)."),
         (lambda r, v, g: discount(r, g) * (_returns(r, jnp.zeros_like(v), g) - v[:-1]), "Its returns ignore the bootstrap γ^{T−t} V(x_T) at the end of the trajectory."),
