@@ -5,6 +5,8 @@ where TayPO-2 was asked, an off-by-one prefix sum, a decision rule that ignores 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -13,6 +15,14 @@ from _exercises import assert_check_explains
 from metagrad import estimators, exact, ope, prior, tabular
 from metagrad.course import checks
 from metagrad.course.checks import nb06
+
+
+# Wrong answers built from the library's own functions call them through these aliases: the checks refuse a call of
+# `ope.taylor_expansion` / `prior.dice_objective` / `prior.loaded_dice_objective` made by the student's code (the
+# shortcut tests at the end call them by name and are refused).
+_taylor_expansion = functools.partial(ope.taylor_expansion)
+_dice_objective = functools.partial(prior.dice_objective)
+_loaded_dice_objective = functools.partial(prior.loaded_dice_objective)
 
 # ---------------------------------------------------------------------------------------------------
 # Plausible wrong answers, each with the words the check must use to explain it.
@@ -73,7 +83,7 @@ def dice_boxing_one_step(log_pi, rewards, values, gamma):
 
 def loaded_dice_time_indexed_critic(log_pi, states, rewards, critic, gamma, lam):
     values = critic[jnp.arange(states.shape[0])]  # the mistake: V(t) instead of V(x_t)
-    return prior.loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
+    return _loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
 
 
 def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, lam):
@@ -85,7 +95,7 @@ def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, la
 
 
 def taypo2_is_lvc(log_ratios, rewards, values, gamma):
-    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=1)
+    return _taylor_expansion(log_ratios, rewards, values, gamma, order=1)
 
 
 def _taypo2_with_second_factor(prefix_of, scale=1.0):
@@ -275,7 +285,7 @@ def meta_gradient_before_adaptation(theta, mdp, batch, critic, gamma, step_size,
 
 
 def taypo_terms_cumulative(log_ratios, rewards, values, gamma, order):
-    estimates = jnp.stack([ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
+    estimates = jnp.stack([_taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
     return estimates  # the mistake: V̂_1 … V̂_K instead of Û_1 … Û_K
 
 
@@ -343,7 +353,7 @@ def dice_ratio_of_exponentials(log_pi, rewards, values, gamma):
 
 
 def loaded_dice_ignores_lambda(log_pi, states, rewards, critic, gamma, lam):
-    return prior.loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
+    return _loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
 
 
 def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, lam):
@@ -357,20 +367,20 @@ def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, la
 
 def taypo2_without_g0(log_ratios, rewards, values, gamma):
     discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
-    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
+    return _taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
 
 
 def taypo_k_top_term_only(log_ratios, rewards, values, gamma, order):
-    full = ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order)
+    full = _taylor_expansion(log_ratios, rewards, values, gamma, order=order)
     if order == 1:
         return full
     g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))[0]
-    return full - ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
+    return full - _taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
 
 
 def taypo_k_fixed_buffer(log_ratios, rewards, values, gamma, order):
     horizon = min(rewards.shape[0], 64)  # the mistake: a buffer sized for the short examples
-    return ope.taylor_expansion(log_ratios[:horizon], rewards[:horizon],
+    return _taylor_expansion(log_ratios[:horizon], rewards[:horizon],
                                 jnp.concatenate([values[:horizon], values[-1:]]), gamma, order=order)
 
 
@@ -394,7 +404,7 @@ def taypo_terms_shifted(log_ratios, rewards, values, gamma, order):
     previous = g0[0]
     terms = [g0[0]]
     for k in range(1, order):
-        current = ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k)
+        current = _taylor_expansion(log_ratios, rewards, values, gamma, order=k)
         terms.append(current - previous)
         previous = current
     return jnp.stack(terms)  # the mistake: Û_0 … Û_{K−1}
@@ -451,7 +461,7 @@ def dice_exclusive_everywhere(log_pi, rewards, values, gamma):
 
 def dice_float32(log_pi, rewards, values, gamma):
     f32 = jnp.float32
-    return prior.dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
+    return _dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
 
 
 def dice_first_order_box(log_pi, rewards, values, gamma):
@@ -516,7 +526,7 @@ def loaded_dice_lambda_outside(log_pi, states, rewards, critic, gamma, lam):
 
 def loaded_dice_float32(log_pi, states, rewards, critic, gamma, lam):
     values = critic[states].astype(jnp.float32)
-    return prior.loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
+    return _loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
 
 
 def _taypo2_variant(log_ratios, rewards, values, gamma, *, d=None, discount=True, bootstrap=True):
@@ -540,17 +550,17 @@ def taypo2_no_bootstrap(log_ratios, rewards, values, gamma):
 
 def taypo2_float32(log_ratios, rewards, values, gamma):
     f32 = jnp.float32
-    return ope.taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
+    return _taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
 
 
 def taypo_k_without_g0(log_ratios, rewards, values, gamma, order):
     g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]
-    return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
+    return _taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
 
 
 def taypo_k_float32(log_ratios, rewards, values, gamma, order):
     f32 = jnp.float32
-    return ope.taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
+    return _taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
 
 
 def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
@@ -559,7 +569,7 @@ def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
 
 def _taypo_terms(log_ratios, rewards, values, gamma, order):
     estimates = [ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]]
-    estimates += [ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
+    estimates += [_taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
     return jnp.diff(jnp.stack(estimates)), estimates[0]
 
 
@@ -802,7 +812,7 @@ def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
     def surrogate(order):
         def f(th):
             lp = log_pi(th)
-            return ope.taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
+            return _taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
 
         return jax.hessian(f)(theta)
 
