@@ -16,12 +16,13 @@ from metagrad import estimators, exact, ope, prior, tabular
 from metagrad.course import checks
 from metagrad.course.checks import nb06
 
-# The checks refuse a student's call of the library's own version of an exercise (`FORBIDDEN` in checks/_diagnose.py);
-# the wrong answers below that are built from those library functions call them through these aliases, bound at import
-# (the refusal replaces the module attributes, not these objects).
-taylor_expansion = functools.partial(ope.taylor_expansion)
-dice_objective = functools.partial(prior.dice_objective)
-loaded_dice_objective = functools.partial(prior.loaded_dice_objective)
+
+# Wrong answers built from the library's own functions call them through these aliases: the checks refuse a call of
+# `ope.taylor_expansion` / `prior.dice_objective` / `prior.loaded_dice_objective` made by the student's code (the
+# shortcut tests at the end call them by name and are refused).
+_taylor_expansion = functools.partial(ope.taylor_expansion)
+_dice_objective = functools.partial(prior.dice_objective)
+_loaded_dice_objective = functools.partial(prior.loaded_dice_objective)
 
 # ---------------------------------------------------------------------------------------------------
 # Plausible wrong answers, each with the words the check must use to explain it.
@@ -82,7 +83,7 @@ def dice_boxing_one_step(log_pi, rewards, values, gamma):
 
 def loaded_dice_time_indexed_critic(log_pi, states, rewards, critic, gamma, lam):
     values = critic[jnp.arange(states.shape[0])]  # the mistake: V(t) instead of V(x_t)
-    return loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
+    return _loaded_dice_objective(log_pi, rewards, values, gamma, lam=lam)
 
 
 def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, lam):
@@ -94,7 +95,7 @@ def loaded_dice_without_stop_gradient(log_pi, states, rewards, critic, gamma, la
 
 
 def taypo2_is_lvc(log_ratios, rewards, values, gamma):
-    return taylor_expansion(log_ratios, rewards, values, gamma, order=1)
+    return _taylor_expansion(log_ratios, rewards, values, gamma, order=1)
 
 
 def _taypo2_with_second_factor(prefix_of, scale=1.0):
@@ -294,7 +295,7 @@ def meta_gradient_before_adaptation(theta, mdp, batch, critic, gamma, step_size,
 
 
 def taypo_terms_cumulative(log_ratios, rewards, values, gamma, order):
-    estimates = jnp.stack([taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
+    estimates = jnp.stack([_taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)])
     return estimates  # the mistake: V̂_1 … V̂_K instead of Û_1 … Û_K
 
 
@@ -362,7 +363,7 @@ def dice_ratio_of_exponentials(log_pi, rewards, values, gamma):
 
 
 def loaded_dice_ignores_lambda(log_pi, states, rewards, critic, gamma, lam):
-    return loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
+    return _loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=1.0)
 
 
 def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, lam):
@@ -376,20 +377,20 @@ def loaded_dice_ratio_of_exponentials(log_pi, states, rewards, critic, gamma, la
 
 def taypo2_without_g0(log_ratios, rewards, values, gamma):
     discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
-    return taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
+    return _taylor_expansion(log_ratios, rewards, values, gamma, order=2) - ope.returns(rewards, values, discounts)[0]
 
 
 def taypo_k_top_term_only(log_ratios, rewards, values, gamma, order):
-    full = taylor_expansion(log_ratios, rewards, values, gamma, order=order)
+    full = _taylor_expansion(log_ratios, rewards, values, gamma, order=order)
     if order == 1:
         return full
     g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))[0]
-    return full - taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
+    return full - _taylor_expansion(log_ratios, rewards, values, gamma, order=order - 1) + g0
 
 
 def taypo_k_fixed_buffer(log_ratios, rewards, values, gamma, order):
     horizon = min(rewards.shape[0], 64)  # the mistake: a buffer sized for the short examples
-    return taylor_expansion(log_ratios[:horizon], rewards[:horizon],
+    return _taylor_expansion(log_ratios[:horizon], rewards[:horizon],
                                 jnp.concatenate([values[:horizon], values[-1:]]), gamma, order=order)
 
 
@@ -413,7 +414,7 @@ def taypo_terms_shifted(log_ratios, rewards, values, gamma, order):
     previous = g0[0]
     terms = [g0[0]]
     for k in range(1, order):
-        current = taylor_expansion(log_ratios, rewards, values, gamma, order=k)
+        current = _taylor_expansion(log_ratios, rewards, values, gamma, order=k)
         terms.append(current - previous)
         previous = current
     return jnp.stack(terms)  # the mistake: Û_0 … Û_{K−1}
@@ -470,7 +471,7 @@ def dice_exclusive_everywhere(log_pi, rewards, values, gamma):
 
 def dice_float32(log_pi, rewards, values, gamma):
     f32 = jnp.float32
-    return dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
+    return _dice_objective(log_pi.astype(f32), rewards.astype(f32), values.astype(f32), gamma)
 
 
 def dice_first_order_box(log_pi, rewards, values, gamma):
@@ -535,7 +536,7 @@ def loaded_dice_lambda_outside(log_pi, states, rewards, critic, gamma, lam):
 
 def loaded_dice_float32(log_pi, states, rewards, critic, gamma, lam):
     values = critic[states].astype(jnp.float32)
-    return loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
+    return _loaded_dice_objective(log_pi.astype(jnp.float32), rewards.astype(jnp.float32), values, gamma, lam=lam)
 
 
 def _taypo2_variant(log_ratios, rewards, values, gamma, *, d=None, discount=True, bootstrap=True):
@@ -559,17 +560,17 @@ def taypo2_no_bootstrap(log_ratios, rewards, values, gamma):
 
 def taypo2_float32(log_ratios, rewards, values, gamma):
     f32 = jnp.float32
-    return taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
+    return _taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=2)
 
 
 def taypo_k_without_g0(log_ratios, rewards, values, gamma, order):
     g0 = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]
-    return taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
+    return _taylor_expansion(log_ratios, rewards, values, gamma, order=order) - g0
 
 
 def taypo_k_float32(log_ratios, rewards, values, gamma, order):
     f32 = jnp.float32
-    return taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
+    return _taylor_expansion(log_ratios.astype(f32), rewards.astype(f32), values.astype(f32), gamma, order=order)
 
 
 def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
@@ -578,7 +579,7 @@ def choose_with_square_root_of_n(squared_bias, variance, num_trajectories):
 
 def _taypo_terms(log_ratios, rewards, values, gamma, order):
     estimates = [ope.returns(rewards, values, jnp.full(rewards.shape, gamma))[0]]
-    estimates += [taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
+    estimates += [_taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
     return jnp.diff(jnp.stack(estimates)), estimates[0]
 
 
@@ -822,7 +823,7 @@ def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
     def surrogate(order):
         def f(th):
             lp = log_pi(th)
-            return taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
+            return _taylor_expansion(lp - jax.lax.stop_gradient(lp), rewards, values, 0.9, order=order)
 
         return jax.hessian(f)(theta)
 
@@ -830,3 +831,294 @@ def test_taypo1_dropped_terms_reference_is_the_autodiff_difference():
     advantages = ope.returns(rewards, values, jnp.full((T,), 0.9)) - values[:-1]
     expected = nb06.reference_taypo1_dropped_terms(scores, advantages, 0.9)
     assert jnp.allclose(surrogate(2) - surrogate(1), expected, atol=1e-10)
+
+
+# Trial B2 (notebooks 05, 06, 07, 09): wrong answers that got a generic or a misnamed message, and the library
+# shortcuts each exercise refuses.
+
+
+def dice_undiscounted(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    return jnp.sum(_box(w) * rewards) + _box(w[-1]) * values[-1]  # the mistake: no γ^t, no γ^T
+
+
+def dice_bootstrap_one_step_short(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    t = jnp.arange(rewards.shape[0])
+    return jnp.sum(gamma**t * _box(w) * rewards) + gamma ** (rewards.shape[0] - 1) * _box(w[-1]) * values[-1]
+
+
+def dice_stops_only_the_last(log_pi, rewards, values, gamma):
+    w = jnp.cumsum(log_pi)
+    t = jnp.arange(rewards.shape[0])
+    stopped = jax.lax.stop_gradient(log_pi)  # the mistake: exp(w_t − sg(ℓ_t)), not exp(w_t − sg(w_t))
+    return (jnp.sum(gamma**t * jnp.exp(w - stopped) * rewards)
+            + gamma ** rewards.shape[0] * jnp.exp(w[-1] - stopped[-1]) * values[-1])
+
+
+def _loaded_dice_parts(log_pi, states, rewards, critic, gamma, lam, bootstrap=True):
+    values = critic[states]
+    returns = ope.returns(rewards, values if bootstrap else values.at[-1].set(0.0), jnp.full(rewards.shape, gamma))
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (returns - values[:-1])
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), log_pi.dtype), x)[1]
+    return weights, w, x
+
+
+def loaded_dice_without_bootstrap(log_pi, states, rewards, critic, gamma, lam):
+    weights, w, x = _loaded_dice_parts(log_pi, states, rewards, critic, gamma, lam, bootstrap=False)
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w - x)))
+
+
+def loaded_dice_first_box_only(log_pi, states, rewards, critic, gamma, lam):
+    weights, w, _ = _loaded_dice_parts(log_pi, states, rewards, critic, gamma, lam)
+    return jnp.sum(weights * jnp.exp(w))  # the mistake: no second box
+
+
+def loaded_dice_advantages_not_stopped(log_pi, states, rewards, critic, gamma, lam):
+    weights, w, x = _loaded_dice_parts(log_pi, states, rewards, critic, gamma, lam)  # no stop_gradient on Â: harmless
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w - x)))
+
+
+def taypo2_ratio_as_d(log_ratios, rewards, values, gamma):
+    return _taypo2_variant(log_ratios, rewards, values, gamma, d=jnp.exp(log_ratios))
+
+
+def taypo2_only_second_order(log_ratios, rewards, values, gamma):
+    d = jnp.expm1(log_ratios)
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))
+    return g[0] + jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1]) * d * (jnp.cumsum(d) - d))
+
+
+def taypo2_returns_not_advantages(log_ratios, rewards, values, gamma):
+    d = jnp.expm1(log_ratios)
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))
+    return g[0] + jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * g * d * (1.0 + jnp.cumsum(d) - d))
+
+
+def taypo2_float32_inside(log_ratios, rewards, values, gamma):
+    d = jnp.expm1(log_ratios.astype(jnp.float32))  # the mistake: d in float32, the result float64
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma))
+    return g[0] + jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1]) * d * (1.0 + jnp.cumsum(d) - d))
+
+
+def _taypo_k_scan(log_ratios, rewards, values, gamma, order, shift=None, discounted=True):
+    d = jnp.expm1(log_ratios)
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+    weights = (gamma ** jnp.arange(rewards.shape[0]) if discounted else 1.0) * (g - values[:-1]) * d
+    shift = shift or (lambda e: jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]))
+
+    def step(e, inputs):
+        d_t, w_t = inputs
+        return e + d_t * shift(e), w_t * jnp.sum(e)
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
+    return g[0] + jnp.sum(contributions)
+
+
+def taypo_k_fixed_order(log_ratios, rewards, values, gamma, order):
+    return _taypo_k_scan(log_ratios, rewards, values, gamma, 2)  # the mistake: `order` ignored, K = 2
+
+
+def taypo_k_rolled(log_ratios, rewards, values, gamma, order):
+    return _taypo_k_scan(log_ratios, rewards, values, gamma, order, shift=lambda e: jnp.roll(e, 1))
+
+
+def taypo_k_undiscounted(log_ratios, rewards, values, gamma, order):
+    return _taypo_k_scan(log_ratios, rewards, values, gamma, order, discounted=False)
+
+
+def taypo_k_always_dr(log_ratios, rewards, values, gamma, order):
+    return _taypo_k_scan(log_ratios, rewards, values, gamma, rewards.shape[0])
+
+
+def taypo_k_one_higher(log_ratios, rewards, values, gamma, order):
+    return _taypo_k_scan(log_ratios, rewards, values, gamma, order + 1)
+
+
+def dropped_terms_symmetrised_half(scores, advantages, gamma):
+    m = dropped_terms_one_sided(scores, advantages, gamma)  # Σ_t γ^t Â_t g_t S_{<t}ᵀ
+    return 0.5 * (m + m.T)  # the mistake: ½(M + Mᵀ) halves both cross terms
+
+
+def dropped_terms_all_other_steps(scores, advantages, gamma):
+    total = scores.sum(0)
+    t = jnp.arange(scores.shape[0])
+    others = total[None] - scores
+    w = gamma**t * advantages
+    return jnp.einsum("t,ti,tj->ij", w, scores, others) + jnp.einsum("t,ti,tj->ij", w, others, scores)
+
+
+def squared_bias_over_m_minus_one(estimates, truth):
+    m = estimates.shape[0]
+    return jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.sum(estimates.var(0, ddof=1)) / (m - 1)
+
+
+def squared_bias_flattened_variance(estimates, truth):
+    m = estimates.shape[0]
+    return jnp.sum((estimates.mean(0) - truth) ** 2) - jnp.var(estimates, ddof=1) / m
+
+
+def squared_bias_adds_the_noise(estimates, truth):
+    m = estimates.shape[0]
+    return jnp.sum((estimates.mean(0) - truth) ** 2) + jnp.sum(estimates.var(0, ddof=1)) / m
+
+
+def choose_variance_times_n(squared_bias, variance, num_trajectories):
+    return min(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] * num_trajectories)
+
+
+def choose_largest(squared_bias, variance, num_trajectories):
+    return max(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] / num_trajectories)
+
+
+def taypo_terms_without_bootstrap(log_ratios, rewards, values, gamma, order):
+    return _taypo_terms_by_scan(log_ratios, rewards, values.at[-1].set(0.0), gamma, order) + 0.0 * values[-1]
+
+
+def taypo_terms_log_ratio_as_d(log_ratios, rewards, values, gamma, order):
+    d = log_ratios
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1]) * d
+
+    def step(e, inputs):
+        d_t, w_t = inputs
+        return e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]), w_t * e
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
+    return jnp.sum(contributions, axis=0)
+
+
+def taypo_terms_reversed(log_ratios, rewards, values, gamma, order):
+    return _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order)[::-1]
+
+
+def _off_policy_gradient(logits, batch, values, behaviour_logits, gamma, estimator):
+    log_mu = tabular.log_policy(behaviour_logits, batch.observations[:, :-1], batch.actions)
+    return _inner_gradient(logits, batch, values, gamma, estimator, behaviour_log_probs=log_mu)
+
+
+def off_policy_step_critic_by_time(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    steps = jnp.arange(batch.observations.shape[1])
+    values = jnp.broadcast_to(critic[steps], batch.observations.shape)  # the mistake: V(t), clipped by the gather
+    return logits + step_size * _off_policy_gradient(logits, batch, values, behaviour_logits, gamma, estimator)
+
+
+def off_policy_step_always_dr(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    return logits + step_size * _off_policy_gradient(logits, batch, critic[batch.observations], behaviour_logits, gamma, "dr")
+
+
+def off_policy_step_gradient_at_behaviour(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    return logits + step_size * _off_policy_gradient(behaviour_logits, batch, critic[batch.observations],
+                                                     behaviour_logits, gamma, estimator)
+
+
+def off_policy_step_downhill(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    return logits - step_size * _off_policy_gradient(logits, batch, critic[batch.observations], behaviour_logits, gamma,
+                                                     estimator)
+
+
+def off_policy_step_without_step_size(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    return logits + _off_policy_gradient(logits, batch, critic[batch.observations], behaviour_logits, gamma, estimator)
+
+
+TRIAL_B2_WRONG_ANSWERS = [
+    ("dice_objective", dice_undiscounted, "discount γ^t"),
+    ("dice_objective", dice_bootstrap_one_step_short, "γ^(T−1)"),
+    ("dice_objective", dice_stops_only_the_last, "stop_gradient(ℓ_t) alone"),
+    ("loaded_dice", loaded_dice_without_bootstrap, "bootstrapped with the critic"),
+    ("loaded_dice", loaded_dice_first_box_only, "only the first box"),
+    ("taypo2", taypo2_ratio_as_d, "d_t is the ratio ρ_t"),
+    ("taypo2", taypo2_only_second_order, "only the second-order term"),
+    ("taypo2", taypo2_returns_not_advantages, "instead of the advantage"),
+    ("taypo2", taypo2_float32_inside, "float32"),
+    ("taypo_k", taypo_k_fixed_order, "ignores `order`"),
+    ("taypo_k", taypo_k_rolled, "jnp.roll, e_{K−1} wraps around"),  # with the wrap-around nothing is dropped: DR
+    ("taypo_k", taypo_k_undiscounted, "discount γ^t"),
+    ("taypo_k", taypo_k_always_dr, "doubly robust (every order) whatever `order` is"),
+    ("taypo_k", taypo_k_one_higher, "TayPO-(K+1)"),
+    ("taypo1_dropped_terms", dropped_terms_symmetrised_half, "half the dropped terms"),
+    ("taypo1_dropped_terms", dropped_terms_all_other_steps, "every s ≠ t"),
+    ("squared_bias", squared_bias_over_m_minus_one, "by M − 1"),
+    ("squared_bias", squared_bias_flattened_variance, "one variance over all M·D entries"),
+    ("squared_bias", squared_bias_adds_the_noise, "It adds tr Σ̂ / M"),
+    ("choose_estimator", choose_variance_times_n, "multiplies the variance by N"),
+    ("choose_estimator", choose_largest, "picks the largest"),
+    ("choose_estimator", choose_lowest_variance, "picks the smallest variance and ignores the bias"),
+    ("taypo_terms", taypo_terms_without_bootstrap, "bootstrapped"),
+    ("taypo_terms", taypo_terms_log_ratio_as_d, "d_t is the log-ratio"),
+    ("taypo_terms", taypo_terms_reversed, "reverse order"),
+    ("off_policy_inner_step", off_policy_step_critic_by_time, "indexed by time"),
+    ("off_policy_inner_step", off_policy_step_always_dr, "whatever `estimator` says"),
+    ("off_policy_inner_step", off_policy_step_gradient_at_behaviour, "gradient at behaviour_logits"),
+    ("off_policy_inner_step", off_policy_step_downhill, "downhill"),
+    ("off_policy_inner_step", off_policy_step_without_step_size, "leaves out the step size"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", TRIAL_B2_WRONG_ANSWERS,
+                         ids=[w.__name__ for _, w, _ in TRIAL_B2_WRONG_ANSWERS])
+def test_check_explains_a_wrong_answer_of_trial_b2(name, wrong, explanation):
+    assert_check_explains(checks, name, wrong, explanation)
+
+
+def test_dropped_terms_misnamed_before_are_named_now():
+    """½(M + Mᵀ) used to get "without its transpose"; a fixed K "It equals TayPO-(K−1)"; variance·N "ignores the bias"."""
+    for name, wrong, old in [("taypo1_dropped_terms", dropped_terms_symmetrised_half, "without its transpose"),
+                             ("taypo_k", taypo_k_fixed_order, "TayPO-(K−1)"),
+                             ("choose_estimator", choose_variance_times_n, "ignores the bias")]:
+        with pytest.raises(checks.ExerciseCheckFailed) as info:
+            getattr(checks, f"check_{name}")(wrong)
+        assert old not in str(info.value), str(info.value)
+
+
+def test_loaded_dice_passes_without_stop_gradient_on_the_advantages():
+    """Â_t does not depend on log_pi: with or without stop_gradient it is the same function (the text says so)."""
+    checks.check_loaded_dice(loaded_dice_advantages_not_stopped)
+    assert checks.results()["loaded_dice"] is True
+
+
+def _library_shortcuts():
+    from metagrad.experiments import maml_experiments
+
+    def dice(log_pi, rewards, values, gamma):
+        return prior.dice_objective(log_pi, rewards, values, gamma)
+
+    def loaded(log_pi, states, rewards, critic, gamma, lam):
+        return prior.loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=lam)
+
+    def taypo2(log_ratios, rewards, values, gamma):
+        return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=2)
+
+    def taypo_k(log_ratios, rewards, values, gamma, order):
+        return ope.taylor_expansion(log_ratios, rewards, values, gamma, order=order)
+
+    def taypo_terms(log_ratios, rewards, values, gamma, order):
+        estimates = [ope.taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(order + 1)]
+        return jnp.diff(jnp.stack(estimates))
+
+    def squared_bias(estimates, truth):
+        return maml_experiments.squared_bias(estimates, truth)
+
+    def squared_bias_from_report(estimates, truth):
+        return maml_experiments.squared_bias_report(estimates, truth)[0]
+
+    def choose(squared_bias, variance, num_trajectories):
+        return maml_experiments.choose_by_mse(squared_bias, variance, num_trajectories)
+
+    return [
+        ("dice_objective", dice, "metagrad.prior.dice_objective"),
+        ("loaded_dice", loaded, "metagrad.prior.loaded_dice_objective"),
+        ("taypo2", taypo2, "metagrad.ope.taylor_expansion"),
+        ("taypo_k", taypo_k, "metagrad.ope.taylor_expansion"),
+        ("taypo_terms", taypo_terms, "metagrad.ope.taylor_expansion"),
+        ("squared_bias", squared_bias, "maml_experiments.squared_bias"),
+        ("squared_bias", squared_bias_from_report, "maml_experiments.squared_bias_report"),
+        ("choose_estimator", choose, "maml_experiments.choose_by_mse"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_a_library_shortcut_is_refused_and_named(index):
+    name, shortcut, library = _library_shortcuts()[index]
+    assert_check_explains(checks, name, shortcut, f"{library}`, the library's own version")

@@ -181,7 +181,31 @@ def check_dice_objective(dice_objective: Callable) -> str:
         w = jnp.cumsum(lp)
         return jnp.sum(g**t * _second_order_box(w) * r) + g ** r.shape[0] * _second_order_box(w[-1]) * v[-1]
 
+    def undiscounted(lp, r, v, g):
+        return prior.dice_objective(lp, r, v, 1.0)
+
+    def undiscounted_rewards(lp, r, v, g):
+        w = jnp.cumsum(lp)
+        return jnp.sum(box(w) * r) + g ** r.shape[0] * box(w[-1]) * v[-1]
+
+    def bootstrap_one_step_short(lp, r, v, g):  # γ^(T−1) V(x_T)
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        return jnp.sum(g**t * box(w) * r) + g ** (r.shape[0] - 1) * box(w[-1]) * v[-1]
+
+    def stops_only_the_last(lp, r, v, g):  # exp(Σ_{s≤t} ℓ_s − sg(ℓ_t))
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        return (jnp.sum(g**t * jnp.exp(w - jax.lax.stop_gradient(lp)) * r)
+                + g ** r.shape[0] * jnp.exp(w[-1] - jax.lax.stop_gradient(lp[-1])) * v[-1])
+
     mistakes = [
+        (undiscounted, "It drops the discount γ^t (and γ^T on the bootstrap): DiCE's terms are γ^t □(…) r_t, as in step-wise IS."),
+        (undiscounted_rewards, "It drops the discount γ^t of the rewards: the term of r_t is γ^t □(Σ_{s≤t} ℓ_s) r_t."),
+        (bootstrap_one_step_short, "Its bootstrap term has γ^(T−1): V(x_T) is T steps away from x_0, so it is discounted "
+                                   "by γ^T."),
+        (stops_only_the_last, "Its box subtracts stop_gradient(ℓ_t) alone: the box of w = Σ_{s≤t} ℓ_s is "
+                              "exp(w − stop_gradient(w)), 1 in value, so stop the whole sum."),
         (no_stop_gradient, "It matches exp(Σ ℓ_s) without stop_gradient: the magic box is exp(w − stop_gradient(w)), 1 in value."),
         (constant_box, "Its derivatives are all zero: without stop_gradient, w − w is the constant 0 for autodiff too."),
         (per_step_box, "It boxes ℓ_t alone: r_t depends on every action up to t, so the box holds Σ_{s≤t} ℓ_s."),
@@ -276,7 +300,18 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     second_box_one = boxes(lambda w, w_before, x: 1.0)
     with_g0 = boxes(lambda w, w_before, x: jnp.exp(w - x), plus_g0=True)
 
+    def without_bootstrap(lp, states, r, critic, g, lam):
+        values = critic[states]
+        return boxes_with_values(lp, r, values.at[-1].set(0.0), values, g, lam)
+
+    def first_box_only(lp, states, r, critic, g, lam):
+        return boxes(lambda w, w_before, x: 0.0)(lp, states, r, critic, g, lam)
+
     mistakes = [
+        (without_bootstrap, "Its returns G_t stop at the last reward: they are bootstrapped with the critic, "
+                            "G_T = V(x_T), as in notebook 04's DR."),
+        (first_box_only, "It has only the first box, Σ_t A_t □(w_t): DR's weight is W_t − W_{t−1}, so each step has "
+                         "□(w_t) − □(w_t − ℓ_t)."),
         (second_box_previous_w, "Its second box is □(w_{t−1}): in the term of step t, an earlier ℓ_s carries the weight "
                                 "λ^(t−s) in both boxes, so the second box is □(w_t − ℓ_t) = □(λ w_{t−1})."),
         (second_box_one, "Its second box is 1: W_{t−1} = Π_{s<t} ρ_s depends on θ too, so at μ = sg(π) it is a box of the "
@@ -327,3 +362,12 @@ def _loaded(lp, r, weights, recurrence):
 
     w = jax.lax.scan(lambda c, x: (recurrence(c, x), recurrence(c, x)), jnp.zeros((), lp.dtype), lp)[1]
     return jnp.sum(jax.lax.stop_gradient(weights) * (box(w) - box(w - lp)))
+
+
+def boxes_with_values(lp, r, return_values, baseline_values, g, lam):
+    """Loaded DiCE with the returns bootstrapped from `return_values` and the baseline from `baseline_values`."""
+    returns = _returns(r, return_values, g)
+    adv = g ** jnp.arange(r.shape[0]) * jax.lax.stop_gradient(returns - baseline_values[:-1])
+    x = lp - jax.lax.stop_gradient(lp)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x)[1]
+    return jnp.sum(adv * (jnp.exp(w) - jnp.exp(w - x)))

@@ -10,6 +10,7 @@ import numpy as np
 
 from metagrad.course.checks._diagnose import (
     ExerciseCheckFailed,
+    _call,
     _fail,
     _compare,
     _float,
@@ -81,7 +82,25 @@ def check_taypo2(taypo2: Callable) -> str:
 
         return estimate
 
+    def ratio_as_d(lr, r, v, g):  # d_t = exp(log ρ_t) = ρ_t, not ρ_t − 1
+        adv = _returns(r, v, g) - v[:-1]
+        d = jnp.exp(lr)
+        return _returns(r, v, g)[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * d * adv * (1.0 + jnp.cumsum(d) - d))
+
+    def only_second_order(lr, r, v, g):  # G_0 + Û_2
+        return _taylor_reference(2)(lr, r, v, g) - _taylor_reference(1)(lr, r, v, g) + _returns(r, v, g)[0]
+
+    def returns_not_advantages(lr, r, v, g):
+        d = jnp.expm1(lr)
+        returns = _returns(r, v, g)
+        return returns[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * d * returns * (1.0 + jnp.cumsum(d) - d))
+
     mistakes = [
+        (ratio_as_d, "Its d_t is the ratio ρ_t = exp(log ρ_t): the expansion is in d_t = ρ_t − 1 (jnp.expm1), the "
+                     "deviation of the ratio from 1."),
+        (only_second_order, "It keeps only the second-order term Û_2 (plus G_0): TayPO-2 is G_0 + Û_1 + Û_2, so the "
+                            "first-order term Σ_t γ^t d_t Â_t stays."),
+        (returns_not_advantages, "It weights the terms with the return G_t instead of the advantage Â_t = G_t − V(x_t)."),
         (
             second_order(lambda d: jnp.cumsum(d) - d, 0.5),
             "Its second-order term has a factor ½ (as in a Taylor series): each pair d_t d_s (s < t) appears once in "
@@ -101,6 +120,7 @@ def check_taypo2(taypo2: Callable) -> str:
                        "Â_t = G_t − V(x_t)."),
     ]
     _refuse_float32("taypo2", taypo2, _taylor_cases()[0][1], _taylor_cases()[0][0])
+    _refuse_float32_precision("taypo2", _with_derivatives(taypo2), _with_derivatives(_taylor_reference(2)), _taylor_cases())
     _compare(
         "taypo2",
         _with_derivatives(taypo2),
@@ -156,7 +176,26 @@ def check_taypo_k(taypo_k: Callable) -> str:
     def no_g0(lr, r, v, g, k):
         return reference(lr, r, v, g, k) - _returns(r, v, g)[0]
 
+    def one_higher(lr, r, v, g, k):
+        return reference(lr, r, v, g, k + 1)
+
+    def always_dr(lr, r, v, g, k):
+        return ope.doubly_robust(lr, r, v, jnp.full(r.shape, g, r.dtype))
+
+    def undiscounted(lr, r, v, g, k):
+        return _recursion(lr, r, v, g, k, discounted=False)
+
+    def fixed_order(order):
+        return lambda lr, r, v, g, k: reference(lr, r, v, g, order)
+
+    ignores_order = ("It ignores `order`: it returns the same TayPO-k whatever K is asked (here TayPO-{}); keep the "
+                     "orders k ≤ K, with K = `order`.")
     mistakes = [
+        *[(fixed_order(order), ignores_order.format(order)) for order in (1, 2, 3, 4)],
+        (always_dr, "It returns doubly robust (every order) whatever `order` is: TayPO-K keeps the orders k ≤ K only. If "
+                    "you shift e with jnp.roll, e_{K−1} wraps around into e_0 and no order is dropped: shift in a 0."),
+        (one_higher, "It equals TayPO-(K+1): the factor at step t is Σ_{j<K} e_j, K terms e_0 … e_{K−1}, not K + 1."),
+        (undiscounted, "It drops the discount γ^t of step t: each term is γ^t d_t Â_t Σ_{j<K} e_j."),
         (no_g0, "It misses the zeroth-order term Û_0 = G_0: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
         (inclusive, "It updates e_j with d_t before using it (off by one): step t needs e_{k−1}(d_0 … d_{t−1}), the prefix before t."),
         (top_only, "It keeps only the top term Û_K: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
@@ -230,7 +269,22 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
             out += gamma**t * float(adv[t]) * (np.outer(g, later) + np.outer(later, g))
         return out
 
+    def halved(scores, adv, gamma):
+        return 0.5 * reference_taypo1_dropped_terms(scores, adv, gamma)
+
+    def all_other_steps(scores, adv, gamma):  # S_{≠t} = S_{<t} + S_{>t}
+        scores = np.asarray(scores)
+        out = np.zeros((scores.shape[1],) * 2)
+        for t, g in enumerate(scores):
+            others = scores.sum(0) - g
+            out += gamma**t * float(adv[t]) * (np.outer(g, others) + np.outer(others, g))
+        return out
+
     mistakes = [
+        (halved, "It is half the dropped terms (e.g. ½(M + Mᵀ)): ∇²(d_t d_s) = g_t g_sᵀ + g_s g_tᵀ at π = μ, so both "
+                 "g_t S_{<t}ᵀ and S_{<t} g_tᵀ come with coefficient 1."),
+        (all_other_steps, "It pairs step t with every s ≠ t: TayPO-2's term d_t Σ_{s<t} d_s pairs it with earlier steps "
+                          "s < t only."),
         (with_outer, "It includes ∇ℓ_t∇ℓ_tᵀ, which TayPO-1 keeps: only the terms with two different time steps are dropped."),
         (inclusive, "Its sum S includes s = t (off by one): TayPO-2's extra term pairs d_t with d_s for s < t only."),
         (one_sided, "It has g_t S_{<t}ᵀ without its transpose S_{<t} g_tᵀ: ∇²(d_t d_s) has two cross terms (a Hessian is symmetric)."),
@@ -257,3 +311,31 @@ def _long_case_with_hint(exercise, compare):
     except ExerciseCheckFailed as err:
         _fail(exercise, err.message + " It is right on the short trajectories: nothing may depend on a fixed length "
                                       "(a buffer, a loop bound); use the trajectory's own T.")
+
+
+def _recursion(lr, r, v, g, k, discounted=True):
+    """TayPO-K by the e_j recursion (a Python loop: the variants of the mistakes only run on short cases)."""
+    d = jnp.expm1(lr)
+    adv = _returns(r, v, g) - v[:-1]
+    e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
+    total = _returns(r, v, g)[0]
+    for t in range(r.shape[0]):
+        total = total + (g**t if discounted else 1.0) * d[t] * adv[t] * jnp.sum(e)
+        e = e + d[t] * jnp.concatenate([jnp.zeros(1, e.dtype), e[:-1]])
+    return total
+
+
+def _refuse_float32_precision(exercise, student, reference, cases):
+    """Fail naming float32 when the student's result is off by float32 rounding only (a step cast to float32 inside a
+    float64 result: `_refuse_float32` sees only the output's dtype)."""
+    if jnp.result_type(float) != jnp.float64:
+        return
+    label, args = cases[0]
+    got = np.asarray(_call(exercise, student, args, label), dtype=np.float64)
+    expected = np.asarray(reference(*args), dtype=np.float64)
+    if got.shape != expected.shape or np.allclose(got, expected, rtol=1e-7, atol=1e-9):
+        return
+    scale = max(float(np.max(np.abs(expected))), 1e-12)
+    if np.all(np.isfinite(got)) and float(np.max(np.abs(got - expected))) < 1e-5 * scale:
+        _fail(exercise, f"on {label} it is right only to about 7 digits, the precision of float32: a step runs in "
+                        "float32 (dtype=jnp.float32, .astype(jnp.float32), np.float32). Let JAX use the default float type.")

@@ -45,7 +45,21 @@ def _squared_bias_mistakes():
     def root_noise(est, truth):
         return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.sqrt(jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0])
 
+    def over_m_minus_one(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.sum(jnp.var(est, 0, ddof=1)) / (est.shape[0] - 1)
+
+    def flattened_variance(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.var(est, ddof=1) / est.shape[0]
+
+    def adds_noise(est, truth):
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) + jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0]
+
     return [
+        (over_m_minus_one, "It divides tr Σ̂ by M − 1: the sample variance (ddof=1) already corrects for the mean, and the "
+                           "mean of M estimates has variance tr Σ / M."),
+        (flattened_variance, "It takes one variance over all M·D entries (jnp.var of the whole array): tr Σ is the sum over "
+                             "the D coordinates of each coordinate's variance across the M estimates (axis 0)."),
+        (adds_noise, "It adds tr Σ̂ / M: ‖ḡ − g‖² already contains the noise of the mean, so subtract it."),
         (reference_squared_bias, "(never matched here: listed so that its square root is recognised)"),
         (uncorrected, "It is ‖ḡ − g‖², which also contains the noise of the mean, tr Σ / M: subtract an unbiased estimate of it."),
         (population_variance, "It divides the sample variance by M instead of M − 1, which leaves a bias of tr Σ / M²."),
@@ -145,6 +159,8 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         ("a clearly negative squared-bias estimate and a close competitor, N = 100",
          ({"a": -0.04, "b": 0.01}, {"a": 0.5, "b": 1.0}, 100)),
         ("a single estimator", ({"dr": 0.01}, {"dr": 5.0}, 50)),
+        # N = 1: the smallest variance ("a") is not the choice; variance · N and variance / N agree ("b").
+        ("a large bias next to a small variance, N = 1", ({"a": 5.0, "b": 0.0}, {"a": 1.0, "b": 2.0}, 1)),
         # max(b², 0) + v/N, b⁴ + v/N and b² + v/√N choose three different estimators here.
         ("three estimators on which the candidate rules disagree, N = 100",
          ({"x": 0.6, "y": 0.2, "z": 0.0}, {"x": 0.5, "y": 30.0, "z": 45.0}, 100)),
@@ -154,6 +170,11 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
          "It uses a negative squared-bias estimate as it is: a squared bias is at least 0, so use max(‖b‖², 0)."),
         (lambda b, v, n: min(b, key=lambda k: np.sqrt(max(b[k], 0.0)) + v[k] / n),
          "It adds the bias, not its square: mean squared error = ‖b‖² + variance / N."),
+        (lambda b, v, n: max(b, key=lambda k: max(b[k], 0.0) + v[k] / n),
+         "It picks the largest max(‖b‖², 0) + variance / N: the best estimator has the smallest mean squared error (min, "
+         "not max)."),
+        (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] * n),
+         "It multiplies the variance by N: the variance of a mean of N trajectories is variance / N."),
         (lambda b, v, n: min(b, key=lambda k: v[k]), "It picks the smallest variance and ignores the bias."),
         (lambda b, v, n: min(b, key=lambda k: b[k]), "It picks the smallest bias and ignores the variance."),
         (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k]),

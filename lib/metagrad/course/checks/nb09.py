@@ -82,7 +82,18 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
             e = e if inclusive else update(e)
         return terms
 
+    def no_bootstrap(lr, r, v, g, k):
+        return _no_bootstrap_terms(lr, r, v, g, k)
+
+    def reversed_order(lr, r, v, g, k):
+        return _reference_taypo_terms(lr, r, v, g, k)[::-1]
+
     mistakes = [
+        (no_bootstrap, "Its returns G_t stop at the last reward: they are bootstrapped, G_T = V(x_T), as in the advantages "
+                       "Â_t = G_t − V(x_t)."),
+        (functools.partial(loop, d_of=lambda x: x),
+         "Its d_t is the log-ratio: the expansion is in d_t = ρ_t − 1 = exp(log ρ_t) − 1 (jnp.expm1)."),
+        (reversed_order, "It returns the terms in reverse order, [Û_K … Û_1]: return [Û_1, …, Û_K], lowest order first."),
         (cumulative, "It returns the cumulative estimates V̂_k = G_0 + Û_1 + … + Û_k; return each order's term Û_k alone."),
         (partial_sums, "It returns the partial sums Û_1 + … + Û_k (TayPO-k minus G_0); return each order's term Û_k alone."),
         (plus_g0, "It adds G_0 to every term: Û_0 = G_0 is not among the returned terms; return Û_1 … Û_K alone."),
@@ -179,7 +190,36 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
     def raw_logits(behaviour_logits, batch):  # the unnormalised logits, not log μ
         return behaviour_logits[batch.observations[:, :-1], batch.actions]
 
+    def time_indexed(logits, batch, critic, behaviour_logits, gamma, step_size, estimator, wrap=False):
+        steps = jnp.arange(batch.observations.shape[1])  # T + 1 > S here: clipped (JAX's gather) or wrapped around
+        steps = steps % critic.shape[0] if wrap else jnp.minimum(steps, critic.shape[0] - 1)
+        table = jnp.broadcast_to(critic[steps], batch.observations.shape)
+        return _off_policy_step(logits, batch, table, behaviour_logits, gamma, step_size, estimator)
+
+    def always_dr(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        return _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, "dr")
+
+    def gradient_at_behaviour(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        return logits + _off_policy_step(behaviour_logits, batch, critic[batch.observations], behaviour_logits, gamma,
+                                         step_size, estimator) - behaviour_logits
+
+    def downhill(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        return 2 * logits - _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size,
+                                                             estimator)
+
+    def no_step_size(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        return _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, 1.0, estimator)
+
     mistakes = [
+        (time_indexed, "It matches a critic indexed by time, critic[t]: index it by the visited state, "
+                       "critic[observations]."),
+        (functools.partial(time_indexed, wrap=True), "It matches a critic indexed by time, critic[t]: index it by the "
+                                                     "visited state, critic[observations]."),
+        (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
+        (gradient_at_behaviour, "It takes the gradient at behaviour_logits: the inner step differentiates the surrogate at "
+                                "θ = logits, θ' = θ + η ∇V̂(θ; μ); μ enters only through its log-probabilities."),
+        (downhill, "It steps downhill: the inner step is gradient *ascent* on the estimated value, θ + η ∇V̂."),
+        (no_step_size, "It leaves out the step size: θ' = θ + η ∇V̂(θ; μ), with η = step_size."),
         (behaviour_from(shifted), "It reads μ at the next state, x_{t+1}: the action a_t was taken in x_t, so log μ "
                                   "is log_policy(behaviour_logits, observations[:, :-1], actions)."),
         (behaviour_from(raw_logits), "It uses the raw behaviour logits as log μ: they are log-probabilities only after "
@@ -223,3 +263,27 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
                                        "behaviour_logits).")
     return ("matches θ + η ∇V̂(θ; μ) with the behaviour log-probabilities for 'taypo2' and 'dr', and the on-policy step at "
             "θ = μ, in value and in its Jacobian in θ.")
+
+
+def _no_bootstrap_terms(log_ratios, rewards, values, gamma, order):
+    """[Û_1 … Û_K] with returns that stop at the last reward (G_T = 0) and the baselines V(x_t), t < T, unchanged."""
+    from metagrad import ope
+
+    def estimate(k):
+        return ope.taylor_expansion(log_ratios, rewards, values.at[-1].set(0.0), gamma, order=k)
+
+    estimates = jnp.stack([_returns(rewards, values.at[-1].set(0.0), gamma)[0]] + [estimate(k) for k in range(1, order + 1)])
+    return estimates[1:] - estimates[:-1]
+
+
+def _off_policy_step(logits, batch, values, behaviour_logits, gamma, step_size, estimator):
+    """θ + η ∇V̂(θ; μ) with the critic already looked up (`values` [B, T+1]): for the mistakes' variants."""
+    from metagrad import estimators
+    from metagrad.tabular import log_policy
+
+    log_mu = log_policy(behaviour_logits, batch.observations[:, :-1], batch.actions)
+
+    def inner(theta):
+        return estimators.surrogate(estimator, log_policy, theta, batch, values, gamma, behaviour_log_probs=log_mu)
+
+    return logits + step_size * jax.grad(inner)(logits)
