@@ -88,8 +88,17 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
     def always_dr(logits, batch, critic, gamma, step_size, estimator):
         return _reference_inner_step(logits, batch, critic, gamma, step_size, "dr")
 
+    def no_step_size(logits, batch, critic, gamma, step_size, estimator):
+        return _reference_inner_step(logits, batch, critic, gamma, 1.0, estimator)
+
+    def zero_critic(logits, batch, critic, gamma, step_size, estimator):
+        return _reference_inner_step(logits, batch, jnp.zeros_like(critic), gamma, step_size, estimator)
+
     mistakes = [
         (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
+        (no_step_size, "It takes a step of size 1 whatever `step_size` is: θ' = θ + η ∇V̂, with η = `step_size`."),
+        (zero_critic, "It matches the step with a zero critic: `critic` is ignored; pass V(x_t) = critic[observations] "
+                      "as the surrogate's values."),
         (descent, "It steps downhill: the inner step is gradient *ascent* on the estimated value, θ + η ∇V̂."),
         (time_indexed, _TIME_INDEXED),
         (functools.partial(time_indexed, wrap=True), _TIME_INDEXED),
@@ -165,9 +174,31 @@ def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
     def always_dr(theta, mdp, batch, critic, gamma, step_size, estimator):
         return _reference_task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, "dr")
 
+    def exact_inner(theta, mdp, batch, critic, gamma, step_size, estimator):
+        return jax.grad(lambda th: exact.value(mdp, th + step_size * exact.gradient(mdp, th)))(theta)
+
+    def negated(theta, mdp, batch, critic, gamma, step_size, estimator):
+        return -_reference_task_meta_gradient(theta, mdp, batch, critic, gamma, step_size, estimator)
+
+    def surrogate_outer(theta, mdp, batch, critic, gamma, step_size, estimator):
+        from metagrad import estimators
+        from metagrad.tabular import log_policy
+
+        def outer(th):
+            adapted = _reference_inner_step(th, batch, critic, gamma, step_size, estimator)
+            return estimators.surrogate(estimator, log_policy, adapted, batch, critic[batch.observations], gamma)
+
+        return jax.grad(outer)(theta)
+
     mistakes = [
         (always_dr, "It gives DR's meta-gradient whatever `estimator` says: pass `estimator` on to your inner step, "
                     "whose Hessian is the estimator's."),
+        (exact_inner, "It is the exact meta-gradient, with the exact inner step θ + η∇V(θ): the exercise's inner step is "
+                      "the sampled one, θ + η∇V̂_in(θ; batch) (your sampled_inner_step), whose Hessian estimate is the point."),
+        (negated, "It has the wrong sign: the meta-gradient is the gradient of the value after adaptation, which MAML "
+                  "maximises; no minus sign."),
+        (surrogate_outer, "Its outer value is the batch surrogate at θ': the exercise takes the exact value "
+                          "exact.value(mdp, θ') after the sampled inner step, so the inner batch is the only noise."),
         (first_order, "It equals ∇V(θ') alone (first-order MAML): differentiate V(θ'(θ)) through the inner step, "
                       "which multiplies ∇V(θ') by (I + η ∇²V̂_in); do not stop_gradient the inner gradient."),
         (unadapted, "It equals ∇V(θ), the gradient before adaptation: evaluate V at θ' = θ + η ∇V̂_in(θ)."),
@@ -242,6 +273,14 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
          "It returns the size of the Hessians, not how much they change from one action to another."),
         (lambda lp, th, x, acts: jnp.abs(jax.hessian(lp)(th, x, acts[-1]) - jax.hessian(lp)(th, x, acts[0])).max(),
          "It compares only the first and the last action; compare every action with the first."),
+        (lambda lp, th, x, acts: jnp.abs(jax.hessian(lp)(th, x, acts[1]) - jax.hessian(lp)(th, x, acts[0])).max(),
+         "It compares only the first two actions; compare every action with the first."),
+        (lambda lp, th, x, acts: jnp.max(jax.vmap(lambda a: jax.hessian(lp)(th, x, a))(acts)
+                                         - jax.hessian(lp)(th, x, acts[0])),
+         "It takes the largest signed difference: a change downwards counts as much as one upwards; take |·| first."),
+        (lambda lp, th, x, acts: jnp.mean(jnp.abs(jax.vmap(lambda a: jax.hessian(lp)(th, x, a))(acts)
+                                                  - jax.hessian(lp)(th, x, acts[0]))),
+         "It averages the differences: the contract asks for the largest one (max over actions and entries)."),
     ]
     cases = [(f"the policy class '{name}'", args) for name, args in policy_classes().items()]
     # Under jax.jit (log_prob static), as the notebook runs it: op by op, nested autodiff is slow and memory-hungry.
