@@ -1122,3 +1122,85 @@ def _library_shortcuts():
 def test_a_library_shortcut_is_refused_and_named(index):
     name, shortcut, library = _library_shortcuts()[index]
     assert_check_explains(checks, name, shortcut, f"{library}`, the library's own version")
+
+
+# Wrong answers of trial B3 that got a generic message or the wrong one.
+
+
+def dice_bootstrap_boxed_short(log_pi, rewards, values, gamma):
+    t = jnp.arange(rewards.shape[0])
+    c = jnp.cumsum(log_pi)
+    box = lambda w: jnp.exp(w - jax.lax.stop_gradient(w))  # noqa: E731
+    return jnp.sum(gamma**t * box(c) * rewards) + gamma ** rewards.shape[0] * box(c[-2]) * values[-1]  # the mistake: c[-2]
+
+
+def loaded_dice_lambda_squared(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_objective(log_pi, rewards, critic[states], gamma, lam=lam**2)  # the mistake: λ² per step
+
+
+def taypo_k_stopped_carry(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1])
+
+    def step(e, d_t):
+        new = e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]])
+        return jax.lax.stop_gradient(new), jnp.sum(e)  # the mistake: the carried e_j lose their gradient
+
+    _, factors = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), d)
+    return g[0] + jnp.sum(weights * d * factors)
+
+
+def squared_bias_norm_minus_root_noise(estimates, truth):
+    noise = jnp.sqrt(jnp.sum(jnp.var(estimates, axis=0, ddof=1)) / estimates.shape[0])
+    return jnp.linalg.norm(jnp.mean(estimates, axis=0) - truth) - noise  # the mistake: norms, not squares
+
+
+def _terms_from_taylor(log_ratios, rewards, values, gamma, order):
+    estimates = [ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))[0]]
+    estimates += [_taylor_expansion(log_ratios, rewards, values, gamma, order=k) for k in range(1, order + 1)]
+    return jnp.diff(jnp.stack(estimates))
+
+
+def taypo_terms_shifted_in_zero(log_ratios, rewards, values, gamma, order):
+    terms = _terms_from_taylor(log_ratios, rewards, values, gamma, order)
+    return jnp.concatenate([jnp.zeros((1,), terms.dtype), terms[:-1]])  # the mistake: [0, Û_1 … Û_{K−1}]
+
+
+def taypo_terms_returns_not_advantages(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+    weights = gamma ** jnp.arange(rewards.shape[0]) * g * d  # the mistake: G_t instead of Â_t = G_t − V(x_t)
+
+    def step(e, w_t_d_t):
+        w, d_t = w_t_d_t
+        return e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]), w * e
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (weights, d))
+    return jnp.sum(contributions, axis=0)
+
+
+def off_policy_step_swapped_roles(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+    def surrogate(theta):  # the mistake: the surrogate at μ's logits, with log π_θ as the behaviour
+        log_pi = tabular.log_policy(theta, batch.observations[:, :-1], batch.actions)
+        return estimators.surrogate(estimator, tabular.log_policy, behaviour_logits, batch, critic[batch.observations],
+                                    gamma, behaviour_log_probs=log_pi)
+
+    return logits + step_size * jax.grad(surrogate)(logits)
+
+
+TRIAL_B3_WRONG_ANSWERS = [
+    ("dice_objective", dice_bootstrap_boxed_short, "boxes only the first T − 1 log-probabilities"),
+    ("loaded_dice", loaded_dice_lambda_squared, "by λ² per step"),
+    ("taypo_k", taypo_k_stopped_carry, "stops the gradient through the carried e_j"),
+    ("squared_bias", squared_bias_norm_minus_root_noise, "from the norm ‖ḡ − g‖"),
+    ("taypo_terms", taypo_terms_shifted_in_zero, "[0, Û_1, …, Û_{K−1}]"),
+    ("taypo_terms", taypo_terms_returns_not_advantages, "the return G_t instead of the advantage"),
+    ("off_policy_inner_step", off_policy_step_swapped_roles, "evaluates the surrogate at behaviour_logits"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", TRIAL_B3_WRONG_ANSWERS,
+                         ids=[w.__name__ for _, w, _ in TRIAL_B3_WRONG_ANSWERS])
+def test_check_explains_a_wrong_answer_of_trial_b3(name, wrong, explanation):
+    assert_check_explains(checks, name, wrong, explanation)

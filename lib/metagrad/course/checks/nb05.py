@@ -199,7 +199,14 @@ def check_dice_objective(dice_objective: Callable) -> str:
         return (jnp.sum(g**t * jnp.exp(w - jax.lax.stop_gradient(lp)) * r)
                 + g ** r.shape[0] * jnp.exp(w[-1] - jax.lax.stop_gradient(lp[-1])) * v[-1])
 
+    def bootstrap_box_one_short(lp, r, v, g):  # □(Σ_{s<T−1} ℓ_s): the bootstrap boxed with T − 1 actions
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        return jnp.sum(g**t * box(w) * r) + g ** r.shape[0] * box(w[-2]) * v[-1]
+
     mistakes = [
+        (bootstrap_box_one_short, "Its bootstrap term boxes only the first T − 1 log-probabilities (w[-2]): V(x_T) "
+                                  "follows all T actions, so its box is □(Σ_{s<T} ℓ_s), the last reward's."),
         (undiscounted, "It drops the discount γ^t (and γ^T on the bootstrap): DiCE's terms are γ^t □(…) r_t, as in step-wise IS."),
         (undiscounted_rewards, "It drops the discount γ^t of the rewards: the term of r_t is γ^t □(Σ_{s≤t} ℓ_s) r_t."),
         (bootstrap_one_step_short, "Its bootstrap term has γ^(T−1): V(x_T) is T steps away from x_0, so it is discounted "
@@ -270,6 +277,9 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     def ignores_lambda(lp, states, r, critic, g, lam):
         return reference(lp, states, r, critic, g, 1.0)
 
+    def lambda_squared(lp, states, r, critic, g, lam):
+        return reference(lp, states, r, critic, g, lam**2)
+
     def returns_not_advantages(lp, states, r, critic, g, lam):
         return _loaded(lp, r, g**jnp.arange(r.shape[0]) * _returns(r, critic[states], g), lambda w, x: lam * w + x)
 
@@ -322,6 +332,7 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         (no_stop_gradient, "Its value is not 0: the box is exp(w − stop_gradient(w)); without stop_gradient it is a plain exp."),
         (_undiscounted, "It weights Â_t without γ^t: Loaded DiCE's A_t = γ^t Â_t, like the policy-gradient theorem."),
         (ignores_lambda, "It ignores λ: the exponent is w_t = λ w_{t−1} + ℓ_t."),
+        (lambda_squared, "It discounts the past by λ² per step: the exponent is w_t = λ w_{t−1} + ℓ_t (weight λ^(t−s) on ℓ_s)."),
         (returns_not_advantages, "It weights the boxes with the return G_t instead of the advantage Â_t = G_t − V(x_t): "
                                  "Loaded DiCE subtracts the critic as a baseline."),
         (flipped_sign, "It has the wrong sign: Loaded DiCE is Σ_t Â_t (□(w_t) − □(w_t − ℓ_t)), the box with ℓ_t minus the one without it."),

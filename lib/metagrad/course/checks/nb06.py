@@ -162,6 +162,16 @@ def check_taypo_k(taypo_k: Callable) -> str:
             total = total + g**t * d[t] * adv[t] * jnp.sum(e)
         return total
 
+    def stopped_carry(lr, r, v, g, k):  # e_j carried through stop_gradient: only the d_t of step t is differentiated
+        d = jnp.expm1(lr)
+        adv = _returns(r, v, g) - v[:-1]
+        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
+        total = _returns(r, v, g)[0]
+        for t in range(r.shape[0]):
+            total = total + g**t * d[t] * adv[t] * jnp.sum(e)
+            e = jax.lax.stop_gradient(e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]]))
+        return total
+
     def top_only(lr, r, v, g, k):
         if k == 1:
             return reference(lr, r, v, g, 1)
@@ -198,6 +208,8 @@ def check_taypo_k(taypo_k: Callable) -> str:
         (undiscounted, "It drops the discount γ^t of step t: each term is γ^t d_t Â_t Σ_{j<K} e_j."),
         (no_g0, "It misses the zeroth-order term Û_0 = G_0: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
         (inclusive, "It updates e_j with d_t before using it (off by one): step t needs e_{k−1}(d_0 … d_{t−1}), the prefix before t."),
+        (stopped_carry, "It stops the gradient through the carried e_j: e_j(d_0 … d_{t−1}) depends on the earlier "
+                        "log-ratios, so carry e without stop_gradient."),
         (top_only, "It keeps only the top term Û_K: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
         (one_lower, "It equals TayPO-(K−1): with e_0 … e_{K−1} the factor Σ_{k=1}^{K} e_{k−1} has K terms."),
     ]

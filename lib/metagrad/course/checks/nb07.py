@@ -51,6 +51,9 @@ def _squared_bias_mistakes():
     def flattened_variance(est, truth):
         return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - jnp.var(est, ddof=1) / est.shape[0]
 
+    def norm_minus_root_noise(est, truth):
+        return jnp.linalg.norm(jnp.mean(est, 0) - truth) - jnp.sqrt(jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0])
+
     def adds_noise(est, truth):
         return jnp.sum((jnp.mean(est, 0) - truth) ** 2) + jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0]
 
@@ -59,6 +62,8 @@ def _squared_bias_mistakes():
                            "mean of M estimates has variance tr Σ / M."),
         (flattened_variance, "It takes one variance over all M·D entries (jnp.var of the whole array): tr Σ is the sum over "
                              "the D coordinates of each coordinate's variance across the M estimates (axis 0)."),
+        (norm_minus_root_noise, "It subtracts the noise level √(tr Σ̂ / M) from the norm ‖ḡ − g‖: subtract the squared "
+                                "noise from the squared norm, ‖ḡ − g‖² − tr Σ̂ / M."),
         (adds_noise, "It adds tr Σ̂ / M: ‖ḡ − g‖² already contains the noise of the mean, so subtract it."),
         (reference_squared_bias, "(never matched here: listed so that its square root is recognised)"),
         (uncorrected, "It is ‖ḡ − g‖², which also contains the noise of the mean, tr Σ / M: subtract an unbiased estimate of it."),

@@ -69,10 +69,10 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         terms = _reference_taypo_terms(lr, r, v, g, k)
         return jnp.concatenate([_returns(r, v, g)[:1], terms[:-1]])
 
-    def loop(lr, r, v, g, k, inclusive=False, discounted=True, d_of=jnp.expm1):
+    def loop(lr, r, v, g, k, inclusive=False, discounted=True, d_of=jnp.expm1, baseline=True):
         """Û_k = Σ_t γ^t d_t Â_t e_{k−1}(d_0 … d_{t−1}) by the recursion, and its variants (the keywords)."""
         d = d_of(lr)
-        weights = (g ** jnp.arange(r.shape[0]) if discounted else 1.0) * (_returns(r, v, g) - v[:-1])
+        weights = (g ** jnp.arange(r.shape[0]) if discounted else 1.0) * (_returns(r, v, g) - (v[:-1] if baseline else 0.0))
         e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
         terms = jnp.zeros(k, lr.dtype)
         for t in range(r.shape[0]):
@@ -85,6 +85,10 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
     def no_bootstrap(lr, r, v, g, k):
         return _no_bootstrap_terms(lr, r, v, g, k)
 
+    def shifted_in_zero(lr, r, v, g, k):  # [0, Û_1, …, Û_{K−1}]
+        terms = _reference_taypo_terms(lr, r, v, g, k)
+        return jnp.concatenate([jnp.zeros(1, terms.dtype), terms[:-1]])
+
     def reversed_order(lr, r, v, g, k):
         return _reference_taypo_terms(lr, r, v, g, k)[::-1]
 
@@ -93,6 +97,9 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
                        "Â_t = G_t − V(x_t)."),
         (functools.partial(loop, d_of=lambda x: x),
          "Its d_t is the log-ratio: the expansion is in d_t = ρ_t − 1 = exp(log ρ_t) − 1 (jnp.expm1)."),
+        (shifted_in_zero, "It is shifted by one order, [0, Û_1, …, Û_{K−1}]: return [Û_1, …, Û_K]."),
+        (functools.partial(loop, baseline=False), "It weights each term with the return G_t instead of the advantage Â_t = G_t − V(x_t): "
+                                 "Û_k = Σ_t γ^t d_t Â_t e_{k−1}(d_0 … d_{t−1})."),
         (reversed_order, "It returns the terms in reverse order, [Û_K … Û_1]: return [Û_1, …, Û_K], lowest order first."),
         (cumulative, "It returns the cumulative estimates V̂_k = G_0 + Û_1 + … + Û_k; return each order's term Û_k alone."),
         (partial_sums, "It returns the partial sums Û_1 + … + Û_k (TayPO-k minus G_0); return each order's term Û_k alone."),
@@ -203,6 +210,16 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         return logits + _off_policy_step(behaviour_logits, batch, critic[batch.observations], behaviour_logits, gamma,
                                          step_size, estimator) - behaviour_logits
 
+    def swapped_roles(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
+        from metagrad import estimators
+        from metagrad.tabular import log_policy
+
+        def inner(theta):
+            return estimators.surrogate(estimator, log_policy, behaviour_logits, batch, critic[batch.observations], gamma,
+                                        behaviour_log_probs=log_policy(theta, batch.observations[:, :-1], batch.actions))
+
+        return logits + step_size * jax.grad(inner)(logits)
+
     def downhill(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
         return 2 * logits - _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size,
                                                              estimator)
@@ -218,6 +235,8 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
         (gradient_at_behaviour, "It takes the gradient at behaviour_logits: the inner step differentiates the surrogate at "
                                 "θ = logits, θ' = θ + η ∇V̂(θ; μ); μ enters only through its log-probabilities."),
+        (swapped_roles, "It swaps the roles of π and μ: it evaluates the surrogate at behaviour_logits with log π_θ "
+                        "as behaviour_log_probs; evaluate it at θ = logits with log μ from behaviour_logits."),
         (downhill, "It steps downhill: the inner step is gradient *ascent* on the estimated value, θ + η ∇V̂."),
         (no_step_size, "It leaves out the step size: θ' = θ + η ∇V̂(θ; μ), with η = step_size."),
         (behaviour_from(shifted), "It reads μ at the next state, x_{t+1}: the action a_t was taken in x_t, so log μ "
