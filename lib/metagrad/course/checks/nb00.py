@@ -142,6 +142,41 @@ def _refuse_approximation(hvp: Callable, reference: Callable) -> None:
         )
 
 
+_APPROXIMATE = 1e-4  # finite differences with any usable step h land between _EXACT_RTOL and this
+_SHIFT = 1e4  # a common shift of the logits: π is unchanged, but a step h on top of 10⁴ is rounded to ~2e-12
+
+
+def _refuse_inexact(exercise: str, student_fn: Callable, reference: Callable, args, label: str, what: str) -> None:
+    """Refuse a result that is only approximately `reference`, such as finite differences instead of autodiff.
+
+    `args` is an input on which every finite-difference step h misses by more than 1e-9 (relative; the inputs
+    carry a large offset, so x ± h is rounded: tests/test_checks_trial_a3.py scans h), while autodiff, or a
+    closed form, agrees to ~1e-15. Called before `_compare`, so that a step large enough to fail the ordinary
+    inputs is still named; an error above `_APPROXIMATE` is another mistake, left to `_compare`. Runs only in
+    float64 (the notebook's precision); float32 is named first, NaN or infinity (an overflowing exp) as such.
+    """
+    if jnp.result_type(float) != jnp.float64:
+        return
+    _refuse_float32(exercise, student_fn, args, label)
+    got = np.asarray(_call(exercise, student_fn, args, label), dtype=np.float64)
+    expected = np.asarray(reference(*args), dtype=np.float64)
+    if got.shape != expected.shape:
+        return  # _compare names shape problems on the ordinary inputs
+    if not np.all(np.isfinite(got)):
+        _fail(
+            exercise,
+            f"on {label} it returned NaN or infinity: exp of large logits overflows (exp(710) = inf); "
+            "jax.nn.log_softmax subtracts the largest logit first.",
+        )
+    relative = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
+    if _EXACT_RTOL < relative < _APPROXIMATE:  # close but not exact; a larger error is left to _compare's diagnosis
+        _fail(
+            exercise,
+            f"on {label} it matches {what} only to ~{relative:.0e} (relative), the error of finite differences; "
+            f"autodiff is exact (< {_EXACT_RTOL:.0e}): differentiate with JAX, not with a small step h.",
+        )
+
+
 _HESSIAN_PROBE = 257  # an input size at which no honest Hessian-vector product needs an n×n array
 
 
@@ -194,6 +229,14 @@ def _bandit_cases():
     ]
 
 
+_SHIFTED_LABEL = "logits shifted by 10⁴ (the same π)"
+
+
+def _shifted_bandit_case():
+    logits = _float([0.3, -1.0, 0.8, 0.1]) + _SHIFT
+    return logits, jnp.array([0, 1, 2, 3, 1, 2]), _float([1.0, -2.0, 0.5, 3.0, 1.5, -0.7])
+
+
 def _plug_in_rewards(logits, actions, rewards):
     """r̂(a): the mean reward of the samples with action a (0 for actions never sampled), [A]."""
     counts = jnp.zeros_like(logits).at[actions].add(1.0)
@@ -215,6 +258,11 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
         return jax.grad(lambda th: jnp.mean(rewards * jax.nn.log_softmax(th)[actions]))(logits)
 
     mistakes = [
+        (
+            lambda th, a, r: jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * jnp.zeros_like(t).at[a].set(r)))(th),
+            "It is the exact gradient of Σ_a π(a) r̂(a) with r̂(a) a reward seen for action a (a reward table filled "
+            "from the samples): the exercise asks for the score-function estimate, one term r_i ∇ log π(a_i) per sample.",
+        ),
         (
             lambda th, a, r: jax.grad(lambda t: jnp.mean(r * jax.nn.softmax(t)[a]))(th),
             "It equals the gradient of π(a) instead of log π(a): the score is ∇ log π = ∇π / π.",
@@ -248,6 +296,10 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
             "It ignores the rewards (it is the mean score, whose expectation is 0): weight each score by its reward r_i.",
         ),
     ]
+    _refuse_inexact(
+        "score_function_gradient", score_function_gradient, reference, _shifted_bandit_case(), _SHIFTED_LABEL,
+        "the exact gradient",
+    )
     _compare(
         "score_function_gradient",
         score_function_gradient,
@@ -260,7 +312,7 @@ def check_score_function_gradient(score_function_gradient: Callable) -> str:
     )
     return (
         "matches (1/N) Σ r_i ∇ log π(a_i) on 4 inputs (random batches, one sample, zero rewards, peaked logits), "
-        "also under jax.jit and jax.vmap."
+        "also under jax.jit and jax.vmap, and exactly (not by finite differences) on logits shifted by 10⁴."
     )
 
 
@@ -349,6 +401,10 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
             "estimate): the exercise asks for the score-function estimate, one term per sample.",
         ),
     ]
+    _refuse_inexact(
+        "score_function_hessian", score_function_hessian, reference, _shifted_bandit_case(), _SHIFTED_LABEL,
+        "the exact estimate (∇² log π by autodiff)",
+    )
     _compare(
         "score_function_hessian",
         score_function_hessian,
@@ -359,7 +415,10 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
         jit=True,
         vmap_in_axes=(None, 0, 0),
     )
-    return "matches (1/N) Σ r_i (∇² log π(a_i) + ∇ log π(a_i) ∇ log π(a_i)ᵀ) on 4 inputs, also under jax.jit and jax.vmap."
+    return (
+        "matches (1/N) Σ r_i (∇² log π(a_i) + ∇ log π(a_i) ∇ log π(a_i)ᵀ) on 4 inputs, also under jax.jit and jax.vmap, "
+        "and exactly (not by finite differences) on logits shifted by 10⁴."
+    )
 
 
 @_register("00", "magic_box")
@@ -383,7 +442,7 @@ def check_magic_box(magic_box: Callable) -> str:
             else ""
         )
         _fail(exercise, f"its value must be exactly 1 for every x; got {np.round(value, 4).tolist()}.{hint}")
-
+    _refuse_float32(exercise, magic_box, (x,), "x = [0.3, -1.2, 2.0]")
     def w(theta):  # a log-probability-like function of θ
         return jnp.sin(theta) + theta**2
 
@@ -436,6 +495,26 @@ def check_magic_box(magic_box: Callable) -> str:
             "its first two derivatives are right, but the third derivative of magic_box(w(θ)) should be "
             f"w‴ + 3w′w″ + w′³ = {expected_third:.4f}; got {float(third):.4f}.{hint}",
         )
+    big = _float([800.0, -800.0, 30.0])  # DiCE sums log-probabilities over whole trajectories: |x| can be large
+    big_label = "x = [800, −800, 30] (a sum of many log-probabilities)"
+    big_value = np.asarray(_call(exercise, magic_box, (big,), big_label), dtype=np.float64)
+    big_grad = np.asarray(
+        _call(exercise, jax.grad(lambda y: jnp.sum(magic_box(y))), (big,), big_label + ", its gradient"), dtype=np.float64
+    )
+    if not (np.all(np.isfinite(big_value)) and np.all(np.isfinite(big_grad))):
+        _fail(
+            exercise,
+            f"on {big_label} its value or gradient is NaN or infinite: exp(800) overflows float64 (exp(710) = inf), "
+            "and inf / inf or 0 · inf is NaN. Exponentiate only something that is 0 in value, so nothing large is "
+            "ever formed.",
+        )
+    if not (_close(big_value, np.ones(3)) and _close(big_grad, np.ones(3))):
+        _fail(
+            exercise,
+            f"on {big_label} its value is {np.round(big_value, 4).tolist()} and its gradient "
+            f"{np.round(big_grad, 4).tolist()}; both must be 1 at every x, however large.",
+        )
+
     jitted = _call(exercise, jax.jit(magic_box), (x,), "x = [0.3, -1.2, 2.0] under jax.jit")
     if not _close(jitted, np.ones(3)):
         _fail(exercise, "it is right when called directly but not under jax.jit: avoid NumPy and Python side effects inside.")

@@ -157,6 +157,11 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
             "to the other side.",
         ),
         (
+            lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], jnp.max(mdp.rewards, axis=-1)),
+            "It uses the largest reward of each state, max_a r(x, a) (a greedy reward): r^π(x) = Σ_a π(a|x) r(x, a) "
+            "averages over the policy's actions.",
+        ),
+        (
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], mdp.rewards[:, 0]),
             "It uses the rewards of action 0 only: r^π(x) = Σ_a π(a|x) r(x, a) averages over the policy's actions.",
         ),

@@ -15,6 +15,7 @@ from metagrad.course.checks._diagnose import (
     _register,
     _random_mdp,
 )
+from metagrad.course.checks.nb00 import _SHIFT, _refuse_inexact
 
 __all__ = ['check_reward_to_go', 'check_reinforce_gradient', 'check_occupancy_policy_gradient']
 
@@ -70,6 +71,9 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
     def forward_sum(rewards, gamma, bootstrap):
         return np.cumsum(np.asarray(rewards) * gamma ** np.arange(len(rewards)))
 
+    def whole_return(rewards, gamma, bootstrap):
+        return np.full(len(rewards), reference_reward_to_go(rewards, gamma, bootstrap)[0])
+
     def no_bootstrap(rewards, gamma, bootstrap):
         return reference_reward_to_go(rewards, gamma, 0.0)
 
@@ -100,6 +104,8 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
                                 "reward r_t is not discounted."),
         (next_step_return, "It returns G_{t+1} at step t (off by one): G_t starts with the reward at time t."),
         (undiscounted, "It ignores γ: each step further away is worth one more factor of γ."),
+        (whole_return, "It returns the whole return G_0 (from the first step) at every t: G_t counts only the rewards "
+                       "from step t on, r_t + γ r_{t+1} + …, plus the discounted bootstrap."),
         (forward_sum, "It sums the past (r_0 … r_t) instead of the future (r_t … r_{T−1})."),
         (no_bootstrap, "It ignores `bootstrap`: the tail after the last step is worth γ^(T−t) · bootstrap."),
         *[(capped(cap), f"It is right on short trajectories but wrong on T = 300: something caps the horizon at {cap} "
@@ -242,6 +248,11 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
             for b in (True, False)
         ],
     ]
+    shifted = (logits + _SHIFT, batch, critic, 0.9)  # same π, same batch: softmax ignores a common shift of the logits
+    _refuse_inexact(
+        "reinforce_gradient", reinforce_gradient, _reinforce_reference, shifted,
+        "the first batch with logits shifted by 10⁴ (the same π)", "the exact gradient",
+    )
     _compare(
         "reinforce_gradient",
         reinforce_gradient,
@@ -251,7 +262,10 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
         mistakes=mistakes,
         jit=True,
     )
-    return "matches (1/N) Σ_i Σ_t γ^t (G_t − V(x_t)) ∇ log π(a_t|x_t) on 3 batches (incl. one trajectory and a zero critic), also under jax.jit."
+    return (
+        "matches (1/N) Σ_i Σ_t γ^t (G_t − V(x_t)) ∇ log π(a_t|x_t) on 3 batches (incl. one trajectory and a zero critic), "
+        "also under jax.jit, and exactly (not by finite differences) on logits shifted by 10⁴."
+    )
 
 
 @_register("02", "occupancy_policy_gradient")

@@ -17,6 +17,7 @@ from metagrad.course.checks._diagnose import (
     _register,
     _random_mdp,
 )
+from metagrad.course.checks.nb00 import _SHIFT, _refuse_inexact
 
 __all__ = ['check_inner_step', 'check_missing_hessian_terms', 'check_expected_surrogate_hessian']
 
@@ -359,6 +360,13 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
         (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),
         (variant("normalised"), "It is (1 − γ) times too small: d^π(x) is the unnormalised occupancy Σ_t γ^t Pr(x_t = x), as in metagrad.mdp.discounted_occupancy."),
     ]
+    mdp, network, params = cases[-1][1]
+    shifted = (mdp, _ShiftedParameters(network), params + _SHIFT)  # the same policy, parameters stored as 10⁴ + θ
+    _refuse_inexact(
+        "expected_surrogate_hessian", jax.jit(expected_surrogate_hessian, static_argnums=1),
+        jax.jit(reference_expected_surrogate_hessian, static_argnums=1), shifted,
+        "the tanh network with parameters stored as 10⁴ + θ", "the exact expectation",
+    )
     # Compiled calls (the exercise asks for jit-compatibility): op-by-op Hessians through a linear solve are slow.
     _compare(
         "expected_surrogate_hessian",
@@ -370,5 +378,22 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
     )
     return (
         "matches Σ_{x,a} d^π(x) π(a|x) A^π(x,a) ∇²ℓ(a|x) for tabular, log-linear and tanh-network policies "
-        "(two MDPs, γ = 0.7 and 0.9, random start distributions), compiled with jax.jit."
+        "(two MDPs, γ = 0.7 and 0.9, random start distributions), compiled with jax.jit, and exactly (not by "
+        "finite differences) with parameters offset by 10⁴."
     )
+
+
+class _ShiftedParameters:
+    """logits_fn(p) = fn(p − 10⁴): hashable (a static argument of jax.jit), equal for equal fn."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, p):
+        return self.fn(p - _SHIFT)
+
+    def __hash__(self):
+        return hash((_ShiftedParameters, self.fn))
+
+    def __eq__(self, other):
+        return isinstance(other, _ShiftedParameters) and other.fn is self.fn

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from metagrad.course.checks._diagnose import (
     _compare,
     _float,
+    _refuse_float32,
     _register,
     _returns,
     value_gradient_parts,
@@ -72,6 +73,8 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
         vmap_in_axes=(0, 0, 0, None),
     )
     cases = _ope_cases()[:2]
+    # float32 can pass the value tolerance and then fail the gradient's: name the dtype before comparing gradients.
+    _refuse_float32(exercise, student_fn, cases[0][1], cases[0][0])
     _compare(
         exercise,
         _with_gradient(student_fn),
