@@ -635,8 +635,8 @@ def choose_variance_over_n_squared(squared_bias, variance, num_trajectories):
     return min(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] / num_trajectories**2)
 
 
-def _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, discounted=True, ratio=False):
-    d = jnp.exp(log_ratios) if ratio else jnp.expm1(log_ratios)
+def _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, discounted=True, d_of=jnp.expm1):
+    d = d_of(log_ratios)
     g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
     discount = gamma ** jnp.arange(rewards.shape[0]) if discounted else 1.0
     weights = discount * (g - values[:-1]) * d
@@ -654,7 +654,7 @@ def taypo_terms_without_discount(log_ratios, rewards, values, gamma, order):
 
 
 def taypo_terms_ratio_for_d(log_ratios, rewards, values, gamma, order):
-    return _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, ratio=True)  # ρ_t where d_t = ρ_t − 1
+    return _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, d_of=jnp.exp)  # ρ_t where d_t = ρ_t − 1
 
 
 def off_policy_step_stopped_gradient(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
@@ -972,16 +972,7 @@ def taypo_terms_without_bootstrap(log_ratios, rewards, values, gamma, order):
 
 
 def taypo_terms_log_ratio_as_d(log_ratios, rewards, values, gamma, order):
-    d = log_ratios
-    g = ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
-    weights = gamma ** jnp.arange(rewards.shape[0]) * (g - values[:-1]) * d
-
-    def step(e, inputs):
-        d_t, w_t = inputs
-        return e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]), w_t * e
-
-    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
-    return jnp.sum(contributions, axis=0)
+    return _taypo_terms_by_scan(log_ratios, rewards, values, gamma, order, d_of=lambda x: x)  # log ρ_t, not ρ_t − 1
 
 
 def taypo_terms_reversed(log_ratios, rewards, values, gamma, order):
