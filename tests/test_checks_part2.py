@@ -1180,7 +1180,134 @@ TRIAL_B3_WRONG_ANSWERS = [
 ]
 
 
-ALL_WRONG_ANSWERS = WRONG_ANSWERS + TRIAL_B2_WRONG_ANSWERS + TRIAL_B3_WRONG_ANSWERS  # the trials' lists: see their comments
+# ---------------------------------------------------------------------------------------------------
+# The derive exercises of notebooks 08 (log_linear_hessian) and 09 (maml_objective_hessian): wrong derivations,
+# each written here independently of the checks' own mistake lists.
+
+
+def _log_linear_probabilities(theta, features):
+    logits = features @ theta
+    weights = jnp.exp(logits - jnp.max(logits))
+    return weights / jnp.sum(weights)
+
+
+def log_linear_second_moment_only(theta, features, action):
+    pi = _log_linear_probabilities(theta, features)
+    return -jnp.einsum("b,bi,bj->ij", pi, features, features)
+
+
+def log_linear_positive_covariance(theta, features, action):
+    pi = _log_linear_probabilities(theta, features)
+    mean = pi @ features
+    return jnp.einsum("b,bi,bj->ij", pi, features, features) - jnp.outer(mean, mean)
+
+
+def log_linear_score_outer_product(theta, features, action):
+    score = features[action] - _log_linear_probabilities(theta, features) @ features
+    return -jnp.outer(score, score)
+
+
+def log_linear_uniform_weights(theta, features, action):
+    mean = features.mean(axis=0)
+    return -(features.T @ features / features.shape[0] - jnp.outer(mean, mean))
+
+
+def log_linear_unstable_exp(theta, features, action):
+    weights = jnp.exp(features @ theta)
+    pi = weights / weights.sum()
+    mean = pi @ features
+    return -(jnp.einsum("b,bi,bj->ij", pi, features, features) - jnp.outer(mean, mean))
+
+
+def log_linear_by_autodiff(theta, features, action):
+    return jax.hessian(lambda t: jax.nn.log_softmax(features @ t)[action])(theta)
+
+
+def log_linear_by_differences(theta, features, action, h=1e-4):
+    def log_pi(t):
+        return jax.nn.log_softmax(features @ t)[action]
+
+    basis = h * jnp.eye(theta.shape[0])
+    return jnp.array([[(log_pi(theta + u + v) - log_pi(theta + u - v) - log_pi(theta - u + v) + log_pi(theta - u - v))
+                       / (4 * h * h) for v in basis] for u in basis])
+
+
+def _jacobian_sandwich(hess, middle, step_size):
+    jacobian = jnp.eye(hess.shape[0]) + step_size * hess
+    return jacobian @ middle @ jacobian
+
+
+def meta_hessian_without_third_derivative(at_theta, at_adapted, step_size):
+    return _jacobian_sandwich(at_theta[1], at_adapted[1], step_size)
+
+
+def meta_hessian_third_derivative_at_adapted(at_theta, at_adapted, step_size):
+    return (_jacobian_sandwich(at_theta[1], at_adapted[1], step_size)
+            + step_size * jnp.tensordot(at_adapted[2], at_adapted[0], axes=1))
+
+
+def meta_hessian_contracted_with_gradient_at_theta(at_theta, at_adapted, step_size):
+    return (_jacobian_sandwich(at_theta[1], at_adapted[1], step_size)
+            + step_size * jnp.tensordot(at_theta[2], at_theta[0], axes=1))
+
+
+def meta_hessian_one_jacobian(at_theta, at_adapted, step_size):
+    jacobian = jnp.eye(at_theta[1].shape[0]) + step_size * at_theta[1]
+    return jacobian @ at_adapted[1] + step_size * jnp.tensordot(at_theta[2], at_adapted[0], axes=1)
+
+
+def meta_hessian_jacobian_at_adapted(at_theta, at_adapted, step_size):
+    return (_jacobian_sandwich(at_adapted[1], at_adapted[1], step_size)
+            + step_size * jnp.tensordot(at_theta[2], at_adapted[0], axes=1))
+
+
+def meta_hessian_third_without_step_size(at_theta, at_adapted, step_size):
+    return _jacobian_sandwich(at_theta[1], at_adapted[1], step_size) + jnp.tensordot(at_theta[2], at_adapted[0], axes=1)
+
+
+DERIVE_WRONG_ANSWERS = [
+    ("log_linear_hessian", log_linear_second_moment_only, "a second moment"),
+    ("log_linear_hessian", log_linear_positive_covariance, "wrong sign"),
+    ("log_linear_hessian", log_linear_score_outer_product, "the score of the given action"),
+    ("log_linear_hessian", log_linear_uniform_weights, "weights every action equally"),
+    ("log_linear_hessian", log_linear_unstable_exp, "overflows"),
+    ("log_linear_hessian", log_linear_by_autodiff, "automatic differentiation"),
+    ("log_linear_hessian", log_linear_by_differences, "finite differences"),
+    ("maml_objective_hessian", meta_hessian_without_third_derivative, "only the Hessian terms"),
+    ("maml_objective_hessian", meta_hessian_third_derivative_at_adapted, "taken at θ′"),
+    ("maml_objective_hessian", meta_hessian_contracted_with_gradient_at_theta, "contracts ∇³V(θ) with ∇V(θ)"),
+    ("maml_objective_hessian", meta_hessian_one_jacobian, "one factor I + ηH(θ) only"),
+    ("maml_objective_hessian", meta_hessian_jacobian_at_adapted, "Its factors are I + ηH(θ′)"),
+    ("maml_objective_hessian", meta_hessian_third_without_step_size, "lacks the factor η"),
+]
+
+
+def test_maml_objective_hessian_reference_is_autodiff_of_the_meta_objective():
+    """The check's closed form equals jax.hessian of F(θ) = V(θ + η∇V(θ)) for a smooth non-quadratic V."""
+    from metagrad.course.checks import nb09
+
+    def value(x):
+        return jnp.sum(jnp.sin(x) * jnp.arange(1.0, 4.0)) + jnp.prod(x) + 0.3 * jnp.sum(x**4)
+
+    x, eta = jnp.array([0.3, -0.7, 1.1]), 0.4
+    adapted = x + eta * jax.grad(value)(x)
+    derivatives = [jax.grad(value), jax.hessian(value), jax.jacfwd(jax.hessian(value))]
+    at = lambda point: tuple(d(point) for d in derivatives)  # noqa: E731
+    expected = jax.hessian(lambda y: value(y + eta * jax.grad(value)(y)))(x)
+    assert jnp.allclose(nb09.reference_maml_objective_hessian(at(x), at(adapted), eta), expected, atol=1e-12)
+
+
+def test_log_linear_hessian_reference_is_autodiff():
+    from metagrad.course.checks import nb08
+
+    features = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+    theta = jax.random.normal(jax.random.PRNGKey(1), (3,))
+    for action in range(5):
+        expected = jax.hessian(lambda t: jax.nn.log_softmax(features @ t)[action])(theta)
+        assert jnp.allclose(nb08.reference_log_linear_hessian(theta, features, action), expected, atol=1e-13)
+
+
+ALL_WRONG_ANSWERS = WRONG_ANSWERS + TRIAL_B2_WRONG_ANSWERS + TRIAL_B3_WRONG_ANSWERS + DERIVE_WRONG_ANSWERS  # the trials' lists: see their comments
 
 
 @pytest.mark.parametrize("name,wrong,explanation", ALL_WRONG_ANSWERS, ids=[w.__name__ for _, w, _ in ALL_WRONG_ANSWERS])

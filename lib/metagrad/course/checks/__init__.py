@@ -34,9 +34,9 @@ from metagrad.course.checks.nb07 import (
 )
 from metagrad.course.checks.nb08 import (
     check_sampled_inner_step, check_task_meta_gradient, policy_classes,
-    check_hessian_spread_over_actions,
+    check_hessian_spread_over_actions, check_log_linear_hessian,
 )
-from metagrad.course.checks.nb09 import check_taypo_terms, check_off_policy_inner_step
+from metagrad.course.checks.nb09 import check_maml_objective_hessian, check_off_policy_inner_step, check_taypo_terms
 
 #: Every exercise of the course, in course order.
 EXERCISES: list[str] = all_exercises()
@@ -76,6 +76,8 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_task_meta_gradient',
            'policy_classes',
            'check_hessian_spread_over_actions',
+           'check_log_linear_hessian',
            'check_taypo_terms',
+           'check_maml_objective_hessian',
            'check_off_policy_inner_step',
            ]

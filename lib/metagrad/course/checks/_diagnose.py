@@ -123,6 +123,7 @@ FORBIDDEN: dict[str, dict[str, str]] = {
     "dr_log_ratio_gradient": _no_autodiff("this exercise asks for the closed form you derive, written with jax.numpy only."),
     "dice_objective": _library("metagrad.prior:dice_objective"),
     "loaded_dice": _library("metagrad.prior:loaded_dice_objective"),
+    "log_linear_hessian": _no_autodiff("this exercise asks for the Hessian you derive, written with jax.numpy only."),
     "taypo2": _library("metagrad.ope:taylor_expansion", "TayPO-K"),
     "taypo_k": _library("metagrad.ope:taylor_expansion", "TayPO-K"),
     "taypo_terms": _library("metagrad.ope:taylor_expansion", "TayPO-K"),

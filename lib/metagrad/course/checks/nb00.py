@@ -146,7 +146,8 @@ _APPROXIMATE = 1e-4  # finite differences with any usable step h land between _E
 _SHIFT = 1e4  # a common shift of the logits: π is unchanged, but a step h on top of 10⁴ is rounded to ~2e-12
 
 
-def _refuse_inexact(exercise: str, student_fn: Callable, reference: Callable, args, label: str, what: str) -> None:
+def _refuse_inexact(exercise: str, student_fn: Callable, reference: Callable, args, label: str, what: str,
+                    remedy: str = "autodiff is exact ({bound}): differentiate with JAX, not with a small step h") -> None:
     """Refuse a result that is only approximately `reference`, such as finite differences instead of autodiff.
 
     `args` is an input on which every finite-difference step h misses by more than 1e-9 (relative; the inputs
@@ -173,7 +174,7 @@ def _refuse_inexact(exercise: str, student_fn: Callable, reference: Callable, ar
         _fail(
             exercise,
             f"on {label} it matches {what} only to ~{relative:.0e} (relative), the error of finite differences; "
-            f"autodiff is exact (< {_EXACT_RTOL:.0e}): differentiate with JAX, not with a small step h.",
+            + remedy.format(bound=f"< {_EXACT_RTOL:.0e}") + ".",
         )
 
 

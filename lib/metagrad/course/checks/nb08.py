@@ -18,9 +18,10 @@ from metagrad.course.checks._diagnose import (
     _register,
     _random_mdp,
 )
+from metagrad.course.checks.nb00 import _refuse_inexact
 
 __all__ = ['check_sampled_inner_step', 'check_task_meta_gradient', 'policy_classes',
-           'check_hessian_spread_over_actions']
+           'check_hessian_spread_over_actions', 'check_log_linear_hessian']
 
 
 def _inner_step_data(with_mdp: bool = False):
@@ -311,3 +312,90 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
             _fail(exercise, message)
     return ("gives the largest change of ∇²_θ log π(a|x) across actions for 5 policy classes (categorical and Gaussian), "
             "under jax.jit.")
+
+
+def reference_log_linear_hessian(theta, features, action) -> jax.Array:
+    """∇²_θ log π_θ(a|x) for π_θ(b|x) ∝ exp(θᵀφ(x, b)): −Cov_{b∼π}[φ(x, b)], the same for every action a."""
+    pi = jax.nn.softmax(features @ theta)
+    mean = pi @ features
+    return -(features.T @ (pi[:, None] * features) - jnp.outer(mean, mean))
+
+
+def _log_linear_mistakes() -> list[tuple[Callable, str]]:
+    def weights(theta, features):
+        return jax.nn.softmax(features @ theta)
+
+    def second_moment(theta, features, action):
+        pi = weights(theta, features)
+        return -features.T @ (pi[:, None] * features)
+
+    def mean_added(theta, features, action):
+        mean = weights(theta, features) @ features
+        return second_moment(theta, features, action) - jnp.outer(mean, mean)
+
+    def score_outer(theta, features, action):
+        score = features[action] - weights(theta, features) @ features
+        return -jnp.outer(score, score)
+
+    def uniform(theta, features, action):
+        centred = features - features.mean(0)
+        return -centred.T @ centred / features.shape[0]
+
+    def mean_only(theta, features, action):
+        mean = weights(theta, features) @ features
+        return jnp.outer(mean, mean)
+
+    def action_feature(theta, features, action):
+        return -jnp.outer(features[action], features[action])
+
+    return [
+        (lambda th, f, a: -reference_log_linear_hessian(th, f, a),
+         "It has the wrong sign: log π_θ(a|x) is concave in θ for linear logits (its Hessian is negative semi-definite)."),
+        (second_moment,
+         "It is −E_π[φφᵀ], a second moment: differentiating the normaliser inside E_π[φ] once more also gives "
+         "+E_π[φ]E_π[φ]ᵀ, so the Hessian is a covariance."),
+        (mean_added, "It subtracts E_π[φ]E_π[φ]ᵀ from −E_π[φφᵀ]: that term enters with a plus (a covariance is "
+                     "E[φφᵀ] − E[φ]E[φ]ᵀ)."),
+        (score_outer,
+         "It is −ssᵀ with s = φ(x, a) − E_π[φ], the score of the given action: that depends on a; the Hessian is "
+         "its expectation over the actions b ∼ π, the same for every a."),
+        (uniform, "It weights every action equally: the expectation over b is under π_θ(b|x), not uniform."),
+        (mean_only, "It is E_π[φ]E_π[φ]ᵀ alone: the E_π[φφᵀ] part (from differentiating φ's weights π_b) is missing."),
+        (action_feature, "It is −φ(x, a)φ(x, a)ᵀ: the Hessian comes from the log-partition log Σ_b exp θᵀφ(x, b), "
+                         "a sum over every action b."),
+    ]
+
+
+@_register("08", "log_linear_hessian")
+def check_log_linear_hessian(log_linear_hessian: Callable) -> str:
+    """`log_linear_hessian(theta [P], features [A, P], action)` -> [P, P], without automatic differentiation."""
+    exercise = "log_linear_hessian"
+    rng = np.random.default_rng(81)
+    features = _float(rng.normal(size=(4, 3)))
+    theta = _float(rng.normal(size=3))
+    other_features = _float(rng.normal(size=(5, 2)))
+    other_theta = _float(2.0 * rng.normal(size=2))
+    cases = [
+        ("4 actions, 3 features, action 0", (theta, features, 0)),
+        ("the same policy, action 2", (theta, features, 2)),
+        ("5 actions, 2 features, larger θ, action 4", (other_theta, other_features, 4)),
+    ]
+    _refuse_inexact(exercise, log_linear_hessian, reference_log_linear_hessian, cases[0][1], cases[0][0], "the Hessian",
+                    remedy="the closed form is exact ({bound}): derive it instead of taking differences")
+    _compare(exercise, log_linear_hessian, reference_log_linear_hessian, cases, expected_form="(P × P)",
+             mistakes=_log_linear_mistakes(), jit=True, vmap_in_axes=(None, None, 0))  # the demo vmaps over actions
+    # A common shift c of every φ(x, b) with θᵀc = 3000 leaves π and the covariance as they are, but exp(z) overflows.
+    shift = 3000.0 * theta / float(theta @ theta)
+    label = "the first policy with every φ(x, b) shifted by the same vector (logits near 3000, π unchanged)"
+    got = np.asarray(_call(exercise, log_linear_hessian, (theta, features + shift, 0), label), dtype=np.float64)
+    expected = np.asarray(reference_log_linear_hessian(theta, features, 0))
+    if not np.all(np.isfinite(got)):
+        _fail(exercise, f"on {label} it returned NaN or infinity: exp of logits near 3000 overflows (exp(710) = inf); "
+                        "jax.nn.softmax subtracts the largest logit first.")
+    if not np.allclose(got, expected, rtol=1e-6, atol=1e-6):  # cancellation of terms of size 1e6 costs ~1e-9 here
+        error = float(np.max(np.abs(got - expected)))
+        _fail(exercise, f"on {label} it is off by {error:.2g}: a common shift of the features changes neither π nor "
+                        "the Hessian; compute with the centred features φ(x, b) − E_π[φ] to avoid the cancellation of "
+                        "two large terms.")
+    return ("matches −Cov_{b∼π}[φ(x, b)] on 3 inputs (also under jax.jit and jax.vmap over actions) and stays finite "
+            "and accurate for logits near 3000.")

@@ -21,7 +21,7 @@ from metagrad.course.checks._diagnose import (
 from metagrad.course.checks.nb06 import _long_case_with_hint, _long_trajectory, _taylor_cases
 from metagrad.course.checks.nb08 import _inner_step_data, _jit_estimator, _reference_inner_step
 
-__all__ = ['check_taypo_terms', 'check_off_policy_inner_step']
+__all__ = ['check_taypo_terms', 'check_maml_objective_hessian', 'check_off_policy_inner_step']
 
 
 def _reference_taypo_terms(log_ratios, rewards, values, gamma, order):
@@ -126,6 +126,75 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         expected_form="([K] terms, then their Jacobian in log_ratios)"))
     return ("matches the differences of metagrad.ope.taylor_expansion for K = 1, 2, 3, 4 and K > T, in value and Jacobian "
             "(incl. T = 1 and T = 300).")
+
+
+def reference_maml_objective_hessian(at_theta, at_adapted, step_size) -> jax.Array:
+    """∇²F(θ) for F(θ) = V(θ + η∇V(θ)): (I + ηH)H′(I + ηH) + η∇³V(θ)[∇V(θ′)], with H = ∇²V(θ), H′ = ∇²V(θ′)."""
+    _, hess, third = at_theta
+    grad_adapted, hess_adapted, _ = at_adapted
+    jacobian = jnp.eye(hess.shape[0]) + step_size * hess  # ∂θ′/∂θ, symmetric
+    return jacobian @ hess_adapted @ jacobian + step_size * jnp.einsum("ijk,k->ij", third, grad_adapted)
+
+
+def _symmetric_derivatives(rng, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(gradient [n], symmetric Hessian [n, n], fully symmetric third derivative [n, n, n]), random."""
+    hess = rng.normal(size=(n, n))
+    third = rng.normal(size=(n, n, n))
+    third = sum(np.transpose(third, p) for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]) / 6
+    return _float(rng.normal(size=n)), _float(hess + hess.T), _float(third)
+
+
+def _maml_objective_hessian_mistakes() -> list[tuple[Callable, str]]:
+    def variant(jacobian_at="theta", middle_at="adapted", third_at="theta", vector_at="adapted", eta_power=1.0,
+                sign=1.0, left=True, right=True):
+        def wrong(at_theta, at_adapted, step_size):
+            points = {"theta": at_theta, "adapted": at_adapted}
+            eye = jnp.eye(at_theta[1].shape[0])
+            jacobian = eye + step_size * points[jacobian_at][1]
+            out = points[middle_at][1]
+            out = (jacobian if left else eye) @ out @ (jacobian if right else eye)
+            contraction = jnp.einsum("ijk,k->ij", points[third_at][2], points[vector_at][0])
+            return out + sign * step_size**eta_power * contraction
+
+        return wrong
+
+    def hessians_only(at_theta, at_adapted, step_size):
+        return variant()(at_theta, at_adapted, step_size) - step_size * jnp.einsum("ijk,k->ij", at_theta[2], at_adapted[0])
+
+    return [
+        (hessians_only, "It has only the Hessian terms (I + ηH)H(θ′)(I + ηH): differentiating the factor I + ηH(θ) of "
+                        "∇F also gives a term, with the third derivative ∇³V(θ)."),
+        (variant(third_at="adapted"), "Its third-derivative term is taken at θ′: it comes from differentiating H(θ) in "
+                                      "the factor I + ηH(θ), so it is ∇³V at θ."),
+        (variant(vector_at="theta"), "It contracts ∇³V(θ) with ∇V(θ): the vector it acts on is the one I + ηH(θ) "
+                                     "multiplies in ∇F = (I + ηH(θ))∇V(θ′), the gradient at θ′."),
+        (variant(right=False), "It has one factor I + ηH(θ) only: one comes from ∇F itself, and the chain rule through "
+                               "∇V(θ′) brings a second (the result is symmetric)."),
+        (variant(left=False), "It has one factor I + ηH(θ) only: one comes from ∇F itself, and the chain rule through "
+                              "∇V(θ′) brings a second (the result is symmetric)."),
+        (variant(eta_power=0.0), "Its third-derivative term lacks the factor η: it comes from differentiating ηH(θ)."),
+        (variant(eta_power=2.0), "Its third-derivative term carries η²: differentiating I + ηH(θ) gives η∇³V once."),
+        (variant(sign=-1.0), "Its third-derivative term has the wrong sign: the product rule adds both terms."),
+        (variant(jacobian_at="adapted"), "Its factors are I + ηH(θ′): the Jacobian of the inner step ∂θ′/∂θ is "
+                                         "I + ηH(θ), taken at θ."),
+        (variant(middle_at="theta"), "Its middle Hessian is H(θ): the outer value is V at θ′, so the middle factor is "
+                                     "H(θ′)."),
+    ]
+
+
+@_register("09", "maml_objective_hessian")
+def check_maml_objective_hessian(maml_objective_hessian: Callable) -> str:
+    """`maml_objective_hessian((g, H, T) at θ, (g′, H′, T′) at θ′, step_size)` -> ∇²F(θ) [n, n]."""
+    rng = np.random.default_rng(90)
+    cases = [
+        ("random derivatives with n = 3, η = 0.37", (_symmetric_derivatives(rng, 3), _symmetric_derivatives(rng, 3), 0.37)),
+        ("random derivatives with n = 4, η = 1.6", (_symmetric_derivatives(rng, 4), _symmetric_derivatives(rng, 4), 1.6)),
+        ("n = 2, η = 0 (F = V, so ∇²F = H(θ′) as given)",
+         (_symmetric_derivatives(rng, 2), _symmetric_derivatives(rng, 2), 0.0)),
+    ]
+    _compare("maml_objective_hessian", maml_objective_hessian, reference_maml_objective_hessian, cases,
+             expected_form="(n × n)", mistakes=_maml_objective_hessian_mistakes(), jit=True)
+    return ("matches (I + ηH)H(θ′)(I + ηH) + η∇³V(θ)[∇V(θ′)] on 3 inputs (incl. η = 0), also under jax.jit.")
 
 
 def _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
