@@ -3,6 +3,10 @@
 Finite differences where autodiff is asked (score-function gradient and Hessian, REINFORCE, the surrogate's
 expected Hessian), a magic box that overflows at large |x| or returns float32, and four answers whose message
 used to name another mistake (greedy reward, whole return, a reward table, float32 step-wise IS).
+
+Trial A4 (`TRIAL_A4_WRONG_ANSWERS`, notebooks 00–04): float32 results accepted when close, a γ-scaled answer named
+as an iteration count, a normalised occupancy named (1 − γ), an η(1 − γ) step named "ignores step_size", a float32
+gradient named finite differences, and answers that got only "differs", each now named.
 """
 
 from __future__ import annotations
@@ -167,15 +171,6 @@ NAMED = [
 ]
 
 
-@pytest.mark.parametrize("name,wrong,explanation", NAMED, ids=[w.__name__ for _, w, _ in NAMED])
-def test_trial_a3_wrong_answers_are_named(name, wrong, explanation):
-    with pytest.raises(checks.ExerciseCheckFailed) as info:
-        getattr(checks, f"check_{name}")(wrong)
-    message = str(info.value)
-    assert explanation in message and "matches a known mistake" not in message, message
-    assert len(message) < 400 and checks.results()[name] is False
-
-
 def test_shift_makes_every_finite_difference_step_inexact():
     """The premise of the refusal: on the shifted logits no step h gets within 1e-9, autodiff within 1e-15."""
     logits, actions, rewards = nb00._shifted_bandit_case()
@@ -184,3 +179,218 @@ def test_shift_makes_every_finite_difference_step_inexact():
     for h in 10.0 ** -np.arange(1, 11):
         fd = np.asarray(_central(f, logits, h))
         assert np.max(np.abs(fd - exact)) / np.max(np.abs(exact)) > 10 * nb00._EXACT_RTOL, h
+
+
+# --- trial A4 (notebooks 00–04): wrong answers that passed, were misnamed, or got only "differs" ------------------
+
+
+def _p_r_pi(mdp, policy):
+    return jnp.einsum("xa,xay->xy", policy, mdp.transitions), jnp.sum(policy * mdp.rewards, axis=1)
+
+
+def policy_evaluation_float32(mdp, policy):
+    p_pi, r_pi = _p_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(mdp.num_states) - mdp.gamma * p_pi, r_pi).astype(jnp.float32)
+
+
+def reward_to_go_float32(rewards, gamma, bootstrap=0.0):
+    def step(g, r):
+        g = r + gamma * g
+        return g, g
+
+    return jax.lax.scan(step, jnp.asarray(bootstrap, dtype=rewards.dtype), rewards, reverse=True)[1].astype(jnp.float32)
+
+
+def policy_evaluation_discounted_reward(mdp, policy):
+    p_pi, r_pi = _p_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(mdp.num_states) - mdp.gamma * p_pi, mdp.gamma * r_pi)
+
+
+def occupancy_discounted_start(mdp, policy):
+    p_pi, _ = _p_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(mdp.num_states) - mdp.gamma * p_pi.T, mdp.gamma * mdp.initial)
+
+
+def occupancy_in_float32(mdp, policy):
+    p_pi = jnp.einsum("xa,xay->xy", policy.astype(jnp.float32), mdp.transitions.astype(jnp.float32))
+    a = jnp.eye(mdp.num_states, dtype=jnp.float32) - jnp.float32(mdp.gamma) * p_pi.T
+    return jnp.linalg.solve(a, mdp.initial.astype(jnp.float32))
+
+
+def occupancy_gradient_normalised(mdp, logits, occupancy):
+    pi = jax.nn.softmax(logits, axis=-1)
+    from metagrad import mdp as mdp_lib
+
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    return (occupancy / occupancy.sum())[:, None] * pi * (q - v[:, None])
+
+
+def inner_step_one_minus_gamma(mdp, logits, step_size):
+    from metagrad import exact
+
+    return logits + step_size * (1 - mdp.gamma) * jax.grad(exact.value, argnums=1)(mdp, logits)
+
+
+def inner_step_float32_gradient(mdp, logits, step_size):
+    from metagrad import exact
+
+    return logits + step_size * jax.grad(exact.value, argnums=1)(mdp, logits).astype(jnp.float32)
+
+
+def hvp_gauss_newton(f, x, v):
+    g = jax.grad(f)(x)
+    return g * jnp.dot(g, v)
+
+
+def score_hessian_no_rewards(logits, actions, rewards):
+    log_pi = lambda t, a: jax.nn.log_softmax(t)[a]  # noqa: E731
+    scores = jax.vmap(jax.grad(log_pi), in_axes=(None, 0))(logits, actions)
+    curvature = jax.vmap(jax.hessian(log_pi), in_axes=(None, 0))(logits, actions)
+    return jnp.mean(curvature, axis=0) + jnp.einsum("ni,nj->ij", scores, scores) / actions.shape[0]
+
+
+def magic_box_common_shift(x):
+    return jnp.exp(x - jax.lax.stop_gradient(x.mean()))
+
+
+def policy_evaluation_undiscounted(mdp, policy):
+    p_pi, r_pi = _p_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(mdp.num_states) - p_pi, r_pi)
+
+
+def occupancy_undiscounted(mdp, policy):
+    p_pi, _ = _p_r_pi(mdp, policy)
+    return jnp.linalg.solve(jnp.eye(mdp.num_states) - p_pi.T, mdp.initial)
+
+
+def reinforce_next_states(logits, trajectories, critic, gamma):
+    from metagrad.tabular import log_policy
+
+    states, actions, rewards = trajectories.observations, trajectories.actions, trajectories.rewards
+    values = critic[states]
+    boot = values[:, -1]
+    returns = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), boot, rewards.T, reverse=True)[1].T
+    advantages = returns - values[:, :-1]
+    discount = gamma ** jnp.arange(rewards.shape[1])
+    surrogate = lambda t: jnp.mean(jnp.sum(discount * advantages * log_policy(t, states[:, 1:], actions), axis=1))  # noqa: E731
+    return jax.grad(surrogate)(logits)
+
+
+def occupancy_gradient_uniform_baseline(mdp, logits, occupancy):
+    from metagrad import mdp as mdp_lib
+
+    pi = jax.nn.softmax(logits, axis=-1)
+    _, q = mdp_lib.policy_evaluation(mdp, pi)
+    return occupancy[:, None] * pi * (q - q.mean(1, keepdims=True))
+
+
+def _hessian_terms(scores, advantages, gamma, cross_factor=1.0, partners="past"):
+    weights = gamma ** jnp.arange(scores.shape[0]) * advantages
+    total = scores.sum(0)
+    past = jnp.cumsum(scores, axis=0) - scores
+    other = past if partners == "past" else total[None, :] - scores
+    outer = jnp.einsum("t,ti,tj->ij", weights, scores, scores)
+    cross = jnp.einsum("t,ti,tj->ij", weights, scores, other)
+    return outer + cross_factor * (cross + cross.T)
+
+
+def missing_terms_halved_cross(scores, advantages, gamma):
+    return _hessian_terms(scores, advantages, gamma, cross_factor=0.5)
+
+
+def missing_terms_non_causal(scores, advantages, gamma):
+    return _hessian_terms(scores, advantages, gamma, partners="all")
+
+
+def missing_terms_doubled(scores, advantages, gamma):
+    return 2.0 * _hessian_terms(scores, advantages, gamma)
+
+
+def _surrogate_hessian(mdp, logits_fn, params, advantage):
+    from metagrad import mdp as mdp_lib
+
+    log_pi = lambda p: jax.nn.log_softmax(logits_fn(p), axis=-1)  # noqa: E731
+    pi = jnp.exp(log_pi(params))
+    v, q = mdp_lib.policy_evaluation(mdp, pi)
+    adv = {"a": q - v[:, None], "r-v": mdp.rewards - v[:, None], "r": mdp.rewards}[advantage]
+    weights = mdp_lib.discounted_occupancy(mdp, pi)[:, None] * pi * adv
+    return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
+
+
+def surrogate_hessian_sign(mdp, logits_fn, params):
+    return -_surrogate_hessian(mdp, logits_fn, params, "a")
+
+
+def surrogate_hessian_reward_minus_value(mdp, logits_fn, params):
+    return _surrogate_hessian(mdp, logits_fn, params, "r-v")
+
+
+def surrogate_hessian_reward(mdp, logits_fn, params):
+    return _surrogate_hessian(mdp, logits_fn, params, "r")
+
+
+def step_is_log_ratios_cumprod(log_ratios, rewards, values, gamma):
+    w = jnp.cumprod(log_ratios)
+    horizon = rewards.shape[0]
+    return jnp.sum(gamma ** jnp.arange(horizon) * w * rewards) + gamma**horizon * w[-1] * values[-1]
+
+
+def step_is_log_ratios_cumsum(log_ratios, rewards, values, gamma):
+    w = jnp.cumsum(log_ratios)
+    horizon = rewards.shape[0]
+    return jnp.sum(gamma ** jnp.arange(horizon) * w * rewards) + gamma**horizon * w[-1] * values[-1]
+
+
+def doubly_robust_gamma_control_variate(log_ratios, rewards, values, gamma):
+    def step(v_next, inputs):
+        k, r, v = inputs
+        return gamma * v + jnp.exp(k) * (r + gamma * v_next - gamma * v), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+def doubly_robust_gamma_inside(log_ratios, rewards, values, gamma):
+    def step(v_next, inputs):
+        k, r, v = inputs
+        return v + jnp.exp(k) * (r + gamma * (v_next - v)), None
+
+    return jax.lax.scan(step, values[-1], (log_ratios, rewards, values[:-1]), reverse=True)[0]
+
+
+TRIAL_A4_WRONG_ANSWERS = [
+    ("policy_evaluation", policy_evaluation_float32, "float32"),
+    ("reward_to_go", reward_to_go_float32, "float32"),
+    ("policy_evaluation", policy_evaluation_discounted_reward, "γ times"),
+    ("discounted_occupancy", occupancy_discounted_start, "γ times"),
+    ("discounted_occupancy", occupancy_in_float32, "float32"),
+    ("occupancy_policy_gradient", occupancy_gradient_normalised, "normalises the occupancy"),
+    ("inner_step", inner_step_one_minus_gamma, "(1 − γ)"),
+    ("inner_step", inner_step_float32_gradient, "float32"),
+    ("hvp", hvp_gauss_newton, "Gauss–Newton"),
+    ("score_function_hessian", score_hessian_no_rewards, "ignores the rewards"),
+    ("magic_box", magic_box_common_shift, "elementwise"),
+    ("policy_evaluation", policy_evaluation_undiscounted, "is γ missing"),
+    ("discounted_occupancy", occupancy_undiscounted, "is γ missing"),
+    ("reinforce_gradient", reinforce_next_states, "next state"),
+    ("occupancy_policy_gradient", occupancy_gradient_uniform_baseline, "uniform average"),
+    ("missing_hessian_terms", missing_terms_halved_cross, "halved"),
+    ("missing_hessian_terms", missing_terms_non_causal, "later"),
+    ("missing_hessian_terms", missing_terms_doubled, "twice the"),
+    ("expected_surrogate_hessian", surrogate_hessian_sign, "wrong sign"),
+    ("expected_surrogate_hessian", surrogate_hessian_reward_minus_value, "immediate reward"),
+    ("expected_surrogate_hessian", surrogate_hessian_reward, "immediate reward"),
+    ("step_importance_sampling", step_is_log_ratios_cumprod, "log-ratios κ_t as the ratios"),
+    ("step_importance_sampling", step_is_log_ratios_cumsum, "log-ratios κ_t as the ratios"),
+    ("doubly_robust", doubly_robust_gamma_control_variate, "γ V(x_t)"),
+    ("doubly_robust", doubly_robust_gamma_inside, "γ V(x_t)"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", NAMED + TRIAL_A4_WRONG_ANSWERS,
+                         ids=[w.__name__ for _, w, _ in NAMED + TRIAL_A4_WRONG_ANSWERS])
+def test_trial_a3_wrong_answers_are_named(name, wrong, explanation):
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks, f"check_{name}")(wrong)
+    message = str(info.value)
+    assert explanation in message and "matches a known mistake" not in message, message
+    assert len(message) < 400 and checks.results()[name] is False

@@ -294,8 +294,20 @@ def _call(exercise: str, fn: Callable, args: Sequence, label: str):
         _fail(exercise, f"calling it on {label} raised {type(err).__name__}{': ' + detail if detail else ''}.")
 
 
-def _as_result(exercise: str, got, expected: np.ndarray, label: str, expected_form: str) -> np.ndarray:
-    """The student's result as a float64 array, or a one-sentence failure about its type, shape or dtype."""
+def _has_float32(args) -> bool:
+    """Whether any array among `args` (pytrees such as a TabularMDP included) is float32."""
+    return any(getattr(leaf, "dtype", None) == np.float32 for leaf in jax.tree_util.tree_leaves(args))
+
+
+def _as_result(
+    exercise: str, got, expected: np.ndarray, label: str, expected_form: str, args=None, non_finite_hint: str = ""
+) -> np.ndarray:
+    """The student's result as a float64 array, or a one-sentence failure about its type, shape or dtype.
+
+    With `args` (the case's inputs) given: a float32 result while the notebook runs in float64 and no input is
+    float32 is refused, however close (precision is part of every exercise's contract; a float32 result from
+    float32 inputs is judged by its values). `non_finite_hint` is appended when the result is NaN or infinite.
+    """
     if isinstance(got, (tuple, list)) and expected.ndim == 0:
         _fail(exercise, f"on {label} it returned a {type(got).__name__}; expected a single number {expected_form}.")
     dtype = getattr(got, "dtype", None)
@@ -322,15 +334,16 @@ def _as_result(exercise: str, got, expected: np.ndarray, label: str, expected_fo
         dtype is not None
         and np.dtype(dtype) == np.float32
         and jnp.result_type(float) == jnp.float64
-        and not _close(out, expected)
+        and (not _close(out, expected) or (args is not None and not _has_float32(args)))
     ):
         _fail(
             exercise,
-            f"on {label} it returned float32 values while the notebook runs in float64, and they lose precision: "
-            "do not pass dtype=jnp.float32 (let JAX use the default float type).",
+            f"on {label} it returned float32 values while the notebook runs in float64 (its inputs are float64), "
+            "losing half the digits: drop the float32 step (dtype=jnp.float32, .astype(jnp.float32), np.float32) and "
+            "let JAX use the default float type.",
         )
     if not np.all(np.isfinite(out)):
-        _fail(exercise, f"on {label} it returned NaN or infinite values.")
+        _fail(exercise, f"on {label} it returned NaN or infinite values.{' ' + non_finite_hint if non_finite_hint else ''}")
     return out
 
 
@@ -446,7 +459,7 @@ def _check_transforms(
         static = _static_indices(args)
         expected = np.asarray(reference_fn(*args), dtype=np.float64)
         got = _call_transformed(exercise, jax.jit(student_fn, static_argnums=static), args, f"{label} under jax.jit")
-        got = _as_result(exercise, got, expected, f"{label} under jax.jit", expected_form)
+        got = _as_result(exercise, got, expected, f"{label} under jax.jit", expected_form, args)
         if not _close(got, expected):
             _fail(exercise, f"it is right when called directly but wrong under jax.jit on {label}: avoid Python side effects and NumPy inside.")
     if vmap_in_axes is not None:
@@ -468,7 +481,9 @@ def _check_transforms(
         # Compiled, as later cells use it (jit of vmap); op-by-op vmap of linear solves would also be slow.
         got = _call_transformed(exercise, jax.jit(jax.vmap(dynamic_only, in_axes=in_axes)), dyn_args, label)
         expected = np.stack([np.asarray(reference_fn(*args), dtype=np.float64) for _, args in batch])
-        got = _as_result(exercise, got, expected, label, f"(the batch axis first, then {expected_form or 'the usual result'})")
+        got = _as_result(
+            exercise, got, expected, label, f"(the batch axis first, then {expected_form or 'the usual result'})", dyn_args
+        )
         if not _close(got, expected):
             _fail(
                 exercise,
@@ -510,6 +525,7 @@ def _compare(
     parts: Callable[[int], list[tuple[str, slice]]] | None = None,
     jit: bool = False,
     vmap_in_axes: Sequence | None = None,
+    non_finite_hints: dict[str, str] | None = None,
 ) -> None:
     """Compare `student_fn(*args)` with `reference_fn(*args)` on every `(label, args)` case.
 
@@ -518,13 +534,17 @@ def _compare(
     `parts` names the parts of the output (e.g. `value_gradient_hessian_parts`: "its value is right
     but its Hessian is wrong"), and the known mistake (`mistakes`: `(function, hint)` pairs) that
     reproduces the wrong outputs on most cases. Then, when asked, the function is run under `jax.jit`
-    and `jax.vmap` (`_check_transforms`).
+    and `jax.vmap` (`_check_transforms`). `non_finite_hints` maps a case's label to the likely cause of a NaN or
+    infinite result there (e.g. a singular matrix on a one-state MDP).
     """
     wrong = []
     first = ""
     for label, args in cases:
         expected = np.asarray(reference_fn(*args), dtype=np.float64)
-        got = _as_result(exercise, _call(exercise, student_fn, args, label), expected, label, expected_form)
+        got = _as_result(
+            exercise, _call(exercise, student_fn, args, label), expected, label, expected_form, args,
+            (non_finite_hints or {}).get(label, ""),
+        )
         if not _close(got, expected):
             wrong.append((label, args, got))
             if not first:

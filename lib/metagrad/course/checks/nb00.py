@@ -69,6 +69,11 @@ def check_hvp(hvp: Callable) -> str:
             "derivative of the gradient ∇f along v.",
         ),
         (
+            lambda f, x, v: jax.grad(f)(x) * jnp.dot(jax.grad(f)(x), v),
+            "It is ∇f (∇f·v) = ∇f ∇fᵀ v, the Gauss–Newton-like outer product of the gradient with itself: the Hessian "
+            "is the derivative of the gradient ∇f along v, not a product of two gradients.",
+        ),
+        (
             lambda f, x, v: reference(f, v, x),
             "It is ∇²f(v) x, with x and v swapped: the Hessian is taken at the point x and multiplies the direction v.",
         ),
@@ -372,6 +377,11 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
             "Its score outer products are not weighted by the rewards: each sample's whole term, ∇²ℓ_i + ∇ℓ_i ∇ℓ_iᵀ, "
             "is multiplied by its r_i.",
         ),
+        (
+            lambda th, a, r: reference(th, a, jnp.ones_like(r)),
+            "It ignores the rewards: it is the average of ∇²ℓ_i + ∇ℓ_i ∇ℓ_iᵀ, whose expectation is 0; each sample's "
+            "term is weighted by its reward r_i.",
+        ),
         (lambda th, a, r: reference(th, a, r) * r.shape[0], "It is N times too large: average over the samples instead of summing."),
         (mean_score_outer, "It uses the outer product of the averaged score: each sample needs its own ∇ℓ_i ∇ℓ_iᵀ."),
         (
@@ -436,12 +446,17 @@ def check_magic_box(magic_box: Callable) -> str:
     if value.shape != x.shape:
         _fail(exercise, f"on x of shape {x.shape} it returned shape {value.shape}; it must act elementwise.")
     if not _close(value, np.ones(3)):
-        hint = (
-            " It equals exp(x): keep the exponential's derivatives but make its value 1 (does jax.lax.stop_gradient "
-            "change a value or a derivative?)."
-            if _close(value, np.exp(x))
-            else ""
-        )
+        hint = ""
+        if _close(value, np.exp(x)):
+            hint = (
+                " It equals exp(x): keep the exponential's derivatives but make its value 1 (does jax.lax.stop_gradient "
+                "change a value or a derivative?)."
+            )
+        elif np.all(value > 0) and np.ptp(np.log(value) - np.asarray(x)) < 1e-6:
+            hint = (
+                " It equals exp(x − c) with one constant c shared by all entries (like stop_gradient(x.mean())): it must "
+                "act elementwise, each entry against its own stop-gradient copy."
+            )
         _fail(exercise, f"its value must be exactly 1 for every x; got {np.round(value, 4).tolist()}.{hint}")
     _refuse_float32(exercise, magic_box, (x,), "x = [0.3, -1.2, 2.0]")
     def w(theta):  # a log-probability-like function of θ

@@ -70,23 +70,22 @@ def _refuse_fixed_iterations(
     from metagrad.course.checks._diagnose import _call, _close, _fail
 
     label, (mdp, policy) = _near_one_case()
-    got = np.asarray(_call(exercise, student_fn, (mdp, policy), label), dtype=np.float64)
+    raw = _call(exercise, student_fn, (mdp, policy), label)
+    if getattr(raw, "dtype", None) == np.float32 and jnp.result_type(float) == jnp.float64:
+        return  # a float32 result: _compare names the dtype
+    got = np.asarray(raw, dtype=np.float64)
     expected = np.asarray(reference(mdp, policy), dtype=np.float64)
-    if got.shape != expected.shape or _close(got, expected):
+    if got.shape != expected.shape or not np.all(np.isfinite(got)) or _close(got, expected):
         return
-    p_pi, r_pi = (np.asarray(a, dtype=np.float64) for a in _p_pi(mdp, policy))
-    gamma = float(mdp.gamma)
-    if what == "backup":
-        path = _iterates(np.zeros_like(r_pi), lambda v: r_pi + gamma * p_pi @ v)
-    else:
-        p0 = np.asarray(mdp.initial, dtype=np.float64)
-        path = _iterates(np.zeros_like(p0), lambda d: p0 + gamma * p_pi.T @ d)
+    path = _iterates(*_update(what, mdp, policy))
     scale = np.max(np.abs(expected))
     distance = np.max(np.abs(path - got), axis=1) / scale
     k = int(np.argmin(distance))
-    if only_named and (distance[k] >= 1e-6 or k in skip):
+    matched = distance[k] < 1e-6 and _iterates_elsewhere(exercise, student_fn, what, k)
+    if only_named and (not matched or k in skip):
         return
-    found = f"it matches {k} iterations of the fixed-point update from zero" if distance[k] < 1e-6 else (
+    gamma = float(mdp.gamma)
+    found = f"it matches {k} iterations of the fixed-point update from zero" if matched else (
         "it is wrong only at γ close to 1 (right at γ ≤ 0.99)")
     _fail(
         exercise,
@@ -94,6 +93,36 @@ def _refuse_fixed_iterations(
         f"iterations the error shrinks only like γ^K: with γ = {gamma} a few thousand leave a large part of the sum "
         "out; solve the linear system once instead.",
     )
+
+
+def _update(what: str, mdp, policy):
+    """(start, step) of the fixed-point update from zero: V ← r^π + γ P^π V ("backup") or d ← p_0 + γ (P^π)ᵀ d."""
+    p_pi, r_pi = (np.asarray(a, dtype=np.float64) for a in _p_pi(mdp, policy))
+    gamma = float(mdp.gamma)
+    if what == "backup":
+        return np.zeros_like(r_pi), lambda v: r_pi + gamma * p_pi @ v
+    p0 = np.asarray(mdp.initial, dtype=np.float64)
+    return np.zeros_like(p0), lambda d: p0 + gamma * p_pi.T @ d
+
+
+def _iterates_elsewhere(exercise: str, student_fn: Callable, what: str, k: int) -> bool:
+    """Whether the student's result on the 5-state, γ = 0.9 case is also K = k iterations of the update.
+
+    On the γ ≈ 1 case alone a wrong answer can sit within 10⁻⁶ of some iterate by accident (there V^π is nearly
+    constant, so γ·V^π ≈ (γP^π)^K-truncated sums): a fixed iteration count must explain a second, mixing case too.
+    """
+    from metagrad.course.checks._diagnose import _call, _close
+
+    label, (mdp, policy) = _mdp_cases()[0]
+    got = np.asarray(_call(exercise, student_fn, (mdp, policy), label), dtype=np.float64)
+    start, step = _update(what, mdp, policy)
+    value = start
+    for _ in range(k):
+        following = step(value)
+        if np.array_equal(following, value):
+            break
+        value = following
+    return got.shape == value.shape and _close(got, value)
 
 
 def _p_pi(mdp, policy):
@@ -148,6 +177,11 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         ),
         (rewards_of_next, "It counts rewards from the next state on: V^π(x) starts with the reward collected in x."),
         (
+            lambda mdp, policy: mdp.gamma * reference(mdp, policy),
+            "It is γ times the answer (γ·V^π, e.g. γ on the reward side, solve(I − γP^π, γ r^π)): V^π(x) starts "
+            "with the undiscounted reward r^π(x) collected in x itself.",
+        ),
+        (
             lambda mdp, policy: (1 - mdp.gamma) * reference(mdp, policy),
             "It equals (1 − γ)·V^π, the normalised value: V^π is the plain discounted sum of rewards, no (1 − γ) factor.",
         ),
@@ -176,6 +210,7 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         expected_form="(one value per state)",
         mistakes=mistakes,
         jit=True,
+        non_finite_hints={"a single-state MDP": _singular_hint("(I − γ P^π) V = r^π")},
     )
     _refuse_fixed_iterations("policy_evaluation", policy_evaluation, reference, "backup", only_named=False)
     return (
@@ -225,6 +260,11 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         ),
         (_stationary_over_one_minus_gamma, "It is the stationary distribution divided by (1 − γ), the long-run visits: "
                                            "d^π weights early steps most (γ^t), so it depends on where the chain starts, p_0."),
+        (
+            lambda mdp, policy: mdp.gamma * mdp_lib.discounted_occupancy(mdp, policy),
+            "It is γ times the answer (γ·d^π, e.g. solving with γ p_0 on the right-hand side): the start "
+            "distribution counts at t = 0 with weight γ⁰ = 1.",
+        ),
         (normalised, "It is the normalised occupancy (1 − γ) d^π; here we want the unnormalised one, summing to 1/(1 − γ)."),
         (
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0].T, jnp.ones(policy.shape[0])),
@@ -246,12 +286,19 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         expected_form="(one entry per state)",
         mistakes=mistakes,
         jit=True,
+        non_finite_hints={"a single-state MDP": _singular_hint("(I − γ (P^π)ᵀ) d = p_0")},
     )
     _refuse_fixed_iterations("discounted_occupancy", discounted_occupancy, jax.jit(mdp_lib.discounted_occupancy), "occupancy", only_named=False)
     return (
         "matches metagrad.mdp.discounted_occupancy on 8 MDPs (random, near-deterministic, γ = 0, one state, "
         "deterministic policy, random start, γ = 0.99 and γ = 0.9999), also under jax.jit."
     )
+
+
+def _singular_hint(system: str) -> str:
+    """The likely cause of NaN or infinity on the one-state MDP (γ = 0.5), whose answer is finite."""
+    return (f"Its linear system is probably singular: is γ missing? I − P^π is singular (each row of P^π sums to 1); "
+            f"the discounted system {system} is not, for γ < 1.")
 
 
 def _stationary_over_one_minus_gamma(mdp, policy):

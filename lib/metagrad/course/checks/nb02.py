@@ -126,7 +126,7 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
 
 def _reinforce_reference(
     logits, trajectories, critic, gamma, *, time_indexed=False, discount_weights=True, baseline=True, bootstrap=True, mean=True,
-    returns_from="t",
+    returns_from="t", policy_states="t",
 ):
     from metagrad.tabular import log_policy
 
@@ -152,8 +152,10 @@ def _reinforce_reference(
     advantages = returns - subtracted if baseline else returns
     weights = gamma ** jnp.arange(horizon) if discount_weights else jnp.ones(horizon)
 
+    acting = states[:, 1:] if policy_states == "next" else states[:, :-1]
+
     def surrogate(theta):
-        log_pi = log_policy(theta, states[:, :-1], actions)
+        log_pi = log_policy(theta, acting, actions)
         per_trajectory = jnp.sum(weights * advantages * log_pi, axis=1)
         return jnp.mean(per_trajectory) if mean else jnp.sum(per_trajectory)
 
@@ -241,6 +243,14 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
         ),
         *[
             (
+                lambda *a, _t=t: _reinforce_reference(*a, policy_states="next", time_indexed=_t),
+                "It scores a_t in the next state, ∇ log π(a_t|x_{t+1}) (observations[:, 1:], off by one): a_t is "
+                "chosen in x_t, observations[:, :-1].",
+            )
+            for t in (False, "next")
+        ],
+        *[
+            (
                 lambda *a, _b=b: _reinforce_reference(*a, returns_from="r", baseline=_b),
                 "It weights step t by the immediate reward r_t instead of the return G_t: the action a_t also changes "
                 "every later reward, so its weight must count them (G_t = r_t + γ G_{t+1}).",
@@ -307,10 +317,12 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
                 "q": q,
                 "r": mdp.rewards - jnp.sum(pi * mdp.rewards, -1, keepdims=True),
                 "r_raw": mdp.rewards,
+                "mean_q": q - jnp.mean(q, -1, keepdims=True),
             }.get(kind, q - v[:, None])
             occ = {
                 "initial": mdp.initial,
                 "norm": (1 - mdp.gamma) * occupancy,
+                "sum_to_one": occupancy / jnp.sum(occupancy),
                 "own": mdp_lib.discounted_occupancy(mdp, pi),
             }.get(kind, occupancy)
             out = occ[:, None] * weight
@@ -331,7 +343,11 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
         *[(variant(kind), "It weights by the immediate reward r(x, a): an action also changes every later reward, so its "
                           "weight must count the value of what follows, not only the first reward.") for kind in ("r", "r_raw")],
         (variant("initial"), "It uses the start distribution instead of the `occupancy` argument."),
+        (variant("sum_to_one"), "It normalises the occupancy to sum to 1: use the `occupancy` argument as given, "
+                                "unnormalised (d^π sums to 1/(1 − γ))."),
         (variant("norm"), "It is (1 − γ) times the answer: use the occupancy as given, unnormalised."),
+        (variant("mean_q"), "Its baseline is the uniform average of Q^π(x, ·) over actions: the advantage subtracts "
+                            "V^π(x) = Σ_b π(b|x) Q^π(x, b), the average under the policy."),
         (
             variant("own"),
             "It ignores the `occupancy` argument and uses d^π of the policy instead: right only when the two "

@@ -34,7 +34,8 @@ def check_inner_step(inner_step: Callable) -> str:
     theta_b = _float(rng.normal(size=(4, 3)))
     cases = [
         ("a random 4-state MDP with η = 0.5", (mdp_a, theta_a, 0.5)),
-        ("a near-deterministic MDP with γ = 0.5 and η = 2.0", (mdp_b, theta_b, 2.0)),
+        # η = 3, not 2: with γ = 0.5 a factor (1 − γ) on the step would make η(1 − γ) = 1, like an ignored η.
+        ("a near-deterministic MDP with γ = 0.5 and η = 3.0", (mdp_b, theta_b, 3.0)),
         ("η = 0 (θ' = θ)", (mdp_a, theta_a, 0.0)),
     ]
     mistakes = [
@@ -49,6 +50,11 @@ def check_inner_step(inner_step: Callable) -> str:
         (
             lambda m, th, eta: eta * exact.gradient(m, th),
             "It returns only the step η ∇J(θ): θ' starts from θ.",
+        ),
+        (
+            lambda m, th, eta: th + eta * (1 - m.gamma) * exact.gradient(m, th),
+            "Its step is η (1 − γ) ∇J(θ), an extra factor (1 − γ): ∇J is the gradient of exact.value as it is (the "
+            "unnormalised discounted value); take the plain step θ + η ∇J(θ).",
         ),
         (
             lambda m, th, eta: th + eta * exact.gradient(m, th) / jnp.linalg.norm(exact.gradient(m, th)),
@@ -117,13 +123,21 @@ def _refuse_approximate_step(inner_step: Callable) -> None:
     expected = np.asarray(jax.jit(exact.gradient)(mdp, theta), dtype=np.float64)
     if got.shape != expected.shape:
         _fail("inner_step", f"on {label} it returned shape {got.shape}; expected {expected.shape} (same as logits).")
-    relative = float(np.max(np.abs(got - np.asarray(theta) - expected)) / np.max(np.abs(expected)))
+    step = got - np.asarray(theta)
+    relative = float(np.max(np.abs(step - expected)) / np.max(np.abs(expected)))
+    rounded = expected.astype(np.float32).astype(np.float64)  # ∇J rounded to float32, then added to float64 θ
+    if relative > _STEP_RTOL and float(np.max(np.abs(step - rounded)) / np.max(np.abs(expected))) < 1e-12:
+        _fail(
+            "inner_step",
+            f"on {label} its step θ' − θ is ∇J(θ) rounded to float32 (off by ~{relative:.0e} relative): a float32 "
+            "step (.astype(jnp.float32), dtype=jnp.float32) loses half the digits; let JAX use the default float type.",
+        )
     if relative > _STEP_RTOL:
         _fail(
             "inner_step",
             f"on {label} its step θ' − θ matches ∇J(θ) only to ~{relative:.0e} (relative): finite differences of J "
-            "are approximate; differentiate exact.value with jax.grad, which is exact (to better than "
-            f"{_STEP_RTOL:.0e} here) and keeps the meta-gradient exact.",
+            "are approximate, and so is a float32 step; differentiate exact.value with jax.grad in float64, exact "
+            f"to better than {_STEP_RTOL:.0e} here.",
         )
 
 
@@ -196,6 +210,15 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
             out = out + gamma**t * float(adv[t]) * (np.outer(g, g) + np.outer(g, future) + np.outer(future, g))
         return out
 
+    def non_causal(scores, adv, gamma):  # g_t paired with S_{≠t}, the scores of every other step
+        scores = np.asarray(scores)
+        total = scores.sum(0)
+        out = 0.0
+        for t, g in enumerate(scores):
+            other = total - g
+            out = out + gamma**t * float(adv[t]) * (np.outer(g, g) + np.outer(g, other) + np.outer(other, g))
+        return out
+
     mistakes = [
         (
             with_future,
@@ -208,6 +231,21 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
             "not to step t; attach each product of two scores to the later of its two steps.",
         ),
         (with_past(2.0, 0.0), "Its cross terms are doubled: each product of two different steps' scores is counted twice."),
+        (
+            with_past(0.5, 0.0),
+            "Its cross terms are halved: each product of two different steps' scores appears once in each order, "
+            "g_t S_{<t}ᵀ + S_{<t} g_tᵀ, each with full weight.",
+        ),
+        (
+            lambda s, a, g: 2.0 * reference_missing_hessian_terms(s, a, g),
+            "It is twice the missing terms (every product, g_t g_tᵀ included, counted twice): each product of scores "
+            "enters once, with weight γ^t Â_t.",
+        ),
+        (
+            non_causal,
+            "It pairs g_t with every other step's score, earlier and later: step t's reward depends only on actions "
+            "up to t, so g_t pairs only with the earlier scores S_{<t}.",
+        ),
         (undiscounted, "It ignores γ: each step's terms carry the same factor γ^t as its ∇²ℓ_t term in the surrogate."),
         (
             lambda s, a, g: g * reference_missing_hessian_terms(s, a, g),
@@ -330,6 +368,9 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                 "no_states": pi * adv,
                 "lvc": d[:, None] * pi * adv,
                 "normalised": (1 - mdp.gamma) * d[:, None] * pi * adv,
+                "sign": -d[:, None] * pi * adv,
+                "r_minus_v": d[:, None] * pi * (mdp.rewards - v[:, None]),
+                "r": d[:, None] * pi * mdp.rewards,
             }[kind]
             out = jnp.einsum("sa,sapq->pq", w, h)
             if kind == "lvc":
@@ -358,6 +399,13 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
         (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
         (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
         (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),
+        (variant("sign"), "It has the wrong sign (it is minus the expectation): the surrogate is Σ_t γ^t Â_t ℓ_t, "
+                          "added, not subtracted; check the sign of the advantage Q^π − V^π."),
+        *[
+            (variant(kind), "It weights ∇²ℓ by the immediate reward r(x, a) (or r − V^π): Â_t's mean is the advantage "
+                            "A^π = Q^π − V^π, which counts later rewards too.")
+            for kind in ("r_minus_v", "r")
+        ],
         (variant("normalised"), "It is (1 − γ) times too small: d^π(x) is the unnormalised occupancy Σ_t γ^t Pr(x_t = x), as in metagrad.mdp.discounted_occupancy."),
     ]
     mdp, network, params = cases[-1][1]

@@ -117,6 +117,12 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
             "It uses the log-ratios κ_t as the ratios: ρ_t = exp(κ_t).",
         ),
         (
+            lambda lr, r, v, gamma: jnp.sum(gamma ** jnp.arange(r.shape[0]) * jnp.cumsum(lr) * r)
+            + gamma ** r.shape[0] * jnp.sum(lr) * v[-1],
+            "It uses the log-ratios κ_t as the ratios (a sum of logs, Σ_{s≤t} κ_s, is the log of the product): "
+            "Π_{s≤t} ρ_s = exp(Σ_{s≤t} κ_s).",
+        ),
+        (
             lambda lr, r, v, gamma: no_bootstrap(lr, r, v, gamma) + gamma ** (r.shape[0] - 1) * jnp.exp(jnp.sum(lr)) * v[-1],
             "Its bootstrap term is discounted by γ^(T−1), one factor short: V(x_T) comes T steps after x_0, so γ^T.",
         ),
@@ -195,6 +201,11 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
             lambda lr, r, v, gamma: _dr_variant(lr, r, v, gamma, outside=gamma, inside=gamma),
             "Its control variate is γ V(x_t): the critic's value of the state x_t is V(x_t), undiscounted (the step's "
             "own reward r_t is not discounted either).",
+        ),
+        (
+            lambda lr, r, v, gamma: _dr_variant(lr, r, v, gamma, outside=1.0, inside=gamma),
+            "Its control variate subtracts γ V(x_t) inside the ratio's bracket (γ (V̂_{t+1} − V(x_t))): the critic's "
+            "value of x_t is V(x_t), undiscounted, in both places: V(x_t) + ρ_t (r_t + γ V̂_{t+1} − V(x_t)).",
         ),
         (lambda *a: loop(*a, sign=-1.0), "The control variate has the wrong sign: add V(x_t) − ρ_t V(x_t), not its negative."),
         (
