@@ -1307,7 +1307,58 @@ def test_log_linear_hessian_reference_is_autodiff():
         assert jnp.allclose(nb08.reference_log_linear_hessian(theta, features, action), expected, atol=1e-13)
 
 
-ALL_WRONG_ANSWERS = WRONG_ANSWERS + TRIAL_B2_WRONG_ANSWERS + TRIAL_B3_WRONG_ANSWERS + DERIVE_WRONG_ANSWERS  # the trials' lists: see their comments
+# Trial A5 (fresh reader, 00–04): answers that passed or got a misnamed message.
+def doubly_robust(log_ratios, rewards, values, gamma):
+    """A student's own DR of exercise 2 (here the library's): what dr_log_ratio_gradient may not call."""
+    return ope.doubly_robust(log_ratios, rewards, values, gamma)
+
+
+def dr_gradient_by_central_differences(rewards, values, gamma):
+    steps = jnp.eye(rewards.shape[0])
+    return jnp.stack([(doubly_robust(1e-6 * e, rewards, values, gamma) - doubly_robust(-1e-6 * e, rewards, values, gamma)) / 2e-6
+                      for e in steps])
+
+
+def dr_gradient_by_doubling_one_ratio(rewards, values, gamma):  # exact (DR is affine in each ρ_t), but not derived
+    steps = jnp.eye(rewards.shape[0])
+    return jnp.stack([doubly_robust(jnp.log(2.0) * e, rewards, values, gamma) - doubly_robust(0 * e, rewards, values, gamma)
+                      for e in steps])
+
+
+def dr_gradient_by_library_differences(rewards, values, gamma):
+    steps = jnp.eye(rewards.shape[0])
+    return jnp.stack([(ope.doubly_robust(1e-6 * e, rewards, values, gamma) - ope.doubly_robust(-1e-6 * e, rewards, values, gamma))
+                      / 2e-6 for e in steps])
+
+
+def reward_to_go_bootstrap_undiscounted(rewards, gamma, bootstrap):
+    no_tail = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), 0.0, rewards, reverse=True)[1]
+    return no_tail + bootstrap
+
+
+def step_is_own_ratio_per_reward(log_ratios, rewards, values, gamma):
+    return jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * jnp.exp(log_ratios) * rewards) + gamma ** rewards.shape[0] * values[-1]
+
+
+TRIAL_A5_WRONG_ANSWERS = [
+    ("dr_log_ratio_gradient", dr_gradient_by_central_differences, "It calls doubly_robust"),
+    ("dr_log_ratio_gradient", dr_gradient_by_doubling_one_ratio, "It calls doubly_robust"),
+    ("dr_log_ratio_gradient", dr_gradient_by_library_differences, "It calls doubly_robust"),
+    ("reward_to_go", reward_to_go_bootstrap_undiscounted, "adds the bootstrap undiscounted"),
+    ("step_importance_sampling", step_is_own_ratio_per_reward, "its own ratio ρ_t only"),
+]
+
+
+def test_dr_log_ratio_gradient_leaves_the_students_doubly_robust_in_place():
+    """The refusal of the student's own doubly_robust is undone after the check, whatever its outcome."""
+    original = globals()["doubly_robust"]
+    with pytest.raises(AssertionError):
+        checks.check_dr_log_ratio_gradient(dr_gradient_by_doubling_one_ratio)
+    assert globals()["doubly_robust"] is original
+
+
+ALL_WRONG_ANSWERS = (WRONG_ANSWERS + TRIAL_B2_WRONG_ANSWERS + TRIAL_B3_WRONG_ANSWERS + DERIVE_WRONG_ANSWERS
+                     + TRIAL_A5_WRONG_ANSWERS)  # the trials' lists: see their comments
 
 
 @pytest.mark.parametrize("name,wrong,explanation", ALL_WRONG_ANSWERS, ids=[w.__name__ for _, w, _ in ALL_WRONG_ANSWERS])

@@ -107,10 +107,11 @@ def _no_autodiff(why: str) -> dict[str, str]:
 
 
 #: Exercise -> {"module:attr": message}: calls that raise `ForbiddenCall` while the student's function runs.
+#: `@student:name` is the student's own function `name` (an earlier exercise), looked up in the student's namespace.
 FORBIDDEN: dict[str, dict[str, str]] = {
     "score_function_hessian": {"jax.lax:stop_gradient": "It uses stop_gradient, i.e. the magic box of the next exercise; this "
-                               "one asks for the score-function form itself: E[f(x)(∇log p ∇log pᵀ + ∇²log p)], "
-                               "with the derivatives of log p."},
+                               "one asks for the score-function form itself, written with the derivatives of log p "
+                               "(differentiate the score-function gradient's expectation once more)."},
     "magic_box": _library("metagrad.prior:magic_box"),
     "policy_evaluation": _library("metagrad.mdp:policy_evaluation"),
     "discounted_occupancy": _library("metagrad.mdp:discounted_occupancy"),
@@ -120,7 +121,15 @@ FORBIDDEN: dict[str, dict[str, str]] = {
     "missing_hessian_terms": _no_autodiff("this exercise asks for the terms you derive, written with jax.numpy only."),
     "step_importance_sampling": _library("metagrad.ope:step_importance_sampling"),
     "doubly_robust": _library("metagrad.ope:doubly_robust"),
-    "dr_log_ratio_gradient": _no_autodiff("this exercise asks for the closed form you derive, written with jax.numpy only."),
+    "dr_log_ratio_gradient": {
+        **_no_autodiff("this exercise asks for the closed form you derive, written with jax.numpy only."),
+        **dict.fromkeys(
+            ("metagrad.ope:doubly_robust", "@student:doubly_robust"),
+            "It calls doubly_robust: differences of DR values (finite differences, or DR at ρ_t = 2 minus DR at ρ = 1) "
+            "measure the derivative instead of deriving it; this exercise asks for the closed form, written with "
+            "jax.numpy only.",
+        ),
+    },
     "dice_objective": _library("metagrad.prior:dice_objective"),
     "loaded_dice": _library("metagrad.prior:loaded_dice_objective"),
     "log_linear_hessian": _no_autodiff("this exercise asks for the Hessian you derive, written with jax.numpy only."),
@@ -145,15 +154,23 @@ def _forbidden(forbidden: dict[str, str], namespaces: list[dict]):
     try:
         for target, message in forbidden.items():
             module_name, attr = target.split(":")
+
+            def refuse(*args, _message=message, **kwargs):
+                raise ForbiddenCall(_message)
+
+            if module_name == "@student":  # the student's own function: in each namespace that defines it
+                for namespace in namespaces:
+                    original = namespace.get(attr)
+                    for name, value in list(namespace.items()) if callable(original) else ():
+                        if value is original:
+                            undo.append((namespace, name, original))
+                            namespace[name] = refuse
+                continue
             try:
                 module = importlib.import_module(module_name)
                 original = getattr(module, attr)
             except (ImportError, AttributeError):
                 continue
-
-            def refuse(*args, _message=message, **kwargs):
-                raise ForbiddenCall(_message)
-
             undo.append((module, attr, original))
             setattr(module, attr, refuse)
             for namespace in namespaces:

@@ -108,6 +108,11 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
                        "from step t on, r_t + γ r_{t+1} + …, plus the discounted bootstrap."),
         (forward_sum, "It sums the past (r_0 … r_t) instead of the future (r_t … r_{T−1})."),
         (no_bootstrap, "It ignores `bootstrap`: the tail after the last step is worth γ^(T−t) · bootstrap."),
+        (
+            lambda rewards, gamma, bootstrap: no_bootstrap(rewards, gamma, bootstrap) + bootstrap,
+            "It adds the bootstrap undiscounted at every step: seen from step t, the tail after the last step lies "
+            "T − t steps ahead, so it is worth γ^(T−t) · bootstrap.",
+        ),
         *[(capped(cap), f"It is right on short trajectories but wrong on T = 300: something caps the horizon at {cap} "
                         "steps (a fixed-size buffer or loop); scan over all the rewards.") for cap in (64, 100, 128, 200, 256)],
     ]

@@ -111,6 +111,15 @@ def check_step_importance_sampling(step_importance_sampling: Callable) -> str:
         (trajectory_is, "It matches trajectory-wise IS (one product over all T steps): step-wise IS weights r_t by Π_{s≤t} ρ_s only."),
         (shifted, "It weights r_t by Π_{s<t} ρ_s (off by one): the action a_t that earned r_t needs its ratio too."),
         (no_bootstrap, "It ignores the bootstrap term γ^T (Π_{s<T} ρ_s) V(x_T)."),
+        *[
+            (
+                lambda lr, r, v, gamma, _b=b: jnp.sum(gamma ** jnp.arange(r.shape[0]) * jnp.exp(lr) * r)
+                + gamma ** r.shape[0] * (jnp.exp(jnp.sum(lr)) if _b else 1.0) * v[-1],
+                "It weights each reward r_t by its own ratio ρ_t only: r_t depends on every action up to a_t, so it "
+                "needs the product of the ratios so far, ρ_0 ⋯ ρ_t.",
+            )
+            for b in (False, True)
+        ],
         (
             lambda lr, r, v, gamma: jnp.sum(gamma ** jnp.arange(r.shape[0]) * jnp.cumprod(lr) * r)
             + gamma ** r.shape[0] * jnp.prod(lr) * v[-1],
