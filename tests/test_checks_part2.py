@@ -1357,8 +1357,41 @@ def test_dr_log_ratio_gradient_leaves_the_students_doubly_robust_in_place():
     assert globals()["doubly_robust"] is original
 
 
+# Trial B5 (fresh reader, 05–09): DiCE written with ratios passed the check that asks for it without them.
+def on_policy_importance_sampling(log_pi, rewards, values, gamma):
+    """A student's exercise 1 of notebook 05 (step-wise IS at μ = sg(π)): what dice_objective may not call."""
+    return ope.step_importance_sampling(log_pi - jax.lax.stop_gradient(log_pi), rewards, values, gamma)
+
+
+def dice_by_calling_exercise_one(log_pi, rewards, values, gamma):
+    return on_policy_importance_sampling(log_pi, rewards, values, gamma)
+
+
+def dice_by_cumulative_product_of_boxes(log_pi, rewards, values, gamma):
+    weights = jnp.cumprod(jnp.exp(log_pi - jax.lax.stop_gradient(log_pi)))
+    return jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[-1]
+
+
+def choose_largest_error(squared_bias, variance, num_trajectories):
+    return max(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] / num_trajectories)
+
+
+TRIAL_B5_WRONG_ANSWERS = [
+    ("dice_objective", dice_by_calling_exercise_one, "It multiplies ratios"),
+    ("dice_objective", dice_by_cumulative_product_of_boxes, "It multiplies ratios"),
+    ("choose_estimator", choose_largest_error, "the smallest predicted mean squared error"),
+]
+
+
+def test_choose_estimator_message_does_not_state_the_rule():
+    """A wrong choice that no known rule explains gets the verdict, not the formula the exercise asks for."""
+    with pytest.raises(AssertionError) as failure:
+        checks.check_choose_estimator(lambda b, v, n: sorted(b)[0])
+    assert "variance / N" not in str(failure.value) and "smallest predicted mean squared error" in str(failure.value)
+
+
 ALL_WRONG_ANSWERS = (WRONG_ANSWERS + TRIAL_B2_WRONG_ANSWERS + TRIAL_B3_WRONG_ANSWERS + DERIVE_WRONG_ANSWERS
-                     + TRIAL_A5_WRONG_ANSWERS)  # the trials' lists: see their comments
+                     + TRIAL_A5_WRONG_ANSWERS + TRIAL_B5_WRONG_ANSWERS)  # the trials' lists: see their comments
 
 
 @pytest.mark.parametrize("name,wrong,explanation", ALL_WRONG_ANSWERS, ids=[w.__name__ for _, w, _ in ALL_WRONG_ANSWERS])

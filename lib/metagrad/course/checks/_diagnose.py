@@ -130,7 +130,15 @@ FORBIDDEN: dict[str, dict[str, str]] = {
             "jax.numpy only.",
         ),
     },
-    "dice_objective": _library("metagrad.prior:dice_objective"),
+    "dice_objective": {
+        **_library("metagrad.prior:dice_objective"),
+        **dict.fromkeys(
+            ("metagrad.ope:step_importance_sampling", "@student:on_policy_importance_sampling",
+             "@student:step_importance_sampling", "jax.numpy:cumprod", "jax.lax:cumprod"),
+            "It multiplies ratios (step-wise IS, or a cumulative product of boxes): this exercise asks for DiCE's form "
+            "without ratios, one magic box per reward applied to a sum of log-probabilities.",
+        ),
+    },
     "loaded_dice": _library("metagrad.prior:loaded_dice_objective"),
     "log_linear_hessian": _no_autodiff("this exercise asks for the Hessian you derive, written with jax.numpy only."),
     "taypo2": _library("metagrad.ope:taylor_expansion", "TayPO-K"),

@@ -205,7 +205,7 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
     for (label, (bias, variance, n)), got in zip(cases, choices):
         expected = reference_choose_estimator(bias, variance, n)
         if got != expected:
-            message = f"on {label} it chose {got!r}, but {expected!r} has the smallest max(‖b‖², 0) + variance / N."
+            message = f"on {label} it chose {got!r}, but {expected!r} has the smallest predicted mean squared error."
             # The rule that makes the same choices on every input names the mistake; failing that, the first rule
             # that makes this choice here (several rules can agree on one input).
             agree = [hint for rule, hint in wrong_rules if all(rule(*args) == c for (_, args), c in zip(cases, choices))]
