@@ -105,6 +105,10 @@ def occupancy_gradient_ones(mdp, logits, occupancy):
     return jnp.ones_like(occupancy)[:, None] * pi * (q - v[:, None])
 
 
+def occupancy_gradient_uniform_states(mdp, logits, occupancy):
+    return occupancy_gradient_ones(mdp, logits, occupancy) / occupancy.shape[0]
+
+
 # --- 03 -----------------------------------------------------------------------------------------------------------
 
 
@@ -114,6 +118,14 @@ def inner_step_two_steps(mdp, logits, step_size):
     grad = jax.grad(exact.value, argnums=1)
     once = logits + step_size * grad(mdp, logits)
     return once + step_size * grad(mdp, once)
+
+
+def inner_step_three_steps(mdp, logits, step_size):
+    from metagrad import exact
+
+    for _ in range(3):
+        logits = logits + step_size * jax.grad(exact.value, argnums=1)(mdp, logits)
+    return logits
 
 
 def missing_terms_unsymmetrised(scores, advantages, gamma):
@@ -180,6 +192,17 @@ TRIAL_A5_GENERIC_WRONG_ANSWERS = [
     ("discounted_occupancy", occupancy_gamma_09, "γ is fixed at 0.9 instead of mdp.gamma"),
     ("truncated_occupancy", truncated_occupancy_gamma_09, "γ is fixed at 0.9 instead of mdp.gamma"),
     ("truncated_occupancy", truncated_occupancy_uniform_tail, "spread evenly over the states"),
+    ("reinforce_gradient", reinforce_one_discount_too_many, "γ^(t+1)"),
+    ("occupancy_policy_gradient", occupancy_gradient_ones, "every state with weight 1"),
+    ("occupancy_policy_gradient", occupancy_gradient_uniform_states, "every state equally (1/S)"),
+    ("inner_step", inner_step_two_steps, "two gradient steps"),
+    ("inner_step", inner_step_three_steps, "three gradient steps"),
+    ("missing_hessian_terms", missing_terms_unsymmetrised, "not symmetric"),
+    ("missing_hessian_terms", missing_terms_past_squared, "S_{<t} S_{<t}ᵀ"),
+    ("expected_surrogate_hessian", surrogate_hessian_stationary, "stationary distribution"),
+    ("step_importance_sampling", step_is_stopped_log_ratios, "stop_gradient"),
+    ("doubly_robust", doubly_robust_stopped_log_ratios, "stop_gradient"),
+    ("dr_log_ratio_gradient", dr_gradient_without_reward, "reward r_t"),
 ]
 
 
