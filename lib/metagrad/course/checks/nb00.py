@@ -77,6 +77,11 @@ def check_hvp(hvp: Callable) -> str:
             lambda f, x, v: reference(f, v, x),
             "It is ∇²f(v) x, with x and v swapped: the Hessian is taken at the point x and multiplies the direction v.",
         ),
+        (
+            lambda f, x, v: jax.jvp(f, (x,), (v,))[1] * jnp.ones_like(x),
+            "It is the directional derivative ∇f(x)·v (one number, the jvp of f) broadcast to the shape of x: a first "
+            "derivative; the product needs the derivative of the gradient ∇f along v, a different entry per coordinate.",
+        ),
     ]
     mistakes += [(_finite_difference(h, central), _FINITE_DIFFERENCE_HINT) for h in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6) for central in (True, False)]
     _compare("hvp", hvp, reference, cases, expected_form="(same as x)", mistakes=mistakes, jit=True)
@@ -357,6 +362,16 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
 
         return wrong
 
+    def batch_mean_score(curvature_weight):
+        """mean(r) ḡ ḡᵀ with ḡ the batch-mean score, plus the reward-weighted (or no) ∇²ℓ term."""
+
+        def wrong(th, a, r):
+            curvature, _, scores = parts(th, a, r)
+            mean = jnp.mean(scores, axis=0)
+            return curvature_weight * curvature + jnp.mean(r) * jnp.outer(mean, mean)
+
+        return wrong
+
     def plug_in_hessian(th, a, r):
         table = _plug_in_rewards(th, a, r)
         return jax.hessian(lambda t: jnp.sum(jax.nn.softmax(t) * table))(th)
@@ -384,6 +399,16 @@ def check_score_function_hessian(score_function_hessian: Callable) -> str:
         ),
         (lambda th, a, r: reference(th, a, r) * r.shape[0], "It is N times too large: average over the samples instead of summing."),
         (mean_score_outer, "It uses the outer product of the averaged score: each sample needs its own ∇ℓ_i ∇ℓ_iᵀ."),
+        (
+            batch_mean_score(1.0),
+            "Its score outer product is the mean reward times ḡ ḡᵀ, ḡ the batch-mean score: an average of products "
+            "is not a product of averages; form each sample's product, with its reward, then average.",
+        ),
+        (
+            batch_mean_score(0.0),
+            "It is the mean reward times ḡ ḡᵀ, ḡ the batch-mean score: form each sample's score product, with its "
+            "reward, then average; and the term from differentiating the score itself is missing.",
+        ),
         (
             weighted(1.0, reward_power=2),
             "It weights the score outer product by r_i²: each sample's reward multiplies its whole term once.",

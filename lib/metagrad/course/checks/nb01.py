@@ -199,6 +199,7 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
             lambda mdp, policy: jnp.linalg.solve(jnp.eye(policy.shape[0]) - mdp.gamma * _p_pi(mdp, policy)[0], mdp.rewards[:, 0]),
             "It uses the rewards of action 0 only: r^π(x) = Σ_a π(a|x) r(x, a) averages over the policy's actions.",
         ),
+        *_fixed_gammas(reference),
     ]
     _refuse_fixed_iterations("policy_evaluation", policy_evaluation, reference, "backup", only_named=True,
                              skip={0, 1, *_BACKUP_CAPS})
@@ -272,6 +273,7 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         ),
         *_capped_loops("It matches the sum stopped after {K} steps: d^π is the infinite sum, and with γ = 0.99 the "
                        "steps left out still carry visible mass; derive the linear equation d^π satisfies and solve it once."),
+        *_fixed_gammas(mdp_lib.discounted_occupancy),
     ]
     _refuse_fixed_iterations("discounted_occupancy", discounted_occupancy, jax.jit(mdp_lib.discounted_occupancy), "occupancy",
                              only_named=True, skip={0, 1, *_LOOP_CAPS})
@@ -293,6 +295,25 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         "matches metagrad.mdp.discounted_occupancy on 8 MDPs (random, near-deterministic, γ = 0, one state, "
         "deterministic policy, random start, γ = 0.99 and γ = 0.9999), also under jax.jit."
     )
+
+
+_FIXED_GAMMAS = (0.9, 0.99, 0.95, 0.5, 0.8, 0.999)
+
+
+def _fixed_gammas(reference: Callable):
+    """Mistakes "γ hard-coded at g instead of mdp.gamma": `reference` run on the MDP with its discount replaced by g."""
+
+    def fixed(g):
+        def wrong(mdp, policy, *rest):
+            return reference(mdp._replace(gamma=g), policy, *rest)
+
+        return wrong
+
+    return [
+        (fixed(g), f"It matches the answer with γ = {g} whatever the MDP: γ is fixed at {g} instead of mdp.gamma; "
+                   "use the discount of the MDP it is given.")
+        for g in _FIXED_GAMMAS
+    ]
 
 
 def _singular_hint(system: str) -> str:
@@ -406,6 +427,12 @@ def check_truncated_occupancy(truncated_occupancy: Callable) -> str:
         ),
         *_capped_loops("It is right for short horizons but stops after {K} steps on T = 400: a fixed-size array or "
                        "loop caps the horizon; run the loop (or lax.scan) `horizon` times."),
+        (
+            lambda m, pi, T: np.asarray(_full_occupancy(m, pi)) - float(m.gamma) ** T / (1 - float(m.gamma)) / pi.shape[0],
+            "It is d^π minus the tail mass γ^T/(1 − γ) spread evenly over the states: the visits from T on are not "
+            "uniform, they depend on where the chain is at T; sum the first `horizon` terms.",
+        ),
+        *_fixed_gammas(reference_truncated_occupancy),
     ]
     _compare(
         "truncated_occupancy",

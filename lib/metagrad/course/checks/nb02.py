@@ -242,6 +242,11 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
             for b in (True, False)
         ],
         (
+            lambda *a: a[3] * _reinforce_reference(*a),
+            "It weights step t by γ^(t+1), one discount too many: the first action's term is not discounted, and step "
+            "t's term carries the discount of the time t at which its action is taken.",
+        ),
+        (
             lambda *a: _reinforce_reference(*a) / a[1].rewards.shape[1],
             "It is T times too small (divided by the horizon): average over trajectories only; the steps of one "
             "trajectory are summed, Σ_t γ^t Â_t ∇ℓ_t.",
@@ -329,6 +334,8 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
                 "norm": (1 - mdp.gamma) * occupancy,
                 "sum_to_one": occupancy / jnp.sum(occupancy),
                 "own": mdp_lib.discounted_occupancy(mdp, pi),
+                "ones": jnp.ones_like(occupancy),
+                "uniform": jnp.full_like(occupancy, 1.0 / occupancy.shape[0]),
             }.get(kind, occupancy)
             out = occ[:, None] * weight
             out = out if kind == "no_pi" else out * (1 - pi) if kind == "one_minus_pi" else out * pi
@@ -357,6 +364,16 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
             variant("own"),
             "It ignores the `occupancy` argument and uses d^π of the policy instead: right only when the two "
             "coincide; weight each state by the occupancy it is given.",
+        ),
+        (
+            variant("ones"),
+            "It ignores the `occupancy` argument, counting every state with weight 1: each state's row is weighted by "
+            "the occupancy it is given, occupancy[x].",
+        ),
+        (
+            variant("uniform"),
+            "It ignores the `occupancy` argument, weighting every state equally (1/S): each state's row is weighted by "
+            "the occupancy it is given, occupancy[x].",
         ),
         (
             variant("one_minus_pi"),

@@ -18,6 +18,7 @@ from metagrad.course.checks._diagnose import (
     _random_mdp,
 )
 from metagrad.course.checks.nb00 import _SHIFT, _refuse_inexact
+from metagrad.course.checks.nb01 import _stationary_over_one_minus_gamma
 
 __all__ = ['check_inner_step', 'check_missing_hessian_terms', 'check_expected_surrogate_hessian']
 
@@ -61,6 +62,14 @@ def check_inner_step(inner_step: Callable) -> str:
             "It normalises the gradient (η ∇J/‖∇J‖): MAML's inner step is the plain gradient step θ + η ∇J(θ), whose "
             "length scales with ‖∇J‖.",
         ),
+        *[
+            (
+                lambda m, th, eta, _k=k: exact.adapted_logits(m, th, eta, _k),
+                f"It takes {words} gradient steps (each from the previous θ'): the inner step is a single step from θ, "
+                "with the gradient at θ.",
+            )
+            for k, words in ((2, "two"), (3, "three"))
+        ],
     ]
     _compare(
         "inner_step",
@@ -197,6 +206,17 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
 
         return wrong
 
+    def with_past_one_sided(cross_factor):
+        def wrong(scores, adv, gamma):
+            scores = np.asarray(scores)
+            out, past = 0.0, np.zeros(scores.shape[1])
+            for t, g in enumerate(scores):
+                out = out + gamma**t * float(adv[t]) * (np.outer(g, g) + cross_factor * np.outer(g, past))
+                past = past + g
+            return out
+
+        return wrong
+
     def total_outer(scores, adv, gamma):  # every score of the trajectory against every other, one weight for all
         scores = np.asarray(scores)
         total = scores.sum(0)
@@ -270,6 +290,16 @@ def check_missing_hessian_terms(missing_hessian_terms: Callable) -> str:
         ),
         (inclusive_past, "Its past sum includes step t itself (off by one): S_{<t} runs over s < t only."),
         (one_sided, "It is not symmetric: every product of two different steps' scores appears in both orders."),
+        (
+            with_past_one_sided(2.0),
+            "It is not symmetric: it counts g_t S_{<t}ᵀ twice and S_{<t} g_tᵀ never; the result must be a symmetric "
+            "matrix, with each product of two different steps' scores once in each order.",
+        ),
+        (
+            with_past(0.0, 1.0),
+            "It has S_{<t} S_{<t}ᵀ (two earlier scores) in step t's term: products of two earlier scores belong to the "
+            "earlier steps' terms; step t's weight multiplies only the products that involve g_t.",
+        ),
     ]
     _compare(
         "missing_hessian_terms",
@@ -371,6 +401,7 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                 "sign": -d[:, None] * pi * adv,
                 "r_minus_v": d[:, None] * pi * (mdp.rewards - v[:, None]),
                 "r": d[:, None] * pi * mdp.rewards,
+                "stationary": _stationary_over_one_minus_gamma(mdp, pi)[:, None] * pi * adv,
             }[kind]
             out = jnp.einsum("sa,sapq->pq", w, h)
             if kind == "lvc":
@@ -406,6 +437,11 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                             "A^π = Q^π − V^π, which counts later rewards too.")
             for kind in ("r_minus_v", "r")
         ],
+        (
+            variant("stationary"),
+            "It uses the stationary distribution / (1 − γ): trajectories start from mdp.initial and early steps weigh "
+            "most, as in the discounted occupancy d^π.",
+        ),
         (variant("normalised"), "It is (1 − γ) times too small: d^π(x) is the unnormalised occupancy Σ_t γ^t Pr(x_t = x), as in metagrad.mdp.discounted_occupancy."),
     ]
     mdp, network, params = cases[-1][1]

@@ -75,6 +75,9 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
     cases = _ope_cases()[:2]
     # float32 can pass the value tolerance and then fail the gradient's: name the dtype before comparing gradients.
     _refuse_float32(exercise, student_fn, cases[0][1], cases[0][0])
+    def stopped(lr, r, v, gamma):  # the value, with no derivative in the log-ratios (stop_gradient on them)
+        return jnp.concatenate([jnp.reshape(reference(lr, r, v, gamma), (1,)), jnp.zeros_like(lr)])
+
     _compare(
         exercise,
         _with_gradient(student_fn),
@@ -82,6 +85,11 @@ def _check_ope(exercise: str, student_fn: Callable, reference: Callable, mistake
         [(f"{label}, differentiated in the log-ratios", args) for label, args in cases],
         expected_form="(the value followed by its gradient in the log-ratios)",
         parts=value_gradient_parts,
+        mistakes=[(
+            stopped,
+            "The gradient is zero: a stop_gradient on the log-ratios (or ratios) cuts them out of the derivative; "
+            "the estimate must stay differentiable in them.",
+        )],
     )
     return (
         f"matches {name} in value on 6 trajectories and in gradient on 2 (incl. on-policy, zero critic, T = 1, T = 300), "
@@ -280,6 +288,11 @@ def check_dr_log_ratio_gradient(dr_log_ratio_gradient: Callable) -> str:
             lambda r, v, g: discount(r, g) * r,
             "It is γ^t r_t, the discounted reward of step t only: ρ_t also reweights everything after a_t, and the "
             "critic's control variate V(x_t) is subtracted.",
+        ),
+        (
+            lambda r, v, g: discount(r, g) * (_returns(r, v, g) - r - v[:-1]),
+            "It leaves out the reward r_t: ρ_t reweights the reward r_t that follows a_t as well as what comes after, "
+            "so r_t belongs in the derivative in κ_t.",
         ),
         (lambda r, v, g: discount(r, g) * (_returns(r, v, g) - v[1:]), "It subtracts V(x_{t+1}) (off by one): the control variate at step t is V(x_t)."),
         (lambda r, v, g: discount(r, g) * (_returns(r, jnp.zeros_like(v), g) - v[:-1]), "Its returns ignore the bootstrap γ^{T−t} V(x_T) at the end of the trajectory."),
