@@ -394,3 +394,143 @@ def test_trial_a3_wrong_answers_are_named(name, wrong, explanation):
     message = str(info.value)
     assert explanation in message and "matches a known mistake" not in message, message
     assert len(message) < 400 and checks.results()[name] is False
+
+
+# --- trial B4 (notebooks 05, 06, 08, 09): wrong answers that passed, were misnamed, or got only "differs" ----------
+
+
+def _box(w):
+    return jnp.exp(w - jax.lax.stop_gradient(w))
+
+
+def _discounted_returns(rewards, values, gamma):
+    from metagrad import ope
+
+    return ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+
+
+def _spread_hessians(log_prob, params, obs, actions):
+    return jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+
+
+def spread_in_float32(log_prob, params, obs, actions):
+    hessians = jax.vmap(lambda a: jax.hessian(lambda p: log_prob(p.astype(jnp.float32), obs, a))(params))(actions)
+    return jnp.max(jnp.abs(hessians - hessians[0]))
+
+
+def spread_in_float32_cast_back(log_prob, params, obs, actions):
+    return spread_in_float32(log_prob, params, obs, actions).astype(jnp.float64)
+
+
+def loaded_dice_td_error(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states]
+    delta = jax.lax.stop_gradient(rewards + gamma * values[1:] - values[:-1])
+    weights = gamma ** jnp.arange(rewards.shape[0]) * delta
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), log_pi.dtype), x)[1]
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w - x)))
+
+
+def loaded_dice_second_box_previous_w(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states]
+    adv = jax.lax.stop_gradient(_discounted_returns(rewards, values, gamma) - values[:-1])
+    weights = gamma ** jnp.arange(rewards.shape[0]) * adv
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), log_pi.dtype), x)[1]
+    w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w_before)))
+
+
+def taypo_terms_g0_in_first(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    g = _discounted_returns(rewards, values, gamma)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * jax.lax.stop_gradient(g - values[:-1]) * d
+
+    def step(e, inputs):
+        d_t, w_t = inputs
+        return e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]), w_t * e
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
+    return jnp.sum(contributions, axis=0).at[0].add(g[0])
+
+
+def taypo_terms_cumulative(log_ratios, rewards, values, gamma, order):
+    g0 = _discounted_returns(rewards, values, gamma)[0]
+    return g0 + jnp.cumsum(taypo_terms_g0_in_first(log_ratios, rewards, values, gamma, order).at[0].add(-g0))
+
+
+def spread_float32_result(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians - hessians[0])).astype(jnp.float32)
+
+
+def spread_around_mean(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians - hessians.mean(axis=0)))
+
+
+def spread_relative(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians - hessians[0])) / jnp.max(jnp.abs(hessians[0]))
+
+
+def spread_frobenius(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.linalg.norm(hessians - hessians[0], axis=(1, 2)))
+
+
+def spread_consecutive(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians[1:] - hessians[:-1]))
+
+
+def log_linear_hessian_half_covariance(theta, features, action):
+    pi = jax.nn.softmax(features @ theta)
+    centred = features - pi @ features
+    return -0.5 * centred.T @ (pi[:, None] * centred)
+
+
+
+TRIAL_B4_WRONG_ANSWERS = [
+    ("hessian_spread_over_actions", spread_in_float32, "float32"),
+    ("hessian_spread_over_actions", spread_in_float32_cast_back, "float32"),
+    ("hessian_spread_over_actions", spread_float32_result, "float32"),
+    ("loaded_dice", loaded_dice_td_error, "TD error"),
+    ("loaded_dice", loaded_dice_second_box_previous_w, "second box is □(w_{t−1})"),
+    ("taypo_terms", taypo_terms_g0_in_first, "first term"),
+    ("taypo_terms", taypo_terms_cumulative, "cumulative estimates"),
+    ("hessian_spread_over_actions", spread_around_mean, "mean Hessian"),
+    ("hessian_spread_over_actions", spread_relative, "relative spread"),
+    ("hessian_spread_over_actions", spread_frobenius, "Frobenius norm"),
+    ("hessian_spread_over_actions", spread_consecutive, "consecutive actions"),
+    ("log_linear_hessian", log_linear_hessian_half_covariance, "−½ Cov_π[φ]"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", TRIAL_B4_WRONG_ANSWERS,
+                         ids=[w.__name__ for _, w, _ in TRIAL_B4_WRONG_ANSWERS])
+def test_trial_b4_wrong_answers_are_named(name, wrong, explanation):
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks, f"check_{name}")(wrong)
+    message = str(info.value)
+    assert explanation in message and "matches a known mistake" not in message, message
+    assert len(message) < 400 and checks.results()[name] is False
+
+
+def _spread_pairwise_loop(log_prob, params, obs, actions):  # another exact form: one Hessian per action, a Python loop
+    first = jax.jacfwd(jax.jacrev(log_prob))(params, obs, actions[0])
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(jax.jacfwd(jax.jacrev(log_prob))(params, obs, a) - first))
+                              for a in actions]))
+
+
+@pytest.mark.parametrize("source", ["solution", "loop"])
+def test_hessian_spread_float64_answers_still_pass(source, capsys):
+    """The float32 refusal (dtype, or agreement to only ~7 digits) leaves exact float64 answers passing."""
+    if source == "solution":
+        from _exercises import exercise_functions
+
+        fn = exercise_functions("08_maml_end_to_end.ipynb", stubs=False)["hessian_spread_over_actions"]
+    else:
+        fn = _spread_pairwise_loop
+    checks.check_hessian_spread_over_actions(fn)
+    assert "✓" in capsys.readouterr().out and checks.results()["hessian_spread_over_actions"] is True

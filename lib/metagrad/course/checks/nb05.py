@@ -310,6 +310,10 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     second_box_one = boxes(lambda w, w_before, x: 1.0)
     with_g0 = boxes(lambda w, w_before, x: jnp.exp(w - x), plus_g0=True)
 
+    def td_error_weights(lp, states, r, critic, g, lam):  # γ^t δ_t, δ_t = r_t + γ V(x_{t+1}) − V(x_t)
+        values = critic[states]
+        return _loaded(lp, r, g ** jnp.arange(r.shape[0]) * (r + g * values[1:] - values[:-1]), lambda w, x: lam * w + x)
+
     def without_bootstrap(lp, states, r, critic, g, lam):
         values = critic[states]
         return boxes_with_values(lp, r, values.at[-1].set(0.0), values, g, lam)
@@ -324,6 +328,9 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
                          "□(w_t) − □(w_t − ℓ_t)."),
         (second_box_previous_w, "Its second box is □(w_{t−1}): in the term of step t, an earlier ℓ_s carries the weight "
                                 "λ^(t−s) in both boxes, so the second box is □(w_t − ℓ_t) = □(λ w_{t−1})."),
+        # At λ = 0 it has the derivatives of a □(w_{t−1}) second box (summation by parts); the other λ tell them apart.
+        (td_error_weights, "It weights the boxes with the TD error δ_t = r_t + γV(x_{t+1}) − V(x_t): the weight is the "
+                           "advantage Â_t = G_t − V(x_t) = Σ_{s≥t} γ^(s−t) δ_s, from the whole bootstrapped return G_t."),
         (second_box_one, "Its second box is 1: W_{t−1} = Π_{s<t} ρ_s depends on θ too, so at μ = sg(π) it is a box of the "
                          "earlier log-probabilities, not a constant."),
         (with_g0, "It adds G_0: constant in θ, it changes only the value, and Loaded DiCE keeps only the terms that carry "
