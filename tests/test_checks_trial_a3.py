@@ -7,6 +7,10 @@ used to name another mistake (greedy reward, whole return, a reward table, float
 Trial A4 (`TRIAL_A4_WRONG_ANSWERS`, notebooks 00–04): float32 results accepted when close, a γ-scaled answer named
 as an iteration count, a normalised occupancy named (1 − γ), an η(1 − γ) step named "ignores step_size", a float32
 gradient named finite differences, and answers that got only "differs", each now named.
+
+Trial B4 (`TRIAL_B4_WRONG_ANSWERS`, notebooks 05, 06, 08, 09): a float32 Hessian spread accepted, TD-error weights in
+Loaded DiCE named as a □(w_{t−1}) second box, G_0 added to Û_1 named as the cumulative estimates, and answers that got
+only "differs", each now named.
 """
 
 from __future__ import annotations
@@ -394,3 +398,239 @@ def test_trial_a3_wrong_answers_are_named(name, wrong, explanation):
     message = str(info.value)
     assert explanation in message and "matches a known mistake" not in message, message
     assert len(message) < 400 and checks.results()[name] is False
+
+
+# --- trial B4 (notebooks 05, 06, 08, 09): wrong answers that passed, were misnamed, or got only "differs" ----------
+
+
+def _box(w):
+    return jnp.exp(w - jax.lax.stop_gradient(w))
+
+
+def _discounted_returns(rewards, values, gamma):
+    from metagrad import ope
+
+    return ope.returns(rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+
+
+def _spread_hessians(log_prob, params, obs, actions):
+    return jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+
+
+def spread_in_float32(log_prob, params, obs, actions):
+    hessians = jax.vmap(lambda a: jax.hessian(lambda p: log_prob(p.astype(jnp.float32), obs, a))(params))(actions)
+    return jnp.max(jnp.abs(hessians - hessians[0]))
+
+
+def spread_in_float32_cast_back(log_prob, params, obs, actions):
+    return spread_in_float32(log_prob, params, obs, actions).astype(jnp.float64)
+
+
+def loaded_dice_td_error(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states]
+    delta = jax.lax.stop_gradient(rewards + gamma * values[1:] - values[:-1])
+    weights = gamma ** jnp.arange(rewards.shape[0]) * delta
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), log_pi.dtype), x)[1]
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w - x)))
+
+
+def loaded_dice_second_box_previous_w(log_pi, states, rewards, critic, gamma, lam):
+    values = critic[states]
+    adv = jax.lax.stop_gradient(_discounted_returns(rewards, values, gamma) - values[:-1])
+    weights = gamma ** jnp.arange(rewards.shape[0]) * adv
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), log_pi.dtype), x)[1]
+    w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(w_before)))
+
+
+def taypo_terms_g0_in_first(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    g = _discounted_returns(rewards, values, gamma)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * jax.lax.stop_gradient(g - values[:-1]) * d
+
+    def step(e, inputs):
+        d_t, w_t = inputs
+        return e + d_t * jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]]), w_t * e
+
+    _, contributions = jax.lax.scan(step, jnp.zeros((order,), d.dtype).at[0].set(1.0), (d, weights))
+    return jnp.sum(contributions, axis=0).at[0].add(g[0])
+
+
+def taypo_terms_cumulative(log_ratios, rewards, values, gamma, order):
+    g0 = _discounted_returns(rewards, values, gamma)[0]
+    return g0 + jnp.cumsum(taypo_terms_g0_in_first(log_ratios, rewards, values, gamma, order).at[0].add(-g0))
+
+
+def spread_float32_result(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians - hessians[0])).astype(jnp.float32)
+
+
+def spread_around_mean(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians - hessians.mean(axis=0)))
+
+
+def spread_relative(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians - hessians[0])) / jnp.max(jnp.abs(hessians[0]))
+
+
+def spread_frobenius(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.linalg.norm(hessians - hessians[0], axis=(1, 2)))
+
+
+def spread_consecutive(log_prob, params, obs, actions):
+    hessians = _spread_hessians(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(hessians[1:] - hessians[:-1]))
+
+
+def log_linear_hessian_half_covariance(theta, features, action):
+    pi = jax.nn.softmax(features @ theta)
+    centred = features - pi @ features
+    return -0.5 * centred.T @ (pi[:, None] * centred)
+
+
+def dice_reverse_cumsum(log_pi, rewards, values, gamma):
+    horizon = rewards.shape[0]
+    from_t = jnp.cumsum(log_pi[::-1])[::-1]  # Σ_{s≥t} ℓ_s
+    discounts = gamma ** jnp.arange(horizon)
+    return jnp.sum(discounts * _box(from_t) * rewards) + gamma**horizon * _box(jnp.sum(log_pi)) * values[-1]
+
+
+def dice_discount_shifted(log_pi, rewards, values, gamma):
+    horizon = rewards.shape[0]
+    through_t = jnp.cumsum(log_pi)
+    discounts = gamma ** (jnp.arange(horizon) + 1)
+    return jnp.sum(discounts * _box(through_t) * rewards) + gamma**horizon * _box(through_t[-1]) * values[-1]
+
+
+def on_policy_is_doubly_robust(log_pi, rewards, values, gamma):
+    from metagrad import ope
+
+    log_ratios = log_pi - jax.lax.stop_gradient(log_pi)
+    return ope.doubly_robust(log_ratios, rewards, values, jnp.full(rewards.shape, gamma, rewards.dtype))
+
+
+def _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, newest_weight, second, returns_gamma):
+    values = critic[states]
+    adv = jax.lax.stop_gradient(_discounted_returns(rewards, values, returns_gamma) - values[:-1])
+    weights = gamma ** jnp.arange(rewards.shape[0]) * adv
+    x = log_pi - jax.lax.stop_gradient(log_pi)
+    w = jax.lax.scan(lambda c, y: (lam * (c + y) if newest_weight else lam * c + y,) * 2, jnp.zeros((), log_pi.dtype), x)[1]
+    w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+    return jnp.sum(weights * (jnp.exp(w) - jnp.exp(second(w, w_before, x))))
+
+
+def loaded_dice_lambda_on_newest(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, True, lambda w, wb, x: w - x, gamma)
+
+
+def loaded_dice_lambda_on_newest_lambda_w(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, True, lambda w, wb, x: lam * wb, gamma)
+
+
+def loaded_dice_undiscounted_returns(log_pi, states, rewards, critic, gamma, lam):
+    return _loaded_dice_variant(log_pi, states, rewards, critic, gamma, lam, False, lambda w, wb, x: w - x, 1.0)
+
+
+def _taypo2_variant(log_ratios, rewards, values, gamma, pairs, zeroth):
+    d = jnp.expm1(log_ratios)
+    g = _discounted_returns(rewards, values, gamma)
+    advantages = jax.lax.stop_gradient(g - values[:-1])
+    base = g[0] if zeroth == "G_0" else values[0]
+    return base + jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * d * advantages * (1.0 + pairs(d)))
+
+
+def taypo2_suffix(log_ratios, rewards, values, gamma):
+    return _taypo2_variant(log_ratios, rewards, values, gamma, lambda d: jnp.cumsum(d[::-1])[::-1] - d, "G_0")
+
+
+def taypo2_value_not_return(log_ratios, rewards, values, gamma):
+    return _taypo2_variant(log_ratios, rewards, values, gamma, lambda d: jnp.cumsum(d) - d, "V")
+
+
+def taypo_k_in_place(log_ratios, rewards, values, gamma, order):
+    d = jnp.expm1(log_ratios)
+    g = _discounted_returns(rewards, values, gamma)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * jax.lax.stop_gradient(g - values[:-1])
+    e = jnp.zeros((order,), d.dtype).at[0].set(1.0)
+    total = g[0]
+    for t in range(rewards.shape[0]):
+        total = total + weights[t] * d[t] * jnp.sum(e)
+        for j in range(1, order):  # e_j += d_t e_{j−1}, with e_{j−1} already updated
+            e = e.at[j].add(d[t] * e[j - 1])
+    return total
+
+
+def dice_reverse_cumsum_bootstrap_last(log_pi, rewards, values, gamma):
+    horizon = rewards.shape[0]
+    from_t = jnp.cumsum(log_pi[::-1])[::-1]
+    discounts = gamma ** jnp.arange(horizon)
+    return jnp.sum(discounts * _box(from_t) * rewards) + gamma**horizon * _box(from_t[-1]) * values[-1]
+
+
+def dice_discount_shifted_everywhere(log_pi, rewards, values, gamma):  # γ^(t+1) on r_t and γ^(T+1) on V(x_T)
+    horizon = rewards.shape[0]
+    through_t = jnp.cumsum(log_pi)
+    discounts = gamma ** (jnp.arange(horizon) + 1)
+    return jnp.sum(discounts * _box(through_t) * rewards) + gamma ** (horizon + 1) * _box(through_t[-1]) * values[-1]
+
+
+TRIAL_B4_WRONG_ANSWERS = [
+    ("hessian_spread_over_actions", spread_in_float32, "float32"),
+    ("hessian_spread_over_actions", spread_in_float32_cast_back, "float32"),
+    ("hessian_spread_over_actions", spread_float32_result, "float32"),
+    ("loaded_dice", loaded_dice_td_error, "TD error"),
+    ("loaded_dice", loaded_dice_second_box_previous_w, "second box is □(w_{t−1})"),
+    ("taypo_terms", taypo_terms_g0_in_first, "first term"),
+    ("taypo_terms", taypo_terms_cumulative, "cumulative estimates"),
+    ("hessian_spread_over_actions", spread_around_mean, "mean Hessian"),
+    ("hessian_spread_over_actions", spread_relative, "relative spread"),
+    ("hessian_spread_over_actions", spread_frobenius, "Frobenius norm"),
+    ("hessian_spread_over_actions", spread_consecutive, "consecutive actions"),
+    ("log_linear_hessian", log_linear_hessian_half_covariance, "−½ Cov_π[φ]"),
+    ("dice_objective", dice_reverse_cumsum, "Σ_{s≥t} ℓ_s"),
+    ("dice_objective", dice_reverse_cumsum_bootstrap_last, "Σ_{s≥t} ℓ_s"),
+    ("dice_objective", dice_discount_shifted, "γ^(t+1)"),
+    ("dice_objective", dice_discount_shifted_everywhere, "γ^(t+1)"),
+    ("on_policy_importance_sampling", on_policy_is_doubly_robust, "derivatives are DR's"),
+    ("loaded_dice", loaded_dice_lambda_on_newest, "w_t = λ (w_{t−1} + ℓ_t)"),
+    ("loaded_dice", loaded_dice_lambda_on_newest_lambda_w, "w_t = λ (w_{t−1} + ℓ_t)"),
+    ("loaded_dice", loaded_dice_undiscounted_returns, "undiscounted"),
+    ("taypo2", taypo2_suffix, "Σ_{s>t} d_s"),
+    ("taypo2", taypo2_value_not_return, "V(x_0)"),
+    ("taypo_k", taypo_k_in_place, "in place"),
+]
+
+
+@pytest.mark.parametrize("name,wrong,explanation", TRIAL_B4_WRONG_ANSWERS,
+                         ids=[w.__name__ for _, w, _ in TRIAL_B4_WRONG_ANSWERS])
+def test_trial_b4_wrong_answers_are_named(name, wrong, explanation):
+    with pytest.raises(checks.ExerciseCheckFailed) as info:
+        getattr(checks, f"check_{name}")(wrong)
+    message = str(info.value)
+    assert explanation in message and "matches a known mistake" not in message, message
+    assert len(message) < 400 and checks.results()[name] is False
+
+
+def _spread_pairwise_loop(log_prob, params, obs, actions):  # another exact form: one Hessian per action, a Python loop
+    first = jax.jacfwd(jax.jacrev(log_prob))(params, obs, actions[0])
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(jax.jacfwd(jax.jacrev(log_prob))(params, obs, a) - first))
+                              for a in actions]))
+
+
+@pytest.mark.parametrize("source", ["solution", "loop"])
+def test_hessian_spread_float64_answers_still_pass(source, capsys):
+    """The float32 refusal (dtype, or agreement to only ~7 digits) leaves exact float64 answers passing."""
+    if source == "solution":
+        from _exercises import exercise_functions
+
+        fn = exercise_functions("08_maml_end_to_end.ipynb", stubs=False)["hessian_spread_over_actions"]
+    else:
+        fn = _spread_pairwise_loop
+    checks.check_hessian_spread_over_actions(fn)
+    assert "✓" in capsys.readouterr().out and checks.results()["hessian_spread_over_actions"] is True

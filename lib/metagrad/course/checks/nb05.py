@@ -106,7 +106,14 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
         t = jnp.arange(r.shape[0])
         return jnp.sum(g**t * weights * r) + g ** r.shape[0] * weights[-1] * v[-1]
 
+    def doubly_robust_at_sg(lp, r, v, g):
+        from metagrad import ope
+
+        return ope.doubly_robust(lp - jax.lax.stop_gradient(lp), r, v, jnp.full(r.shape, g, r.dtype))
+
     mistakes = [
+        (doubly_robust_at_sg, "It is doubly robust at μ = sg(π): the value is right (every ratio is 1) but the "
+                              "derivatives are DR's, with the critic at every step; step-wise IS uses V(x_T) only."),
         (no_stop_gradient, "Its value is the IS estimate at μ = 1 (ratios π, not 1): the log-ratio is ℓ_t − stop_gradient(ℓ_t)."),
         (constant_ratios, "Its derivatives are all zero: the log-ratios must depend on θ through ℓ_t (only log μ is stopped)."),
         (reversed_ratio, "Its gradient has the wrong sign: log ρ_t = log π − log μ = ℓ_t − stop_gradient(ℓ_t), not the reverse."),
@@ -204,7 +211,31 @@ def check_dice_objective(dice_objective: Callable) -> str:
         w = jnp.cumsum(lp)
         return jnp.sum(g**t * box(w) * r) + g ** r.shape[0] * box(w[-2]) * v[-1]
 
+    def suffix_box(bootstrap_box):  # □(Σ_{s≥t} ℓ_s) on r_t
+        def estimate(lp, r, v, g):
+            t = jnp.arange(r.shape[0])
+            w = jnp.cumsum(lp[::-1])[::-1]
+            return jnp.sum(g**t * box(w) * r) + g ** r.shape[0] * box(bootstrap_box(lp, w)) * v[-1]
+
+        return estimate
+
+    def discount_one_ahead(bootstrap_power):  # γ^(t+1) on r_t
+        def estimate(lp, r, v, g):
+            t = jnp.arange(r.shape[0])
+            w = jnp.cumsum(lp)
+            return jnp.sum(g ** (t + 1) * box(w) * r) + g ** (r.shape[0] + bootstrap_power) * box(w[-1]) * v[-1]
+
+        return estimate
+
+    suffix_hint = ("Its box holds Σ_{s≥t} ℓ_s, the later log-probabilities (a reversed cumsum): r_t depends on the "
+                   "actions up to t, so its box is □(Σ_{s≤t} ℓ_s).")
+    shifted_hint = ("Its discount of r_t is γ^(t+1): r_t is received t steps after x_0, so it is discounted by γ^t "
+                    "(γ^0 = 1 for r_0); γ^T is the bootstrap's.")
     mistakes = [
+        (suffix_box(lambda lp, w: jnp.sum(lp)), suffix_hint),
+        (suffix_box(lambda lp, w: w[-1]), suffix_hint),
+        (discount_one_ahead(0), shifted_hint),
+        (discount_one_ahead(1), shifted_hint),
         (bootstrap_box_one_short, "Its bootstrap term boxes only the first T − 1 log-probabilities (w[-2]): V(x_T) "
                                   "follows all T actions, so its box is □(Σ_{s<T} ℓ_s), the last reward's."),
         (undiscounted, "It drops the discount γ^t (and γ^T on the bootstrap): DiCE's terms are γ^t □(…) r_t, as in step-wise IS."),
@@ -306,9 +337,26 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
 
         return estimate
 
+    def lambda_on_everything_previous(lp, states, r, critic, g, lam):  # w_t = λ (w_{t−1} + ℓ_t), second box □(λ w_{t−1})
+        values = critic[states]
+        adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
+        x = lp - jax.lax.stop_gradient(lp)
+        w = jax.lax.scan(lambda c, y: (lam * (c + y), lam * (c + y)), jnp.zeros((), lp.dtype), x)[1]
+        w_before = jnp.concatenate([jnp.zeros((1,), w.dtype), w[:-1]])
+        return jnp.sum(jax.lax.stop_gradient(adv) * (jnp.exp(w) - jnp.exp(lam * w_before)))
+
+    def undiscounted_returns(lp, states, r, critic, g, lam):  # G_t with γ = 1; the weight γ^t kept
+        values = critic[states]
+        adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, 1.0) - values[:-1])
+        return _loaded(lp, r, adv, lambda w, x: lam * w + x)
+
     second_box_previous_w = boxes(lambda w, w_before, x: jnp.exp(w_before))
     second_box_one = boxes(lambda w, w_before, x: 1.0)
     with_g0 = boxes(lambda w, w_before, x: jnp.exp(w - x), plus_g0=True)
+
+    def td_error_weights(lp, states, r, critic, g, lam):  # γ^t δ_t, δ_t = r_t + γ V(x_{t+1}) − V(x_t)
+        values = critic[states]
+        return _loaded(lp, r, g ** jnp.arange(r.shape[0]) * (r + g * values[1:] - values[:-1]), lambda w, x: lam * w + x)
 
     def without_bootstrap(lp, states, r, critic, g, lam):
         values = critic[states]
@@ -324,6 +372,9 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
                          "□(w_t) − □(w_t − ℓ_t)."),
         (second_box_previous_w, "Its second box is □(w_{t−1}): in the term of step t, an earlier ℓ_s carries the weight "
                                 "λ^(t−s) in both boxes, so the second box is □(w_t − ℓ_t) = □(λ w_{t−1})."),
+        # At λ = 0 it has the derivatives of a □(w_{t−1}) second box (summation by parts); the other λ tell them apart.
+        (td_error_weights, "It weights the boxes with the TD error δ_t = r_t + γV(x_{t+1}) − V(x_t): the weight is the "
+                           "advantage Â_t = G_t − V(x_t) = Σ_{s≥t} γ^(s−t) δ_s, from the whole bootstrapped return G_t."),
         (second_box_one, "Its second box is 1: W_{t−1} = Π_{s<t} ρ_s depends on θ too, so at μ = sg(π) it is a box of the "
                          "earlier log-probabilities, not a constant."),
         (with_g0, "It adds G_0: constant in θ, it changes only the value, and Loaded DiCE keeps only the terms that carry "
@@ -338,6 +389,10 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         (flipped_sign, "It has the wrong sign: Loaded DiCE is Σ_t Â_t (□(w_t) − □(w_t − ℓ_t)), the box with ℓ_t minus the one without it."),
         (lambda_on_everything, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, w_t = λ w_{t−1} + ℓ_t, "
                                "so the newest ℓ_t enters with weight 1."),
+        (lambda_on_everything_previous, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, "
+                                        "w_t = λ w_{t−1} + ℓ_t, so the newest ℓ_t enters with weight 1."),
+        (undiscounted_returns, "Its returns G_t are undiscounted (γ = 1 inside G_t): G_t = r_t + γ G_{t+1}, bootstrapped "
+                               "with G_T = V(x_T), so the advantage is Â_t = G_t − V(x_t) with the same γ."),
     ]
     _refuse_float32("loaded_dice", loaded_dice, _loaded_dice_cases()[0][1], _loaded_dice_cases()[0][0])
     student = _with_derivatives(loaded_dice)

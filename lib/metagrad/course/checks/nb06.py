@@ -95,7 +95,15 @@ def check_taypo2(taypo2: Callable) -> str:
         returns = _returns(r, v, g)
         return returns[0] + jnp.sum(g ** jnp.arange(r.shape[0]) * d * returns * (1.0 + jnp.cumsum(d) - d))
 
+    def value_as_zeroth(lr, r, v, g):  # V(x_0) in place of G_0
+        return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0] + v[0]
+
     mistakes = [
+        (value_as_zeroth, "Its zeroth-order term is the critic's V(x_0): Û_0 = G_0, the bootstrapped return of the "
+                          "trajectory (the on-policy estimate, d_t = 0)."),
+        (second_order(lambda d: jnp.cumsum(d[::-1])[::-1] - d),
+         "Its second factor sums the later d_s, Σ_{s>t} d_s (a reversed cumulative sum): step t pairs d_t with the "
+         "earlier steps s < t, as in the product Π_{s≤t} ρ_s it expands."),
         (ratio_as_d, "Its d_t is the ratio ρ_t = exp(log ρ_t): the expansion is in d_t = ρ_t − 1 (jnp.expm1), the "
                      "deviation of the ratio from 1."),
         (only_second_order, "It keeps only the second-order term Û_2 (plus G_0): TayPO-2 is G_0 + Û_1 + Û_2, so the "
@@ -195,6 +203,17 @@ def check_taypo_k(taypo_k: Callable) -> str:
     def undiscounted(lr, r, v, g, k):
         return _recursion(lr, r, v, g, k, discounted=False)
 
+    def in_place(lr, r, v, g, k):  # e_j += d_t e_{j−1} for j = 1 … K−1, e_{j−1} already updated at step t
+        d = jnp.expm1(lr)
+        adv = _returns(r, v, g) - v[:-1]
+        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
+        total = _returns(r, v, g)[0]
+        for t in range(r.shape[0]):
+            total = total + g**t * d[t] * adv[t] * jnp.sum(e)
+            for j in range(1, k):
+                e = e.at[j].add(d[t] * e[j - 1])
+        return total
+
     def fixed_order(order):
         return lambda lr, r, v, g, k: reference(lr, r, v, g, order)
 
@@ -211,6 +230,8 @@ def check_taypo_k(taypo_k: Callable) -> str:
         (stopped_carry, "It stops the gradient through the carried e_j: e_j(d_0 … d_{t−1}) depends on the earlier "
                         "log-ratios, so carry e without stop_gradient."),
         (top_only, "It keeps only the top term Û_K: TayPO-K is the sum Û_0 + Û_1 + … + Û_K."),
+        (in_place, "It updates e in place in increasing j: e_j ← e_j + d_t e_{j−1} must use the old e_{j−1} (before "
+                   "step t's update), so update from j = K−1 down to 1, or shift the whole old e at once."),
         (one_lower, "It equals TayPO-(K−1): with e_0 … e_{K−1} the factor Σ_{k=1}^{K} e_{k−1} has K terms."),
     ]
     _refuse_float32("taypo_k", taypo_k, cases[1][1], cases[1][0])

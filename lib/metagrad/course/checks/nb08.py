@@ -254,6 +254,14 @@ def policy_classes() -> dict:
     }
 
 
+_FLOAT32_REMEDY = "a float32 step (.astype(jnp.float32), dtype=jnp.float32) loses half the digits: drop the cast."
+
+
+def _action_hessians(log_prob: Callable, params, obs, actions) -> jax.Array:
+    """∇²_θ log π(a_k|x) for every action, [K, P, P]."""
+    return jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+
+
 def reference_hessian_spread_over_actions(log_prob: Callable, params, obs, actions) -> jax.Array:
     """max_k max_ij |∇²_θ log π(a_k|x) − ∇²_θ log π(a_0|x)|_ij: 0 iff the Hessian does not depend on the action."""
     hessians = jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
@@ -282,11 +290,27 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
         (lambda lp, th, x, acts: jnp.mean(jnp.abs(jax.vmap(lambda a: jax.hessian(lp)(th, x, a))(acts)
                                                   - jax.hessian(lp)(th, x, acts[0]))),
          "It averages the differences: the contract asks for the largest one (max over actions and entries)."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(_action_hessians(lp, th, x, acts)
+                                                  - _action_hessians(lp, th, x, acts).mean(0))),
+         "It measures the spread around the mean Hessian over the actions: the contract compares each ∇²ℓ(a_k) with "
+         "that of the first action, ∇²ℓ(a_0)."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(jnp.diff(_action_hessians(lp, th, x, acts), axis=0))),
+         "It compares consecutive actions a_k and a_{k−1} only: the contract compares every action with the first, a_0."),
+        (lambda lp, th, x, acts: jnp.max(jnp.sqrt(jnp.sum((_action_hessians(lp, th, x, acts)
+                                                           - _action_hessians(lp, th, x, acts)[0]) ** 2, axis=(1, 2)))),
+         "It takes the Frobenius norm of each difference: the contract asks for the largest entry, max_ij |·|_ij."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(_action_hessians(lp, th, x, acts) - _action_hessians(lp, th, x, acts)[0]))
+         / jnp.max(jnp.abs(_action_hessians(lp, th, x, acts)[0])),
+         "It is a relative spread, divided by the size of ∇²ℓ(a_0): the contract asks for the absolute difference."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(_action_hessians(lp, th, x, acts) - _action_hessians(lp, th, x, acts)[0]))
+         / jnp.max(jnp.abs(_action_hessians(lp, th, x, acts))),
+         "It is a relative spread, divided by the size of the Hessians: the contract asks for the absolute difference."),
     ]
     cases = [(f"the policy class '{name}'", args) for name, args in policy_classes().items()]
     # Under jax.jit (log_prob static), as the notebook runs it: op by op, nested autodiff is slow and memory-hungry.
     student = jax.jit(hessian_spread_over_actions, static_argnums=0)
     reference = jax.jit(reference_hessian_spread_over_actions, static_argnums=0)
+    float64 = jnp.result_type(float) == jnp.float64
     for label, args in cases:
         expected = float(reference(*args))
         got = _call(exercise, student, args, f"{label} (under jax.jit)")
@@ -294,12 +318,20 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
             _fail(exercise, f"on {label}, whose ∇²ℓ is the same for every action, it returned {float(got):.2g} instead of "
                             "exactly 0: an approximate Hessian (finite differences?) leaves a rounding residue. Autodiff gives "
                             "the Hessian exactly, and the notebook needs the exact 0 to tell the classes apart.")
+        dtype = getattr(got, "dtype", None)
         try:
             got = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
             _fail(exercise, f"on {label} it returned {type(got).__name__}; expected a number (a 0-d array).")
         if got.shape != ():
             _fail(exercise, f"on {label} it returned shape {got.shape}; expected one number, the largest difference.")
+        if float64 and dtype is not None and np.dtype(dtype) == np.float32:
+            _fail(exercise, f"on {label} it returned float32 while the notebook runs in float64 (params are float64): "
+                            + _FLOAT32_REMEDY)
+        if float64 and not np.isclose(float(got), expected, rtol=1e-10, atol=1e-12) and np.isclose(
+                float(got), expected, rtol=1e-5, atol=1e-9):
+            _fail(exercise, f"on {label} it returned {float(got):.10g} instead of {expected:.10g}, right to only about 7 "
+                            f"digits, the precision of float32 (params are float64): {_FLOAT32_REMEDY}")
         if not np.isclose(float(got), expected, rtol=1e-6, atol=1e-9):
             message = f"on {label} it returned {float(got):.3g}, but the Hessians differ by at most {expected:.3g} between actions."
             for mistake, hint in mistakes:
@@ -351,6 +383,9 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
     return [
         (lambda th, f, a: -reference_log_linear_hessian(th, f, a),
          "It has the wrong sign: log π_θ(a|x) is concave in θ for linear logits (its Hessian is negative semi-definite)."),
+        (lambda th, f, a: 0.5 * reference_log_linear_hessian(th, f, a),
+         "It is −½ Cov_π[φ], half the Hessian: log π_θ(a|x) = θᵀφ(x, a) − log Σ_b exp θᵀφ(x, b), and the second "
+         "derivative of the log-partition is the covariance itself, with no ½ (unlike that of ½θᵀAθ)."),
         (second_moment,
          "It is −E_π[φφᵀ], a second moment: differentiating the normaliser inside E_π[φ] once more also gives "
          "+E_π[φ]E_π[φ]ᵀ, so the Hessian is a covariance."),

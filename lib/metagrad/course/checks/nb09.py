@@ -65,6 +65,9 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
     def plus_g0(lr, r, v, g, k):
         return _reference_taypo_terms(lr, r, v, g, k) + _returns(r, v, g)[0]
 
+    def g0_in_first(lr, r, v, g, k):  # [G_0 + Û_1, Û_2, …, Û_K]
+        return _reference_taypo_terms(lr, r, v, g, k).at[0].add(_returns(r, v, g)[0])
+
     def from_zero(lr, r, v, g, k):
         terms = _reference_taypo_terms(lr, r, v, g, k)
         return jnp.concatenate([_returns(r, v, g)[:1], terms[:-1]])
@@ -101,6 +104,8 @@ def check_taypo_terms(taypo_terms: Callable) -> str:
         (functools.partial(loop, baseline=False), "It weights each term with the return G_t instead of the advantage Â_t = G_t − V(x_t): "
                                  "Û_k = Σ_t γ^t d_t Â_t e_{k−1}(d_0 … d_{t−1})."),
         (reversed_order, "It returns the terms in reverse order, [Û_K … Û_1]: return [Û_1, …, Û_K], lowest order first."),
+        (g0_in_first, "It adds G_0 to the first term only, [G_0 + Û_1, Û_2, …, Û_K]: Û_0 = G_0 is not among the "
+                      "returned terms; return Û_1 … Û_K alone."),
         (cumulative, "It returns the cumulative estimates V̂_k = G_0 + Û_1 + … + Û_k; return each order's term Û_k alone."),
         (partial_sums, "It returns the partial sums Û_1 + … + Û_k (TayPO-k minus G_0); return each order's term Û_k alone."),
         (plus_g0, "It adds G_0 to every term: Û_0 = G_0 is not among the returned terms; return Û_1 … Û_K alone."),
