@@ -1376,7 +1376,30 @@ def choose_largest_error(squared_bias, variance, num_trajectories):
     return max(squared_bias, key=lambda k: max(squared_bias[k], 0.0) + variance[k] / num_trajectories)
 
 
+def taypo2_pairs_d_with_itself(log_ratios, rewards, values, gamma):
+    d = jnp.expm1(log_ratios)
+    returns = jax.lax.scan(lambda g, r: (r + gamma * g, r + gamma * g), values[-1], rewards, reverse=True)[1]
+    return returns[0] + jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * d * (returns - values[:-1]) * (1.0 + d))
+
+
+def _hessians_over_actions(log_prob, params, obs, actions):
+    return jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
+
+
+def spread_over_every_pair(log_prob, params, obs, actions):
+    h = _hessians_over_actions(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(h[:, None] - h[None]))
+
+
+def spread_of_the_diagonals(log_prob, params, obs, actions):
+    h = _hessians_over_actions(log_prob, params, obs, actions)
+    return jnp.max(jnp.abs(jnp.diagonal(h - h[0], axis1=1, axis2=2)))
+
+
 TRIAL_B5_WRONG_ANSWERS = [
+    ("taypo2", taypo2_pairs_d_with_itself, "pairs d_t with itself"),
+    ("hessian_spread_over_actions", spread_over_every_pair, "every pair of actions"),
+    ("hessian_spread_over_actions", spread_of_the_diagonals, "only the diagonals"),
     ("dice_objective", dice_by_calling_exercise_one, "It multiplies ratios"),
     ("dice_objective", dice_by_cumulative_product_of_boxes, "It multiplies ratios"),
     ("choose_estimator", choose_largest_error, "the smallest predicted mean squared error"),

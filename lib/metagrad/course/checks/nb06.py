@@ -119,6 +119,8 @@ def check_taypo2(taypo2: Callable) -> str:
             "Its second factor d_s runs over every s ≠ t: the product in step t runs over the earlier steps s < t only.",
         ),
         (_taylor_reference(1), "It equals TayPO-1 (the estimate behind LVC): the second-order factor (1 + Σ_{s<t} d_s) is missing."),
+        (second_order(lambda d: d), "Its second-order term pairs d_t with itself (d_t²): the product Π_{s≤t} ρ_s it "
+                                    "expands pairs d_t with the earlier d_s, s < t, and never with d_t."),
         (_inclusive_taypo2, "Its prefix sum includes d_t itself (off by one): the second-order term pairs d_t with d_s for s < t only."),
         (ratio_prefix, "Its prefix sums the ratios ρ_s; the expansion is in d_s = ρ_s − 1."),
         (no_g0, "It misses the zeroth-order term Û_0 = G_0 (harmless for derivatives, but the estimate of V is off)."),
@@ -273,7 +275,7 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
     rng = np.random.default_rng(61)
     cases = [
         ("T = 5 random scores with P = 4 (γ = 0.9)", (_float(rng.normal(size=(5, 4))), _float(rng.normal(size=5)), 0.9)),
-        ("a single step (T = 1): nothing to drop", (_float(rng.normal(size=(1, 3))), _float([2.0]), 0.9)),
+        ("a single step (T = 1, nothing to drop)", (_float(rng.normal(size=(1, 3))), _float([2.0]), 0.9)),
         ("γ = 0.5, T = 3, P = 2", (_float(rng.normal(size=(3, 2))), _float([1.0, -1.0, 0.5]), 0.5)),
         ("T = 8 with P = 1 (scalar parameter)", (_float(rng.normal(size=(8, 1))), _float(rng.normal(size=8)), 0.8)),
     ]

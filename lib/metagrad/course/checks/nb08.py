@@ -280,6 +280,14 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
          "It compares the values log π(a|x); compare the Hessians ∇²_θ log π(a|x)."),
         (lambda lp, th, x, acts: jnp.max(jnp.abs(jax.vmap(lambda a: jax.hessian(lp)(th, x, a))(acts))),
          "It returns the size of the Hessians, not how much they change from one action to another."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(jnp.diagonal(_action_hessians(lp, th, x, acts)
+                                                               - _action_hessians(lp, th, x, acts)[0], axis1=1, axis2=2))),
+         "It compares only the diagonals of the Hessians: the contract takes the largest change over every entry "
+         "(i, j), off-diagonal ones included."),
+        (lambda lp, th, x, acts: jnp.max(jnp.abs(_action_hessians(lp, th, x, acts)[:, None]
+                                                  - _action_hessians(lp, th, x, acts)[None])),
+         "It takes the largest difference over every pair of actions: the contract compares each action with the "
+         "first one, a_0 (max_k max_ij |∇²ℓ(a_k) − ∇²ℓ(a_0)|)."),
         (lambda lp, th, x, acts: jnp.abs(jax.hessian(lp)(th, x, acts[-1]) - jax.hessian(lp)(th, x, acts[0])).max(),
          "It compares only the first and the last action; compare every action with the first."),
         (lambda lp, th, x, acts: jnp.abs(jax.hessian(lp)(th, x, acts[1]) - jax.hessian(lp)(th, x, acts[0])).max(),
@@ -307,6 +315,10 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
          "It is a relative spread, divided by the size of the Hessians: the contract asks for the absolute difference."),
     ]
     cases = [(f"the policy class '{name}'", args) for name, args in policy_classes().items()]
+    # The learned-σ Gaussian again with a_0 in the middle of the actions: comparing every pair is then not the contract.
+    learned = policy_classes()["Gaussian, mean θᵀx, learned σ"]
+    cases.append(("the learned-σ Gaussian with the first action between the others",
+                  (*learned[:3], _float(jnp.array([0.3, -1.0, 2.0])))))
     # Under jax.jit (log_prob static), as the notebook runs it: op by op, nested autodiff is slow and memory-hungry.
     student = jax.jit(hessian_spread_over_actions, static_argnums=0)
     reference = jax.jit(reference_hessian_spread_over_actions, static_argnums=0)
@@ -342,8 +354,8 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
                 except Exception:  # noqa: BLE001 — a diagnosis that cannot run is skipped
                     continue
             _fail(exercise, message)
-    return ("gives the largest change of ∇²_θ log π(a|x) across actions for 5 policy classes (categorical and Gaussian), "
-            "under jax.jit.")
+    return ("gives the largest change of ∇²_θ log π(a|x) from the first action's for 5 policy classes (categorical and "
+            "Gaussian) and a reordering of the actions, under jax.jit.")
 
 
 def reference_log_linear_hessian(theta, features, action) -> jax.Array:
