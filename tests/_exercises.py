@@ -43,11 +43,16 @@ def exercises(imports_marker: str) -> list[tuple[str, str]]:
     return out
 
 
-def assert_check_explains(check_module, name: str, wrong, explanation: str) -> None:
-    """``check_<name>`` fails ``wrong``, records the failure, and says ``explanation`` in one or two sentences."""
+def assert_check_explains(check_module, name: str, wrong, explanation: str, *, on_every_input: bool = False) -> None:
+    """``check_<name>`` fails ``wrong``, records the failure, and says ``explanation`` in one or two sentences.
+
+    With ``on_every_input``, the named mistake must explain every wrong input (no "On … it matches a known mistake"
+    that names it for some inputs only).
+    """
     with pytest.raises(checks.ExerciseCheckFailed) as info:
         getattr(check_module, f"check_{name}")(wrong)
     message = str(info.value)
     assert explanation in message, message
+    assert not on_every_input or "matches a known mistake" not in message, message
     assert len(message) < 400, "a check message should be one or two sentences"
     assert checks.results()[name] is False

@@ -1357,7 +1357,9 @@ def test_dr_log_ratio_gradient_leaves_the_students_doubly_robust_in_place():
     assert globals()["doubly_robust"] is original
 
 
-# Trial B5 (fresh reader, 05–09): DiCE written with ratios passed the check that asks for it without them.
+# Trial B5 (fresh reader, 05–09): DiCE written with ratios passed the check that asks for it without them. (A cumulative
+# product of boxes is left alone: it is DiCE's exact value and derivatives, and refusing jnp.cumprod would also refuse
+# the library's discounts and a student's γ^t.)
 def on_policy_importance_sampling(log_pi, rewards, values, gamma):
     """A student's exercise 1 of notebook 05 (step-wise IS at μ = sg(π)): what dice_objective may not call."""
     return ope.step_importance_sampling(log_pi - jax.lax.stop_gradient(log_pi), rewards, values, gamma)
@@ -1365,11 +1367,6 @@ def on_policy_importance_sampling(log_pi, rewards, values, gamma):
 
 def dice_by_calling_exercise_one(log_pi, rewards, values, gamma):
     return on_policy_importance_sampling(log_pi, rewards, values, gamma)
-
-
-def dice_by_cumulative_product_of_boxes(log_pi, rewards, values, gamma):
-    weights = jnp.cumprod(jnp.exp(log_pi - jax.lax.stop_gradient(log_pi)))
-    return jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * weights * rewards) + gamma ** rewards.shape[0] * weights[-1] * values[-1]
 
 
 def choose_largest_error(squared_bias, variance, num_trajectories):
@@ -1396,12 +1393,25 @@ def spread_of_the_diagonals(log_prob, params, obs, actions):
     return jnp.max(jnp.abs(jnp.diagonal(h - h[0], axis1=1, axis2=2)))
 
 
+def dice_by_doubly_robust_with_zero_critic(log_pi, rewards, values, gamma):  # trial B6: DR with V = 0 is step-wise IS
+    critic = jnp.zeros_like(values).at[-1].set(values[-1])
+    return ope.doubly_robust(log_pi - jax.lax.stop_gradient(log_pi), rewards, critic, gamma)
+
+
+def dice_in_float32(log_pi, rewards, values, gamma):  # trial B6: float32 inside, float64 out (promoted by gamma, values)
+    through_t = jnp.cumsum(log_pi.astype(jnp.float32))
+    box = jnp.exp(through_t - jax.lax.stop_gradient(through_t))
+    rewards = rewards.astype(jnp.float32)
+    return jnp.sum(gamma ** jnp.arange(rewards.shape[0]) * box * rewards) + gamma ** rewards.shape[0] * box[-1] * values[-1]
+
+
 TRIAL_B5_WRONG_ANSWERS = [
+    ("dice_objective", dice_by_doubly_robust_with_zero_critic, "It multiplies ratios"),
+    ("dice_objective", dice_in_float32, "the precision of float32"),
     ("taypo2", taypo2_pairs_d_with_itself, "pairs d_t with itself"),
     ("hessian_spread_over_actions", spread_over_every_pair, "every pair of actions"),
     ("hessian_spread_over_actions", spread_of_the_diagonals, "only the diagonals"),
     ("dice_objective", dice_by_calling_exercise_one, "It multiplies ratios"),
-    ("dice_objective", dice_by_cumulative_product_of_boxes, "It multiplies ratios"),
     ("choose_estimator", choose_largest_error, "the smallest predicted mean squared error"),
 ]
 

@@ -133,9 +133,9 @@ FORBIDDEN: dict[str, dict[str, str]] = {
     "dice_objective": {
         **_library("metagrad.prior:dice_objective"),
         **dict.fromkeys(
-            ("metagrad.ope:step_importance_sampling", "@student:on_policy_importance_sampling",
-             "@student:step_importance_sampling", "jax.numpy:cumprod", "jax.lax:cumprod"),
-            "It multiplies ratios (step-wise IS, or a cumulative product of boxes): this exercise asks for DiCE's form "
+            ("metagrad.ope:step_importance_sampling", "metagrad.ope:doubly_robust", "@student:on_policy_importance_sampling",
+             "@student:step_importance_sampling", "@student:doubly_robust"),
+            "It multiplies ratios (it calls step-wise IS or DR): this exercise asks for DiCE's form "
             "without ratios, one magic box per reward applied to a sum of log-probabilities.",
         ),
     },
@@ -697,6 +697,22 @@ def _refuse_float32(exercise: str, student_fn: Callable, args: Sequence, label: 
             f"on {label} it returned float32 values while the notebook runs in float64: a float32 step (dtype=jnp.float32, "
             ".astype(jnp.float32), np.float32) loses half the digits. Let JAX use the default float type.",
         )
+
+
+def _refuse_float32_precision(exercise, student, reference, cases, rtol: float = 1e-7):
+    """Fail naming float32 when the student's result is off by float32 rounding only (a step cast to float32 inside a
+    float64 result: `_refuse_float32` sees only the output's dtype). Within `rtol` of the reference it passes."""
+    if jnp.result_type(float) != jnp.float64:
+        return
+    label, args = cases[0]
+    got = np.asarray(_call(exercise, student, args, label), dtype=np.float64)
+    expected = np.asarray(reference(*args), dtype=np.float64)
+    if got.shape != expected.shape or np.allclose(got, expected, rtol=rtol, atol=rtol * 1e-2):
+        return
+    scale = max(float(np.max(np.abs(expected))), 1e-12)
+    if np.all(np.isfinite(got)) and float(np.max(np.abs(got - expected))) < 1e-5 * scale:
+        _fail(exercise, f"on {label} it is right only to about 7 digits, the precision of float32: a step runs in "
+                        "float32 (dtype=jnp.float32, .astype(jnp.float32), np.float32). Let JAX use the default float type.")
 
 
 def _refuse_non_finite(exercise: str, student_fn: Callable, args: Sequence, label: str, hint: str) -> None:

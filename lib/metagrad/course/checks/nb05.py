@@ -11,6 +11,7 @@ from metagrad.course.checks._diagnose import (
     _compare,
     _float,
     _refuse_float32,
+    _refuse_float32_precision,
     _refuse_non_finite,
     _register,
     _with_derivatives,
@@ -260,6 +261,8 @@ def check_dice_objective(dice_objective: Callable) -> str:
     exercise = "dice_objective"
     _refuse_float32(exercise, dice_objective, _dice_cases()[0][1], _dice_cases()[0][0])
     student = _with_third_derivative(dice_objective)
+    # rtol 1e-10: rewards rounded to float32 are off by ~1e-8 only, and every exact form agrees to ~1e-14.
+    _refuse_float32_precision(exercise, student, _with_third_derivative(prior.dice_objective), _dice_cases(), rtol=1e-10)
     _compare(exercise, student, _with_third_derivative(prior.dice_objective), _dice_cases(),
              expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
              mistakes=[(_with_third_derivative(m), hint) for m, hint in mistakes], parts=value_to_third_parts)

@@ -15,6 +15,7 @@ from metagrad.course.checks._diagnose import (
     _compare,
     _float,
     _refuse_float32,
+    _refuse_float32_precision,
     _register,
     _with_derivatives,
     _trajectory,
@@ -360,17 +361,3 @@ def _recursion(lr, r, v, g, k, discounted=True):
     return total
 
 
-def _refuse_float32_precision(exercise, student, reference, cases):
-    """Fail naming float32 when the student's result is off by float32 rounding only (a step cast to float32 inside a
-    float64 result: `_refuse_float32` sees only the output's dtype)."""
-    if jnp.result_type(float) != jnp.float64:
-        return
-    label, args = cases[0]
-    got = np.asarray(_call(exercise, student, args, label), dtype=np.float64)
-    expected = np.asarray(reference(*args), dtype=np.float64)
-    if got.shape != expected.shape or np.allclose(got, expected, rtol=1e-7, atol=1e-9):
-        return
-    scale = max(float(np.max(np.abs(expected))), 1e-12)
-    if np.all(np.isfinite(got)) and float(np.max(np.abs(got - expected))) < 1e-5 * scale:
-        _fail(exercise, f"on {label} it is right only to about 7 digits, the precision of float32: a step runs in "
-                        "float32 (dtype=jnp.float32, .astype(jnp.float32), np.float32). Let JAX use the default float type.")
