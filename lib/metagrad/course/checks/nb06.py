@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -163,25 +164,9 @@ def check_taypo_k(taypo_k: Callable) -> str:
     def reference(lr, r, v, g, k):
         return ope.taylor_expansion(lr, r, v, g, order=k)
 
-    def inclusive(lr, r, v, g, k):
-        d = jnp.expm1(lr)
-        adv = _returns(r, v, g) - v[:-1]
-        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
-        total = _returns(r, v, g)[0]
-        for t in range(r.shape[0]):
-            e = e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]])
-            total = total + g**t * d[t] * adv[t] * jnp.sum(e)
-        return total
-
-    def stopped_carry(lr, r, v, g, k):  # e_j carried through stop_gradient: only the d_t of step t is differentiated
-        d = jnp.expm1(lr)
-        adv = _returns(r, v, g) - v[:-1]
-        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
-        total = _returns(r, v, g)[0]
-        for t in range(r.shape[0]):
-            total = total + g**t * d[t] * adv[t] * jnp.sum(e)
-            e = jax.lax.stop_gradient(e + d[t] * jnp.concatenate([jnp.zeros(1, lr.dtype), e[:-1]]))
-        return total
+    inclusive = functools.partial(_recursion, update_first=True)  # the prefix includes d_t
+    # e_j carried through stop_gradient: only the d_t of step t is differentiated
+    stopped_carry = functools.partial(_recursion, update=lambda e, d_t: jax.lax.stop_gradient(_shift_update(e, d_t)))
 
     def top_only(lr, r, v, g, k):
         if k == 1:
@@ -206,16 +191,12 @@ def check_taypo_k(taypo_k: Callable) -> str:
     def undiscounted(lr, r, v, g, k):
         return _recursion(lr, r, v, g, k, discounted=False)
 
-    def in_place(lr, r, v, g, k):  # e_j += d_t e_{j−1} for j = 1 … K−1, e_{j−1} already updated at step t
-        d = jnp.expm1(lr)
-        adv = _returns(r, v, g) - v[:-1]
-        e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
-        total = _returns(r, v, g)[0]
-        for t in range(r.shape[0]):
-            total = total + g**t * d[t] * adv[t] * jnp.sum(e)
-            for j in range(1, k):
-                e = e.at[j].add(d[t] * e[j - 1])
-        return total
+    def sequential_update(e, d_t):  # e_j += d_t e_{j−1} for j = 1 … K−1, e_{j−1} already updated at step t
+        for j in range(1, e.shape[0]):
+            e = e.at[j].add(d_t * e[j - 1])
+        return e
+
+    in_place = functools.partial(_recursion, update=sequential_update)
 
     def fixed_order(order):
         return lambda lr, r, v, g, k: reference(lr, r, v, g, order)
@@ -349,15 +330,27 @@ def _long_case_with_hint(exercise, compare):
                                       "(a buffer, a loop bound); use the trajectory's own T.")
 
 
-def _recursion(lr, r, v, g, k, discounted=True):
-    """TayPO-K by the e_j recursion (a Python loop: the variants of the mistakes only run on short cases)."""
+def _shift_update(e, d_t):
+    """One step of the e_j recursion, all j at once from the old e: e_j ← e_j + d_t e_{j−1}."""
+    return e + d_t * jnp.concatenate([jnp.zeros(1, e.dtype), e[:-1]])
+
+
+def _recursion(lr, r, v, g, k, discounted=True, update=_shift_update, update_first=False):
+    """TayPO-K by the e_j recursion (a Python loop: the variants of the mistakes only run on short cases).
+
+    `update(e, d_t)` advances e = (e_0 … e_{K−1}) past step t, after step t's term is added (before it, with
+    `update_first`: the prefix then includes d_t); the mistakes pass variants of `_shift_update`.
+    """
     d = jnp.expm1(lr)
     adv = _returns(r, v, g) - v[:-1]
     e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
     total = _returns(r, v, g)[0]
     for t in range(r.shape[0]):
+        if update_first:
+            e = update(e, d[t])
         total = total + (g**t if discounted else 1.0) * d[t] * adv[t] * jnp.sum(e)
-        e = e + d[t] * jnp.concatenate([jnp.zeros(1, e.dtype), e[:-1]])
+        if not update_first:
+            e = update(e, d[t])
     return total
 
 
