@@ -319,6 +319,60 @@ def _call(exercise: str, fn: Callable, args: Sequence, label: str):
         _fail(exercise, f"calling it on {label} raised {type(err).__name__}{': ' + detail if detail else ''}.")
 
 
+def _equations(jaxpr):
+    """Every equation of `jaxpr`, those of its sub-jaxprs (scan and cond bodies, jitted calls) included."""
+    stack = [jaxpr]
+    while stack:
+        for eqn in stack.pop().eqns:
+            yield eqn
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (list, tuple)) else (param,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        stack.append(inner)
+
+
+def _refuse_python_loop(exercise: str, fn: Callable, make_args: Callable, hint: str, lengths=(8, 64)) -> None:
+    """Refuse `fn` when its traced program grows with the trajectory length T: a Python loop over the steps.
+
+    A vectorised function (or `lax.scan`) traces to the same equations at any length; a Python loop unrolls into
+    equations per step. `make_args(T)` gives `fn`'s arguments at length T. The probe is a closure, so when grading it
+    runs in the student's kernel and returns only the two counts.
+    """
+    short, long = make_args(lengths[0]), make_args(lengths[1])
+
+    def count_equations(*arrays):
+        return np.array([float(sum(1 for _ in _equations(jax.make_jaxpr(fn)(*a).jaxpr)))
+                         for a in (arrays[: len(short)], arrays[len(short) :])])
+
+    label = f"trajectories of length T = {lengths[0]} and {lengths[1]} (traced, not run)"
+    few, many = np.asarray(_call(exercise, count_equations, (*short, *long), label))
+    if many > few + 8:
+        _fail(exercise, f"its values are right, but its traced program grows with the length of the trajectory "
+                        f"({int(few)} operations at T = {lengths[0]}, {int(many)} at T = {lengths[1]}): a Python loop "
+                        f"over the steps. {hint}")
+
+
+def _refuse_loop(exercise: str, fn: Callable, args: Sequence, label: str, hint: str) -> None:
+    """Refuse `fn` when its traced program contains a loop (`lax.fori_loop`, `while_loop`, `scan`).
+
+    For exercises that ask for a direct computation (one linear solve): a loop run long enough to pass is still the
+    method the exercise rules out. Runs after the values passed; the probe runs in the student's kernel when grading.
+    """
+
+    def count_loops(*arrays):
+        jaxpr = jax.make_jaxpr(fn)(*arrays).jaxpr
+        return np.array(float(sum(eqn.primitive.name in ("while", "scan") for eqn in _equations(jaxpr))))
+
+    if float(np.asarray(_call(exercise, count_loops, args, f"{label} (traced, not run)"))) > 0:
+        _fail(exercise, f"its values are right, but its program loops (lax.fori_loop, while_loop or scan): {hint}")
+
+
+#: The remedy every float32 refusal ends with (one wording across the checks).
+FLOAT32_REMEDY = ("a float32 step (dtype=jnp.float32, .astype(jnp.float32), np.float32) loses half the digits: drop it "
+                  "and let JAX use the default float type.")
+
+
 def _has_float32(args) -> bool:
     """Whether any array among `args` (pytrees such as a TabularMDP included) is float32."""
     return any(getattr(leaf, "dtype", None) == np.float32 for leaf in jax.tree_util.tree_leaves(args))
@@ -363,9 +417,8 @@ def _as_result(
     ):
         _fail(
             exercise,
-            f"on {label} it returned float32 values while the notebook runs in float64 (its inputs are float64), "
-            "losing half the digits: drop the float32 step (dtype=jnp.float32, .astype(jnp.float32), np.float32) and "
-            "let JAX use the default float type.",
+            f"on {label} it returned float32 values while the notebook runs in float64 (its inputs are float64): "
+            + FLOAT32_REMEDY,
         )
     if not np.all(np.isfinite(out)):
         _fail(exercise, f"on {label} it returned NaN or infinite values.{' ' + non_finite_hint if non_finite_hint else ''}")
@@ -431,6 +484,29 @@ def _diagnose(results: Sequence[tuple[str, tuple, np.ndarray]], mistakes: Sequen
         else f"{len(best_labels)} of the {len(results)} wrong inputs (first: {best_labels[0]})"
     )
     return f"On {where} it matches a known mistake: {best}"
+
+
+def _proportional(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
+    """The last resort before "differs": name a result that is the reference times a factor on every wrong input.
+
+    `pairs` are (student output, reference) of the wrong inputs. '' unless every output is c × its reference
+    (c ≠ 1, the reference not zero); the message says whether c is one constant or changes with the input.
+    """
+    factors = []
+    for got, expected in pairs:
+        scale = float(np.vdot(expected, expected))
+        if scale == 0.0:
+            return ""
+        factor = float(np.vdot(got, expected)) / scale
+        if not _close(got, factor * expected):
+            return ""
+        factors.append(factor)
+    if np.allclose(factors, factors[0], rtol=1e-6):
+        return (f"It is {factors[0]:.4g} times the right answer on every wrong input: one constant factor is off (a ½ "
+                "or 2, a sign, a γ, a 1/N); the rest is right.")
+    shown = ", ".join(f"{c:.3g}" for c in factors[:3])
+    return (f"It is the right answer times a factor that changes with the input ({shown}): a factor that depends on "
+            "the input (γ, T, N, a normalisation) is off; the rest is right.")
 
 
 def _static_indices(args: Sequence) -> tuple[int, ...]:
@@ -562,7 +638,7 @@ def _compare(
     and `jax.vmap` (`_check_transforms`). `non_finite_hints` maps a case's label to the likely cause of a NaN or
     infinite result there (e.g. a singular matrix on a one-state MDP).
     """
-    wrong = []
+    wrong, pairs = [], []
     first = ""
     for label, args in cases:
         expected = np.asarray(reference_fn(*args), dtype=np.float64)
@@ -572,13 +648,14 @@ def _compare(
         )
         if not _close(got, expected):
             wrong.append((label, args, got))
+            pairs.append((got, expected))
             if not first:
                 error = float(np.max(np.abs(got - expected)))
                 part = _wrong_parts(got, expected, parts) or "the result differs from the reference"
                 first = f"on {label}: {part} (largest absolute error {error:.3g})"
     if wrong:
         message = f"wrong on {len(wrong)} of {len(cases)} inputs; first {first}." if len(cases) > 1 else f"{first}."
-        hint = _diagnose(wrong, mistakes)
+        hint = _diagnose(wrong, mistakes) or _proportional(pairs)
         _fail(exercise, message + (" " + hint if hint else ""))
     if jit or vmap_in_axes is not None:
         _check_transforms(
@@ -694,8 +771,7 @@ def _refuse_float32(exercise: str, student_fn: Callable, args: Sequence, label: 
     if any(getattr(leaf, "dtype", None) == np.float32 for leaf in leaves):
         _fail(
             exercise,
-            f"on {label} it returned float32 values while the notebook runs in float64: a float32 step (dtype=jnp.float32, "
-            ".astype(jnp.float32), np.float32) loses half the digits. Let JAX use the default float type.",
+            f"on {label} it returned float32 values while the notebook runs in float64: " + FLOAT32_REMEDY,
         )
 
 
@@ -711,8 +787,7 @@ def _refuse_float32_precision(exercise, student, reference, cases, rtol: float =
         return
     scale = max(float(np.max(np.abs(expected))), 1e-12)
     if np.all(np.isfinite(got)) and float(np.max(np.abs(got - expected))) < 1e-5 * scale:
-        _fail(exercise, f"on {label} it is right only to about 7 digits, the precision of float32: a step runs in "
-                        "float32 (dtype=jnp.float32, .astype(jnp.float32), np.float32). Let JAX use the default float type.")
+        _fail(exercise, f"on {label} it is right only to about 7 digits, the precision of float32: {FLOAT32_REMEDY}")
 
 
 def _refuse_non_finite(exercise: str, student_fn: Callable, args: Sequence, label: str, hint: str) -> None:

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    FLOAT32_REMEDY,
     _call,
     _close,
     _compare,
+    _equations,
     _fail,
     _float,
     _refuse_float32,
@@ -157,14 +159,17 @@ _SHIFT = 1e4  # a common shift of the logits: π is unchanged, but a step h on t
 
 
 def _refuse_inexact(exercise: str, student_fn: Callable, reference: Callable, args, label: str, what: str,
-                    remedy: str = "autodiff is exact ({bound}): differentiate with JAX, not with a small step h") -> None:
+                    remedy: str = "autodiff is exact ({bound}): differentiate with JAX, not with a small step h",
+                    cause: str = "the error of finite differences") -> None:
     """Refuse a result that is only approximately `reference`, such as finite differences instead of autodiff.
 
     `args` is an input on which every finite-difference step h misses by more than 1e-9 (relative; the inputs
     carry a large offset, so x ± h is rounded: tests/test_checks_trial_a3.py scans h), while autodiff, or a
     closed form, agrees to ~1e-15. Called before `_compare`, so that a step large enough to fail the ordinary
     inputs is still named; an error above `_APPROXIMATE` is another mistake, left to `_compare`. Runs only in
-    float64 (the notebook's precision); float32 is named first, NaN or infinity (an overflowing exp) as such.
+    float64 (the notebook's precision); float32 is named first, NaN or infinity (an overflowing exp) as such. A float32
+    step inside a float64 result is told from `cause` by moving every float64 input by 1e-12 (relative), below
+    float32's resolution: a result computed in float32 does not change at all.
     """
     if jnp.result_type(float) != jnp.float64:
         return
@@ -181,11 +186,12 @@ def _refuse_inexact(exercise: str, student_fn: Callable, reference: Callable, ar
         )
     relative = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
     if _EXACT_RTOL < relative < _APPROXIMATE:  # close but not exact; a larger error is left to _compare's diagnosis
-        _fail(
-            exercise,
-            f"on {label} it matches {what} only to ~{relative:.0e} (relative), the error of finite differences; "
-            + remedy.format(bound=f"< {_EXACT_RTOL:.0e}") + ".",
-        )
+        nudged = jax.tree_util.tree_map(lambda a: a * (1 + 1e-12) if getattr(a, "dtype", None) == np.float64 else a, args)
+        if np.array_equal(np.asarray(_call(exercise, student_fn, nudged, label), dtype=np.float64), got):
+            _fail(exercise, f"on {label} it matches {what} only to ~{relative:.0e} (relative) and does not move when its "
+                            f"inputs move by 1e-12 (relative), below float32's resolution: {FLOAT32_REMEDY}")
+        _fail(exercise, f"on {label} it matches {what} only to ~{relative:.0e} (relative), {cause}; "
+                        + remedy.format(bound=f"< {_EXACT_RTOL:.0e}") + ".")
 
 
 _HESSIAN_PROBE = 257  # an input size at which no honest Hessian-vector product needs an n×n array
@@ -203,17 +209,9 @@ def _refuse_full_hessian(hvp: Callable, f: Callable) -> None:
 
     def count_square_arrays(x, v):
         """How many equations of the jaxpr of `hvp(f, x, v)` (sub-jaxprs included) output an n×n block."""
-        count, stack = 0, [jax.make_jaxpr(lambda x, v: hvp(f, x, v))(x, v).jaxpr]
-        while stack:
-            jaxpr = stack.pop()
-            for eqn in jaxpr.eqns:
-                count += sum(sum(d == n for d in getattr(var.aval, "shape", ())) >= 2 for var in eqn.outvars)
-                for param in eqn.params.values():
-                    for sub in param if isinstance(param, (list, tuple)) else (param,):
-                        inner = getattr(sub, "jaxpr", sub)
-                        if hasattr(inner, "eqns"):
-                            stack.append(inner)
-        return np.array(float(count))
+        jaxpr = jax.make_jaxpr(lambda x, v: hvp(f, x, v))(x, v).jaxpr
+        return np.array(float(sum(sum(sum(d == n for d in getattr(var.aval, "shape", ())) >= 2 for var in eqn.outvars)
+                                      for eqn in _equations(jaxpr))))
 
     x = _float(jnp.linspace(-1.0, 1.0, n))
     found = _call("hvp", count_square_arrays, (x, jnp.ones_like(x)), f"x of size n = {n} (traced, not run)")

@@ -10,6 +10,7 @@ import numpy as np
 
 from metagrad.course.checks._diagnose import (
     _compare,
+    _refuse_loop,
     _float,
     _register,
     _random_mdp,
@@ -39,6 +40,10 @@ def _mdp_cases():
 
 
 _NEAR_ONE = 0.9999  # an effective horizon of 10 000 steps: a few thousand iterations are far from converged
+
+
+_LOOP_HINT = ("the exercise asks for one linear solve, no loop over time; iterating the Bellman recursion converges "
+              "only after ~ln(10¹⁰)/(1 − γ) steps, about 230 000 at γ = 0.9999.")
 
 
 def _near_one_case(label: str = "γ = 0.9999 (an effective horizon of 10 000 steps)"):
@@ -208,6 +213,7 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         non_finite_hints={"a single-state MDP": _singular_hint("(I − γ P^π) V = r^π")},
     )
     _refuse_fixed_iterations("policy_evaluation", policy_evaluation, reference, "backup", only_named=False)
+    _refuse_loop("policy_evaluation", policy_evaluation, _near_one_case()[1], _near_one_case()[0], _LOOP_HINT)
     return (
         "matches metagrad.mdp.policy_evaluation on 7 MDPs (random, near-deterministic, γ = 0, one state, "
         "deterministic policy, random start, γ = 0.9999), also under jax.jit."
@@ -285,6 +291,7 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         non_finite_hints={"a single-state MDP": _singular_hint("(I − γ (P^π)ᵀ) d = p_0")},
     )
     _refuse_fixed_iterations("discounted_occupancy", discounted_occupancy, jax.jit(mdp_lib.discounted_occupancy), "occupancy", only_named=False)
+    _refuse_loop("discounted_occupancy", discounted_occupancy, _near_one_case()[1], _near_one_case()[0], _LOOP_HINT)
     return (
         "matches metagrad.mdp.discounted_occupancy on 8 MDPs (random, near-deterministic, γ = 0, one state, "
         "deterministic policy, random start, γ = 0.99 and γ = 0.9999), also under jax.jit."

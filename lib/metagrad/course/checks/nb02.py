@@ -94,7 +94,12 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
     def discounted_from_start(rewards, gamma, bootstrap):  # Σ_{s≥t} γ^s r_s: the discount counted from t = 0
         return gamma ** np.arange(len(rewards)) * reference_reward_to_go(rewards, gamma, bootstrap)
 
+    def discounted_current(rewards, gamma, bootstrap):  # G_t = γ r_t + G_{t+1}
+        return gamma * reference_reward_to_go(rewards, 1.0, 0.0) + bootstrap
+
     mistakes = [
+        (discounted_current, "It discounts the current reward instead of the future (G_t = γ r_t + G_{t+1}): r_t is "
+                             "collected now, at full value; the γ multiplies G_{t+1}, everything that comes later."),
         (forward_scan, "It runs the recursion forwards in time: G_t = r_t + γ G_{t+1} needs G_{t+1} first, so scan backwards (lax.scan(..., reverse=True)) from G_T = bootstrap."),
         (bootstrap_discounted_twice, "It starts from G_T = γ · bootstrap: the bootstrap is G_T itself, and the recursion applies the γ."),
         (skips_current, "It misses r_t itself (off by one): G_t starts with the reward at time t."),
@@ -209,6 +214,11 @@ def check_reinforce_gradient(reinforce_gradient: Callable) -> str:
         (
             lambda *a: _reinforce_reference(*a, baseline=False),
             "It ignores the baseline: the weight is Â_t = G_t − critic[x_t], not the return G_t alone (right only for a zero critic).",
+        ),
+        (
+            lambda *a: _reinforce_reference(*a, baseline=False, bootstrap=False),
+            "It ignores the critic altogether: it enters twice, as the baseline (Â_t = G_t − critic[x_t]) and as the "
+            "bootstrap that continues G_t after the last reward (γ^(T−t) · critic[x_T]).",
         ),
         (
             lambda *a: _reinforce_reference(*a, bootstrap=False),

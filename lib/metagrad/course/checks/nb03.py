@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    FLOAT32_REMEDY,
     _call,
     _close,
     _compare,
@@ -90,13 +91,18 @@ def check_inner_step(inner_step: Callable) -> str:
     )
     expected = jax.jit(exact.maml_gradient, static_argnums=3)(mdp_a, theta_a, 0.5, 1)
     if not _close(meta, expected):
-        first_order = exact.gradient(mdp_a, exact.adapted_logits(mdp_a, theta_a, 0.5, 1))
-        hint = (
-            " It equals the first-order MAML gradient ∇J(θ'): the inner gradient must stay differentiable "
-            "(no stop_gradient, no NumPy conversion)."
-            if _close(meta, first_order)
-            else ""
-        )
+        adapted = exact.adapted_logits(mdp_a, theta_a, 0.5, 1)
+        first_order = exact.gradient(mdp_a, adapted)
+        hessian = exact.hessian(mdp_a, theta_a).reshape(theta_a.size, theta_a.size)
+        hessian_only = 0.5 * (hessian @ first_order.reshape(-1)).reshape(theta_a.shape)  # (I + η∇²J)∇J(θ') without I
+        if _close(meta, first_order):
+            hint = (" It equals the first-order MAML gradient ∇J(θ'): the inner gradient must stay differentiable "
+                    "(no stop_gradient, no NumPy conversion).")
+        elif _close(meta, hessian_only):
+            hint = (" It equals η ∇²J(θ) ∇J(θ'), the meta-gradient without its identity term: θ' depends on θ through "
+                    "θ itself too (no stop_gradient on the θ of θ + η ∇J(θ)).")
+        else:
+            hint = ""
         _fail("inner_step", f"θ' is right, but differentiating J(θ'(θ)) does not give the exact meta-gradient.{hint}")
     _refuse_approximate_step(inner_step)
     return (
@@ -138,8 +144,7 @@ def _refuse_approximate_step(inner_step: Callable) -> None:
     if relative > _STEP_RTOL and float(np.max(np.abs(step - rounded)) / np.max(np.abs(expected))) < 1e-12:
         _fail(
             "inner_step",
-            f"on {label} its step θ' − θ is ∇J(θ) rounded to float32 (off by ~{relative:.0e} relative): a float32 "
-            "step (.astype(jnp.float32), dtype=jnp.float32) loses half the digits; let JAX use the default float type.",
+            f"on {label} its step θ' − θ is ∇J(θ) rounded to float32 (off by ~{relative:.0e} relative): " + FLOAT32_REMEDY,
         )
     if relative > _STEP_RTOL:
         _fail(
@@ -376,6 +381,10 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
     # only class whose expectation is not zero) on both, so an ignored start distribution, occupancy or
     # discount fails on two inputs.
     cases = [cases[0], cases[2], cases[4], cases[5]]
+    # The tanh network once more with γ = 0.999 (an effective horizon of 1000 steps): an occupancy cut off after a
+    # few hundred steps misses most of d^π here, where at γ = 0.9 it misses only ~0.9^T.
+    mdp_c = type(mdp_b)(mdp_b.transitions, mdp_b.rewards, mdp_b.initial, 0.999)
+    cases.append(("the tanh network on the 3-state MDP with γ = 0.999", (mdp_c, *cases[-1][1][1:])))
 
     def pieces(mdp, fn, params):
         log_pi = lambda p: jax.nn.log_softmax(fn(p), axis=-1)  # noqa: E731
@@ -402,7 +411,7 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                 "r_minus_v": d[:, None] * pi * (mdp.rewards - v[:, None]),
                 "r": d[:, None] * pi * mdp.rewards,
                 "stationary": _stationary_over_one_minus_gamma(mdp, pi)[:, None] * pi * adv,
-            }[kind]
+            }[kind] if not isinstance(kind, int) else _truncated_occupancy(mdp, pi, kind)[:, None] * pi * adv
             out = jnp.einsum("sa,sapq->pq", w, h)
             if kind == "lvc":
                 out = out + jnp.einsum("sa,sap,saq->pq", w, g, g)
@@ -442,6 +451,9 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
             "It uses the stationary distribution / (1 − γ): trajectories start from mdp.initial and early steps weigh "
             "most, as in the discounted occupancy d^π.",
         ),
+        *[(variant(horizon), f"Its occupancy stops after {horizon} steps, Σ_{{t<{horizon}}} γ^t Pr(x_t = x): the expectation "
+                             "is over the infinite horizon, d^π = Σ_t γ^t Pr(x_t = x), the linear solve of notebook 01.")
+          for horizon in _HORIZON_CAPS],
         (variant("normalised"), "It is (1 − γ) times too small: d^π(x) is the unnormalised occupancy Σ_t γ^t Pr(x_t = x), as in metagrad.mdp.discounted_occupancy."),
     ]
     mdp, network, params = cases[-1][1]
@@ -450,6 +462,8 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
         "expected_surrogate_hessian", jax.jit(expected_surrogate_hessian, static_argnums=1),
         jax.jit(reference_expected_surrogate_hessian, static_argnums=1), shifted,
         "the tanh network with parameters stored as 10⁴ + θ", "the exact expectation",
+        cause="the error of an approximation (finite differences, or an occupancy cut off after finitely many steps)",
+        remedy="the expectation is exact ({bound}): ∇²ℓ by autodiff, d^π from the infinite-horizon linear solve",
     )
     # Compiled calls (the exercise asks for jit-compatibility): op-by-op Hessians through a linear solve are slow.
     _compare(
@@ -462,9 +476,22 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
     )
     return (
         "matches Σ_{x,a} d^π(x) π(a|x) A^π(x,a) ∇²ℓ(a|x) for tabular, log-linear and tanh-network policies "
-        "(two MDPs, γ = 0.7 and 0.9, random start distributions), compiled with jax.jit, and exactly (not by "
+        "(two MDPs, γ = 0.7, 0.9 and 0.999, random start distributions), compiled with jax.jit, and exactly (not by "
         "finite differences) with parameters offset by 10⁴."
     )
+
+
+_HORIZON_CAPS = (50, 100, 200, 300, 500, 1000)  # the usual fixed horizons of a loop or buffer
+
+
+def _truncated_occupancy(mdp, pi, horizon: int):
+    """Σ_{t<T} γ^t p_t, p_0 = mdp.initial: d^π minus γ^T times the occupancy of the chain started from p_T."""
+    from metagrad import mdp as mdp_lib
+
+    p_pi = jnp.einsum("sa,sat->st", pi, mdp.transitions)
+    p_horizon = mdp.initial @ jnp.linalg.matrix_power(p_pi, horizon)
+    rest = mdp_lib.discounted_occupancy(mdp._replace(initial=p_horizon), pi)
+    return mdp_lib.discounted_occupancy(mdp, pi) - mdp.gamma**horizon * rest
 
 
 class _ShiftedParameters:

@@ -185,12 +185,13 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
     """`doubly_robust(log_ratios [T], rewards [T], values [T+1], gamma)` -> scalar."""
     from metagrad import ope
 
-    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False, one_step=False, sign=1.0, ratio_on=""):
+    def loop(lr, r, v, gamma, *, shift=False, rho_on_value=False, undiscounted=False, one_step=False, sign=1.0, ratio_on="",
+             last_value=False):
         g = 1.0 if undiscounted else gamma
         est = v[-1]
         for t in reversed(range(r.shape[0])):
             rho = jnp.exp(lr[t])
-            base = sign * (v[t + 1] if shift else v[t])
+            base = sign * (v[-1] if last_value else v[t + 1] if shift else v[t])
             after = v[t + 1] if one_step else est
             if ratio_on == "reward":  # γV̂_{t+1} added outside the ratio
                 est = base + rho * (r[t] - base) + g * after
@@ -201,6 +202,8 @@ def check_doubly_robust(doubly_robust: Callable) -> str:
         return est
 
     mistakes = [
+        (lambda *a: loop(*a, last_value=True), "It uses the bootstrap V(x_T) = values[-1] as the control variate at every "
+                                               "step: step t's is the critic at its own state, V(x_t) = values[t]."),
         (lambda *a: loop(*a, shift=True), "It uses V(x_{t+1}) as the control variate at step t (off by one): use V(x_t)."),
         (lambda *a: loop(*a, rho_on_value=True), "It matches step-wise IS: the critic terms V(x_t) − ρ_t V(x_t) are missing."),
         (lambda *a: loop(*a, undiscounted=True), "It ignores γ: the next step's estimate V̂_{t+1} is discounted inside the recursion."),

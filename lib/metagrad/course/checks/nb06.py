@@ -17,6 +17,7 @@ from metagrad.course.checks._diagnose import (
     _float,
     _refuse_float32,
     _refuse_float32_precision,
+    _refuse_python_loop,
     _register,
     _with_derivatives,
     _trajectory,
@@ -141,6 +142,9 @@ def check_taypo2(taypo2: Callable) -> str:
         expected_form="(value, gradient and Hessian in log_ratios, flattened)",
         mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
     )
+    _refuse_python_loop("taypo2", lambda lr, r, v: taypo2(lr, r, v, 0.9), lambda t: _trajectory(jax.random.PRNGKey(61), t),
+                        "The exercise asks for it vectorised: Hint 2 names the array operation that gives the sum "
+                        "over s < t for every t at once.")
     return "matches metagrad.ope.taylor_expansion(order=2) in value, gradient and Hessian on 4 trajectories (incl. on-policy, T = 1)."
 
 

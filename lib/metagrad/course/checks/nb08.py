@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    FLOAT32_REMEDY,
     _call,
     _close,
     _compare,
@@ -254,9 +255,6 @@ def policy_classes() -> dict:
     }
 
 
-_FLOAT32_REMEDY = "a float32 step (.astype(jnp.float32), dtype=jnp.float32) loses half the digits: drop the cast."
-
-
 def _action_hessians(log_prob: Callable, params, obs, actions) -> jax.Array:
     """∇²_θ log π(a_k|x) for every action, [K, P, P]."""
     return jax.vmap(lambda a: jax.hessian(log_prob)(params, obs, a))(actions)
@@ -339,11 +337,11 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
             _fail(exercise, f"on {label} it returned shape {got.shape}; expected one number, the largest difference.")
         if float64 and dtype is not None and np.dtype(dtype) == np.float32:
             _fail(exercise, f"on {label} it returned float32 while the notebook runs in float64 (params are float64): "
-                            + _FLOAT32_REMEDY)
+                            + FLOAT32_REMEDY)
         if float64 and not np.isclose(float(got), expected, rtol=1e-10, atol=1e-12) and np.isclose(
                 float(got), expected, rtol=1e-5, atol=1e-9):
             _fail(exercise, f"on {label} it returned {float(got):.10g} instead of {expected:.10g}, right to only about 7 "
-                            f"digits, the precision of float32 (params are float64): {_FLOAT32_REMEDY}")
+                            f"digits, the precision of float32 (params are float64): {FLOAT32_REMEDY}")
         if not np.isclose(float(got), expected, rtol=1e-6, atol=1e-9):
             message = f"on {label} it returned {float(got):.3g}, but the Hessians differ by at most {expected:.3g} between actions."
             for mistake, hint in mistakes:
