@@ -7,6 +7,8 @@ and the same cells with their solution regions replaced by ``metagrad course bui
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -1182,7 +1184,8 @@ def test_a_mistake_that_explains_only_some_inputs_names_those_inputs():
 def test_an_ignored_argument_fails_on_more_than_one_input(name, wrong):
     with pytest.raises(checks.ExerciseCheckFailed) as info:
         getattr(checks, f"check_{name}")(wrong)
-    assert "wrong on 2 of 4 inputs" in str(info.value), str(info.value)
+    wrong_inputs = re.search(r"wrong on (\d+) of \d+ inputs", str(info.value))
+    assert wrong_inputs and int(wrong_inputs.group(1)) >= 2, str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -353,19 +353,27 @@ def _refuse_python_loop(exercise: str, fn: Callable, make_args: Callable, hint: 
                         f"over the steps. {hint}")
 
 
-def _refuse_loop(exercise: str, fn: Callable, args: Sequence, label: str, hint: str) -> None:
-    """Refuse `fn` when its traced program contains a loop (`lax.fori_loop`, `while_loop`, `scan`).
+def _refuse_primitives(exercise: str, fn: Callable, args: Sequence, label: str, primitives: tuple[str, ...],
+                       message: str) -> None:
+    """Refuse `fn` when its traced program uses any of `primitives` (sub-programs included), with `message`.
 
-    For exercises that ask for a direct computation (one linear solve): a loop run long enough to pass is still the
-    method the exercise rules out. Runs after the values passed; the probe runs in the student's kernel when grading.
+    For exercises that rule out a method whose values are right: a loop (`while`, `scan`) where one linear solve is
+    asked, a cumulative product of ratios where boxes of sums are asked. Runs after the values passed; the probe runs
+    in the student's kernel when grading and returns only a count.
     """
 
-    def count_loops(*arrays):
+    def count(*arrays):
         jaxpr = jax.make_jaxpr(fn)(*arrays).jaxpr
-        return np.array(float(sum(eqn.primitive.name in ("while", "scan") for eqn in _equations(jaxpr))))
+        return np.array(float(sum(eqn.primitive.name in primitives for eqn in _equations(jaxpr))))
 
-    if float(np.asarray(_call(exercise, count_loops, args, f"{label} (traced, not run)"))) > 0:
-        _fail(exercise, f"its values are right, but its program loops (lax.fori_loop, while_loop or scan): {hint}")
+    if float(np.asarray(_call(exercise, count, args, f"{label} (traced, not run)"))) > 0:
+        _fail(exercise, message)
+
+
+def _refuse_loop(exercise: str, fn: Callable, args: Sequence, label: str, hint: str) -> None:
+    """Refuse a loop (`lax.fori_loop`, `while_loop`, `scan`) where the exercise asks for a direct computation."""
+    _refuse_primitives(exercise, fn, args, label, ("while", "scan"),
+                       f"its values are right, but its program loops (lax.fori_loop, while_loop or scan): {hint}")
 
 
 #: The remedy every float32 refusal ends with (one wording across the checks).

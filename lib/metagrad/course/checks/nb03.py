@@ -476,7 +476,7 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
     )
     return (
         "matches Σ_{x,a} d^π(x) π(a|x) A^π(x,a) ∇²ℓ(a|x) for tabular, log-linear and tanh-network policies "
-        "(two MDPs, γ = 0.7, 0.9 and 0.999, random start distributions), compiled with jax.jit, and exactly (not by "
+        "(three MDPs, γ = 0.7, 0.9 and 0.999, random start distributions), compiled with jax.jit, and exactly (not by "
         "finite differences) with parameters offset by 10⁴."
     )
 
