@@ -145,7 +145,8 @@ def check_taypo2(taypo2: Callable) -> str:
     _refuse_python_loop("taypo2", lambda lr, r, v: taypo2(lr, r, v, 0.9), lambda t: _trajectory(jax.random.PRNGKey(61), t),
                         "The exercise asks for it vectorised: Hint 2 names the array operation that gives the sum "
                         "over s < t for every t at once.")
-    return "matches metagrad.ope.taylor_expansion(order=2) in value, gradient and Hessian on 4 trajectories (incl. on-policy, T = 1)."
+    return ("matches metagrad.ope.taylor_expansion(order=2) in value, gradient and Hessian on 4 trajectories (incl. "
+            "on-policy, T = 1): V̂_2 = G_0 + Σ_t γ^t d_t Â_t (1 + Σ_{s<t} d_s).")
 
 
 @_register("06", "taypo_k")
@@ -322,7 +323,8 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
         expected_form="[P, P] (one entry per pair of parameters)",
         mistakes=mistakes,
     )
-    return "matches ∇²V̂_2 − ∇²V̂_1 at π = μ on 4 cases (incl. T = 1 and a scalar parameter)."
+    return ("matches ∇²V̂_2 − ∇²V̂_1 at π = μ on 4 cases (incl. T = 1 and a scalar parameter): the dropped terms are "
+            "Σ_t γ^t Â_t (g_t S_{<t}ᵀ + S_{<t} g_tᵀ) with S_{<t} = Σ_{s<t} g_s.")
 
 
 def _long_case_with_hint(exercise, compare):
