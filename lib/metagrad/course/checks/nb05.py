@@ -272,7 +272,8 @@ def check_dice_objective(dice_objective: Callable) -> str:
              expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
              parts=value_to_third_parts)
     return ("matches metagrad.prior.dice_objective in value and derivatives of orders 1–3 on 4 trajectories "
-            "(incl. T = 1, zero critic) and with log-probabilities near −1000.")
+            "(incl. T = 1, zero critic) and with log-probabilities near −1000: L_DiCE = Σ_t γ^t □(Σ_{s≤t} ℓ_s) r_t + "
+            "γ^T □(Σ_{s<T} ℓ_s) V(x_T).")
 
 
 def _loaded_dice_cases():
@@ -413,7 +414,8 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     _compare("loaded_dice", student, _with_derivatives(reference), [extreme],
              expected_form="(value, gradient and Hessian in log_pi, flattened)")
     return ("matches metagrad.prior.loaded_dice_objective in value, gradient and Hessian for λ = 1, 0.5, 0 (incl. T = 1) "
-            "and with log-probabilities near −1000.")
+            "and with log-probabilities near −1000: L_LD = Σ_t γ^t Â_t (□(w_t) − □(w_t − ℓ_t)), "
+            "w_t = λ w_{t−1} + ℓ_t.")
 
 
 def _undiscounted(lp, states, r, critic, g, lam):
