@@ -169,6 +169,13 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         # max(b², 0) + v/N, b⁴ + v/N and b² + v/√N choose three different estimators here.
         ("three estimators on which the candidate rules disagree, N = 100",
          ({"x": 0.6, "y": 0.2, "z": 0.0}, {"x": 0.5, "y": 30.0, "z": 45.0}, 100)),
+        # variance / N picks "b" (1.2 < 2), variance / (N + 1) picks "a" (1 < 1.2).
+        ("a bias against a variance, N = 1", ({"a": 0.0, "b": 1.2}, {"a": 2.0, "b": 0.0}, 1)),
+        # variance / N picks "a" (1 < 1.5), variance / (N − 1) picks "b" (2 > 1.5).
+        ("a bias against a variance, N = 2", ({"a": 0.0, "b": 1.5}, {"a": 2.0, "b": 0.0}, 2)),
+        # Dropping the estimators with a negative estimate leaves only "b"; max(b², 0) keeps "a" (0 + 0.1 < 0.5).
+        ("an unresolved bias with a small variance next to a resolved one, N = 10",
+         ({"a": -0.02, "b": 0.5}, {"a": 1.0, "b": 0.0}, 10)),
     ]
     wrong_rules = [
         (lambda b, v, n: min(b, key=lambda k: b[k] + v[k] / n),
@@ -193,6 +200,14 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
         (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] / n**2),
          "It divides the variance by N²: the variance of a mean of N independent trajectories is variance / N "
          "(N copies of variance / N² each)."),
+        (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] / (n + 1)),
+         "It divides the variance by N + 1: the variance of a mean of N independent trajectories is variance / N."),
+        (lambda b, v, n: min(b, key=lambda k: max(b[k], 0.0) + v[k] / max(n - 1, 1)),
+         "It divides the variance by N − 1 (a sample-variance correction): the variance of a mean of N independent "
+         "trajectories is variance / N; the per-trajectory variance given is already an estimate."),
+        (lambda b, v, n: min([k for k in b if b[k] >= 0] or list(b), key=lambda k: b[k] + v[k] / n),
+         "It drops the estimators whose squared-bias estimate is negative: a negative estimate means the bias is "
+         "unresolved, so it counts as max(‖b‖², 0) = 0; the estimator stays a candidate."),
         (lambda b, v, n: min(b, key=lambda k: b[k] ** 2 + v[k] / n),
          "It squares the squared bias: the dict already holds ‖b‖², so the mean squared error is ‖b‖² + variance / N."),
     ]
@@ -211,5 +226,5 @@ def check_choose_estimator(choose_estimator: Callable) -> str:
             agree = [hint for rule, hint in wrong_rules if all(rule(*args) == c for (_, args), c in zip(cases, choices))]
             agree += [hint for rule, hint in wrong_rules if rule(bias, variance, n) == got]
             _fail(exercise, message + (" " + agree[0] if agree else ""))
-    return (f"picks the smallest max(‖b‖², 0) + variance / N on {len(cases)} inputs (N = 10 … 100 000, negative ‖b‖² "
+    return (f"picks the smallest max(‖b‖², 0) + variance / N on {len(cases)} inputs (N = 1 … 100 000, negative ‖b‖² "
             "estimates, one estimator, candidate rules that disagree).")
