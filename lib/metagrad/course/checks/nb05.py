@@ -6,13 +6,17 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    _call,
     _compare,
+    _fail,
     _float,
     _refuse_float32,
     _refuse_float32_precision,
     _refuse_non_finite,
+    _refuse_primitives,
     _register,
     _with_derivatives,
     _with_third_derivative,
@@ -271,9 +275,71 @@ def check_dice_objective(dice_objective: Callable) -> str:
     _compare(exercise, student, _with_third_derivative(prior.dice_objective), [extreme],
              expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
              parts=value_to_third_parts)
+    # The values are right: refuse the methods the exercise rules out, traced in log_pi alone (a cumulative product of
+    # the discounts, as metagrad.prior computes Γ_t, is computed, not traced, so only a product of ratios counts).
+    in_log_pi, args = _traced_in_log_pi(dice_objective, _dice_cases()[0][1])
+    label = _dice_cases()[0][0]
+    _refuse_primitives(exercise, in_log_pi, args, label, ("cumprod", "reduce_prod"),
+                       "its values are right, but it multiplies per-step ratios exp(ℓ_s − sg(ℓ_s)) (jnp.cumprod or "
+                       "jnp.prod): the exercise asks for the product rewritten without ratios, one magic box of a sum "
+                       "of ℓ_s per term.")
+    if float(np.asarray(_call(exercise, _traced_product_count(in_log_pi), args, f"{label} (traced, not run)"))) > 0:
+        _fail(exercise, "its values are right, but it multiplies ratios exp(ℓ_s − sg(ℓ_s)) one by one (a Python loop, "
+                        "c = c · ρ_t): the exercise asks for the product rewritten without ratios, one magic box of a "
+                        "sum of ℓ_s per term.")
+    _refuse_primitives(exercise, in_log_pi, args, label, ("scan", "while"),
+                       "its values are right, but it loops over the steps (lax.scan, fori_loop or while_loop), as "
+                       "step-wise IS does with its ratios: the exercise asks for it without a loop, one magic box of a "
+                       "sum of ℓ_s per term.")
     return ("matches metagrad.prior.dice_objective in value and derivatives of orders 1–3 on 4 trajectories "
             "(incl. T = 1, zero critic) and with log-probabilities near −1000: L_DiCE = Σ_t γ^t □(Σ_{s≤t} ℓ_s) r_t + "
             "γ^T □(Σ_{s<T} ℓ_s) V(x_T).")
+
+
+def _traced_in_log_pi(fn: Callable, args: tuple) -> tuple[Callable, tuple]:
+    """`fn` as a function of `log_pi` alone (the other arguments fixed), and its argument `(log_pi,)`.
+
+    Under `jax.ensure_compile_time_eval` the operations on the fixed arguments run at once, so a trace of it holds only
+    the operations that depend on `log_pi`: a product of ratios shows, a cumulative product of the discounts does not.
+    """
+    log_pi, *rest = args
+
+    def in_log_pi(lp):
+        with jax.ensure_compile_time_eval():
+            return fn(lp, *rest)
+
+    return in_log_pi, (log_pi,)
+
+
+def _traced_products(jaxpr, traced: set) -> int:
+    """How many `mul` equations of `jaxpr` multiply two values that are both in `traced` or computed from it.
+
+    Jitted calls are followed (their inputs mapped to the inner program's); loops are left to `_refuse_primitives`.
+    """
+    count = 0
+    for eqn in jaxpr.eqns:
+        inputs = [type(v).__name__ != "Literal" and v in traced for v in eqn.invars]
+        count += eqn.primitive.name == "mul" and all(inputs)
+        if any(inputs):
+            traced.update(eqn.outvars)
+        inner = getattr(eqn.params.get("jaxpr"), "jaxpr", eqn.params.get("jaxpr"))
+        if eqn.primitive.name in ("jit", "pjit", "closed_call") and hasattr(inner, "eqns"):
+            count += _traced_products(inner, {v for v, t in zip(inner.invars, inputs) if t})
+    return count
+
+
+def _traced_product_count(in_log_pi: Callable) -> Callable:
+    """A probe: the number of products of two log_pi-dependent values in `in_log_pi`'s program (see `_traced_in_log_pi`).
+
+    A DiCE objective is linear in its boxes, so it multiplies a box only by constants (γ^t, r_t); a product of
+    ratios taken one step at a time multiplies the running product by the next ratio, T − 1 times.
+    """
+
+    def count(log_pi):
+        jaxpr = jax.make_jaxpr(in_log_pi)(log_pi).jaxpr
+        return np.array(float(_traced_products(jaxpr, set(jaxpr.invars))))
+
+    return count
 
 
 def _loaded_dice_cases():
@@ -354,6 +420,30 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, 1.0) - values[:-1])
         return _loaded(lp, r, adv, lambda w, x: lam * w + x)
 
+    def exponent(update, second):
+        """Σ_t γ^t Â_t (□(w_t) − □(second(w_t, x_t, t, λ))), w_t = update(w_{t−1}, x_t, t, λ), x_t = ℓ_t − sg(ℓ_t)."""
+
+        def estimate(lp, states, r, critic, g, lam):
+            values = critic[states]
+            adv = g ** jnp.arange(r.shape[0]) * jax.lax.stop_gradient(_returns(r, values, g) - values[:-1])
+            x, t = lp - jax.lax.stop_gradient(lp), jnp.arange(r.shape[0])
+            w = jax.lax.scan(lambda c, y: (update(c, *y, lam),) * 2, jnp.zeros((), lp.dtype), (x, t))[1]
+            return jnp.sum(adv * (jnp.exp(w) - jnp.exp(second(w, x, t, lam))))
+
+        return estimate
+
+    # λ on the newest term, w_t = w_{t−1} + λ ℓ_t; and ℓ_s weighted by λ^s, w_t = Σ_{s≤t} λ^s ℓ_s. Each with the second
+    # box □(w_t − ℓ_t) or □(w_{t−1}).
+    lambda_on_the_new_term = [exponent(lambda w, x, t, lam: w + lam * x, second)
+                              for second in (lambda w, x, t, lam: w - x, lambda w, x, t, lam: w - lam * x)]
+    lambda_to_the_s = [exponent(lambda w, x, t, lam: w + lam**t * x, second)
+                       for second in (lambda w, x, t, lam: w - x, lambda w, x, t, lam: w - lam**t * x)]
+    new_term_hint = ("Its exponent is w_t = w_{t−1} + λ ℓ_t: λ multiplies the newest ℓ_t, but λ discounts the past: "
+                     "the newest ℓ_t enters with weight 1, and it is the earlier sum that λ shrinks.")
+    lambda_to_the_s_hint = ("Its exponent gives ℓ_s the weight λ^s, counted from the start of the trajectory: in w_t the "
+                            "weight of ℓ_s is counted back from the current step t (1 for ℓ_t itself), so it shrinks "
+                            "as t moves on.")
+
     second_box_previous_w = boxes(lambda w, w_before, x: jnp.exp(w_before))
     second_box_one = boxes(lambda w, w_before, x: 1.0)
     with_g0 = boxes(lambda w, w_before, x: jnp.exp(w - x), plus_g0=True)
@@ -395,6 +485,8 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
                                "so the newest ℓ_t enters with weight 1."),
         (lambda_on_everything_previous, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, "
                                         "w_t = λ w_{t−1} + ℓ_t, so the newest ℓ_t enters with weight 1."),
+        *((m, new_term_hint) for m in lambda_on_the_new_term),
+        *((m, lambda_to_the_s_hint) for m in lambda_to_the_s),
         (undiscounted_returns, "Its returns G_t are undiscounted (γ = 1 inside G_t): G_t = r_t + γ G_{t+1}, bootstrapped "
                                "with G_T = V(x_T), so the advantage is Â_t = G_t − V(x_t) with the same γ."),
     ]

@@ -307,6 +307,9 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
                  "g_t S_{<t}ᵀ and S_{<t} g_tᵀ come with coefficient 1."),
         (all_other_steps, "It pairs step t with every s ≠ t: TayPO-2's term d_t Σ_{s<t} d_s pairs it with earlier steps "
                           "s < t only."),
+        (loop(lambda t, g, past, gm, a: gm**t * a * np.outer(g, g)),
+         "It returns only the same-step terms γ^t Â_t g_t g_tᵀ, which TayPO-1 keeps: the dropped terms are those of "
+         "TayPO-2's products d_t d_s, which pair two different time steps."),
         (with_outer, "It includes ∇ℓ_t∇ℓ_tᵀ, which TayPO-1 keeps: only the terms with two different time steps are dropped."),
         (inclusive, "Its sum S includes s = t (off by one): TayPO-2's extra term pairs d_t with d_s for s < t only."),
         (one_sided, "It has g_t S_{<t}ᵀ without its transpose S_{<t} g_tᵀ: ∇²(d_t d_s) has two cross terms (a Hessian is symmetric)."),

@@ -54,6 +54,9 @@ def _squared_bias_mistakes():
     def norm_minus_root_noise(est, truth):
         return jnp.linalg.norm(jnp.mean(est, 0) - truth) - jnp.sqrt(jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0])
 
+    def single_errors_minus_noise(est, truth):
+        return jnp.mean(jnp.sum((est - truth) ** 2, axis=1)) - jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0]
+
     def adds_noise(est, truth):
         return jnp.sum((jnp.mean(est, 0) - truth) ** 2) + jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0]
 
@@ -70,6 +73,9 @@ def _squared_bias_mistakes():
         (population_variance, "It divides the sample variance by M instead of M − 1, which leaves a bias of tr Σ / M²."),
         (whole_variance, "It subtracts tr Σ̂, the variance of ONE estimate; the mean of M estimates has variance tr Σ / M."),
         (clipped, "It clips negative values at 0, which makes the estimate biased upwards; return it unclipped."),
+        (single_errors_minus_noise, "It averages the squared errors ‖ĝ_i − g‖² of the single estimates, each of which "
+                                    "holds the noise of ONE estimate (tr Σ), and then subtracts only the noise of their "
+                                    "mean, tr Σ̂ / M: take the error of the mean ḡ before squaring."),
         (mean_of_squares, "It is the mean of ‖ĝ_i − g‖², the mean squared error of ONE estimate (bias² + tr Σ), not the squared bias."),
         (root_noise, "It subtracts the noise level √(tr Σ̂ / M), a norm, from a squared norm: subtract the squared noise, "
                      "tr Σ̂ / M, itself."),

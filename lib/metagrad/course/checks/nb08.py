@@ -192,7 +192,16 @@ def check_task_meta_gradient(task_meta_gradient: Callable) -> str:
 
         return jax.grad(outer)(theta)
 
+    def inner_gradient(theta, mdp, batch, critic, gamma, step_size, estimator):
+        from metagrad import estimators
+        from metagrad.tabular import log_policy
+
+        values = critic[batch.observations]
+        return jax.grad(lambda th: estimators.surrogate(estimator, log_policy, th, batch, values, gamma))(theta)
+
     mistakes = [
+        (inner_gradient, "It is the gradient of the inner surrogate at θ, the inner step's direction: the meta-gradient "
+                         "differentiates the exact outer value exact.value(mdp, θ') through the inner step θ → θ'."),
         (always_dr, "It gives DR's meta-gradient whatever `estimator` says: pass `estimator` on to your inner step, "
                     "whose Hessian is the estimator's."),
         (exact_inner, "It is the exact meta-gradient, with the exact inner step θ + η∇V(θ): the exercise's inner step is "
@@ -305,6 +314,12 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
         (lambda lp, th, x, acts: jnp.max(jnp.sqrt(jnp.sum((_action_hessians(lp, th, x, acts)
                                                            - _action_hessians(lp, th, x, acts)[0]) ** 2, axis=(1, 2)))),
          "It takes the Frobenius norm of each difference: the contract asks for the largest entry, max_ij |·|_ij."),
+        (lambda lp, th, x, acts: jnp.max(jnp.std(_action_hessians(lp, th, x, acts), axis=0)),
+         "It takes the largest standard deviation of an entry over the actions, a spread around their mean: the contract "
+         "asks for the largest change from the first action's Hessian, entry by entry."),
+        (lambda lp, th, x, acts: jnp.linalg.norm(_action_hessians(lp, th, x, acts) - _action_hessians(lp, th, x, acts)[0]),
+         "It takes one Frobenius norm of all the differences together (jnp.linalg.norm of the whole stack): the contract "
+         "asks for the largest single entry |·|_ij over the actions."),
         (lambda lp, th, x, acts: jnp.max(jnp.abs(_action_hessians(lp, th, x, acts) - _action_hessians(lp, th, x, acts)[0]))
          / jnp.max(jnp.abs(_action_hessians(lp, th, x, acts)[0])),
          "It is a relative spread, divided by the size of ∇²ℓ(a_0): the contract asks for the absolute difference."),
@@ -387,6 +402,10 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
         mean = weights(theta, features) @ features
         return jnp.outer(mean, mean)
 
+    def action_outer_minus_mean(theta, features, action):
+        mean = weights(theta, features) @ features
+        return -(jnp.outer(features[action], features[action]) - jnp.outer(mean, mean))
+
     def action_feature(theta, features, action):
         return -jnp.outer(features[action], features[action])
 
@@ -406,6 +425,9 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
          "its expectation over the actions b ∼ π, the same for every a."),
         (uniform, "It weights every action equally: the expectation over b is under π_θ(b|x), not uniform."),
         (mean_only, "It is E_π[φ]E_π[φ]ᵀ alone: the E_π[φφᵀ] part (from differentiating φ's weights π_b) is missing."),
+        (action_outer_minus_mean,
+         "It uses φ(x, a)φ(x, a)ᵀ of the given action where the second moment E_π[φφᵀ] belongs: both terms come from "
+         "the log-partition log Σ_b exp θᵀφ(x, b), so both are expectations over the actions b ∼ π, whatever a is."),
         (action_feature, "It is −φ(x, a)φ(x, a)ᵀ: the Hessian comes from the log-partition log Σ_b exp θᵀφ(x, b), "
                          "a sum over every action b."),
     ]
