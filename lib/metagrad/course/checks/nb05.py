@@ -287,10 +287,6 @@ def check_dice_objective(dice_objective: Callable) -> str:
         _fail(exercise, "its values are right, but it multiplies ratios exp(ℓ_s − sg(ℓ_s)) one by one (a Python loop, "
                         "c = c · ρ_t): the exercise asks for the product rewritten without ratios, one magic box of a "
                         "sum of ℓ_s per term.")
-    _refuse_primitives(exercise, in_log_pi, args, label, ("scan", "while"),
-                       "its values are right, but it loops over the steps (lax.scan, fori_loop or while_loop), as "
-                       "step-wise IS does with its ratios: the exercise asks for it without a loop, one magic box of a "
-                       "sum of ℓ_s per term.")
     return ("matches metagrad.prior.dice_objective in value and derivatives of orders 1–3 on 4 trajectories "
             "(incl. T = 1, zero critic) and with log-probabilities near −1000: L_DiCE = Σ_t γ^t □(Σ_{s≤t} ℓ_s) r_t + "
             "γ^T □(Σ_{s<T} ℓ_s) V(x_T).")
