@@ -458,10 +458,10 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     mistakes = [
         (without_bootstrap, "Its returns G_t stop at the last reward: they are bootstrapped with the critic, "
                             "G_T = V(x_T), as in notebook 04's DR."),
-        (first_box_only, "It has only the first box, Σ_t A_t □(w_t): DR's weight is W_t − W_{t−1}, so each step has "
-                         "□(w_t) − □(w_t − ℓ_t)."),
+        (first_box_only, "It has only the first box, Σ_t A_t □(w_t): DR's weight is W_t − W_{t−1}, a difference, so each "
+                         "step has a second box, for W_{t−1}."),
         (second_box_previous_w, "Its second box is □(w_{t−1}): in the term of step t, an earlier ℓ_s carries the weight "
-                                "λ^(t−s) in both boxes, so the second box is □(w_t − ℓ_t) = □(λ w_{t−1})."),
+                                "λ^(t−s) in both boxes; compare the weight of ℓ_{t−1} in your second box with that."),
         # At λ = 0 it has the derivatives of a □(w_{t−1}) second box (summation by parts); the other λ tell them apart.
         (td_error_weights, "It weights the boxes with the TD error δ_t = r_t + γV(x_{t+1}) − V(x_t): the weight is the "
                            "advantage Â_t = G_t − V(x_t) = Σ_{s≥t} γ^(s−t) δ_s, from the whole bootstrapped return G_t."),

@@ -303,8 +303,8 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
         return out
 
     mistakes = [
-        (halved, "It is half the dropped terms (e.g. ½(M + Mᵀ)): ∇²(d_t d_s) = g_t g_sᵀ + g_s g_tᵀ at π = μ, so both "
-                 "g_t S_{<t}ᵀ and S_{<t} g_tᵀ come with coefficient 1."),
+        (halved, "It is half the dropped terms (e.g. ½(M + Mᵀ)): differentiate d_t d_s twice by the product rule at "
+                 "π = μ and count how often each product of two scores appears."),
         (all_other_steps, "It pairs step t with every s ≠ t: TayPO-2's term d_t Σ_{s<t} d_s pairs it with earlier steps "
                           "s < t only."),
         (loop(lambda t, g, past, gm, a: gm**t * a * np.outer(g, g)),
