@@ -213,7 +213,8 @@ def check_policy_evaluation(policy_evaluation: Callable) -> str:
         non_finite_hints={"a single-state MDP": _singular_hint("(I − γ P^π) V = r^π")},
     )
     _refuse_fixed_iterations("policy_evaluation", policy_evaluation, reference, "backup", only_named=False)
-    _refuse_loop("policy_evaluation", policy_evaluation, _near_one_case()[1], _near_one_case()[0], _LOOP_HINT)
+    label, args = _near_one_case()
+    _refuse_loop("policy_evaluation", policy_evaluation, args, label, _LOOP_HINT)
     return (
         "matches metagrad.mdp.policy_evaluation on 7 MDPs (random, near-deterministic, γ = 0, one state, "
         "deterministic policy, random start, γ = 0.9999), also under jax.jit."
@@ -291,7 +292,8 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
         non_finite_hints={"a single-state MDP": _singular_hint("(I − γ (P^π)ᵀ) d = p_0")},
     )
     _refuse_fixed_iterations("discounted_occupancy", discounted_occupancy, jax.jit(mdp_lib.discounted_occupancy), "occupancy", only_named=False)
-    _refuse_loop("discounted_occupancy", discounted_occupancy, _near_one_case()[1], _near_one_case()[0], _LOOP_HINT)
+    label, args = _near_one_case()
+    _refuse_loop("discounted_occupancy", discounted_occupancy, args, label, _LOOP_HINT)
     return (
         "matches metagrad.mdp.discounted_occupancy on 8 MDPs (random, near-deterministic, γ = 0, one state, "
         "deterministic policy, random start, γ = 0.99 and γ = 0.9999), also under jax.jit."

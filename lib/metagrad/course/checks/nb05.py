@@ -277,8 +277,8 @@ def check_dice_objective(dice_objective: Callable) -> str:
              parts=value_to_third_parts)
     # The values are right: refuse the methods the exercise rules out, traced in log_pi alone (a cumulative product of
     # the discounts, as metagrad.prior computes Γ_t, is computed, not traced, so only a product of ratios counts).
-    in_log_pi, args = _traced_in_log_pi(dice_objective, _dice_cases()[0][1])
-    label = _dice_cases()[0][0]
+    label, case = _dice_cases()[0]
+    in_log_pi, args = _traced_in_log_pi(dice_objective, case)
     _refuse_primitives(exercise, in_log_pi, args, label, ("cumprod", "reduce_prod"),
                        "its values are right, but it multiplies per-step ratios exp(ℓ_s − sg(ℓ_s)) (jnp.cumprod or "
                        "jnp.prod): the exercise asks for the product rewritten without ratios, one magic box of a sum "
@@ -310,7 +310,8 @@ def _traced_in_log_pi(fn: Callable, args: tuple) -> tuple[Callable, tuple]:
 def _traced_products(jaxpr, traced: set) -> int:
     """How many `mul` equations of `jaxpr` multiply two values that are both in `traced` or computed from it.
 
-    Jitted calls are followed (their inputs mapped to the inner program's); loops are left to `_refuse_primitives`.
+    Jitted calls are followed (their inputs mapped to the inner program's); loop bodies are not (a product carried
+    through `lax.scan` goes uncounted: a scan of running sums is a right answer).
     """
     count = 0
     for eqn in jaxpr.eqns:
@@ -378,7 +379,7 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         return reference(lp, states, r, critic, g, lam**2)
 
     def returns_not_advantages(lp, states, r, critic, g, lam):
-        return _loaded(lp, r, g**jnp.arange(r.shape[0]) * _returns(r, critic[states], g), lambda w, x: lam * w + x)
+        return _loaded(lp, r, g**jnp.arange(r.shape[0]) * _returns(r, critic[states], g), lambda w, x, _: lam * w + x)
 
     def flipped_sign(lp, states, r, critic, g, lam):
         return -reference(lp, states, r, critic, g, lam)
@@ -386,7 +387,7 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     def lambda_on_everything(lp, states, r, critic, g, lam):
         values = critic[states]
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
-        return _loaded(lp, r, adv, lambda w, x: lam * (w + x))
+        return _loaded(lp, r, adv, lambda w, x, _: lam * (w + x))
 
     def boxes(second, plus_g0=False):
         """Σ_t γ^t Â_t (□(w_t) − second(w, w_before, x)), w_t = λ w_{t−1} + x_t, x_t = ℓ_t − sg(ℓ_t), w_before = w_{t−1}."""
@@ -414,17 +415,15 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     def undiscounted_returns(lp, states, r, critic, g, lam):  # G_t with γ = 1; the weight γ^t kept
         values = critic[states]
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, 1.0) - values[:-1])
-        return _loaded(lp, r, adv, lambda w, x: lam * w + x)
+        return _loaded(lp, r, adv, lambda w, x, _: lam * w + x)
 
     def exponent(update, second):
-        """Σ_t γ^t Â_t (□(w_t) − □(second(w_t, x_t, t, λ))), w_t = update(w_{t−1}, x_t, t, λ), x_t = ℓ_t − sg(ℓ_t)."""
+        """`_loaded` with γ^t Â_t, w_t = update(w_{t−1}, ℓ_t, t, λ) and the second box □(second(w_t, ℓ_t, t, λ))."""
 
         def estimate(lp, states, r, critic, g, lam):
             values = critic[states]
-            adv = g ** jnp.arange(r.shape[0]) * jax.lax.stop_gradient(_returns(r, values, g) - values[:-1])
-            x, t = lp - jax.lax.stop_gradient(lp), jnp.arange(r.shape[0])
-            w = jax.lax.scan(lambda c, y: (update(c, *y, lam),) * 2, jnp.zeros((), lp.dtype), (x, t))[1]
-            return jnp.sum(adv * (jnp.exp(w) - jnp.exp(second(w, x, t, lam))))
+            adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
+            return _loaded(lp, r, adv, lambda w, x, t: update(w, x, t, lam), lambda w, x, t: second(w, x, t, lam))
 
         return estimate
 
@@ -446,7 +445,7 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
 
     def td_error_weights(lp, states, r, critic, g, lam):  # γ^t δ_t, δ_t = r_t + γ V(x_{t+1}) − V(x_t)
         values = critic[states]
-        return _loaded(lp, r, g ** jnp.arange(r.shape[0]) * (r + g * values[1:] - values[:-1]), lambda w, x: lam * w + x)
+        return _loaded(lp, r, g ** jnp.arange(r.shape[0]) * (r + g * values[1:] - values[:-1]), lambda w, x, _: lam * w + x)
 
     def without_bootstrap(lp, states, r, critic, g, lam):
         values = critic[states]
@@ -514,13 +513,15 @@ def _undiscounted(lp, states, r, critic, g, lam):
     return jnp.sum(adv * (jnp.exp(w) - jnp.exp(w - exponents)))
 
 
-def _loaded(lp, r, weights, recurrence):
-    """Σ_t weights_t (□(w_t) − □(w_t − ℓ_t)) with w_t = recurrence(w_{t−1}, ℓ_t): a variant of Loaded DiCE."""
+def _loaded(lp, r, weights, recurrence, second=lambda w, lp, t: w - lp):
+    """Σ_t weights_t (□(w_t) − □(second(w_t, ℓ_t, t))) with w_t = recurrence(w_{t−1}, ℓ_t, t): a variant of Loaded DiCE
+    (the right second box is □(w_t − ℓ_t))."""
     def box(w):
         return jnp.exp(w - jax.lax.stop_gradient(w))
 
-    w = jax.lax.scan(lambda c, x: (recurrence(c, x), recurrence(c, x)), jnp.zeros((), lp.dtype), lp)[1]
-    return jnp.sum(jax.lax.stop_gradient(weights) * (box(w) - box(w - lp)))
+    t = jnp.arange(lp.shape[0])
+    w = jax.lax.scan(lambda c, y: (recurrence(c, *y),) * 2, jnp.zeros((), lp.dtype), (lp, t))[1]
+    return jnp.sum(jax.lax.stop_gradient(weights) * (box(w) - box(second(w, lp, t))))
 
 
 def boxes_with_values(lp, r, return_values, baseline_values, g, lam):
