@@ -684,7 +684,7 @@ WRONG_ANSWERS = [
     ("on_policy_importance_sampling", on_policy_is_undiscounted, "discount"),
     ("on_policy_importance_sampling", on_policy_is_numpy, "cannot trace"),
     ("dice_objective", dice_without_stop_gradient, "stop_gradient"),
-    ("dice_objective", dice_boxing_one_step, "Σ_{s≤t} ℓ_s"),
+    ("dice_objective", dice_boxing_one_step, "It boxes ℓ_t alone"),
     ("loaded_dice", loaded_dice_time_indexed_critic, "indexed by time"),
     ("loaded_dice", loaded_dice_without_stop_gradient, "stop_gradient"),
     ("taypo2", taypo2_is_lvc, "TayPO-1"),

@@ -107,7 +107,15 @@ def cumulative_discounts(discounts) -> jax.Array:
 
 
 def returns(rewards, values, discounts) -> jax.Array:
-    """Bootstrapped returns G_t = r_t + γ_t G_{t+1}, G_T = V(x_T); `[T]` (a backward `lax.scan`)."""
+    """Bootstrapped returns G_t = r_t + γ_t G_{t+1}, G_T = V(x_T); `[T]` (a backward `lax.scan`).
+
+    `discounts` is γ_t `[T]`, or one scalar γ for every step (as the estimators below accept).
+    """
+    discounts = jnp.asarray(discounts, dtype=jnp.result_type(rewards, discounts))
+    if discounts.ndim and discounts.shape != jnp.shape(rewards):
+        raise ValueError(f"`discounts` must be a scalar γ or per-step discounts of shape [T] = {jnp.shape(rewards)} "
+                         f"like `rewards`; got shape {discounts.shape}.")
+    discounts = jnp.broadcast_to(discounts, jnp.shape(rewards))
 
     def step(g_next, inputs):
         r, gamma = inputs

@@ -25,7 +25,7 @@ from metagrad.course.checks.nb03 import (
     check_missing_hessian_terms,
 )
 from metagrad.course.checks.nb04 import check_doubly_robust, check_dr_log_ratio_gradient, check_step_importance_sampling
-from metagrad.course.checks.nb05 import check_on_policy_importance_sampling, check_dice_objective, check_loaded_dice
+from metagrad.course.checks.nb05 import check_on_policy_importance_sampling, check_dice_objective, check_dice_hessian, check_loaded_dice
 from metagrad.course.checks.nb06 import (
     check_taypo2, check_taypo_k, check_taypo1_dropped_terms,
 )
@@ -66,6 +66,7 @@ __all__ = ["CHECKS", "EXERCISES", "ExerciseCheckFailed", "all_exercises", "descr
            'check_dr_log_ratio_gradient',
            'check_on_policy_importance_sampling',
            'check_dice_objective',
+           'check_dice_hessian',
            'check_loaded_dice',
            'check_taypo2',
            'check_taypo_k',

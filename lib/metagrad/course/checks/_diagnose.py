@@ -139,6 +139,14 @@ FORBIDDEN: dict[str, dict[str, str]] = {
             "without ratios, one magic box per reward applied to a sum of log-probabilities.",
         ),
     },
+    "dice_hessian": {
+        **_no_autodiff("this exercise asks for the Hessian you derive, written with jax.numpy only."),
+        **dict.fromkeys(
+            ("metagrad.prior:dice_objective", "@student:dice_objective", "@student:on_policy_importance_sampling"),
+            "It evaluates a DiCE or IS objective (finite differences of it measure the Hessian instead of deriving it): "
+            "this exercise asks for the closed form, written with jax.numpy only.",
+        ),
+    },
     "loaded_dice": _library("metagrad.prior:loaded_dice_objective"),
     "log_linear_hessian": _no_autodiff("this exercise asks for the Hessian you derive, written with jax.numpy only."),
     "taypo2": _library("metagrad.ope:taylor_expansion", "TayPO-K"),

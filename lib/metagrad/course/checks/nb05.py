@@ -18,7 +18,6 @@ from metagrad.course.checks._diagnose import (
     _refuse_non_finite,
     _refuse_primitives,
     _register,
-    _with_derivatives,
     _with_third_derivative,
     _trajectory,
     _returns,
@@ -46,7 +45,7 @@ def _second_order_box(x):
     u = x - jax.lax.stop_gradient(x)
     return 1.0 + u + 0.5 * u**2
 
-__all__ = ['check_on_policy_importance_sampling', 'check_dice_objective', 'check_loaded_dice']
+__all__ = ['check_on_policy_importance_sampling', 'check_dice_objective', 'check_dice_hessian', 'check_loaded_dice']
 
 
 def _dice_cases():
@@ -178,6 +177,15 @@ def check_dice_objective(dice_objective: Callable) -> str:
     def no_bootstrap(lp, r, v, g):
         return prior.dice_objective(lp, r, jnp.zeros_like(v), g)
 
+    def flipped_box(lp, r, v, g):  # exp(sg(w) − w)
+        t = jnp.arange(r.shape[0])
+        w = jnp.cumsum(lp)
+        return jnp.sum(g**t * box(-w) * r) + g ** r.shape[0] * box(-w[-1]) * v[-1]
+
+    def trajectory_box(lp, r, v, g):  # □(Σ_s ℓ_s) × the bootstrapped return
+        t = jnp.arange(r.shape[0])
+        return box(jnp.sum(lp)) * (jnp.sum(g**t * r) + g ** r.shape[0] * v[-1])
+
     def unboxed_bootstrap(lp, r, v, g):
         t = jnp.arange(r.shape[0])
         return jnp.sum(g**t * box(jnp.cumsum(lp)) * r) + g ** r.shape[0] * v[-1]
@@ -233,7 +241,7 @@ def check_dice_objective(dice_objective: Callable) -> str:
         return estimate
 
     suffix_hint = ("Its box holds Σ_{s≥t} ℓ_s, the later log-probabilities (a reversed cumsum): r_t depends on the "
-                   "actions up to t, so its box is □(Σ_{s≤t} ℓ_s).")
+                   "actions up to and including a_t, not on later ones.")
     shifted_hint = ("Its discount of r_t is γ^(t+1): r_t is received t steps after x_0, so it is discounted by γ^t "
                     "(γ^0 = 1 for r_0); γ^T is the bootstrap's.")
     mistakes = [
@@ -242,21 +250,26 @@ def check_dice_objective(dice_objective: Callable) -> str:
         (discount_one_ahead(0), shifted_hint),
         (discount_one_ahead(1), shifted_hint),
         (bootstrap_box_one_short, "Its bootstrap term boxes only the first T − 1 log-probabilities (w[-2]): V(x_T) "
-                                  "follows all T actions, so its box is □(Σ_{s<T} ℓ_s), the last reward's."),
+                                  "follows all T actions, so its box holds all of them."),
         (undiscounted, "It drops the discount γ^t (and γ^T on the bootstrap): DiCE's terms are γ^t □(…) r_t, as in step-wise IS."),
-        (undiscounted_rewards, "It drops the discount γ^t of the rewards: the term of r_t is γ^t □(Σ_{s≤t} ℓ_s) r_t."),
+        (undiscounted_rewards, "It drops the discount γ^t of the rewards: the term of r_t is γ^t □(…) r_t."),
         (bootstrap_one_step_short, "Its bootstrap term has γ^(T−1): V(x_T) is T steps away from x_0, so it is discounted "
                                    "by γ^T."),
-        (stops_only_the_last, "Its box subtracts stop_gradient(ℓ_t) alone: the box of w = Σ_{s≤t} ℓ_s is "
-                              "exp(w − stop_gradient(w)), 1 in value, so stop the whole sum."),
+        (stops_only_the_last, "Its box subtracts stop_gradient(ℓ_t) alone, so it is not 1 in value: a box is "
+                              "exp(w − stop_gradient(w)) with the whole exponent w stopped."),
         (no_stop_gradient, "It matches exp(Σ ℓ_s) without stop_gradient: the magic box is exp(w − stop_gradient(w)), 1 in value."),
         (constant_box, "Its derivatives are all zero: without stop_gradient, w − w is the constant 0 for autodiff too."),
-        (per_step_box, "It boxes ℓ_t alone: r_t depends on every action up to t, so the box holds Σ_{s≤t} ℓ_s."),
+        (per_step_box, "It boxes ℓ_t alone: r_t depends on every action up to and including a_t; which ratios "
+                       "multiply r_t in step-wise IS?"),
+        (flipped_box, "Its boxes are exp(sg(w) − w), the exponent reversed: the ratio is π/μ, so the box is "
+                      "exp(w − sg(w)) and its gradient has the sign of ∇w."),
+        (trajectory_box, "It boxes the whole trajectory's log-probabilities for every reward (trajectory-wise IS): r_t "
+                         "cannot depend on later actions, so its box holds only the actions up to and including a_t."),
         (exclusive_box, _OFF_BY_ONE_DICE),
         (exclusive_box_and_bootstrap, _OFF_BY_ONE_DICE),
-        (no_bootstrap, "It ignores the bootstrap term γ^T □(Σ_{s<T} ℓ_s) V(x_T)."),
-        (unboxed_bootstrap, "Its bootstrap term γ^T V(x_T) has no box: V(x_T) depends on every action before T, so it "
-                            "gets □(Σ_{s<T} ℓ_s) like the last reward."),
+        (no_bootstrap, "It ignores the bootstrap term γ^T (…) V(x_T), which step-wise IS has."),
+        (unboxed_bootstrap, "Its bootstrap term γ^T V(x_T) has no box: V(x_T) depends on the actions before T, so it "
+                            "needs a box too; which ratio multiplies it in step-wise IS?"),
         (first_order, "A box expanded to first order (1 + w − sg(w)) is right only up to the gradient: DiCE promises "
                       "every order, so use the exponential itself."),
         (second_order, "A box expanded to second order (1 + u + u²/2) is right only up to the Hessian: DiCE "
@@ -290,6 +303,131 @@ def check_dice_objective(dice_objective: Callable) -> str:
     return ("matches metagrad.prior.dice_objective in value and derivatives of orders 1–3 on 4 trajectories "
             "(incl. T = 1, zero critic) and with log-probabilities near −1000: L_DiCE = Σ_t γ^t □(Σ_{s≤t} ℓ_s) r_t + "
             "γ^T □(Σ_{s<T} ℓ_s) V(x_T).")
+
+
+def reference_dice_hessian(grad_log_pi, hess_log_pi, rewards, values, gamma):
+    """∇²_θ of DiCE's objective at one trajectory, from ∇ℓ_t [T, P] and ∇²ℓ_t [T, P, P]; every box is 1 in value.
+
+    ∇²□(w) = □(w)(∇w∇wᵀ + ∇²w) with w_t = Σ_{s≤t} ℓ_s, so the Hessian is Σ_t c_t (S_t S_tᵀ + Σ_{s≤t} ∇²ℓ_s) with
+    S_t = Σ_{s≤t} ∇ℓ_s and c_t = γ^t r_t, plus γ^T V(x_T) on the last step's box (the bootstrap's box is r_{T−1}'s).
+    """
+    horizon = rewards.shape[0]
+    weights = (gamma ** jnp.arange(horizon) * rewards).at[-1].add(gamma**horizon * values[-1])
+    scores, hessians = jnp.cumsum(grad_log_pi, axis=0), jnp.cumsum(hess_log_pi, axis=0)
+    return jnp.einsum("t,ti,tj->ij", weights, scores, scores) + jnp.einsum("t,tij->ij", weights, hessians)
+
+
+def _dice_hessian_cases():
+    def case(key, horizon, size, gamma, reward_scale=1.0):
+        k = jax.random.split(key, 4)
+        grads = jax.random.normal(k[0], (horizon, size))
+        half = jax.random.normal(k[1], (horizon, size, size))
+        hessians = -0.5 * (half + jnp.swapaxes(half, 1, 2))  # symmetric, as a Hessian is
+        rewards = reward_scale * jax.random.normal(k[2], (horizon,))  # mixed signs
+        values = 3.0 * jax.random.uniform(k[3], (horizon + 1,), minval=0.5)  # a bootstrap that matters
+        return tuple(map(_float, (grads, hessians, rewards, values))) + (gamma,)
+
+    keys = jax.random.split(jax.random.PRNGKey(55), 4)
+    return [
+        ("a random trajectory with T = 6 and P = 4 (γ = 0.9)", case(keys[0], 6, 4, 0.9)),
+        ("a single step (T = 1, P = 3)", case(keys[1], 1, 3, 0.8)),
+        ("γ = 0.5, T = 4 and P = 2", case(keys[2], 4, 2, 0.5)),
+        ("a long trajectory (T = 300, P = 3, γ = 0.99)", case(keys[3], 300, 3, 0.99, reward_scale=0.1)),
+    ]
+
+
+@_register("05", "dice_hessian")
+def check_dice_hessian(dice_hessian: Callable) -> str:
+    """`dice_hessian(grad_log_pi [T, P], hess_log_pi [T, P, P], rewards [T], values [T+1], gamma)` -> [P, P]."""
+
+    def weights(r, v, g, bootstrap_power=0, discount=True, bootstrap=True):
+        horizon = r.shape[0]
+        w = (g ** jnp.arange(horizon) if discount else jnp.ones(horizon)) * r
+        return w.at[-1].add(g ** (horizon + bootstrap_power) * v[-1] if bootstrap else 0.0)
+
+    def hessian(scores, hessians, w, outer=1.0, second=1.0):
+        return outer * jnp.einsum("t,ti,tj->ij", w, scores, scores) + second * jnp.einsum("t,tij->ij", w, hessians)
+
+    def variant(scores=lambda g: jnp.cumsum(g, axis=0), hessians=lambda h: jnp.cumsum(h, axis=0), outer=1.0,
+                second=1.0, **weight_options):
+        return lambda g, h, r, v, gamma: hessian(scores(g), hessians(h), weights(r, v, gamma, **weight_options),
+                                                 outer, second)
+
+    def sum_of_outer_products(g, h, r, v, gamma):  # Σ_{s≤t} ∇ℓ_s∇ℓ_sᵀ instead of S_t S_tᵀ
+        w = weights(r, v, gamma)
+        return (jnp.einsum("t,tij->ij", w, jnp.cumsum(jnp.einsum("ti,tj->tij", g, g), axis=0))
+                + jnp.einsum("t,tij->ij", w, jnp.cumsum(h, axis=0)))
+
+    def bootstrap_box_one_short(g, h, r, v, gamma):  # V(x_T) boxed with the first T − 1 actions only
+        horizon = r.shape[0]
+        rewards_only = variant(bootstrap=False)(g, h, r, v, gamma)
+        if horizon == 1:
+            return rewards_only
+        s, hs = jnp.sum(g[:-1], axis=0), jnp.sum(h[:-1], axis=0)
+        return rewards_only + gamma**horizon * v[-1] * (jnp.outer(s, s) + hs)
+
+    def whole_trajectory(x):
+        return jnp.broadcast_to(jnp.sum(x, axis=0), x.shape)
+
+    def exclusive(x):
+        return jnp.cumsum(x, axis=0) - x
+
+    def suffix(x):
+        return jnp.cumsum(x[::-1], axis=0)[::-1]
+
+    causal = "r_t's box holds the log-probabilities of the actions up to and including a_t."
+    mistakes = [
+        (variant(second=0.0), "It has only products of first derivatives: the exponent of each box is a sum of ℓ_s, and "
+                              "its own second derivative ∇²ℓ_s (not zero for a softmax policy) is part of the second "
+                              "derivative of the box."),
+        (variant(outer=0.0), "It has only the ∇²ℓ terms, the Hessian of Σ_t γ^t r_t w_t (each box replaced by its "
+                             "exponent): differentiate □(w) twice with the product rule, and a product of first "
+                             "derivatives appears."),
+        (sum_of_outer_products, "It sums each step's own outer product ∇ℓ_s∇ℓ_sᵀ: the products of two different steps' "
+                                "scores (s ≠ s′, both ≤ t) are missing. The first derivative of the box's exponent is a "
+                                "sum of scores; square the whole sum."),
+        (variant(outer=0.5), "It halves the products of first derivatives: a ½ belongs to a Taylor expansion, not to the "
+                             "second derivative itself."),
+        (variant(second=-1.0), "Its ∇²ℓ terms have the wrong sign: the second derivative of the exponent enters the box's "
+                               "second derivative with a plus."),
+        (variant(scores=lambda g: g, hessians=lambda h: h), "Its box of r_t holds ℓ_t alone. " + causal),
+        (variant(scores=lambda g: g), "Its products of scores use step t's score alone. " + causal),
+        (variant(scores=whole_trajectory, hessians=whole_trajectory),
+         "It uses the whole trajectory's derivatives for every reward: later actions cannot change r_t."),
+        (variant(scores=exclusive, hessians=exclusive), "Its sums stop before step t (off by one). " + causal),
+        (variant(scores=suffix, hessians=suffix), "Its sums run over the later steps s ≥ t (a reversed cumsum). " + causal),
+        (variant(bootstrap=False), "It ignores the bootstrap term γ^T V(x_T): its box holds all T log-probabilities, "
+                                   "so it contributes to the Hessian like a last reward."),
+        (bootstrap_box_one_short, "Its bootstrap term uses the first T − 1 steps only: V(x_T) follows all T actions, so "
+                                  "its box is the last reward's."),
+        (variant(bootstrap_power=-1), "Its bootstrap term has γ^(T−1): V(x_T) is T steps away from x_0, so it is "
+                                      "discounted by γ^T."),
+        (variant(discount=False), "It drops the discount γ^t of the rewards: the term of r_t is γ^t □(…) r_t."),
+        (lambda g, h, r, v, gamma: reference_dice_hessian(g, h, r, v, 1.0), "It drops the discount (γ^t and γ^T): the "
+                                                                            "term of r_t is γ^t □(…) r_t."),
+        (lambda g, h, r, v, gamma: -reference_dice_hessian(g, h, r, v, gamma), "It has the wrong sign: every box enters "
+                                                                               "DiCE's objective with a plus."),
+    ]
+    exercise = "dice_hessian"
+    cases = _dice_hessian_cases()
+    _refuse_float32(exercise, dice_hessian, cases[0][1], cases[0][0])
+    _refuse_float32_precision(exercise, dice_hessian, reference_dice_hessian, cases, rtol=1e-10)
+    for label, args in cases[:2]:
+        got = _call(exercise, dice_hessian, args, label)
+        try:
+            got = np.asarray(got, dtype=np.float64)
+        except (TypeError, ValueError):
+            break  # not numeric: _compare names the type problem
+        size = args[0].shape[1]
+        if got.shape == (size, size) and np.all(np.isfinite(got)) and not np.allclose(got, got.T, rtol=1e-7, atol=1e-9):
+            _fail(exercise, f"on {label} it is not symmetric (largest |H − Hᵀ| {float(np.max(np.abs(got - got.T))):.3g}): "
+                            "a Hessian is symmetric, so every product of two different steps' scores appears in both "
+                            "orders.")
+    _compare(exercise, dice_hessian, reference_dice_hessian, cases, expected_form="([P, P], the Hessian in θ)",
+             mistakes=mistakes)
+    return ("matches the Hessian of DiCE's objective on 4 trajectories (incl. T = 1 and T = 300, mixed-sign rewards): "
+            "∇²L = Σ_t c_t (S_t S_tᵀ + Σ_{s≤t} ∇²ℓ_s) with S_t = Σ_{s≤t} ∇ℓ_s, c_t = γ^t r_t, and γ^T V(x_T) added to "
+            "c_{T−1}: the bootstrap shares the last reward's box.")
 
 
 def _traced_in_log_pi(fn: Callable, args: tuple) -> tuple[Callable, tuple]:
@@ -374,6 +512,27 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
 
     def ignores_lambda(lp, states, r, critic, g, lam):
         return reference(lp, states, r, critic, g, 1.0)
+
+    def lambda_zero(lp, states, r, critic, g, lam):
+        return reference(lp, states, r, critic, g, 0.0)
+
+    def baseline_one_late(lp, states, r, critic, g, lam):  # Â_t = G_t − V(x_{t+1})
+        values = critic[states]
+        return boxes_with_values(lp, r, values, jnp.concatenate([values[1:], values[-1:]]), g, lam)
+
+    def future_exponent(lp, states, r, critic, g, lam):  # w_t = λ w_{t+1} + ℓ_t: a reversed scan
+        values = critic[states]
+        adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
+        x = lp - jax.lax.stop_gradient(lp)
+        w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x, reverse=True)[1]
+        return jnp.sum(jax.lax.stop_gradient(adv) * (jnp.exp(w) - jnp.exp(w - x)))
+
+    def second_order_boxes(lp, states, r, critic, g, lam):
+        values = critic[states]
+        adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
+        x = lp - jax.lax.stop_gradient(lp)
+        w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x)[1]
+        return jnp.sum(jax.lax.stop_gradient(adv) * (_second_order_box(w) - _second_order_box(w - x)))
 
     def lambda_squared(lp, states, r, critic, g, lam):
         return reference(lp, states, r, critic, g, lam**2)
@@ -471,37 +630,48 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
         (time_indexed, "It matches a critic indexed by time, critic[t]: the critic must be indexed by the visited state, critic[states]."),
         (no_stop_gradient, "Its value is not 0: the box is exp(w − stop_gradient(w)); without stop_gradient it is a plain exp."),
         (_undiscounted, "It weights Â_t without γ^t: Loaded DiCE's A_t = γ^t Â_t, like the policy-gradient theorem."),
-        (ignores_lambda, "It ignores λ: the exponent is w_t = λ w_{t−1} + ℓ_t."),
-        (lambda_squared, "It discounts the past by λ² per step: the exponent is w_t = λ w_{t−1} + ℓ_t (weight λ^(t−s) on ℓ_s)."),
+        (ignores_lambda, "It ignores λ (it is Loaded DiCE at λ = 1 whatever `lam` is): in step t's boxes an earlier ℓ_s "
+                         "has the weight λ^(t−s)."),
+        (lambda_zero, "It ignores λ (it is Loaded DiCE at λ = 0 whatever `lam` is): in step t's boxes an earlier ℓ_s "
+                      "has the weight λ^(t−s)."),
+        (lambda_squared, "It discounts the past by λ² per step: in step t's boxes an earlier ℓ_s has the weight λ^(t−s)."),
+        (baseline_one_late, "Its baseline is V(x_{t+1}), one step late: the advantage is Â_t = G_t − V(x_t), the critic "
+                            "at the state where a_t was taken."),
+        (future_exponent, "Its exponent carries the later log-probabilities (a scan with reverse=True): step t's boxes "
+                          "hold ℓ_t and the earlier ℓ_s, the actions before r_t."),
+        (second_order_boxes, "A box expanded to second order (1 + u + u²/2) is right only up to the Hessian: Loaded DiCE "
+                             "is an any-order estimator, so use the exponential itself."),
         (returns_not_advantages, "It weights the boxes with the return G_t instead of the advantage Â_t = G_t − V(x_t): "
                                  "Loaded DiCE subtracts the critic as a baseline."),
-        (flipped_sign, "It has the wrong sign: Loaded DiCE is Σ_t Â_t (□(w_t) − □(w_t − ℓ_t)), the box with ℓ_t minus the one without it."),
-        (lambda_on_everything, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, w_t = λ w_{t−1} + ℓ_t, "
-                               "so the newest ℓ_t enters with weight 1."),
-        (lambda_on_everything_previous, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, "
-                                        "w_t = λ w_{t−1} + ℓ_t, so the newest ℓ_t enters with weight 1."),
+        (flipped_sign, "It has the wrong sign: DR's weight is W_t − W_{t−1}, the box of W_t minus the box of W_{t−1}."),
+        (lambda_on_everything, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, so the newest ℓ_t "
+                               "enters with weight 1."),
+        (lambda_on_everything_previous, "Its exponent is w_t = λ (w_{t−1} + ℓ_t): λ discounts only the past, so the "
+                                        "newest ℓ_t enters with weight 1."),
         *((m, new_term_hint) for m in lambda_on_the_new_term),
         *((m, lambda_to_the_s_hint) for m in lambda_to_the_s),
         (undiscounted_returns, "Its returns G_t are undiscounted (γ = 1 inside G_t): G_t = r_t + γ G_{t+1}, bootstrapped "
                                "with G_T = V(x_T), so the advantage is Â_t = G_t − V(x_t) with the same γ."),
     ]
     _refuse_float32("loaded_dice", loaded_dice, _loaded_dice_cases()[0][1], _loaded_dice_cases()[0][0])
-    student = _with_derivatives(loaded_dice)
+    student = _with_third_derivative(loaded_dice)
     _compare(
         "loaded_dice",
         student,
-        _with_derivatives(reference),
+        _with_third_derivative(reference),
         _loaded_dice_cases(),
-        expected_form="(value, gradient and Hessian in log_pi, flattened)",
-        mistakes=[(_with_derivatives(m), hint) for m, hint in mistakes],
+        expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
+        mistakes=[(_with_third_derivative(m), hint) for m, hint in mistakes],
+        parts=value_to_third_parts,
     )
     _, (log_pi, *rest) = _loaded_dice_cases()[2]
     extreme = ("λ = 0.5 with log-probabilities near −1000 (π ≈ e^−1000)", (log_pi - 1000.0, *rest))
     _refuse_non_finite("loaded_dice", student, extreme[1], extreme[0], _UNDERFLOW_HINT)
-    _compare("loaded_dice", student, _with_derivatives(reference), [extreme],
-             expected_form="(value, gradient and Hessian in log_pi, flattened)")
-    return ("matches metagrad.prior.loaded_dice_objective in value, gradient and Hessian for λ = 1, 0.5, 0 (incl. T = 1) "
-            "and with log-probabilities near −1000: L_LD = Σ_t γ^t Â_t (□(w_t) − □(w_t − ℓ_t)), "
+    _compare("loaded_dice", student, _with_third_derivative(reference), [extreme],
+             expected_form="(value, gradient, Hessian and third derivative in log_pi, flattened)",
+             parts=value_to_third_parts)
+    return ("matches metagrad.prior.loaded_dice_objective in value and derivatives of orders 1–3 for λ = 1, 0.5, 0 "
+            "(incl. T = 1) and with log-probabilities near −1000: L_LD = Σ_t γ^t Â_t (□(w_t) − □(w_t − ℓ_t)), "
             "w_t = λ w_{t−1} + ℓ_t.")
 
 

@@ -57,6 +57,9 @@ def _squared_bias_mistakes():
     def single_errors_minus_noise(est, truth):
         return jnp.mean(jnp.sum((est - truth) ** 2, axis=1)) - jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0]
 
+    def pooled_variance(est, truth):  # D × the variance of all M·D entries
+        return jnp.sum((jnp.mean(est, 0) - truth) ** 2) - est.shape[1] * jnp.var(est, ddof=1) / est.shape[0]
+
     def adds_noise(est, truth):
         return jnp.sum((jnp.mean(est, 0) - truth) ** 2) + jnp.sum(jnp.var(est, 0, ddof=1)) / est.shape[0]
 
@@ -65,6 +68,9 @@ def _squared_bias_mistakes():
                            "mean of M estimates has variance tr Σ / M."),
         (flattened_variance, "It takes one variance over all M·D entries (jnp.var of the whole array): tr Σ is the sum over "
                              "the D coordinates of each coordinate's variance across the M estimates (axis 0)."),
+        (pooled_variance, "It pools one variance over all M·D entries and multiplies it by D: that variance also holds "
+                          "the spread between the coordinates' means; tr Σ is the sum of each coordinate's own variance "
+                          "across the M estimates (axis 0)."),
         (norm_minus_root_noise, "It subtracts the noise level √(tr Σ̂ / M) from the norm ‖ḡ − g‖: subtract the squared "
                                 "noise from the squared norm, ‖ḡ − g‖² − tr Σ̂ / M."),
         (adds_noise, "It adds tr Σ̂ / M: ‖ḡ − g‖² already contains the noise of the mean, so subtract it."),

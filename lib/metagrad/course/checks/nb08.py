@@ -409,6 +409,10 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
     def action_feature(theta, features, action):
         return -jnp.outer(features[action], features[action])
 
+    def covariance_plus_score_outer(theta, features, action):
+        score = features[action] - weights(theta, features) @ features
+        return reference_log_linear_hessian(theta, features, action) - jnp.outer(score, score)
+
     return [
         (lambda th, f, a: -reference_log_linear_hessian(th, f, a),
          "It has the wrong sign: log π_θ(a|x) is concave in θ for linear logits (its Hessian is negative semi-definite)."),
@@ -428,6 +432,9 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
         (action_outer_minus_mean,
          "It uses φ(x, a)φ(x, a)ᵀ of the given action where the second moment E_π[φφᵀ] belongs: both terms come from "
          "the log-partition log Σ_b exp θᵀφ(x, b), so both are expectations over the actions b ∼ π, whatever a is."),
+        (covariance_plus_score_outer,
+         "It adds −ssᵀ, the outer product of the score s = φ(x, a) − E_π[φ], to −Cov_π[φ]: a product of scores belongs "
+         "to the Hessian of π itself (∇²π/π = ∇²log π + ∇log π ∇log πᵀ), not to that of log π."),
         (action_feature, "It is −φ(x, a)φ(x, a)ᵀ: the Hessian comes from the log-partition log Σ_b exp θᵀφ(x, b), "
                          "a sum over every action b."),
     ]

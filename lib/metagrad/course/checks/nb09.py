@@ -151,13 +151,14 @@ def _symmetric_derivatives(rng, n: int) -> tuple[jax.Array, jax.Array, jax.Array
 
 def _maml_objective_hessian_mistakes() -> list[tuple[Callable, str]]:
     def variant(jacobian_at="theta", middle_at="adapted", third_at="theta", vector_at="adapted", eta_power=1.0,
-                sign=1.0, left=True, right=True):
+                sign=1.0, left=True, right=True, left_at=None):
         def wrong(at_theta, at_adapted, step_size):
             points = {"theta": at_theta, "adapted": at_adapted}
             eye = jnp.eye(at_theta[1].shape[0])
             jacobian = eye + step_size * points[jacobian_at][1]
+            left_jacobian = eye + step_size * points[left_at or jacobian_at][1]
             out = points[middle_at][1]
-            out = (jacobian if left else eye) @ out @ (jacobian if right else eye)
+            out = (left_jacobian if left else eye) @ out @ (jacobian if right else eye)
             contraction = jnp.einsum("ijk,k->ij", points[third_at][2], points[vector_at][0])
             return out + sign * step_size**eta_power * contraction
 
@@ -182,6 +183,11 @@ def _maml_objective_hessian_mistakes() -> list[tuple[Callable, str]]:
         (variant(sign=-1.0), "Its third-derivative term has the wrong sign: the product rule adds both terms."),
         (variant(jacobian_at="adapted"), "Its factors are I + ηH(θ′): the Jacobian of the inner step ∂θ′/∂θ is "
                                          "I + ηH(θ), taken at θ."),
+        (variant(left_at="adapted"), "One of its factors is I + ηH(θ′): both factors are the Jacobian of the inner step "
+                                     "∂θ′/∂θ = I + ηH(θ), taken at θ (∇F = (I + ηH(θ))∇V(θ′), and ∇V(θ′) brings the second)."),
+        (lambda at_theta, at_adapted, step_size: variant(left_at="adapted")(at_theta, at_adapted, step_size).T,
+         "One of its factors is I + ηH(θ′): both factors are the Jacobian of the inner step ∂θ′/∂θ = I + ηH(θ), taken "
+         "at θ (∇F = (I + ηH(θ))∇V(θ′), and ∇V(θ′) brings the second)."),
         (variant(middle_at="theta"), "Its middle Hessian is H(θ): the outer value is V at θ′, so the middle factor is "
                                      "H(θ′)."),
     ]
