@@ -525,6 +525,18 @@ def _proportional(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
             "the input (γ, T, N, a normalisation) is off; the rest is right.")
 
 
+def _asymmetric(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
+    """A last resort before "differs": name a square result that is not symmetric where every reference is (a Hessian,
+    or a sum of products that must appear in both orders). '' otherwise."""
+    for got, expected in pairs:
+        square = got.ndim == 2 and got.shape[0] == got.shape[1] and got.shape[0] > 1
+        if square and _close(expected, expected.T) and np.all(np.isfinite(got)) and not _close(got, got.T):
+            return (f"It is not symmetric (largest |M − Mᵀ| {float(np.max(np.abs(got - got.T))):.3g}) where the right "
+                    "answer is: a Hessian is symmetric, so a product of two different factors (two steps' scores, two "
+                    "derivatives) appears in both orders.")
+    return ""
+
+
 def _static_indices(args: Sequence) -> tuple[int, ...]:
     """Arguments jit must keep static: functions, strings, Python ints and bools."""
     return tuple(
@@ -671,7 +683,7 @@ def _compare(
                 first = f"on {label}: {part} (largest absolute error {error:.3g})"
     if wrong:
         message = f"wrong on {len(wrong)} of {len(cases)} inputs; first {first}." if len(cases) > 1 else f"{first}."
-        hint = _diagnose(wrong, mistakes) or _proportional(pairs)
+        hint = _diagnose(wrong, mistakes) or _proportional(pairs) or _asymmetric(pairs)
         _fail(exercise, message + (" " + hint if hint else ""))
     if jit or vmap_in_axes is not None:
         _check_transforms(

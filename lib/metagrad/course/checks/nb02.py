@@ -130,6 +130,8 @@ def check_reward_to_go(reward_to_go: Callable) -> str:
         mistakes=mistakes,
         jit=True,
         vmap_in_axes=(0, None, 0),  # reinforce_gradient vmaps it over trajectories
+        non_finite_hints={"γ = 0 (G_t = r_t)": "a division by γ (a γ^−t factor, or discounts divided out) is undefined "
+                                              "at γ = 0: run the recursion G_t = r_t + γ G_{t+1} backwards instead."},
     )
     return "matches G_t = r_t + γ G_{t+1} on 5 inputs (γ = 0.9, 0.5, 0 and 0.99, T = 1 and T = 300, with and without bootstrap), also under jax.jit and jax.vmap."
 
@@ -333,11 +335,14 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
     def variant(kind):
         def wrong(mdp, logits, occupancy):
             pi, v, q = pieces(mdp, logits)
+            uniform_v, uniform_q = mdp_lib.policy_evaluation(mdp, jnp.full_like(pi, 1.0 / pi.shape[-1]))
             weight = {
                 "q": q,
                 "r": mdp.rewards - jnp.sum(pi * mdp.rewards, -1, keepdims=True),
                 "r_raw": mdp.rewards,
                 "mean_q": q - jnp.mean(q, -1, keepdims=True),
+                "max_q": q - jnp.max(q, -1, keepdims=True),
+                "uniform_policy": uniform_q - uniform_v[:, None],
             }.get(kind, q - v[:, None])
             occ = {
                 "initial": mdp.initial,
@@ -370,6 +375,10 @@ def check_occupancy_policy_gradient(occupancy_policy_gradient: Callable) -> str:
         (variant("norm"), "It is (1 − γ) times the answer: use the occupancy as given, unnormalised."),
         (variant("mean_q"), "Its baseline is the uniform average of Q^π(x, ·) over actions: the advantage subtracts "
                             "V^π(x) = Σ_b π(b|x) Q^π(x, b), the average under the policy."),
+        (variant("max_q"), "Its baseline is max_b Q^π(x, b): the advantage subtracts V^π(x) = Σ_b π(b|x) Q^π(x, b), the "
+                           "average under the policy."),
+        (variant("uniform_policy"), "Its Q and V are those of the uniform policy: evaluate the policy of `logits`, "
+                                    "π = softmax(θ), whose gradient this is."),
         (
             variant("own"),
             "It ignores the `occupancy` argument and uses d^π of the policy instead: right only when the two "

@@ -71,6 +71,11 @@ def check_inner_step(inner_step: Callable) -> str:
             )
             for k, words in ((2, "two"), (3, "three"))
         ],
+        (
+            lambda m, th, eta: th + eta * jax.grad(lambda p: jnp.mean(_state_values(m, p)))(th),
+            "It ascends the mean of V^π over states, which ignores the start distribution: J is the value from the start, "
+            "p_0ᵀV^π = exact.value(mdp, θ), with p_0 = mdp.initial.",
+        ),
     ]
     _compare(
         "inner_step",
@@ -332,6 +337,13 @@ def reference_expected_surrogate_hessian(mdp, logits_fn: Callable, params) -> ja
     return jnp.einsum("sa,sapq->pq", weights, jax.hessian(log_pi)(params))
 
 
+def _state_values(mdp, logits):
+    """V^π for every state [S] (π = softmax(logits))."""
+    from metagrad import mdp as mdp_lib
+
+    return mdp_lib.policy_evaluation(mdp, jax.nn.softmax(logits, axis=-1))[0]
+
+
 def _exact_value(mdp, logits):
     from metagrad import exact
 
@@ -411,6 +423,9 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
                 "r_minus_v": d[:, None] * pi * (mdp.rewards - v[:, None]),
                 "r": d[:, None] * pi * mdp.rewards,
                 "stationary": _stationary_over_one_minus_gamma(mdp, pi)[:, None] * pi * adv,
+                "no_advantage": d[:, None] * pi,
+                "uniform_occupancy": mdp_lib.discounted_occupancy(mdp, jnp.full_like(pi, 1.0 / pi.shape[-1]))[:, None]
+                * pi * adv,
             }[kind] if not isinstance(kind, int) else _truncated_occupancy(mdp, pi, kind)[:, None] * pi * adv
             out = jnp.einsum("sa,sapq->pq", w, h)
             if kind == "lvc":
@@ -436,6 +451,10 @@ def check_expected_surrogate_hessian(expected_surrogate_hessian: Callable) -> st
             "It is the exact Hessian ∇²J: the surrogate's expected Hessian keeps only the Σ_t γ^t Â_t ∇²ℓ_t part, "
             "without the products of scores (the missing terms of section 2).",
         ),
+        (variant("no_advantage"), "It has no advantage weight (Σ d π ∇²ℓ): each term of the surrogate is weighted by "
+                                  "Â_t, whose mean given (x_t, a_t) is A^π(x_t, a_t)."),
+        (variant("uniform_occupancy"), "Its occupancy is the uniform policy's: the states are visited under π, so use "
+                                       "d^π of the policy being differentiated."),
         (variant("no_pi"), "The action probabilities are missing: the expectation over a_t given x_t weights each action by π(a|x)."),
         (variant("lvc"), "It also has the score outer product ∇ℓ∇ℓᵀ (what LVC keeps): the surrogate's Hessian is Σ_t γ^t Â_t ∇²ℓ_t only."),
         (variant("start_0"), "It starts every trajectory in state 0: use the MDP's start distribution mdp.initial (discounted_occupancy does)."),

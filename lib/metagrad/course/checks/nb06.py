@@ -11,7 +11,6 @@ import numpy as np
 
 from metagrad.course.checks._diagnose import (
     ExerciseCheckFailed,
-    _call,
     _fail,
     _compare,
     _float,
@@ -101,7 +100,15 @@ def check_taypo2(taypo2: Callable) -> str:
     def value_as_zeroth(lr, r, v, g):  # V(x_0) in place of G_0
         return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0] + v[0]
 
+    def discount_one_ahead(lr, r, v, g):  # γ^(t+1) on the correction terms
+        return g * (_taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0]) + _returns(r, v, g)[0]
+
     mistakes = [
+        (second_order(lambda d: jax.lax.stop_gradient(jnp.cumsum(d) - d)),
+         "Its prefix sum Σ_{s<t} d_s is under stop_gradient: the value is right, but the earlier d_s are part of the "
+         "estimate, so its derivatives must flow through them too."),
+        (discount_one_ahead, "Its correction terms carry γ^(t+1): step t's term is γ^t d_t Â_t (…), so the first step has "
+                             "no discount."),
         (value_as_zeroth, "Its zeroth-order term is the critic's V(x_0): Û_0 = G_0, the bootstrapped return of the "
                           "trajectory (the on-policy estimate, d_t = 0)."),
         (second_order(lambda d: jnp.cumsum(d[::-1])[::-1] - d),
@@ -209,6 +216,10 @@ def check_taypo_k(taypo_k: Callable) -> str:
     ignores_order = ("It ignores `order`: it returns the same TayPO-k whatever K is asked (here TayPO-{}); keep the "
                      "orders k ≤ K, with K = `order`.")
     mistakes = [
+        (functools.partial(_recursion, deviation=lambda lr: lr),
+         "Its d_t is the log-ratio: the expansion is in d_t = ρ_t − 1 = exp(log ρ_t) − 1 (jnp.expm1)."),
+        (functools.partial(_recursion, deviation=jnp.exp),
+         "Its d_t is the ratio ρ_t = exp(log ρ_t): the expansion is in d_t = ρ_t − 1 (jnp.expm1)."),
         *[(fixed_order(order), ignores_order.format(order)) for order in (1, 2, 3, 4)],
         (always_dr, "It returns doubly robust (every order) whatever `order` is: TayPO-K keeps the orders k ≤ K only. If "
                     "you shift e with jnp.roll, e_{K−1} wraps around into e_0 and no order is dropped: shift in a 0."),
@@ -232,6 +243,11 @@ def check_taypo_k(taypo_k: Callable) -> str:
         expected_form="(value and gradient in log_ratios)",
         mistakes=[(with_d(m), hint) for m, hint in mistakes],
     )
+    # Before the 300-step case: a Python loop over t unrolls into 300 copies under jit (minutes and gigabytes).
+    _refuse_python_loop("taypo_k", lambda lr, r, v: taypo_k(lr, r, v, 0.9, 3),
+                        lambda t: _trajectory(jax.random.PRNGKey(62), t),
+                        "The 300-step case would unroll it into 300 copies under jax.jit (minutes and gigabytes): carry "
+                        "e = (e_0 … e_{K−1}) along the trajectory with jax.lax.scan.")
     _long_case_with_hint("taypo_k", lambda: _compare("taypo_k", with_d(taypo_k), with_d(reference), [long_case],
                                                      expected_form="(value and gradient in log_ratios)"))
     return ("matches metagrad.ope.taylor_expansion for K = 1, 3, T and K > T (= doubly robust) in value and gradient "
@@ -294,6 +310,11 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
     def halved(scores, adv, gamma):
         return 0.5 * reference_taypo1_dropped_terms(scores, adv, gamma)
 
+    def discount_one_ahead(scores, adv, gamma):  # γ^(t+1) on step t
+        return gamma * reference_taypo1_dropped_terms(scores, adv, gamma)
+
+    past_outer = loop(lambda t, g, past, gm, a: gm**t * a * np.outer(past, past))
+
     def all_other_steps(scores, adv, gamma):  # S_{≠t} = S_{<t} + S_{>t}
         scores = np.asarray(scores)
         out = np.zeros((scores.shape[1],) * 2)
@@ -303,6 +324,10 @@ def check_taypo1_dropped_terms(taypo1_dropped_terms: Callable) -> str:
         return out
 
     mistakes = [
+        (discount_one_ahead, "Its step t carries γ^(t+1): step t's terms have the γ^t of its term in TayPO-2, so the "
+                             "first step has no discount."),
+        (past_outer, "It pairs the earlier scores with each other (S_{<t} S_{<t}ᵀ): which factor of step t's "
+                     "second-order term d_t Σ_{s<t} d_s carries step t's own score?"),
         (halved, "It is half the dropped terms (e.g. ½(M + Mᵀ)): differentiate d_t d_s twice by the product rule at "
                  "π = μ and count how often each product of two scores appears."),
         (all_other_steps, "It pairs step t with every s ≠ t: TayPO-2's term d_t Σ_{s<t} d_s pairs it with earlier steps "
@@ -344,13 +369,14 @@ def _shift_update(e, d_t):
     return e + d_t * jnp.concatenate([jnp.zeros(1, e.dtype), e[:-1]])
 
 
-def _recursion(lr, r, v, g, k, discounted=True, update=_shift_update, update_first=False):
+def _recursion(lr, r, v, g, k, discounted=True, update=_shift_update, update_first=False, deviation=jnp.expm1):
     """TayPO-K by the e_j recursion (a Python loop: the variants of the mistakes only run on short cases).
 
     `update(e, d_t)` advances e = (e_0 … e_{K−1}) past step t, after step t's term is added (before it, with
-    `update_first`: the prefix then includes d_t); the mistakes pass variants of `_shift_update`.
+    `update_first`: the prefix then includes d_t); the mistakes pass variants of `_shift_update`, and of
+    `deviation` (d_t = ρ_t − 1 = expm1(log ρ_t)).
     """
-    d = jnp.expm1(lr)
+    d = deviation(lr)
     adv = _returns(r, v, g) - v[:-1]
     e = jnp.zeros(k, lr.dtype).at[0].set(1.0)
     total = _returns(r, v, g)[0]

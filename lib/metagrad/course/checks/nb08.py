@@ -70,6 +70,7 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
         # On-policy every estimator with a critic has the same gradient; IS (no baseline) does not, so an ignored
         # `estimator` argument shows here (and in the derivative of θ' below, where 'taypo1' differs from 'dr').
         ("estimator 'is' (step-wise IS: no baseline, a different gradient), η = 0.5", (logits, batch, critic, 0.8, 0.5, "is")),
+        ("γ = 0.6, estimator 'dr', η = 0.5", (logits, batch, critic, 0.6, 0.5, "dr")),
     ]
 
     def descent(logits, batch, critic, gamma, step_size, estimator):
@@ -96,7 +97,11 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
     def zero_critic(logits, batch, critic, gamma, step_size, estimator):
         return _reference_inner_step(logits, batch, jnp.zeros_like(critic), gamma, step_size, estimator)
 
+    hard_coded = [(lambda th, b, c, g, eta, est, _gamma=gamma: _reference_inner_step(th, b, c, _gamma, eta, est),
+                   f"It ignores `gamma` (it matches γ = {gamma} hard-coded): pass `gamma` on to estimators.surrogate.")
+                  for gamma in (0.8, 0.9, 0.99, 0.95, 0.5)]
     mistakes = [
+        *hard_coded,
         (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
         (no_step_size, "It takes a step of size 1 whatever `step_size` is: θ' = θ + η ∇V̂, with η = `step_size`."),
         (zero_critic, "It matches the step with a zero critic: `critic` is ignored; pass V(x_t) = critic[observations] "
@@ -336,13 +341,35 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
     student = jax.jit(hessian_spread_over_actions, static_argnums=0)
     reference = jax.jit(reference_hessian_spread_over_actions, static_argnums=0)
     float64 = jnp.result_type(float) == jnp.float64
+
+    def matched_mistake(got, args) -> str:
+        for mistake, hint in mistakes:
+            try:
+                if np.isclose(float(got), float(jax.jit(mistake, static_argnums=0)(*args)), rtol=1e-6, atol=1e-9):
+                    return hint
+            except Exception:  # noqa: BLE001 — a diagnosis that cannot run is skipped
+                continue
+        return ""
+
+    def mistake_elsewhere() -> str:
+        """The known mistake the student's result matches on a case whose Hessians do differ ('' if none)."""
+        for label, args in cases:
+            expected = float(reference(*args))
+            got = _call(exercise, student, args, f"{label} (under jax.jit)")
+            if expected != 0.0 and not np.isclose(float(got), expected, rtol=1e-6, atol=1e-9):
+                hint = matched_mistake(got, args)
+                if hint:
+                    return f"on {label}: {hint}"
+        return ""
+
     for label, args in cases:
         expected = float(reference(*args))
         got = _call(exercise, student, args, f"{label} (under jax.jit)")
         if expected == 0.0 and np.ndim(got) == 0 and 0.0 < abs(float(got)) < 1e-6:
-            _fail(exercise, f"on {label}, whose ∇²ℓ is the same for every action, it returned {float(got):.2g} instead of "
-                            "exactly 0: an approximate Hessian (finite differences?) leaves a rounding residue. Autodiff gives "
-                            "the Hessian exactly, and the notebook needs the exact 0 to tell the classes apart.")
+            _fail(exercise, mistake_elsewhere() or (
+                f"on {label}, whose ∇²ℓ is the same for every action, it returned {float(got):.2g} instead of exactly 0: "
+                "an approximate Hessian (finite differences?) leaves a rounding residue. Autodiff gives the Hessian "
+                "exactly, and the notebook needs the exact 0 to tell the classes apart."))
         dtype = getattr(got, "dtype", None)
         try:
             got = np.asarray(got, dtype=np.float64)
@@ -358,15 +385,9 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
             _fail(exercise, f"on {label} it returned {float(got):.10g} instead of {expected:.10g}, right to only about 7 "
                             f"digits, the precision of float32 (params are float64): {FLOAT32_REMEDY}")
         if not np.isclose(float(got), expected, rtol=1e-6, atol=1e-9):
-            message = f"on {label} it returned {float(got):.3g}, but the Hessians differ by at most {expected:.3g} between actions."
-            for mistake, hint in mistakes:
-                try:
-                    if np.isclose(float(got), float(jax.jit(mistake, static_argnums=0)(*args)), rtol=1e-6, atol=1e-9):
-                        message += " " + hint
-                        break
-                except Exception:  # noqa: BLE001 — a diagnosis that cannot run is skipped
-                    continue
-            _fail(exercise, message)
+            hint = matched_mistake(got, args)
+            _fail(exercise, f"on {label} it returned {float(got):.3g}, but the Hessians differ by at most {expected:.3g} "
+                            f"between actions.{' ' + hint if hint else ''}")
     return ("gives the largest change of ∇²_θ log π(a|x) from the first action's for 5 policy classes (categorical and "
             "Gaussian) and a reordering of the actions, under jax.jit.")
 
@@ -409,6 +430,10 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
     def action_feature(theta, features, action):
         return -jnp.outer(features[action], features[action])
 
+    def uniform_mean(theta, features, action):  # −(E_π[φφᵀ] − φ̄ φ̄ᵀ) with φ̄ the plain average over actions
+        mean = features.mean(0)
+        return second_moment(theta, features, action) + jnp.outer(mean, mean)
+
     def covariance_plus_score_outer(theta, features, action):
         score = features[action] - weights(theta, features) @ features
         return reference_log_linear_hessian(theta, features, action) - jnp.outer(score, score)
@@ -432,6 +457,8 @@ def _log_linear_mistakes() -> list[tuple[Callable, str]]:
         (action_outer_minus_mean,
          "It uses φ(x, a)φ(x, a)ᵀ of the given action where the second moment E_π[φφᵀ] belongs: both terms come from "
          "the log-partition log Σ_b exp θᵀφ(x, b), so both are expectations over the actions b ∼ π, whatever a is."),
+        (uniform_mean, "Its mean E[φ] is the plain average over actions: both expectations are under π_θ(b|x), the mean "
+                       "subtracted too."),
         (covariance_plus_score_outer,
          "It adds −ssᵀ, the outer product of the score s = φ(x, a) − E_π[φ], to −Cov_π[φ]: a product of scores belongs "
          "to the Hessian of π itself (∇²π/π = ∇²log π + ∇log π ∇log πᵀ), not to that of log π."),

@@ -164,10 +164,17 @@ def _maml_objective_hessian_mistakes() -> list[tuple[Callable, str]]:
 
         return wrong
 
+    def jacobian_squared_first(at_theta, at_adapted, step_size):  # (I + ηH)² H′ instead of (I + ηH) H′ (I + ηH)
+        jacobian = jnp.eye(at_theta[1].shape[0]) + step_size * at_theta[1]
+        return (jacobian @ jacobian @ at_adapted[1]
+                + step_size * jnp.einsum("ijk,k->ij", at_theta[2], at_adapted[0]))
+
     def hessians_only(at_theta, at_adapted, step_size):
         return variant()(at_theta, at_adapted, step_size) - step_size * jnp.einsum("ijk,k->ij", at_theta[2], at_adapted[0])
 
     return [
+        (jacobian_squared_first, "It multiplies both factors I + ηH(θ) on the same side of H(θ′): the chain rule puts "
+                                 "one on each side (the result is symmetric)."),
         (hessians_only, "It has only the Hessian terms (I + ηH)H(θ′)(I + ηH): differentiating the factor I + ηH(θ) of "
                         "∇F also gives a term, with the third derivative ∇³V(θ)."),
         (variant(third_at="adapted"), "Its third-derivative term is taken at θ′: it comes from differentiating H(θ) in "
@@ -221,6 +228,9 @@ def _reference_off_policy_inner_step(logits, batch, critic, behaviour_logits, ga
     return logits + step_size * jax.grad(inner)(logits)
 
 
+_UNRECORDED = "θ ≠ μ on a batch that does not record log μ (its log_probs are NaN)"
+
+
 @_register("09", "off_policy_inner_step")
 def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
     """`off_policy_inner_step(logits, batch, critic, behaviour_logits, gamma, step_size, estimator)` -> θ'."""
@@ -230,6 +240,9 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         ("θ ≠ μ, estimator 'taypo2', η = 0.5", (theta, batch, critic, behaviour, 0.8, 0.5, "taypo2")),
         ("θ ≠ μ, estimator 'dr', η = 1.0", (theta, batch, critic, behaviour, 0.8, 1.0, "dr")),
         ("θ = μ (on-policy: the ordinary inner step)", (behaviour, batch, critic, behaviour, 0.8, 0.5, "taypo2")),
+        # Logged data need not record log μ: the argument `behaviour_logits` is the behaviour policy, whatever the batch holds.
+        (_UNRECORDED, (theta, batch._replace(log_probs=jnp.full_like(batch.log_probs, jnp.nan)), critic, behaviour, 0.8,
+                       0.5, "taypo2")),
     ]
 
     def on_policy(logits, batch, critic, behaviour_logits, gamma, step_size, estimator):
@@ -338,6 +351,8 @@ def check_off_policy_inner_step(off_policy_inner_step: Callable) -> str:
         cases,
         expected_form="(same as logits, [S, A])",
         mistakes=mistakes,
+        non_finite_hints={_UNRECORDED: "It reads log μ from batch.log_probs, which this batch does not record (NaN): the "
+                                       "behaviour policy is the argument `behaviour_logits`; compute log μ(a_t|x_t) from it."},
     )
 
     # θ' must depend on θ through the inner gradient too: its Jacobian is I + η ∇²V̂(θ; μ), which the meta-gradient uses.
