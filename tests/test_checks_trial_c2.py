@@ -1,4 +1,4 @@
-"""Wrong answers from trial C2 (notebooks 06–09) that passed, hung, or were misnamed or unnamed; each is now named.
+"""Wrong answers from trials C2 and C3 (notebooks 06–09) that passed, hung, or were misnamed or unnamed; each is now named.
 
 09's `off_policy_inner_step` read log μ from `batch.log_probs` and ignored `behaviour_logits` (it passed: the batch came
 from μ); the check now has a batch that does not record log μ. 06's `taypo_k` written as a Python loop ran for minutes
@@ -101,6 +101,18 @@ def maml_objective_hessian_jacobians_on_one_side(at_theta, at_adapted, step_size
     return jacobian @ jacobian @ hess_adapted + step_size * jnp.einsum("ijk,k->ij", third, grad_adapted)
 
 
+def hessian_spread_difference_of_sizes(log_prob, params, obs, actions):  # trial C3
+    sizes = jax.vmap(lambda a: jnp.max(jnp.abs(jax.hessian(log_prob)(params, obs, a))))(actions)
+    return jnp.max(sizes - sizes[0])
+
+
+def taypo2_last_return(log_ratios, rewards, values, gamma):  # trial C3: G[-1] in place of G[0]
+    d = jnp.expm1(log_ratios)
+    returns = ope.returns(rewards, values, gamma)
+    weights = gamma ** jnp.arange(rewards.shape[0]) * (returns - values[:-1])
+    return returns[-1] + jnp.sum(weights * d * (1 + jnp.cumsum(d) - d))
+
+
 WRONG_ANSWERS = [
     ("nb09", "off_policy_inner_step", off_policy_inner_step_recorded_log_probs, "It reads log μ from batch.log_probs"),
     ("nb06", "taypo_k", taypo_k_python_loop, "a Python loop over the steps"),
@@ -113,6 +125,8 @@ WRONG_ANSWERS = [
     ("nb08", "sampled_inner_step", sampled_inner_step_gamma_hard_coded, "It ignores `gamma`"),
     ("nb08", "log_linear_hessian", log_linear_hessian_uniform_mean, "plain average over actions"),
     ("nb09", "maml_objective_hessian", maml_objective_hessian_jacobians_on_one_side, "on the same side"),
+    ("nb08", "hessian_spread_over_actions", hessian_spread_difference_of_sizes, "It subtracts the sizes of the Hessians"),
+    ("nb06", "taypo2", taypo2_last_return, "Its zeroth-order term is G_{T−1}"),
 ]
 
 

@@ -100,6 +100,9 @@ def check_taypo2(taypo2: Callable) -> str:
     def value_as_zeroth(lr, r, v, g):  # V(x_0) in place of G_0
         return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0] + v[0]
 
+    def last_return_as_zeroth(lr, r, v, g):  # G_{T−1} (returns[-1]) in place of G_0
+        return _taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0] + _returns(r, v, g)[-1]
+
     def discount_one_ahead(lr, r, v, g):  # γ^(t+1) on the correction terms
         return g * (_taylor_reference(2)(lr, r, v, g) - _returns(r, v, g)[0]) + _returns(r, v, g)[0]
 
@@ -109,6 +112,8 @@ def check_taypo2(taypo2: Callable) -> str:
          "estimate, so its derivatives must flow through them too."),
         (discount_one_ahead, "Its correction terms carry γ^(t+1): step t's term is γ^t d_t Â_t (…), so the first step has "
                              "no discount."),
+        (last_return_as_zeroth, "Its zeroth-order term is G_{T−1}, the return of the last step (returns[-1]): Û_0 = G_0, "
+                                "the return of the whole trajectory from x_0."),
         (value_as_zeroth, "Its zeroth-order term is the critic's V(x_0): Û_0 = G_0, the bootstrapped return of the "
                           "trajectory (the on-policy estimate, d_t = 0)."),
         (second_order(lambda d: jnp.cumsum(d[::-1])[::-1] - d),

@@ -319,6 +319,10 @@ def check_hessian_spread_over_actions(hessian_spread_over_actions: Callable) -> 
         (lambda lp, th, x, acts: jnp.max(jnp.sqrt(jnp.sum((_action_hessians(lp, th, x, acts)
                                                            - _action_hessians(lp, th, x, acts)[0]) ** 2, axis=(1, 2)))),
          "It takes the Frobenius norm of each difference: the contract asks for the largest entry, max_ij |·|_ij."),
+        (lambda lp, th, x, acts: jnp.max(jnp.max(jnp.abs(_action_hessians(lp, th, x, acts)), axis=(1, 2))
+                                         - jnp.max(jnp.abs(_action_hessians(lp, th, x, acts)[0]))),
+         "It subtracts the sizes of the Hessians (max|∇²ℓ(a_k)| − max|∇²ℓ(a_0)|): the contract takes the largest entry of "
+         "their difference, |∇²ℓ(a_k) − ∇²ℓ(a_0)|_ij, which can be large when the sizes are equal."),
         (lambda lp, th, x, acts: jnp.max(jnp.std(_action_hessians(lp, th, x, acts), axis=0)),
          "It takes the largest standard deviation of an entry over the actions, a spread around their mean: the contract "
          "asks for the largest change from the first action's Hessian, entry by entry."),
