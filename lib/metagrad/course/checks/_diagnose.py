@@ -385,6 +385,9 @@ def _refuse_loop(exercise: str, fn: Callable, args: Sequence, label: str, hint: 
 
 
 #: The remedy every float32 refusal ends with (one wording across the checks).
+#: Discounts a student might hard-code in place of the `gamma` argument (named as "it ignores gamma").
+FIXED_GAMMAS = (0.9, 0.99, 0.95, 0.5, 0.8, 0.999)
+
 FLOAT32_REMEDY = ("a float32 step (dtype=jnp.float32, .astype(jnp.float32), np.float32) loses half the digits: drop it "
                   "and let JAX use the default float type.")
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    FIXED_GAMMAS,
     _compare,
     _refuse_loop,
     _float,
@@ -300,8 +301,6 @@ def check_discounted_occupancy(discounted_occupancy: Callable) -> str:
     )
 
 
-_FIXED_GAMMAS = (0.9, 0.99, 0.95, 0.5, 0.8, 0.999)
-
 
 def _fixed_gammas(reference: Callable):
     """Mistakes "γ hard-coded at g instead of mdp.gamma": `reference` run on the MDP with its discount replaced by g."""
@@ -315,7 +314,7 @@ def _fixed_gammas(reference: Callable):
     return [
         (fixed(g), f"It matches the answer with γ = {g} whatever the MDP: γ is fixed at {g} instead of mdp.gamma; "
                    "use the discount of the MDP it is given.")
-        for g in _FIXED_GAMMAS
+        for g in FIXED_GAMMAS
     ]
 
 

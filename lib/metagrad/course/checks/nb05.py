@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    FIXED_GAMMAS,
     _call,
     _compare,
     _fail,
@@ -46,9 +47,6 @@ def _second_order_box(x):
     return 1.0 + u + 0.5 * u**2
 
 __all__ = ['check_on_policy_importance_sampling', 'check_dice_objective', 'check_dice_hessian', 'check_loaded_dice']
-
-
-_GAMMAS = (0.9, 0.99, 0.95, 0.8, 0.5)  # discounts a student might hard-code
 
 
 def _dice_cases():
@@ -122,7 +120,7 @@ def check_on_policy_importance_sampling(on_policy_importance_sampling: Callable)
         return g * reference(lp, r, v, g)
 
     hard_coded = [(lambda lp, r, v, g, c=c: reference(lp, r, v, c),
-                   f"It ignores `gamma` (it matches γ = {c} hard-coded): discount with the argument.") for c in _GAMMAS]
+                   f"It ignores `gamma` (it matches γ = {c} hard-coded): discount with the argument.") for c in FIXED_GAMMAS]
     mistakes = [
         *hard_coded,
         (discount_one_ahead, "Its discounts are one step ahead (γ^(t+1) on r_t): r_0 is not discounted, r_t carries "
@@ -541,16 +539,12 @@ def check_loaded_dice(loaded_dice: Callable) -> str:
     def future_exponent(lp, states, r, critic, g, lam):  # w_t = λ w_{t+1} + ℓ_t: a reversed scan
         values = critic[states]
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
-        x = lp - jax.lax.stop_gradient(lp)
-        w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x, reverse=True)[1]
-        return jnp.sum(jax.lax.stop_gradient(adv) * (jnp.exp(w) - jnp.exp(w - x)))
+        return _loaded(lp, r, adv, lambda w, x, _: lam * w + x, reverse=True)
 
     def second_order_boxes(lp, states, r, critic, g, lam):
         values = critic[states]
         adv = g ** jnp.arange(r.shape[0]) * (_returns(r, values, g) - values[:-1])
-        x = lp - jax.lax.stop_gradient(lp)
-        w = jax.lax.scan(lambda c, y: (lam * c + y, lam * c + y), jnp.zeros((), lp.dtype), x)[1]
-        return jnp.sum(jax.lax.stop_gradient(adv) * (_second_order_box(w) - _second_order_box(w - x)))
+        return _loaded(lp, r, adv, lambda w, x, _: lam * w + x, box=_second_order_box)
 
     def lambda_squared(lp, states, r, critic, g, lam):
         return reference(lp, states, r, critic, g, lam**2)
@@ -714,14 +708,15 @@ def _undiscounted(lp, states, r, critic, g, lam):
     return jnp.sum(adv * (jnp.exp(w) - jnp.exp(w - exponents)))
 
 
-def _loaded(lp, r, weights, recurrence, second=lambda w, lp, t: w - lp):
-    """Σ_t weights_t (□(w_t) − □(second(w_t, ℓ_t, t))) with w_t = recurrence(w_{t−1}, ℓ_t, t): a variant of Loaded DiCE
-    (the right second box is □(w_t − ℓ_t))."""
-    def box(w):
-        return jnp.exp(w - jax.lax.stop_gradient(w))
+def _magic_box(w):
+    return jnp.exp(w - jax.lax.stop_gradient(w))
 
+
+def _loaded(lp, r, weights, recurrence, second=lambda w, lp, t: w - lp, box=_magic_box, reverse=False):
+    """Σ_t weights_t (box(w_t) − box(second(w_t, ℓ_t, t))) with w_t = recurrence(w_{t−1}, ℓ_t, t) (w_{t+1} with
+    `reverse`): a variant of Loaded DiCE (the right one has the magic box, a forward scan, second box □(w_t − ℓ_t))."""
     t = jnp.arange(lp.shape[0])
-    w = jax.lax.scan(lambda c, y: (recurrence(c, *y),) * 2, jnp.zeros((), lp.dtype), (lp, t))[1]
+    w = jax.lax.scan(lambda c, y: (recurrence(c, *y),) * 2, jnp.zeros((), lp.dtype), (lp, t), reverse=reverse)[1]
     return jnp.sum(jax.lax.stop_gradient(weights) * (box(w) - box(second(w, lp, t))))
 
 

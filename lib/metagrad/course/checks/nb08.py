@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.course.checks._diagnose import (
+    FIXED_GAMMAS,
     FLOAT32_REMEDY,
     _call,
     _close,
@@ -99,7 +100,7 @@ def check_sampled_inner_step(sampled_inner_step: Callable) -> str:
 
     hard_coded = [(lambda th, b, c, g, eta, est, _gamma=gamma: _reference_inner_step(th, b, c, _gamma, eta, est),
                    f"It ignores `gamma` (it matches γ = {gamma} hard-coded): pass `gamma` on to estimators.surrogate.")
-                  for gamma in (0.8, 0.9, 0.99, 0.95, 0.5)]
+                  for gamma in FIXED_GAMMAS]
     mistakes = [
         *hard_coded,
         (always_dr, "It gives DR's step whatever `estimator` says: pass `estimator` on to estimators.surrogate."),
